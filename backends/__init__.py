@@ -1,0 +1,21 @@
+"""Lowering targets of cachec (installed as ``cachec.backends``).
+
+Every backend implements one small interface: ``lower_path(program, path_name)`` returns a
+callable ``run(env, caches) -> flops`` that executes the path's ops on a value environment and
+the runtime's cache buffers, returning the per-sample FLOPs it ran. Backends whose packages are
+optional are imported lazily, and a missing one is reported with the extra to install.
+"""
+
+from __future__ import annotations
+
+from cachec.errors import BackendError
+
+BACKENDS = {"eager": "cachec.backends.eager"}
+
+
+def get_backend(name: str):
+    import importlib
+
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name])

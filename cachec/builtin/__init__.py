@@ -1,0 +1,1 @@
+"""Bundled trained models (see tools/README_tiny_dit.md)."""

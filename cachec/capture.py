@@ -1,0 +1,192 @@
+"""Capture: export a denoiser once into an FX graph with a dynamic batch dimension.
+
+Everything after capture works on this graph and never re-traces Python. We use non-strict
+``torch.export`` (the default since torch 2.7) because diffusers models are not Dynamo-clean in
+strict mode everywhere, and we ask for the batch dimension explicitly: automatic dynamic dims
+specialise 0/1, which would silently bake the example batch into the program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+from torch.export import Dim
+
+from .errors import ModelError
+from .regions import WRAPPER
+
+MAX_BATCH = 1024
+
+
+@dataclass
+class Captured:
+    """A denoiser exported to a flat FX graph.
+
+    ``graph_module`` takes one placeholder per tensor input (named as the model's keyword
+    argument) and returns a one-tuple ``(sample,)``. ``stream_inputs`` are the token/latent
+    inputs that carry the image (and text) streams; every other input is *conditioning*.
+    """
+
+    graph_module: fx.GraphModule
+    input_names: list[str]
+    output_name: str
+    stream_inputs: list[str]
+    latent_input: str
+    model_class: str
+    config: dict = field(default_factory=dict)
+    example_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    batch_dims: dict[str, int] = field(default_factory=dict)
+    cross_attention: set[str] = field(default_factory=set)
+
+
+def flatten_inputs(kwargs: dict) -> dict[str, torch.Tensor]:
+    """Flat ``name → tensor`` view of model kwargs; nested dicts become ``outer__inner``.
+
+    PixArt takes ``added_cond_kwargs={"resolution": ..., "aspect_ratio": ...}``; the exported
+    graph and the runtime both use the flat names, so artifacts need no pytree specs.
+    """
+    flat: dict[str, torch.Tensor] = {}
+    for k, v in kwargs.items():
+        if isinstance(v, torch.Tensor):
+            flat[k] = v
+        elif isinstance(v, dict):
+            for k2, v2 in v.items():
+                if isinstance(v2, torch.Tensor):
+                    flat[f"{k}__{k2}"] = v2
+    return flat
+
+
+def _rebuild(flat: dict[str, torch.Tensor], template: dict) -> dict:
+    out = {}
+    for k, v in template.items():
+        if isinstance(v, dict):
+            out[k] = {k2: flat.get(f"{k}__{k2}", v2) for k2, v2 in v.items()}
+        else:
+            out[k] = flat.get(k, v)
+    return out
+
+
+class _Denoiser(torch.nn.Module):
+    """Calls the model with rebuilt kwargs and returns its first output as a one-tuple.
+
+    ``forward`` is generated with one explicit parameter per flat input, because export names
+    placeholders after the parameters and cannot attach dynamic shapes to ``**kwargs``.
+    """
+
+    def __init__(self, model: torch.nn.Module, template: dict):
+        super().__init__()
+        setattr(self, WRAPPER, model)
+        self._template = template
+
+    def call(self, flat: dict[str, torch.Tensor]):
+        kwargs = _rebuild(flat, self._template)
+        kwargs["return_dict"] = False
+        out = getattr(self, WRAPPER)(**kwargs)
+        return (out[0] if isinstance(out, (tuple, list)) else out,)
+
+
+def _wrap(model: torch.nn.Module, template: dict, names: list[str]) -> torch.nn.Module:
+    for n in names:
+        if not n.isidentifier():
+            raise ModelError(f"input name {n!r} is not a Python identifier")
+    src = f"def forward(self, {', '.join(names)}):\n    return self.call(dict({', '.join(f'{n}={n}' for n in names)}))\n"
+    scope: dict = {}
+    exec(src, scope)  # noqa: S102 - a generated signature, names checked above
+    cls = type("Denoiser", (_Denoiser,), {"forward": scope["forward"]})
+    return cls(model, template)
+
+
+def _batch_dims(inputs: dict[str, torch.Tensor], batch: int) -> dict[str, int]:
+    """Which inputs carry the batch dimension: every tensor whose dim 0 equals the batch.
+
+    FLUX's ``img_ids``/``txt_ids`` are 2-D and batch-free; they are recognised by name, because
+    their leading dim is a token count that may equal the batch by accident.
+    """
+    return {n: 0 for n, t in inputs.items() if t.dim() >= 1 and t.shape[0] == batch and not n.endswith("_ids")}
+
+
+def capture(
+    model: torch.nn.Module,
+    example_kwargs: dict,
+    *,
+    stream_inputs: list[str],
+    latent_input: str,
+    dynamic_batch: bool = True,
+) -> Captured:
+    """Export ``model(**example_kwargs)`` and return a clean flat graph.
+
+    Non-tensor values in ``example_kwargs`` are baked in as constants; nested dicts of tensors
+    are flattened (see :func:`flatten_inputs`).
+    """
+    model = model.eval()
+    template = {k: v for k, v in example_kwargs.items() if k != "return_dict"}
+    tensors = flatten_inputs(template)
+    wrapper = _wrap(model, template, list(tensors))
+    batch = tensors[latent_input].shape[0]
+    batch_dims = _batch_dims(tensors, batch) if dynamic_batch else {}
+    dynamic_shapes = None
+    if dynamic_batch:
+        b = Dim("batch", min=1, max=MAX_BATCH)
+        dynamic_shapes = {k: ({batch_dims[k]: b} if k in batch_dims else None) for k in tensors}
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(wrapper, (), tensors, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the construct that failed
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(
+            f"torch.export could not capture {type(model).__name__}: {type(exc).__name__}: {first}\n"
+            "cachec needs a denoiser that non-strict torch.export can trace with a dynamic batch; "
+            "check that the example inputs match the model's forward signature."
+        ) from exc
+    gm = _flatten(ep, list(tensors))
+    return Captured(
+        graph_module=gm,
+        input_names=list(tensors),
+        output_name="sample",
+        stream_inputs=[s for s in stream_inputs if s in tensors],
+        latent_input=latent_input,
+        model_class=type(model).__name__,
+        config=dict(getattr(model, "config", {}) or {}),
+        example_inputs={k: v.detach().clone() for k, v in tensors.items()},
+        batch_dims=batch_dims,
+        cross_attention=_cross_attention_modules(model),
+    )
+
+
+def _cross_attention_modules(model: torch.nn.Module) -> set[str]:
+    """Attention modules whose keys/values come from the text, read off the live modules."""
+    found = set()
+    for fqn, mod in model.named_modules():
+        flag = getattr(mod, "is_cross_attention", None)
+        if flag is None and type(mod).__name__ == "WanAttention":
+            flag = getattr(mod, "cross_attention_dim_head", None) is not None or fqn.endswith("attn2")
+        if flag:
+            found.add(fqn)
+    return found
+
+
+def _flatten(ep: torch.export.ExportedProgram, tensor_names: list[str]) -> fx.GraphModule:
+    """Turn the exported program into a plain GraphModule: tensor placeholders, ``(sample,)`` out.
+
+    ``ep.module()`` carries pytree in/out specs, a guards call and metadata asserts; we keep the
+    ATen nodes, drop the export scaffolding (done by :mod:`cachec.passes.strip_export`), and
+    name the single output ``sample``.
+    """
+    unlifted = ep.module()
+    gm = fx.GraphModule(unlifted, unlifted.graph)
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for node in placeholders:
+        if node.name not in tensor_names:
+            if node.users and not all(u.op == "call_module" for u in node.users):
+                raise ModelError(f"non-tensor input {node.name!r} is used by the model graph")
+    out = next(n for n in graph.nodes if n.op == "output")
+    flat = out.args[0]
+    if isinstance(flat, (list, tuple)):
+        flat = flat[0]
+    out.args = ((flat,),)
+    gm.graph.lint()
+    gm.recompile()
+    return gm

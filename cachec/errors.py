@@ -1,0 +1,30 @@
+"""Errors a user can cause, each carrying a message that says what was wrong and what is accepted.
+
+Why a small hierarchy: the CLI turns every :class:`CachecError` into a one-paragraph message and
+exit code 2, while genuine bugs (anything else) keep their traceback. Raising one of these is the
+promise that the message alone is enough for the user to fix their input.
+"""
+
+
+class CachecError(Exception):
+    """Base class of all user-facing cachec errors (CLI exit code 2)."""
+
+
+class PolicyError(CachecError, ValueError):
+    """A policy spec that does not parse, names an unknown policy/key, or has an out-of-range value."""
+
+
+class ModelError(CachecError):
+    """A model that cannot be resolved, built, exported or segmented."""
+
+
+class ShapeError(CachecError, ValueError):
+    """Runtime inputs whose shape or dtype differ from what the program was compiled for."""
+
+
+class ArtifactError(CachecError):
+    """A compiled artifact that is missing, corrupt, truncated, foreign or of another version."""
+
+
+class BackendError(CachecError):
+    """A backend that is unknown or whose package is not installed."""

@@ -1,0 +1,68 @@
+"""FLOPs counted from the graph's shapes, per batch item.
+
+Diffusion transformers spend nearly all their time in matmuls, convolutions and attention, so
+those are what we count (2 FLOPs per multiply-accumulate), the same convention as the DuCa and
+ToCa tables. Element-wise ops are ignored. Shapes come from ``meta["val"]`` that export attached
+to every node; the batch dimension is symbolic there, so we evaluate it at its example value and
+divide by the example batch — FLOPs of these ops are linear in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import fx
+
+aten = torch.ops.aten
+
+
+def _shape(x) -> list[int]:
+    val = x.meta.get("val") if isinstance(x, fx.Node) else x
+    if val is None or not hasattr(val, "shape"):
+        return []
+    return [_hint(d) for d in val.shape]
+
+
+def _hint(d) -> int:
+    if isinstance(d, int):
+        return d
+    node = getattr(d, "node", None)
+    hint = getattr(node, "hint", None)
+    if hint is not None:
+        return int(hint)
+    return int(d)
+
+
+def node_flops(node: fx.Node) -> float:
+    """FLOPs of one node at its example shapes (0 for ops we do not count)."""
+    if node.op != "call_function":
+        return 0.0
+    t = node.target
+    out = _shape(node)
+    if t is aten.linear.default:
+        w = _shape(node.args[1])
+        return 2.0 * math.prod(out) * w[1]
+    if t in (aten.mm.default, aten.bmm.default, aten.matmul.default, aten.addmm.default, aten.baddbmm.default):
+        a = node.args[1] if t in (aten.addmm.default, aten.baddbmm.default) else node.args[0]
+        k = _shape(a)[-1]
+        return 2.0 * math.prod(out) * k
+    if t in (aten.conv2d.default, aten.conv3d.default, aten.conv1d.default, aten.convolution.default):
+        w = _shape(node.args[1])
+        groups = node.args[-1] if t is aten.convolution.default else (node.args[6] if len(node.args) > 6 else 1)
+        return 2.0 * math.prod(out) * math.prod(w[1:]) * (1 if isinstance(groups, int) else 1)
+    if t in (aten.scaled_dot_product_attention.default, aten._scaled_dot_product_flash_attention.default,
+             aten._scaled_dot_product_efficient_attention.default):
+        q, k = _shape(node.args[0]), _shape(node.args[1])
+        # QK^T and AV: 2 * (2 * B*H*Lq*Lk*D)
+        return 4.0 * math.prod(q[:-1]) * k[-2] * q[-1]
+    return 0.0
+
+
+def graph_flops(gm: fx.GraphModule, batch: int) -> float:
+    """Per-sample FLOPs of a graph whose example shapes were taken at batch size ``batch``."""
+    return sum(node_flops(n) for n in gm.graph.nodes) / max(batch, 1)
+
+
+def nodes_flops(nodes, batch: int) -> float:
+    return sum(node_flops(n) for n in nodes) / max(batch, 1)

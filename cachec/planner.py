@@ -1,0 +1,349 @@
+"""From a captured graph and a policy to a :class:`~cachec.program.Program`.
+
+The planner runs the structural passes once (strip export scaffolding → hoist conditioning →
+assign segments), splits the graph into segments, and then asks the policy's granularity for
+its paths:
+
+* ``module`` (FORA): the reuse path skips every attention/MLP region segment and loads its
+  outputs from caches; the full path stores them.
+* ``step`` / ``block`` (static, Δ-DiT, FBCache, TeaCache): a weightless residual-delta segment
+  writes ``out − in`` of a block range on full steps and applies ``in + delta`` on cached ones.
+* dynamic policies split a step into a *head* (up to the probe) and two *tails*.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from cachec.passes import AssignSegments, HoistConditioning, PassManager, StripExportArtifacts
+from cachec.passes.probes import rel_l1_probe
+from cachec.passes.residual_delta import StreamPair, copy_values, delta_apply, delta_write
+from torch import fx
+
+from cachec.graph_keys import COND_KEY
+
+from .capture import Captured
+from .errors import ModelError
+from .flops import graph_flops
+from .policy import DeltaPolicy, Policy
+from .program import Program, Segment, ValueSpec, batch_symbol, cache_name, check_weight_ownership, split, value_spec
+from .regions import find_blocks, module_regions
+
+_STRUCTURAL = {
+    torch.ops.aten.add.Tensor, torch.ops.aten.cat.default, torch.ops.aten.slice.Tensor, torch.ops.aten.view.default,
+    torch.ops.aten.reshape.default, torch.ops.aten.clone.default, torch.ops.aten.to.dtype,
+    torch.ops.aten.contiguous.default, torch.ops.aten.clip.default, torch.ops.aten.clamp.default,
+}
+
+
+class Planner:
+    """Holds the segmented base program and builds policy paths on top of it."""
+
+    def __init__(self, captured: Captured):
+        self.captured = captured
+        gm = captured.graph_module
+        PassManager([StripExportArtifacts(), HoistConditioning(captured.stream_inputs)])(gm)
+        self.blocks = find_blocks(gm, captured.model_class)
+        if not self.blocks:
+            raise ModelError(
+                f"{captured.model_class}: found no repeated blocks (numbered children such as "
+                "transformer_blocks.0) in the module hierarchy, so there is nothing to cache"
+            )
+        self.regions = module_regions(gm, self.blocks, captured.cross_attention)
+        region_nodes = {n: r for r in self.regions for n in r.nodes}
+        assign = AssignSegments(self.blocks, captured.model_class, self.regions, region_nodes)
+        PassManager([assign]).__call__(gm)
+        self.gm = gm
+        self.order = assign.order
+        self.segments = split(gm, self.order, captured.output_name)
+        self.order = [s for s in self.order if s in self.segments]
+        self.batch = captured.example_inputs[captured.latent_input].shape[0]
+        for seg in self.segments.values():
+            seg.flops = graph_flops(seg.module, self.batch)
+            seg.role = self._role(seg.name)
+        self.nodes = {n.name: n for n in gm.graph.nodes}
+        self.meta = {n.name: n.meta.get("val") for n in gm.graph.nodes}
+        self.meta[captured.output_name] = self.meta[next(n for n in gm.graph.nodes if n.op == "output").args[0][0].name]
+        self.bsym = batch_symbol(gm, captured.latent_input)
+        self.region_segment = {r.name: f"b{r.block}_{r.name.rsplit('.', 1)[-1]}" for r in self.regions}
+        self.block_segments = [[s for s in self.order if s.startswith(f"b{i}_")] for i in range(len(self.blocks))]
+        self._latent_dependent = self._latent_closure()
+        total = sum(s.flops for s in self.segments.values())
+        for r in self.regions:
+            r.flops = self.segments[self.region_segment[r.name]].flops
+            r.share = r.flops / total if total else 0.0
+        self.extra: dict[str, Segment] = {}
+        self.paths: dict[str, list[tuple]] = {"full": [("run", s) for s in self.order]}
+        self.signal: str | None = None
+
+    # -- structure ------------------------------------------------------------------------------
+    def _role(self, name: str) -> str:
+        if name in ("prologue", "epilogue"):
+            return name
+        return "glue" if re.fullmatch(r"b\d+_g\d+", name) else "region"
+
+    def _latent_closure(self) -> set[str]:
+        dep = {self.captured.latent_input}
+        for n in self.gm.graph.nodes:
+            if n.op == "call_function" and any(a.name in dep for a in n.all_input_nodes):
+                dep.add(n.name)
+        return dep
+
+    def range_segments(self, a: int, b: int) -> list[str]:
+        return [s for i in range(a, b + 1) for s in self.block_segments[i]]
+
+    def range_io(self, segs: list[str]) -> tuple[list[str], list[str]]:
+        """Stream values a run of segments reads from before it, and values it makes for after it."""
+        inside = set(segs)
+        made = {o for s in segs for o in self.segments[s].outputs}
+        before, after, seen = [], [], False
+        for s in self.order:
+            if s in inside:
+                seen = True
+                continue
+            if seen:
+                after.append(s)
+        inputs = []
+        for s in segs:
+            for name in self.segments[s].inputs:
+                if name not in made and name not in inputs and self._is_stream(name):
+                    inputs.append(name)
+        outputs = []
+        for s in after:
+            for name in self.segments[s].inputs:
+                if name in made and name not in outputs:
+                    outputs.append(name)
+        del before
+        return inputs, outputs
+
+    def _is_stream(self, name: str) -> bool:
+        node = self.nodes.get(name)
+        if node is None:
+            return False
+        if node.op == "placeholder":
+            return name in self.captured.stream_inputs
+        return not node.meta.get(COND_KEY, False)
+
+    def pair_streams(self, inputs: list[str], outputs: list[str], tag: str) -> list[StreamPair]:
+        """Pair each range output with the range input it is a residual of (by shape, then lineage)."""
+        pairs = []
+        for k, out in enumerate(outputs):
+            spec = self.spec(out)
+            same = [i for i in inputs if self.spec(i) == spec]
+            if len(same) > 1:
+                same = [i for i in same if i in self._structural_ancestors(out)] or same
+            if len(same) > 1:
+                raise ModelError(
+                    f"cannot tell which of {same} the range output {out} is a residual of "
+                    "(equal shapes); use a resolution where text and image token counts differ"
+                )
+            pairs.append(StreamPair(out, same[0] if same else None, cache_name(tag, str(k))))
+        return pairs
+
+    def _structural_ancestors(self, name: str) -> set[str]:
+        seen, todo = set(), [self.nodes[name]]
+        while todo:
+            n = todo.pop()
+            if n.name in seen:
+                continue
+            seen.add(n.name)
+            if n.op == "call_function" and (n.target in _STRUCTURAL or n is self.nodes[name]):
+                todo.extend(a for a in n.all_input_nodes if a.op != "get_attr")
+        return seen
+
+    def spec(self, name: str) -> ValueSpec | None:
+        node = self.nodes.get(name)
+        return value_spec(node if node is not None else self.meta.get(name), self.bsym)
+
+    # -- building blocks of paths --------------------------------------------------------------
+    def add_segment(self, name: str, module: fx.GraphModule, role: str) -> str:
+        seg = Segment(name, module, graph_flops(module, self.batch), role)
+        self.extra[name] = seg
+        return name
+
+    def range_delta(self, a: int, b: int, tag: str) -> tuple[list[tuple], list[tuple], list[StreamPair]]:
+        """Ops that write the delta of blocks a..b on full steps, and ops that apply it instead."""
+        segs = self.range_segments(a, b)
+        inputs, outputs = self.range_io(segs)
+        pairs = self.pair_streams(inputs, outputs, tag)
+        for p in pairs:
+            self.meta[p.cache] = self.meta[p.output]
+        w = self.add_segment(f"{tag}_write", delta_write(pairs, self.meta), "cache")
+        r = self.add_segment(f"{tag}_apply", delta_apply(pairs, self.meta), "cache")
+        write_ops = [("run", w)] + [("store", p.cache, p.cache) for p in pairs]
+        apply_ops = [("load", p.cache, p.cache) for p in pairs] + [("run", r)]
+        return write_ops, apply_ops, pairs
+
+    def _replace(self, segs: list[str], ops: list[tuple]) -> list[tuple]:
+        """The full path with the run of ``segs`` replaced by ``ops``."""
+        out, done = [], False
+        for op in self.paths["full"]:
+            if op[1] in segs:
+                if not done:
+                    out.extend(ops)
+                    done = True
+                continue
+            out.append(op)
+        return out
+
+    def _insert_after(self, path: list[tuple], seg: str, ops: list[tuple]) -> list[tuple]:
+        i = next(k for k, op in enumerate(path) if op == ("run", seg))
+        return path[: i + 1] + ops + path[i + 1 :]
+
+    # -- policies -------------------------------------------------------------------------------
+    def plan(self, policy: Policy) -> Program:
+        g = policy.granularity
+        L = len(self.blocks)
+        if policy.name == "none":
+            pass
+        elif g == "module":
+            self._plan_module_reuse()
+        elif policy.name == "fbcache":
+            self._plan_fbcache()
+        elif policy.name == "teacache":
+            self._plan_teacache()
+        elif isinstance(policy, DeltaPolicy):
+            a, b = policy.block_range(L)
+            self._plan_range(a, b, f"delta_b{a}_{b}")
+        else:
+            self._plan_range(0, L - 1, "stack")
+        return self.program(policy)
+
+    def _plan_range(self, a: int, b: int, tag: str) -> None:
+        write, apply, _ = self.range_delta(a, b, tag)
+        segs = self.range_segments(a, b)
+        reuse = self._replace(segs, apply)
+        self.paths["full"] = self._insert_after(self.paths["full"], segs[-1], write)
+        self.paths["reuse"] = reuse
+
+    def _plan_module_reuse(self) -> None:
+        full, reuse = [], []
+        by_seg = {self.region_segment[r.name]: r for r in self.regions}
+        for op in self.paths["full"]:
+            region = by_seg.get(op[1])
+            if region is None:
+                full.append(op)
+                reuse.append(op)
+                continue
+            outs = self.segments[op[1]].outputs
+            caches = [cache_name(op[1], str(k)) for k in range(len(outs))]
+            for o, c in zip(outs, caches, strict=True):
+                self.meta[c] = self.meta[o]
+            full.append(op)
+            full.extend(("store", o, c) for o, c in zip(outs, caches, strict=True))
+            reuse.extend(("load", c, o) for o, c in zip(outs, caches, strict=True))
+        self.paths["full"], self.paths["reuse"] = full, reuse
+
+    def _plan_fbcache(self) -> None:
+        L = len(self.blocks)
+        if L < 2:
+            raise ModelError("fbcache needs at least two blocks")
+        ins0, outs0 = self.range_io(self.block_segments[0])
+        pairs0 = self.pair_streams(ins0, outs0, "fb_b0")
+        main = next((p for p in pairs0 if p.base is not None and p.base in self._latent_dependent), None)
+        if main is None:
+            raise ModelError("fbcache: block 0 has no residual stream (an output with the shape of its input)")
+        ref, r1, signal = cache_name("fbcache", "ref"), "fbcache__r1", "fbcache__signal"
+        self.meta[ref] = self.meta[main.output]
+        self.meta[r1] = self.meta[main.output]
+        probe = self.add_segment(
+            "fbcache_probe",
+            rel_l1_probe(main.output, ref, signal, self.meta, residual_of=main.base, emit_current_as=r1),
+            "probe",
+        )
+        commit = self.add_segment("fbcache_commit", copy_values({r1: ref}, self.meta), "cache")
+        write, apply, _ = self.range_delta(1, L - 1, "fb_tail")
+        head_segs = ["prologue"] + self.block_segments[0]
+        head = [op for op in self.paths["full"] if op[1] in head_segs] + [("load", ref, ref), ("run", probe)]
+        tail = [op for op in self.paths["full"] if op[1] not in head_segs]
+        tail_segs = self.range_segments(1, L - 1)
+        tail_full = self._insert_after(tail, tail_segs[-1], write + [("run", commit), ("store", ref, ref)])
+        tail_reuse = []
+        for op in tail:
+            if op[1] in tail_segs:
+                if op[1] == tail_segs[0]:
+                    tail_reuse.extend(apply)
+                continue
+            tail_reuse.append(op)
+        self.paths = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.paths["full"]}
+        self.signal = signal
+
+    def _plan_teacache(self) -> None:
+        attn = next((r for r in self.regions if r.block == 0 and r.kind in ("attn", "mlp")), None)
+        if attn is None:
+            raise ModelError("teacache needs an attention or MLP region in the first block to probe its input")
+        seg_attn = self.region_segment[attn.name]
+        first = self.block_segments[0]
+        head_block = first[: first.index(seg_attn)]
+        m = next((i for i in self.segments[seg_attn].inputs if i in self._latent_dependent and self._is_stream(i)), None)
+        if m is None or not head_block:
+            raise ModelError("teacache: the first block has no modulated input ahead of its first attention")
+        prev, signal = cache_name("teacache", "prev"), "teacache__signal"
+        self.meta[prev] = self.meta[m]
+        self.meta["teacache__m"] = self.meta[m]
+        probe = self.add_segment(
+            "teacache_probe", rel_l1_probe(m, prev, signal, self.meta, emit_current_as="teacache__m"), "probe"
+        )
+        L = len(self.blocks)
+        write, apply, _ = self.range_delta(0, L - 1, "stack")
+        head_segs = ["prologue"] + head_block
+        head = [op for op in self.paths["full"] if op[1] in head_segs]
+        head += [("load", prev, prev), ("run", probe), ("store", "teacache__m", prev)]
+        tail = [op for op in self.paths["full"] if op[1] not in head_segs]
+        stack = self.range_segments(0, L - 1)
+        tail_full = self._insert_after(tail, stack[-1], write)
+        tail_reuse = []
+        for op in tail:
+            if op[1] in stack:
+                if op[1] == next(s for s in stack if s not in head_segs):
+                    tail_reuse.extend(apply)
+                continue
+            tail_reuse.append(op)
+        self.paths = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.paths["full"]}
+        self.signal = signal
+
+    # -- result ---------------------------------------------------------------------------------
+    def program(self, policy: Policy) -> Program:
+        segments = dict(self.segments)
+        segments.update(self.extra)
+        used = {op[1] for path in self.paths.values() for op in path if op[0] == "run"}
+        segments = {k: v for k, v in segments.items() if k in used}
+        values: dict[str, ValueSpec] = {}
+        for path in self.paths.values():
+            for op in path:
+                names = self.segments_io(segments, op)
+                for n in names:
+                    if n not in values:
+                        spec = self.spec(n)
+                        if spec is not None:
+                            values[n] = spec
+        program = Program(
+            segments=segments,
+            paths=dict(self.paths),
+            inputs=list(self.captured.input_names),
+            output=self.captured.output_name,
+            values=values,
+            meta={
+                "model_class": self.captured.model_class,
+                "policy": policy.spec,
+                "blocks": self.blocks,
+                "regions": [r.to_json() for r in self.regions],
+                "signal": self.signal,
+                "base_path": [s for s in self.order],
+                "batch_dims": self.captured.batch_dims,
+            },
+        )
+        check_weight_ownership(program)
+        return program
+
+    @staticmethod
+    def segments_io(segments: dict[str, Segment], op: tuple) -> list[str]:
+        if op[0] == "run":
+            seg = segments[op[1]]
+            return seg.inputs + seg.outputs
+        return [op[1], op[2]]
+
+
+def plan_program(captured: Captured, policy: Policy) -> Program:
+    return Planner(captured).plan(policy)

@@ -1,0 +1,225 @@
+"""The compiled program: segments (lowerable graphs) and paths (which segments a step runs).
+
+Values flow between segments by name in one namespace: a segment's placeholders are the names
+of the values it reads and ``meta["cachec_output_names"]`` the names of the values it writes.
+Cache state is functional: a cache is a value whose name starts with ``cache__``; a segment that
+reads it has a placeholder of that name, a segment that writes it returns it. The runtime keeps
+one buffer per cache name and moves values in and out; no graph holds hidden state, which is
+what lets the same segments lower to ONNX and TensorRT.
+
+A *path* is an ordered list of ops: ``("run", segment)``, ``("load", cache, value)`` (a cache
+buffer is read as a value) and ``("store", value, cache)`` (a value is copied into a buffer). The full and cached paths of a step share their
+segments, so every parameter is lowered once (see :func:`check_weight_ownership`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+from .errors import ModelError
+from .flops import graph_flops
+from .graph_keys import OUTPUTS_KEY, SEGMENT_KEY
+
+CACHE_PREFIX = "cache__"
+
+
+
+def cache_name(*parts: str) -> str:
+    """A value name for a cache, safe as an FX placeholder and a file name."""
+    text = "__".join(parts)
+    return CACHE_PREFIX + "".join(c if c.isalnum() else "_" for c in text)
+
+
+@dataclass
+class ValueSpec:
+    """Shape (``"B"`` marks the batch dim) and dtype of a value crossing segments."""
+
+    shape: list
+    dtype: str
+
+    def concrete(self, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == "B" else int(d) for d in self.shape)
+
+
+@dataclass
+class Segment:
+    name: str
+    module: fx.GraphModule
+    flops: float = 0.0  # per sample
+    role: str = ""  # prologue | block | epilogue | cache | probe
+
+    @property
+    def inputs(self) -> list[str]:
+        return [n.name for n in self.module.graph.nodes if n.op == "placeholder"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.module.meta.get(OUTPUTS_KEY, []))
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in _attrs(self.module).items()}
+
+    def __call__(self, env: dict) -> None:
+        try:
+            args = [env[n] for n in self.inputs]
+        except KeyError as exc:
+            raise ModelError(f"segment {self.name} needs value {exc.args[0]!r}, which no earlier segment made") from exc
+        outs = self.module(*args)
+        env.update(zip(self.outputs, outs, strict=True))
+
+
+def _attrs(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op == "get_attr":
+            obj = gm
+            for part in str(n.target).split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, torch.Tensor):
+                out[str(n.target)] = obj
+    return out
+
+
+@dataclass
+class Program:
+    """Segments, paths and the interface of a compiled denoiser."""
+
+    segments: dict[str, Segment]
+    paths: dict[str, list[tuple]]
+    inputs: list[str]
+    output: str
+    values: dict[str, ValueSpec]
+    full_path: str = "full"
+    meta: dict = field(default_factory=dict)
+
+    def path_flops(self, path: str) -> float:
+        return sum(self.segments[op[1]].flops for op in self.paths[path] if op[0] == "run")
+
+    def caches(self) -> dict[str, ValueSpec]:
+        return {k: v for k, v in self.values.items() if k.startswith(CACHE_PREFIX)}
+
+
+def value_spec(node_or_val, batch_symbol: str | None) -> ValueSpec | None:
+    val = node_or_val.meta.get("val") if isinstance(node_or_val, fx.Node) else node_or_val
+    if not isinstance(val, torch.Tensor):
+        return None
+    shape = []
+    for d in val.shape:
+        shape.append("B" if (not isinstance(d, int) and str(d) == batch_symbol) else int(d))
+    return ValueSpec(shape, str(val.dtype).replace("torch.", ""))
+
+
+def batch_symbol(gm: fx.GraphModule, latent: str) -> str | None:
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and n.name == latent:
+            d0 = n.meta["val"].shape[0]
+            return None if isinstance(d0, int) else str(d0)
+    return None
+
+
+def _is_symint(node: fx.Node) -> bool:
+    return isinstance(node.meta.get("val"), torch.SymInt)
+
+
+def split(gm: fx.GraphModule, order: list[str], output_name: str) -> dict[str, Segment]:
+    """Cut a tagged graph (see :class:`~passes.assign_segments.AssignSegments`) into segments.
+
+    Parameters become attributes of the one segment that uses them (they are shared tensors,
+    not copies). A batch size (SymInt) needed across a boundary is re-read from a tensor input
+    of the consuming segment instead of being passed, so segment interfaces are tensors only.
+    """
+    members: dict[str, list[fx.Node]] = {s: [] for s in order}
+    for n in gm.graph.nodes:
+        if n.op == "call_function":
+            seg = n.meta[SEGMENT_KEY]
+            if seg not in members:
+                raise ModelError(f"node {n.name} is tagged with unknown segment {seg!r}")
+            members[seg].append(n)
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    final = out_node.args[0][0]
+    owner: dict[str, str] = {}
+    segments: dict[str, Segment] = {}
+    for seg in order:
+        nodes = members[seg]
+        if not nodes:
+            continue
+        inside = set(nodes)
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        tensor_inputs: list[fx.Node] = []
+        symint_inputs: list[fx.Node] = []
+        attrs: dict[str, torch.Tensor] = {}
+        for n in nodes:
+            for a in n.all_input_nodes:
+                if a in inside or a in env:
+                    continue
+                if a.op == "get_attr":
+                    prev = owner.setdefault(str(a.target), seg)
+                    if prev != seg:
+                        raise ModelError(f"parameter {a.target} is used by segments {prev} and {seg}")
+                    attrs[str(a.target)] = _fetch(gm, str(a.target))
+                    env[a] = graph.get_attr(str(a.target))
+                    env[a].meta = dict(a.meta)
+                elif _is_symint(a):
+                    symint_inputs.append(a)
+                    env[a] = None  # filled after the tensor placeholders exist
+                else:
+                    tensor_inputs.append(a)
+                    ph = graph.placeholder(a.name)
+                    ph.meta = dict(a.meta)
+                    env[a] = ph
+        for a in symint_inputs:
+            env[a] = _rematerialise(graph, a, [env[t] for t in tensor_inputs])
+        for n in nodes:
+            env[n] = graph.node_copy(n, env.__getitem__)
+        outputs = [n for n in nodes if n is final or any(u not in inside and u.op != "output" for u in n.users)]
+        outputs = [n for n in outputs if not _is_symint(n)]
+        graph.output(tuple(env[n] for n in outputs))
+        module = fx.GraphModule(attrs, graph, class_name=f"Segment_{seg}")
+        module.meta[OUTPUTS_KEY] = [output_name if n is final else n.name for n in outputs]
+        segments[seg] = Segment(seg, module)
+    return segments
+
+
+def _fetch(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _rematerialise(graph: fx.Graph, sym: fx.Node, tensors: list[fx.Node]) -> fx.Node:
+    """Re-read a SymInt (the batch size) from a tensor placeholder that has it as a dimension."""
+    want = str(sym.meta["val"])
+    for t in tensors:
+        val = t.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        for dim, d in enumerate(val.shape):
+            if str(d) == want:
+                with graph.inserting_after(t):
+                    node = graph.call_function(torch.ops.aten.sym_size.int, (t, dim))
+                node.meta["val"] = sym.meta["val"]
+                return node
+    raise ModelError(f"segment boundary carries the size {want}, which no tensor input of the segment has")
+
+
+def segment_flops(seg: Segment, batch: int) -> float:
+    return graph_flops(seg.module, batch)
+
+
+def check_weight_ownership(program: Program) -> None:
+    """Every parameter tensor is held by exactly one segment (no duplication across paths)."""
+    seen: dict[int, str] = {}
+    for seg in program.segments.values():
+        for name, t in seg.parameters().items():
+            key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+            if key in seen and seen[key] != seg.name:
+                raise ModelError(f"parameter {name} is held by segments {seen[key]} and {seg.name}")
+            seen[key] = seg.name
+
+
+

@@ -1,0 +1,207 @@
+"""Regions: where a denoiser can be cached, found from the module hierarchy of the exported graph.
+
+Every FX node produced by ``torch.export`` carries ``meta["nn_module_stack"]`` (fqn → class).
+Blocks are the top-level numbered children (``transformer_blocks.3``,
+``single_transformer_blocks.0``, ``blocks.12``, ``down_blocks.1``) in the order the graph first
+runs them; inside a block, attention and feed-forward children are the module regions. No model
+table is needed for that; the only declared fallbacks are
+
+* ``UNet2DConditionModel.mid_block`` — a block that is not numbered, and
+* ``FluxSingleTransformerBlock`` — attention and MLP run in parallel and meet in ``proj_out``,
+  so the cacheable unit is the fused ``attn ∥ mlp → proj_out`` output (as TaylorSeer caches it).
+
+A region's *outputs* are its nodes that are used outside it; a region's *inputs* are the nodes
+outside it that it reads. Replacing the outputs with cache reads and removing dead code is all a
+module-level reuse needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import fx
+
+from cachec.graph_keys import COND_KEY
+
+# capture wraps the model in a module whose only child has this name; fqns are reported without it
+WRAPPER = "denoiser"
+KINDS = ("step", "block", "attn", "cross_attn", "mlp")
+
+_NUMBERED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.(\d+)$")
+# Declared fallbacks (see module docstring): unnumbered blocks, and fused parallel blocks.
+EXTRA_BLOCKS = {"UNet2DConditionModel": ("mid_block",)}
+FUSED_PARALLEL = {"FluxSingleTransformerBlock": ("attn", "proj_mlp", "act_mlp", "proj_out")}
+_MLP_NAMES = {"ff", "ff_context", "ffn", "mlp"}
+
+
+@dataclass
+class Region:
+    """A cacheable piece of the graph.
+
+    ``kind`` is one of :data:`KINDS`; ``name`` is the module fqn (or a range name); ``block`` the
+    index of the block it lives in; ``inputs``/``outputs`` are node names; ``flops`` is per sample.
+    """
+
+    kind: str
+    name: str
+    block: int | None
+    modules: tuple[str, ...] = ()
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    residual_base: list[str] = field(default_factory=list)
+    flops: float = 0.0
+    share: float = 0.0
+    nodes: list[str] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "block": self.block,
+            "modules": list(self.modules),
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "residual_base": self.residual_base,
+            "flops_per_sample": self.flops,
+            "share": round(self.share, 6),
+        }
+
+
+def module_path(node: fx.Node) -> list[tuple[str, str]]:
+    """The (fqn, class name) stack of a node, outermost first."""
+    stack = node.meta.get("nn_module_stack") or {}
+    out = []
+    for fqn, cls in stack.values():
+        if fqn == WRAPPER or not fqn:
+            continue
+        if fqn.startswith(WRAPPER + "."):
+            fqn = fqn[len(WRAPPER) + 1 :]
+        cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+        out.append((fqn, cls_name.rsplit(".", 1)[-1]))
+    return out
+
+
+def _block_of(node: fx.Node, extra: tuple[str, ...]) -> str | None:
+    for fqn, _cls in module_path(node):
+        if _NUMBERED.match(fqn) or fqn in extra:
+            return fqn
+    return None
+
+
+def find_blocks(gm: fx.GraphModule, model_class: str) -> list[str]:
+    """Block fqns in the order the graph first runs them (stream nodes only)."""
+    extra = EXTRA_BLOCKS.get(model_class, ())
+    blocks: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.meta.get(COND_KEY):
+            continue
+        b = _block_of(node, extra)
+        if b is not None and b not in blocks:
+            blocks.append(b)
+    return blocks
+
+
+def block_class(gm: fx.GraphModule, block: str) -> str:
+    for node in gm.graph.nodes:
+        for fqn, cls in module_path(node):
+            if fqn == block:
+                return cls
+    return ""
+
+
+def node_block(node: fx.Node, blocks: list[str], model_class: str) -> int | None:
+    b = _block_of(node, EXTRA_BLOCKS.get(model_class, ()))
+    return blocks.index(b) if b in blocks else None
+
+
+def _children(gm: fx.GraphModule, block: str) -> dict[str, str]:
+    """Direct child modules of a block that appear in the graph: child fqn → class."""
+    kids: dict[str, str] = {}
+    depth = block.count(".") + 1
+    for node in gm.graph.nodes:
+        for fqn, cls in module_path(node):
+            if fqn.startswith(block + ".") and fqn.count(".") == depth:
+                kids.setdefault(fqn, cls)
+    return kids
+
+
+def _attention_like(gm: fx.GraphModule, block: str) -> dict[str, str]:
+    """Attention and feed-forward descendants of a block (outermost only): fqn → class."""
+    found: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        for fqn, cls in module_path(node):
+            if not fqn.startswith(block + "."):
+                continue
+            leaf = fqn.rsplit(".", 1)[-1]
+            is_attn = "Attention" in cls and "Processor" not in cls
+            is_mlp = "FeedForward" in cls or leaf in _MLP_NAMES
+            if (is_attn or is_mlp) and not any(fqn.startswith(f + ".") for f in found):
+                found.setdefault(fqn, cls)
+                break
+    return found
+
+
+def _region_nodes(gm: fx.GraphModule, modules: tuple[str, ...]) -> list[fx.Node]:
+    """Stream nodes inside ``modules`` plus the nodes on paths between them (their convex hull)."""
+    inside = [
+        n
+        for n in gm.graph.nodes
+        if n.op == "call_function"
+        and not n.meta.get(COND_KEY)
+        and any(fqn == m or fqn.startswith(m + ".") for fqn, _ in module_path(n) for m in modules)
+    ]
+    if len(modules) == 1 or not inside:
+        return inside
+    member = set(inside)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    lo, hi = min(order[n] for n in inside), max(order[n] for n in inside)
+    # forward reachability from region nodes within [lo, hi], then keep those that reach a region node
+    reach_fwd = set(inside)
+    for n in gm.graph.nodes:
+        if lo <= order[n] <= hi and n.op == "call_function" and any(a in reach_fwd for a in n.all_input_nodes):
+            reach_fwd.add(n)
+    reach_back = set(inside)
+    for n in reversed(list(gm.graph.nodes)):
+        if lo <= order[n] <= hi and any(u in reach_back for u in n.users):
+            reach_back.add(n)
+    hull = (reach_fwd & reach_back) | member
+    return [n for n in gm.graph.nodes if n in hull]
+
+
+def module_regions(
+    gm: fx.GraphModule, blocks: list[str], cross_attention: set[str] | None = None
+) -> list[Region]:
+    """Attention / cross-attention / MLP regions of every block.
+
+    ``cross_attention`` is the set of attention fqns the capture step found to be cross-attention
+    (``Attention.is_cross_attention`` on the live module); without it, ``attn2`` is assumed to be.
+    """
+    regions: list[Region] = []
+    for bi, block in enumerate(blocks):
+        cls = block_class(gm, block)
+        if cls in FUSED_PARALLEL:
+            groups = [("mlp", f"{block}.parallel", tuple(f"{block}.{c}" for c in FUSED_PARALLEL[cls]))]
+        else:
+            groups = []
+            for fqn, kcls in _attention_like(gm, block).items():
+                leaf = fqn.rsplit(".", 1)[-1]
+                if "Attention" in kcls:
+                    is_cross = (fqn in cross_attention) if cross_attention is not None else leaf == "attn2"
+                    kind = "cross_attn" if is_cross else "attn"
+                else:
+                    kind = "mlp"
+                groups.append((kind, fqn, (fqn,)))
+        for kind, name, mods in groups:
+            nodes = _region_nodes(gm, mods)
+            if not nodes:
+                continue
+            member = set(nodes)
+            outputs = [n.name for n in nodes if any(u not in member for u in n.users)]
+            inputs = []
+            for n in nodes:
+                for a in n.all_input_nodes:
+                    if a not in member and a.op != "get_attr" and a.name not in inputs:
+                        inputs.append(a.name)
+            regions.append(Region(kind, name, bi, mods, inputs, outputs, nodes=[n.name for n in nodes]))
+    return regions

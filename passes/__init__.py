@@ -1,0 +1,20 @@
+"""Graph → graph rewrites of cachec, one small pass per file (installed as ``cachec.passes``).
+
+Each pass states what it *requires* of its input graph and what it *ensures* of its output, and
+returns a :class:`PassResult`. The :class:`PassManager` lints the graph after every pass, so a
+broken rewrite is caught where it happens, not three passes later.
+"""
+
+from .assign_segments import AssignSegments
+from .hoist_conditioning import HoistConditioning
+from .infra import Pass, PassManager, PassResult
+from .strip_export import StripExportArtifacts
+
+__all__ = [
+    "Pass",
+    "PassManager",
+    "PassResult",
+    "StripExportArtifacts",
+    "HoistConditioning",
+    "AssignSegments",
+]

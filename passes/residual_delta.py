@@ -1,0 +1,98 @@
+"""Weightless segments for step- and block-range caching: residual-delta write and apply.
+
+Δ-Cache: for a range of blocks with inputs ``x`` and outputs ``y``, the full path stores
+``delta = y − x`` and the cached path computes ``y = x + delta`` with the *current* ``x``.
+Outputs with no residual partner (U-Net skip features, say) are cached raw: ``y = cached``
+(DeepCache style). These graphs hold no parameters, which is what keeps weights unduplicated
+when the cached path replaces a block range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from cachec.graph_keys import OUTPUTS_KEY
+
+aten = torch.ops.aten
+
+
+@dataclass
+class StreamPair:
+    """An output of a range, the input it is a residual of (None: raw reuse), and its cache."""
+
+    output: str
+    base: str | None
+    cache: str
+
+
+def _placeholder(graph: fx.Graph, name: str, meta: dict[str, object]) -> fx.Node:
+    ph = graph.placeholder(name)
+    if name in meta:
+        ph.meta["val"] = meta[name]
+    return ph
+
+
+def _binary(graph: fx.Graph, op, a: fx.Node, b: fx.Node) -> fx.Node:
+    node = graph.call_function(op, (a, b))
+    if "val" in a.meta:
+        node.meta["val"] = a.meta["val"]
+    return node
+
+
+def _module(graph: fx.Graph, outputs: list[tuple[str, fx.Node]], name: str) -> fx.GraphModule:
+    graph.output(tuple(n for _, n in outputs))
+    gm = fx.GraphModule({}, graph, class_name=name)
+    gm.meta[OUTPUTS_KEY] = [k for k, _ in outputs]
+    return gm
+
+
+def delta_write(pairs: list[StreamPair], meta: dict[str, object]) -> fx.GraphModule:
+    """``cache = output − base`` (or ``cache = output`` for raw pairs)."""
+    g = fx.Graph()
+    ph = {}
+    for p in pairs:
+        for name in (p.output, p.base):
+            if name is not None and name not in ph:
+                ph[name] = _placeholder(g, name, meta)
+    outs = []
+    for p in pairs:
+        val = ph[p.output] if p.base is None else _binary(g, aten.sub.Tensor, ph[p.output], ph[p.base])
+        if p.base is None:
+            val = g.call_function(aten.clone.default, (val,))
+            val.meta["val"] = meta.get(p.output)
+        outs.append((p.cache, val))
+    return _module(g, outs, "DeltaWrite")
+
+
+def delta_apply(pairs: list[StreamPair], meta: dict[str, object]) -> fx.GraphModule:
+    """``output = base + cache`` (or ``output = cache``): the cached range, in one add per stream."""
+    g = fx.Graph()
+    ph = {}
+    for p in pairs:
+        for name in (p.base, p.cache):
+            if name is not None and name not in ph:
+                ph[name] = _placeholder(g, name, meta)
+    outs = []
+    for p in pairs:
+        if p.base is None:
+            val = g.call_function(aten.clone.default, (ph[p.cache],))
+            val.meta["val"] = meta.get(p.cache)
+        else:
+            val = _binary(g, aten.add.Tensor, ph[p.base], ph[p.cache])
+        outs.append((p.output, val))
+    return _module(g, outs, "DeltaApply")
+
+
+def copy_values(copies: dict[str, str], meta: dict[str, object]) -> fx.GraphModule:
+    """``dst = src`` for each pair: commits a probe's reference into its cache on full steps."""
+    g = fx.Graph()
+    outs = []
+    for src, dst in copies.items():
+        ph = _placeholder(g, src, meta)
+        node = g.call_function(aten.clone.default, (ph,))
+        node.meta["val"] = meta.get(src)
+        outs.append((dst, node))
+    return _module(g, outs, "Commit")
