@@ -8,6 +8,7 @@ specialise 0/1, which would silently bake the example batch into the program.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +40,7 @@ class Captured:
     example_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     batch_dims: dict[str, int] = field(default_factory=dict)
     cross_attention: set[str] = field(default_factory=set)
+    max_batch: int = MAX_BATCH
 
 
 def flatten_inputs(kwargs: dict) -> dict[str, torch.Tensor]:
@@ -126,13 +128,8 @@ def capture(
     wrapper = _wrap(model, template, list(tensors))
     batch = tensors[latent_input].shape[0]
     batch_dims = _batch_dims(tensors, batch) if dynamic_batch else {}
-    dynamic_shapes = None
-    if dynamic_batch:
-        b = Dim("batch", min=1, max=MAX_BATCH)
-        dynamic_shapes = {k: ({batch_dims[k]: b} if k in batch_dims else None) for k in tensors}
     try:
-        with torch.no_grad():
-            ep = torch.export.export(wrapper, (), tensors, dynamic_shapes=dynamic_shapes, strict=False)
+        ep, max_batch = _export(wrapper, tensors, batch_dims, dynamic_batch)
     except Exception as exc:  # noqa: BLE001 - re-raised with the construct that failed
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelError(
@@ -152,7 +149,30 @@ def capture(
         example_inputs={k: v.detach().clone() for k, v in tensors.items()},
         batch_dims=batch_dims,
         cross_attention=_cross_attention_modules(model),
+        max_batch=max_batch,
     )
+
+
+def _export(wrapper, tensors, batch_dims, dynamic_batch):
+    """Export with a dynamic batch of 1..MAX_BATCH; if the model's code bounds the batch more
+    tightly (the SD U-Net's upsampling does), retry once with the bound export suggests."""
+
+    def run(max_batch):
+        shapes = None
+        if dynamic_batch:
+            b = Dim("batch", min=1, max=max_batch)
+            shapes = {k: ({batch_dims[k]: b} if k in batch_dims else None) for k in tensors}
+        with torch.no_grad():
+            return torch.export.export(wrapper, (), tensors, dynamic_shapes=shapes, strict=False)
+
+    try:
+        return run(MAX_BATCH), MAX_BATCH
+    except Exception as exc:  # noqa: BLE001 - only a suggested batch bound is retried
+        found = re.search(r"Dim\('batch', max=(\d+)\)", str(exc))
+        if not found:
+            raise
+        bound = int(found.group(1))
+        return run(bound), bound
 
 
 def _cross_attention_modules(model: torch.nn.Module) -> set[str]:

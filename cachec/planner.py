@@ -16,12 +16,12 @@ from __future__ import annotations
 import re
 
 import torch
-from cachec.passes import AssignSegments, HoistConditioning, PassManager, StripExportArtifacts
-from cachec.passes.probes import rel_l1_probe
-from cachec.passes.residual_delta import StreamPair, copy_values, delta_apply, delta_write
 from torch import fx
 
 from cachec.graph_keys import COND_KEY
+from cachec.passes import AssignSegments, HoistConditioning, PassManager, StripExportArtifacts
+from cachec.passes.probes import rel_l1_probe
+from cachec.passes.residual_delta import StreamPair, copy_values, delta_apply, delta_write
 
 from .capture import Captured
 from .errors import ModelError
@@ -66,7 +66,7 @@ class Planner:
         self.meta = {n.name: n.meta.get("val") for n in gm.graph.nodes}
         self.meta[captured.output_name] = self.meta[next(n for n in gm.graph.nodes if n.op == "output").args[0][0].name]
         self.bsym = batch_symbol(gm, captured.latent_input)
-        self.region_segment = {r.name: f"b{r.block}_{r.name.rsplit('.', 1)[-1]}" for r in self.regions}
+        self.region_segment = {r.name: r.segment for r in self.regions}
         self.block_segments = [[s for s in self.order if s.startswith(f"b{i}_")] for i in range(len(self.blocks))]
         self._latent_dependent = self._latent_closure()
         total = sum(s.flops for s in self.segments.values())
@@ -126,19 +126,24 @@ class Planner:
         return not node.meta.get(COND_KEY, False)
 
     def pair_streams(self, inputs: list[str], outputs: list[str], tag: str) -> list[StreamPair]:
-        """Pair each range output with the range input it is a residual of (by shape, then lineage)."""
+        """Pair each range output with the range input it is a residual of.
+
+        Candidates are the inputs of the same shape and dtype. Several candidates (FLUX text and
+        image streams of equal length, U-Net skip features) are narrowed to those the output
+        reaches through structural ops only (adds, cats, slices, views), then to the one defined
+        last — the stream most recently updated before the range. Any choice is an exact
+        Δ-cache (``apply`` adds the delta to the same base ``write`` subtracted); this one keeps
+        the delta smallest. An output with no candidate is cached raw.
+        """
+        order = {n: i for i, n in enumerate(self.nodes)}
         pairs = []
         for k, out in enumerate(outputs):
             spec = self.spec(out)
             same = [i for i in inputs if self.spec(i) == spec]
             if len(same) > 1:
                 same = [i for i in same if i in self._structural_ancestors(out)] or same
-            if len(same) > 1:
-                raise ModelError(
-                    f"cannot tell which of {same} the range output {out} is a residual of "
-                    "(equal shapes); use a resolution where text and image token counts differ"
-                )
-            pairs.append(StreamPair(out, same[0] if same else None, cache_name(tag, str(k))))
+            base = max(same, key=order.__getitem__) if same else None
+            pairs.append(StreamPair(out, base, cache_name(tag, str(k))))
         return pairs
 
     def _structural_ancestors(self, name: str) -> set[str]:

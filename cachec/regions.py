@@ -53,6 +53,12 @@ class Region:
     flops: float = 0.0
     share: float = 0.0
     nodes: list[str] = field(default_factory=list, repr=False)
+    local: str = ""  # name relative to its block, e.g. "attn1" or "attentions.0.transformer_blocks.0.ff"
+
+    @property
+    def segment(self) -> str:
+        """The segment that computes this region (unique within the program)."""
+        return f"b{self.block}_" + "".join(c if c.isalnum() else "_" for c in self.local)
 
     def to_json(self) -> dict:
         return {
@@ -203,5 +209,6 @@ def module_regions(
                 for a in n.all_input_nodes:
                     if a not in member and a.op != "get_attr" and a.name not in inputs:
                         inputs.append(a.name)
-            regions.append(Region(kind, name, bi, mods, inputs, outputs, nodes=[n.name for n in nodes]))
+            regions.append(Region(kind, name, bi, mods, inputs, outputs, nodes=[n.name for n in nodes],
+                                  local=name[len(block) + 1 :]))
     return regions

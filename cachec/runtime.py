@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+
 from cachec.backends import get_backend
 
 from .capture import flatten_inputs

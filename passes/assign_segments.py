@@ -22,10 +22,6 @@ from cachec.regions import Region, node_block
 from .infra import Pass, PassError, PassResult
 
 
-def region_segment(region: Region) -> str:
-    return f"b{region.block}_{region.name.rsplit('.', 1)[-1]}"
-
-
 class AssignSegments(Pass):
     def __init__(self, blocks: list[str], model_class: str, regions: list[Region], region_nodes: dict[str, Region]):
         self.blocks = blocks
@@ -64,7 +60,7 @@ class AssignSegments(Pass):
                         current, glue, in_region = b, 0, None
                     region = self.region_nodes.get(n.name)
                     if region is not None:
-                        seg = region_segment(region)
+                        seg = region.segment
                         in_region = seg
                     else:
                         if in_region is not None:

@@ -1,0 +1,215 @@
+"""Model specs: ``builtin:NAME``, ``arch:NAME`` (published config, random weights), or a local dir.
+
+A resolved model is a :class:`ModelBundle`: the diffusers module, how to synthesise example
+inputs for it from its class and config (so export needs no pipeline), which inputs are the
+streams, and which scheduler samples it. Nothing here reaches a model hub.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError
+
+SUPPORTED = (
+    "DiTTransformer2DModel",
+    "PixArtTransformer2DModel",
+    "FluxTransformer2DModel",
+    "SD3Transformer2DModel",
+    "WanTransformer3DModel",
+    "UNet2DConditionModel",
+)
+
+# Published configurations (the diffusers config.json of each release), random weights.
+ARCH_CONFIGS: dict[str, tuple[str, dict]] = {
+    "dit-xl-2": ("DiTTransformer2DModel", dict(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+        sample_size=32, patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero")),
+    "pixart-alpha": ("PixArtTransformer2DModel", dict(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+        sample_size=128, patch_size=2, cross_attention_dim=1152, caption_channels=4096,
+        norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        activation_fn="gelu-approximate", use_additional_conditions=True)),
+    "flux.1-dev": ("FluxTransformer2DModel", dict(
+        patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56))),
+    "sd3-medium": ("SD3Transformer2DModel", dict(
+        sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+        pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192)),
+    "wan2.1-1.3b": ("WanTransformer3DModel", dict(
+        patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+        text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)),
+    "sd1.5-unet": ("UNet2DConditionModel", dict(
+        sample_size=64, in_channels=4, out_channels=4, cross_attention_dim=768,
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))),
+}
+
+# flow-matching models are sampled with FlowMatchEulerDiscreteScheduler, the rest with DDIM
+FLOW_MATCHING = {"FluxTransformer2DModel", "SD3Transformer2DModel", "WanTransformer3DModel"}
+
+
+@dataclass
+class ModelBundle:
+    name: str
+    model: torch.nn.Module
+    scheduler_dir: Path | None = None
+    text_tokens: int = 8
+    frames: int = 1
+
+    @property
+    def class_name(self) -> str:
+        return type(self.model).__name__
+
+    @property
+    def latent_input(self) -> str:
+        return "sample" if self.class_name == "UNet2DConditionModel" else "hidden_states"
+
+    @property
+    def stream_inputs(self) -> list[str]:
+        return [self.latent_input, "encoder_hidden_states"]
+
+    def example_inputs(self, batch: int = 2, seed: int = 0, resolution: int | None = None) -> dict:
+        return example_inputs(self.model, batch, seed, text_tokens=self.text_tokens, resolution=resolution,
+                              frames=self.frames)
+
+    def scheduler(self):
+        import diffusers
+
+        if self.scheduler_dir is not None:
+            return diffusers.DDIMScheduler.from_pretrained(str(self.scheduler_dir))
+        if self.class_name in FLOW_MATCHING:
+            return diffusers.FlowMatchEulerDiscreteScheduler()
+        return diffusers.DDIMScheduler()
+
+
+def _cls(name: str):
+    import diffusers
+
+    if name not in SUPPORTED:
+        raise ModelError(f"model class {name} is not supported; supported: {', '.join(SUPPORTED)}")
+    return getattr(diffusers, name)
+
+
+def example_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0, *, text_tokens: int = 8,
+                   resolution: int | None = None, frames: int = 1) -> dict:
+    """Synthesise a forward's keyword inputs from the model's class and config.
+
+    Shapes follow the pipelines (latent channels and sample size from the config); values are
+    seeded noise, timesteps mid-schedule, so export and runtime checks see realistic dtypes.
+    """
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    cls = type(model).__name__
+    dtype = next(model.parameters()).dtype
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    size = resolution or c.get("sample_size", 16)
+    if cls == "DiTTransformer2DModel":
+        return dict(hidden_states=randn(batch, c.in_channels, size, size),
+                    timestep=torch.full((batch,), 500, dtype=torch.long),
+                    class_labels=torch.randint(0, c.num_embeds_ada_norm, (batch,), generator=g))
+    if cls == "PixArtTransformer2DModel":
+        added = {"resolution": None, "aspect_ratio": None}
+        if c.use_additional_conditions if c.use_additional_conditions is not None else c.sample_size == 128:
+            added = {"resolution": torch.tensor([[size * 8.0, size * 8.0]] * batch, dtype=dtype),
+                     "aspect_ratio": torch.ones(batch, 1, dtype=dtype)}
+        return dict(hidden_states=randn(batch, c.in_channels, size, size),
+                    encoder_hidden_states=randn(batch, text_tokens, c.caption_channels),
+                    timestep=torch.full((batch,), 500, dtype=torch.long), added_cond_kwargs=added)
+    if cls == "FluxTransformer2DModel":
+        h = w = size // 2 if resolution else 8
+        ids = torch.zeros(h, w, 3)
+        ids[..., 1] = torch.arange(h)[:, None]
+        ids[..., 2] = torch.arange(w)[None, :]
+        kw = dict(hidden_states=randn(batch, h * w, c.in_channels),
+                  encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim),
+                  pooled_projections=randn(batch, c.pooled_projection_dim),
+                  timestep=torch.full((batch,), 0.5, dtype=dtype),
+                  img_ids=ids.reshape(h * w, 3).to(dtype), txt_ids=torch.zeros(text_tokens, 3, dtype=dtype))
+        if c.guidance_embeds:
+            kw["guidance"] = torch.full((batch,), 3.5, dtype=dtype)
+        return kw
+    if cls == "SD3Transformer2DModel":
+        return dict(hidden_states=randn(batch, c.in_channels, size, size),
+                    encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim),
+                    pooled_projections=randn(batch, c.pooled_projection_dim),
+                    timestep=torch.full((batch,), 500.0, dtype=dtype))
+    if cls == "WanTransformer3DModel":
+        size = resolution or 16
+        return dict(hidden_states=randn(batch, c.in_channels, frames, size, size),
+                    timestep=torch.full((batch,), 500, dtype=torch.long),
+                    encoder_hidden_states=randn(batch, text_tokens, c.text_dim))
+    if cls == "UNet2DConditionModel":
+        # a 0-d timestep, as StableDiffusionPipeline passes it (a batched one bounds the batch at 2..63)
+        return dict(sample=randn(batch, c.in_channels, size, size),
+                    timestep=torch.tensor(500, dtype=torch.long),
+                    encoder_hidden_states=randn(batch, text_tokens, c.cross_attention_dim))
+    raise ModelError(f"model class {cls} is not supported; supported: {', '.join(SUPPORTED)}")
+
+
+def builtin_dir(name: str) -> Path:
+    return Path(str(resources.files("cachec").joinpath("builtin", name.replace("-", "_"))))
+
+
+BUILTINS = ("tiny-dit",)
+
+
+def resolve(spec: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> ModelBundle:
+    """Turn ``builtin:NAME``, ``arch:NAME`` or a local directory into a :class:`ModelBundle`."""
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name not in BUILTINS:
+            raise ModelError(f"unknown builtin model {name!r}; builtin models: {', '.join(BUILTINS)}")
+        d = builtin_dir(name)
+        if not (d / "config.json").exists():
+            raise ModelError(f"builtin model {name} is missing its checkpoint at {d}; retrain with tools/train_tiny_dit.py")
+        model = _load_dir(d, dtype)
+        return ModelBundle(spec, model, scheduler_dir=d / "scheduler")
+    if spec.startswith("arch:"):
+        name = spec.split(":", 1)[1]
+        if name not in ARCH_CONFIGS:
+            raise ModelError(f"unknown architecture {name!r}; known: {', '.join(ARCH_CONFIGS)}")
+        cls_name, cfg = ARCH_CONFIGS[name]
+        torch.manual_seed(seed)
+        with torch.device("cpu"):
+            model = _cls(cls_name)(**cfg).to(dtype).eval()
+        return ModelBundle(spec, model)
+    path = Path(spec)
+    if path.is_dir():
+        return ModelBundle(spec, _load_dir(path, dtype))
+    raise ModelError(
+        f"cannot resolve model {spec!r}: use builtin:NAME ({', '.join(BUILTINS)}), arch:NAME "
+        f"({', '.join(ARCH_CONFIGS)}), or a local diffusers model directory with config.json and weights"
+    )
+
+
+def _load_dir(path: Path, dtype: torch.dtype) -> torch.nn.Module:
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        sub = path / "transformer" if (path / "transformer" / "config.json").exists() else path / "unet"
+        if (sub / "config.json").exists():
+            path, cfg_file = sub, sub / "config.json"
+        else:
+            raise ModelError(f"{path} has no config.json (nor transformer/ or unet/ subfolder): not a diffusers model dir")
+    try:
+        cls_name = json.loads(cfg_file.read_text())["_class_name"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ModelError(f"{cfg_file} is not a diffusers config (no _class_name): {exc}") from exc
+    try:
+        return _cls(cls_name).from_pretrained(str(path), torch_dtype=dtype).eval()
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loading failure is reported with the path
+        raise ModelError(f"could not load {cls_name} from {path}: {exc}") from exc
