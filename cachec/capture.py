@@ -41,6 +41,11 @@ class Captured:
     batch_dims: dict[str, int] = field(default_factory=dict)
     cross_attention: set[str] = field(default_factory=set)
     max_batch: int = MAX_BATCH
+    exported: torch.export.ExportedProgram | None = None
+
+    @property
+    def example_batch(self) -> int:
+        return int(self.example_inputs[self.latent_input].shape[0])
 
 
 def flatten_inputs(kwargs: dict) -> dict[str, torch.Tensor]:
@@ -150,6 +155,7 @@ def capture(
         batch_dims=batch_dims,
         cross_attention=_cross_attention_modules(model),
         max_batch=max_batch,
+        exported=ep,
     )
 
 

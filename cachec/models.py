@@ -60,15 +60,24 @@ FLOW_MATCHING = {"FluxTransformer2DModel", "SD3Transformer2DModel", "WanTransfor
 
 @dataclass
 class ModelBundle:
+    """A model to compile or sample: the module (absent for a loaded artifact) or its class and config."""
+
     name: str
-    model: torch.nn.Module
+    model: torch.nn.Module | None
     scheduler_dir: Path | None = None
     text_tokens: int = 8
     frames: int = 1
+    cls_name: str = ""
+    config: dict | None = None
+
+    def __post_init__(self):
+        if self.model is not None:
+            self.cls_name = type(self.model).__name__
+            self.config = dict(self.model.config)
 
     @property
     def class_name(self) -> str:
-        return type(self.model).__name__
+        return self.cls_name
 
     @property
     def latent_input(self) -> str:
@@ -79,8 +88,8 @@ class ModelBundle:
         return [self.latent_input, "encoder_hidden_states"]
 
     def example_inputs(self, batch: int = 2, seed: int = 0, resolution: int | None = None) -> dict:
-        return example_inputs(self.model, batch, seed, text_tokens=self.text_tokens, resolution=resolution,
-                              frames=self.frames)
+        return synth_inputs(self.cls_name, self.config, batch, seed, text_tokens=self.text_tokens,
+                            resolution=resolution, frames=self.frames)
 
     def scheduler(self):
         import diffusers
@@ -102,20 +111,30 @@ def _cls(name: str):
 
 def example_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0, *, text_tokens: int = 8,
                    resolution: int | None = None, frames: int = 1) -> dict:
-    """Synthesise a forward's keyword inputs from the model's class and config.
+    """Synthesise a forward's keyword inputs from the model's class and config."""
+    dtype = next(model.parameters()).dtype
+    return synth_inputs(type(model).__name__, dict(model.config), batch, seed, text_tokens=text_tokens,
+                        resolution=resolution, frames=frames, dtype=dtype)
+
+
+class _Config(dict):
+    __getattr__ = dict.get
+
+
+def synth_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_tokens: int = 8,
+                 resolution: int | None = None, frames: int = 1, dtype: torch.dtype = torch.float32) -> dict:
+    """Keyword inputs for a model class and config (no module needed, so artifacts can be sampled).
 
     Shapes follow the pipelines (latent channels and sample size from the config); values are
     seeded noise, timesteps mid-schedule, so export and runtime checks see realistic dtypes.
     """
     g = torch.Generator().manual_seed(seed)
-    c = model.config
-    cls = type(model).__name__
-    dtype = next(model.parameters()).dtype
+    c = _Config(config)
 
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(dtype)
 
-    size = resolution or c.get("sample_size", 16)
+    size = resolution or c.get("sample_size") or 16
     if cls == "DiTTransformer2DModel":
         return dict(hidden_states=randn(batch, c.in_channels, size, size),
                     timestep=torch.full((batch,), 500, dtype=torch.long),

@@ -58,7 +58,7 @@ class Planner:
         self.order = assign.order
         self.segments = split(gm, self.order, captured.output_name)
         self.order = [s for s in self.order if s in self.segments]
-        self.batch = captured.example_inputs[captured.latent_input].shape[0]
+        self.batch = captured.example_batch
         for seg in self.segments.values():
             seg.flops = graph_flops(seg.module, self.batch)
             seg.role = self._role(seg.name)

@@ -1,0 +1,263 @@
+"""The ``cachec`` command line: compile, run, inspect, policies.
+
+Every user error (bad policy, model, shape, artifact, missing backend) is a
+:class:`~cachec.errors.CachecError`: printed as one message, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import CachecError, ModelError
+
+log = logging.getLogger("cachec")
+
+
+def _stage(msg: str) -> None:
+    print(f"[cachec] {msg}", file=sys.stderr, flush=True)
+
+
+def _bundle_and_program(model_spec: str, policy: str, batch: int):
+    """Resolve MODEL (spec or artifact dir) into a sampling bundle and a compiled runtime factory."""
+    from . import artifact
+    from .models import ModelBundle, builtin_dir, resolve
+
+    path = Path(model_spec)
+    if path.is_dir() and (path / "manifest.json").exists():
+        manifest = artifact.read_manifest(path)
+        spec = manifest["model"]["spec"]
+        sched = None
+        if spec.startswith("builtin:"):
+            sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler"
+        bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=manifest["model"]["class"],
+                             config=manifest["model"]["config"])
+
+        def make(pol):
+            program, _ = artifact.load_program(path, None if pol == manifest["policy"] else pol)
+            return program, manifest["signature"]
+
+        return bundle, make, manifest["policy"]
+    bundle = resolve(model_spec)
+    from .capture import capture
+    from .planner import Planner
+    from .policy import parse_policy
+    from .runtime import signature_of
+
+    _stage(f"exporting {bundle.class_name} ({model_spec})")
+    captured = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
+                       latent_input=bundle.latent_input)
+    cache = {}
+
+    def make(pol):
+        if pol not in cache:
+            # each plan consumes a fresh copy of the captured graph (passes rewrite it in place)
+            cap = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
+                          latent_input=bundle.latent_input) if cache else captured
+            planner = Planner(cap)
+            program = planner.plan(parse_policy(pol))
+            program.meta["none_flops"] = sum(s.flops for s in planner.segments.values())
+            cache[pol] = (program, cap)
+        return cache[pol][0], signature_of(bundle.model)
+
+    make.captured = lambda pol: cache[pol][1]
+    return bundle, make, None
+
+
+def cmd_compile(args) -> int:
+    from . import artifact
+    from .policy import parse_policy
+
+    if args.backend != "eager":
+        from .backends import get_backend
+
+        get_backend(args.backend)
+    policy = parse_policy(args.policy).spec
+    bundle, make, _ = _bundle_and_program(args.model, policy, args.batch)
+    if bundle.model is None:
+        raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
+    program, signature = make(policy)
+    _stage(f"writing artifact to {args.out}")
+    out = artifact.save(args.out, program, make.captured(policy), args.model, signature, force=args.force)
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(f"compiled {args.model} with policy {policy}: {len(program.segments)} segments, "
+          f"variants {', '.join(program.paths)} -> {out}")
+    print(f"model.pt2: {manifest['files']['model.pt2']['bytes'] / 1e6:.1f} MB")
+    return 0
+
+
+def _grid(images: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    img = images[:, :3] if c >= 3 else images[:, :1].repeat(1, 3, 1, 1)
+    cols = min(n, 8)
+    rows = (n + cols - 1) // cols
+    scale = max(1, 128 // max(h, w))
+    canvas = torch.ones(3, rows * (h + 2), cols * (w + 2))
+    for i in range(n):
+        r, q = divmod(i, cols)
+        canvas[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = img[i]
+    arr = (canvas.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    im = Image.fromarray(arr)
+    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+
+
+def cmd_run(args) -> int:
+    from .metrics import psnr, ssim, to_unit
+    from .policy import parse_policy
+    from .runtime import CacheRuntime
+    from .sampling import sample
+
+    bundle, make, artifact_policy = _bundle_and_program(args.model, "none", args.batch)
+    policy = parse_policy(args.policy or artifact_policy or "none").spec
+    pixel = bundle.name.startswith("builtin:")
+    results = {}
+    for pol in dict.fromkeys(["none", policy]):
+        program, signature = make(pol)
+        rt = CacheRuntime(program, pol, backend=args.backend, num_steps=args.steps, signature=signature)
+        sample(rt, bundle, min(2, args.steps), args.seed, args.batch)  # warm-up (allocations, first-call costs)
+        rt.reset(args.steps)
+        traj = sample(rt, bundle, args.steps, args.seed, args.batch, progress=sys.stderr.isatty())
+        results[pol] = (traj, rt.stats)
+        _stage(f"{pol}: {traj.seconds:.3f} s, NFE {rt.stats.nfe:.2f}")
+    ref_traj, _ = results["none"]
+    traj, stats = results[policy]
+    ref_img = to_unit(ref_traj.sample, pixel)
+    img = to_unit(traj.sample, pixel, ref=None if pixel else ref_traj.sample)
+    if not pixel:
+        ref_img = to_unit(ref_traj.sample, pixel, ref=ref_traj.sample)
+    out_dir = Path(args.out)
+    _grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png")
+    _grid(ref_img, out_dir / "samples_none.png")
+    report = {
+        "model": bundle.name,
+        "policy": policy,
+        "backend": args.backend,
+        "steps": args.steps,
+        "seed": args.seed,
+        "batch": args.batch,
+        **stats.to_json(),
+        "latency_s": round(traj.seconds, 4),
+        "latency_none_s": round(ref_traj.seconds, 4),
+        "speedup_vs_none": round(ref_traj.seconds / traj.seconds, 3),
+        "nfe_ideal_speedup": round(args.steps / stats.nfe, 3) if stats.nfe else None,
+        "psnr_vs_none": round(psnr(img, ref_img), 3),
+        "ssim_vs_none": round(ssim(img, ref_img), 4),
+        "samples": str(out_dir),
+    }
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"model {report['model']}  policy {policy}  backend {args.backend}  steps {args.steps}  seed {args.seed}")
+        print(f"schedule   {report['schedule']}")
+        print(f"NFE        {report['nfe']:.2f} of {args.steps} (ideal speedup {report['nfe_ideal_speedup']}x)")
+        print(f"latency    {report['latency_s']:.3f} s  (none: {report['latency_none_s']:.3f} s, "
+              f"speedup {report['speedup_vs_none']}x, same backend, same run)")
+        print(f"fidelity   PSNR {report['psnr_vs_none']} dB, SSIM {report['ssim_vs_none']} vs none (same seed)")
+        print(f"samples    {out_dir}/")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .policy import parse_policy
+
+    policy = parse_policy(args.policy).spec
+    bundle, make, _ = _bundle_and_program(args.model, policy, 2)
+    program, _ = make(policy)
+    meta = program.meta
+    if args.json:
+        print(json.dumps({"regions": meta["regions"], "segments": {
+            n: {"role": s.role, "flops_per_sample": s.flops, "inputs": s.inputs, "outputs": s.outputs}
+            for n, s in program.segments.items()}, "variants": program.paths}, indent=1, default=str))
+        return 0
+    print(f"{meta['model_class']}: {len(meta['blocks'])} blocks, policy {policy}")
+    print("\nregions (kind, name, share of FLOPs):")
+    for r in meta["regions"]:
+        print(f"  {r['kind']:<10} {r['name']:<60} {100 * r['share']:5.1f}%")
+    print("\nsegments (role, GFLOPs/sample, parameters):")
+    for n, s in program.segments.items():
+        params = sum(t.numel() for t in s.parameters().values())
+        print(f"  {n:<40} {s.role:<9} {s.flops / 1e9:9.4f}  {params:>10}")
+    print("\nvariants (segments run; cache nodes inserted):")
+    for name, ops in program.paths.items():
+        runs = sum(op[0] == "run" for op in ops)
+        loads = [op[1] for op in ops if op[0] == "load"]
+        stores = [op[2] for op in ops if op[0] == "store"]
+        print(f"  {name:<11} {runs} segments, {program.path_flops(name) / 1e9:.4f} GFLOPs/sample, "
+              f"{len(loads)} cache_read, {len(stores)} cache_write")
+        for c in dict.fromkeys(loads + stores):
+            kinds = ("read" if c in loads else "") + ("/write" if c in stores else "")
+            print(f"      {kinds.strip('/'):<10} {c}")
+    cache_bytes = sum(
+        torch.tensor([], dtype=getattr(torch, v.dtype)).element_size() * int(torch.tensor(v.concrete(1)).prod())
+        for v in program.caches().values())
+    print(f"\ncache buffers: {len(program.caches())}, {cache_bytes / 1e6:.3f} MB per batch item")
+    return 0
+
+
+def cmd_policies(args) -> int:
+    from .policy import describe_policies
+
+    print(describe_policies())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cachec", description="Diffusion feature caching as a compiler pass.")
+    sub = p.add_subparsers(dest="command", required=True)
+    model_help = "builtin:tiny-dit, arch:NAME (dit-xl-2, pixart-alpha, flux.1-dev, sd3-medium, wan2.1-1.3b, sd1.5-unet), or a local diffusers model dir"
+
+    c = sub.add_parser("compile", help="compile MODEL with a policy into an artifact directory")
+    c.add_argument("model", help=model_help)
+    c.add_argument("--policy", default="none", help="policy spec, e.g. fora:3 (see `cachec policies`)")
+    c.add_argument("--backend", default="eager", help="lowering target (eager)")
+    c.add_argument("--out", required=True, help="artifact directory to write")
+    c.add_argument("--batch", type=int, default=2, help="example batch for export (the batch stays dynamic)")
+    c.add_argument("--force", action="store_true", help="replace --out if it exists")
+    c.set_defaults(fn=cmd_compile)
+
+    r = sub.add_parser("run", help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
+    r.add_argument("model", help=model_help + ", or an artifact directory")
+    r.add_argument("--policy", default=None, help="policy spec (default: the artifact's, or none)")
+    r.add_argument("--steps", type=int, default=50)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--backend", default="eager")
+    r.add_argument("--out", default="cachec-run", help="directory for the sample PNGs")
+    r.add_argument("--json", action="store_true", help="print the report as JSON")
+    r.set_defaults(fn=cmd_run)
+
+    i = sub.add_parser("inspect", help="regions, segments and the cache nodes of each variant")
+    i.add_argument("model", help=model_help + ", or an artifact directory")
+    i.add_argument("--policy", default="fora:3")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_inspect)
+
+    pol = sub.add_parser("policies", help="list every policy with its parameters and defaults")
+    pol.set_defaults(fn=cmd_policies)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="[cachec] %(message)s")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "steps", 1) is not None and getattr(args, "steps", 1) < 1:
+        print("cachec: error: --steps must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.fn(args)
+    except CachecError as exc:
+        print(f"cachec: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""A plain sampling loop (scheduler + denoiser) used by ``cachec run`` and ``cachec bench``.
+
+It calls the denoiser exactly as a diffusers pipeline would (keyword inputs, batched timestep,
+no classifier-free guidance), so the same loop drives the uncached model, a cachec runtime and
+the hook-based references in the tests. Flow-matching models get ``FlowMatchEulerDiscreteScheduler``
+and FLUX its timestep divided by 1000, as in ``FluxPipeline``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .models import ModelBundle
+
+
+@dataclass
+class Trajectory:
+    sample: torch.Tensor
+    seconds: float
+    step_seconds: list[float]
+
+
+def initial_inputs(bundle: ModelBundle, batch: int, seed: int) -> dict:
+    """Seeded starting latent plus fixed conditioning (class labels cycle through the classes)."""
+    kw = bundle.example_inputs(batch=batch, seed=seed)
+    if "class_labels" in kw:
+        n = bundle.config["num_embeds_ada_norm"]
+        kw["class_labels"] = torch.arange(batch) % n
+    return kw
+
+
+def sample(denoiser, bundle: ModelBundle, steps: int, seed: int, batch: int, progress: bool = False) -> Trajectory:
+    kw = initial_inputs(bundle, batch, seed)
+    latent_name = bundle.latent_input
+    x = kw.pop(latent_name)
+    scheduler = bundle.scheduler()
+    scheduler.set_timesteps(steps)
+    latent_channels = x.shape[1]
+    is_flux = bundle.class_name == "FluxTransformer2DModel"
+    timesteps = scheduler.timesteps
+    if progress:
+        from tqdm import tqdm
+
+        timesteps = tqdm(timesteps, desc="sampling", leave=False)
+    step_seconds = []
+    start = time.perf_counter()
+    with torch.no_grad():
+        for t in timesteps:
+            t0 = time.perf_counter()
+            ref_t = kw["timestep"]
+            tt = (t / 1000.0 if is_flux else t).to(ref_t.dtype)
+            tt = tt.expand(ref_t.shape) if ref_t.dim() else tt.reshape(())
+            out = denoiser(**{latent_name: x, **kw, "timestep": tt}, return_dict=False)[0]
+            if x.dim() == 4 and out.shape[1] == 2 * latent_channels:  # learned sigma (DiT-XL/2)
+                out = out[:, :latent_channels]
+            x = scheduler.step(out, t, x, return_dict=False)[0]
+            step_seconds.append(time.perf_counter() - t0)
+    return Trajectory(x, time.perf_counter() - start, step_seconds)

@@ -1,0 +1,104 @@
+"""Regions, segments, weight ownership and FLOPs, checked against hand computations."""
+
+import pytest
+import torch
+from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, UNet2DConditionModel
+
+import cachec
+from cachec.models import example_inputs
+
+
+def _dit():
+    torch.manual_seed(0)
+    return DiTTransformer2DModel(sample_size=8, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2,
+                                 attention_head_dim=8, num_embeds_ada_norm=10).eval()
+
+
+def test_dit_regions_and_flops_by_hand():
+    m = _dit()
+    program = cachec.build_program(m, example_inputs(m, 2), "fora:2")
+    regions = {r["name"]: r for r in program.meta["regions"]}
+    assert set(regions) == {f"transformer_blocks.{i}.{k}" for i in range(2) for k in ("attn1", "ff")}
+    assert regions["transformer_blocks.0.attn1"]["kind"] == "attn"
+    assert regions["transformer_blocks.0.ff"]["kind"] == "mlp"
+    tokens, dim, heads, head_dim = (8 // 2) ** 2, 16, 2, 8
+    # q, k, v, out projections + QK^T and AV
+    attn = 4 * 2 * tokens * dim * dim + 2 * 2 * heads * tokens * tokens * head_dim
+    ff = 2 * 2 * tokens * dim * 4 * dim
+    assert regions["transformer_blocks.0.attn1"]["flops_per_sample"] == attn
+    assert regions["transformer_blocks.1.ff"]["flops_per_sample"] == ff
+    # the reuse path runs no region segment and reads every region output from a cache
+    reuse = program.paths["reuse"]
+    assert not any(op[0] == "run" and ("attn1" in op[1] or op[1].endswith("_ff")) for op in reuse)
+    assert sum(op[0] == "load" for op in reuse) == 4
+    assert sum(op[0] == "store" for op in program.paths["full"]) == 4
+
+
+def test_adaln_is_hoisted_and_every_parameter_has_one_segment():
+    m = _dit()
+    program = cachec.build_program(m, example_inputs(m, 2), "fbcache:0.1")
+    owners = {}
+    for seg in program.segments.values():
+        for name in seg.parameters():
+            assert name not in owners, f"{name} in {owners.get(name)} and {seg.name}"
+            owners[name] = seg.name
+    # DiT calls transformer_blocks[0].norm1.emb again after the loop: hoisting puts it in the prologue
+    assert all(owners[n] == "prologue" for n in owners if ".norm1." in n)
+    # every model parameter is somewhere; the rest are buffers (the fixed position embedding)
+    held = {n.removeprefix("denoiser.") for n in owners}
+    assert {n for n, _ in m.named_parameters()} <= held
+    assert held - {n for n, _ in m.named_parameters()} <= {n for n, _ in m.named_buffers()}
+    # glue and cache segments carry no weights
+    for seg in program.segments.values():
+        if seg.role in ("glue", "cache", "probe"):
+            assert not seg.parameters(), seg.name
+
+
+def test_flux_single_blocks_cache_their_fused_output():
+    torch.manual_seed(0)
+    m = FluxTransformer2DModel(patch_size=1, in_channels=8, num_layers=1, num_single_layers=2, attention_head_dim=8,
+                               num_attention_heads=2, joint_attention_dim=12, pooled_projection_dim=6,
+                               guidance_embeds=True, axes_dims_rope=(2, 2, 4)).eval()
+    program = cachec.build_program(m, example_inputs(m, 2, text_tokens=5), "fora:3")
+    kinds = {r["name"]: r["kind"] for r in program.meta["regions"]}
+    assert kinds["transformer_blocks.0.attn"] == "attn"
+    assert kinds["transformer_blocks.0.ff_context"] == "mlp"
+    assert kinds["single_transformer_blocks.1.parallel"] == "mlp"
+    assert program.meta["blocks"] == ["transformer_blocks.0", "single_transformer_blocks.0", "single_transformer_blocks.1"]
+
+
+def test_unet_blocks_include_the_declared_mid_block_and_cross_attention():
+    torch.manual_seed(0)
+    m = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, cross_attention_dim=12,
+                             block_out_channels=(8, 16), layers_per_block=1, attention_head_dim=2, norm_num_groups=4,
+                             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+    program = cachec.build_program(m, example_inputs(m, 2, text_tokens=5), "none")
+    assert program.meta["blocks"] == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
+    kinds = {r["name"].rsplit(".", 1)[-1]: r["kind"] for r in program.meta["regions"]}
+    assert kinds["attn2"] == "cross_attn" and kinds["attn1"] == "attn"
+
+
+def test_shape_and_dtype_errors_are_clear():
+    m = _dit()
+    rt = cachec.compile(m, example_inputs(m, 2), "none")
+    bad = example_inputs(m, 2)
+    bad["hidden_states"] = torch.randn(2, 4, 6, 6)
+    with pytest.raises(cachec.ShapeError, match=r"shape \(2, 4, 6, 6\).*accepts \('B', 4, 8, 8\)"):
+        rt(**bad)
+    bad = example_inputs(m, 2)
+    bad["hidden_states"] = bad["hidden_states"].double()
+    with pytest.raises(cachec.ShapeError, match="dtype"):
+        rt(**bad)
+
+
+def test_batch_is_dynamic_and_a_batch_change_resets_the_trajectory(caplog):
+    m = _dit()
+    rt = cachec.compile(m, example_inputs(m, 2), "fora:3", num_steps=10)
+    for batch in (1, 3):
+        kw = example_inputs(m, batch, seed=batch)
+        with torch.no_grad():
+            ref = m(**kw, return_dict=False)[0]
+        torch.testing.assert_close(rt(**kw)[0], ref, atol=1e-5, rtol=1e-5)
+    assert rt.stats.schedule == "F"  # the batch change started a new trajectory with a full step
+    assert "input shapes changed" in caplog.text
