@@ -1,0 +1,123 @@
+"""End to end through the CLI and artifacts, as a user runs them; bad input gives exit code 2."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiTTransformer2DModel
+
+import cachec
+from cachec.artifact import load_program
+from cachec.cli import main
+from cachec.models import example_inputs
+from cachec.runtime import CacheRuntime
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    m = DiTTransformer2DModel(sample_size=8, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2,
+                              attention_head_dim=8, num_embeds_ada_norm=10)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    d = tmp_path_factory.mktemp("model") / "dit"
+    m.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "fora2"
+    assert main(["compile", str(model_dir), "--policy", "fora:2", "--out", str(out)]) == 0
+    return out
+
+
+def test_compile_writes_a_verified_artifact(artifact_dir):
+    manifest = json.loads((artifact_dir / "manifest.json").read_text())
+    assert manifest["policy"] == "fora:N=2"
+    assert set(manifest["variants"]) == {"full", "reuse"}
+    assert manifest["inputs"]["hidden_states"] == {"shape": ["B", 4, 8, 8], "dtype": "float32"}
+    assert manifest["files"]["model.pt2"]["sha256"]
+    assert not [p for p in artifact_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_artifact_runs_without_the_model_and_matches_in_memory_compile(artifact_dir, model_dir):
+    program, manifest = load_program(artifact_dir)
+    loaded = CacheRuntime(program, num_steps=6, signature=manifest["signature"])
+    model = DiTTransformer2DModel.from_pretrained(model_dir).eval()
+    direct = cachec.compile(model, example_inputs(model, 2), "fora:2", num_steps=6)
+    x = torch.randn(3, 4, 8, 8)
+    for t in (900, 700, 500, 300, 200, 100):
+        kw = dict(hidden_states=x, timestep=torch.full((3,), t), class_labels=torch.tensor([1, 2, 3]))
+        a, b = loaded(**kw)[0], direct(**kw)[0]
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        x = x - 0.1 * a
+    assert loaded.stats.schedule == direct.stats.schedule == "FRFRFR"
+
+
+def test_run_reports_consistent_numbers(artifact_dir, tmp_path, capsys):
+    assert main(["run", str(artifact_dir), "--steps", "12", "--batch", "2", "--json", "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["schedule"] == "FRFRFRFRFRFR"
+    assert report["full_steps"] == [0, 2, 4, 6, 8, 10]
+    # NFE = full steps + the FLOPs share of the cached steps (glue, prologue, epilogue)
+    assert 6 < report["nfe"] < 12
+    assert report["psnr_vs_none"] > 20 and 0 < report["ssim_vs_none"] <= 1
+    assert (tmp_path / "samples_none.png").exists()
+    assert any(p.name.startswith("samples_fora") for p in tmp_path.iterdir())
+
+
+def test_inspect_and_policies(model_dir, capsys):
+    assert main(["inspect", str(model_dir), "--policy", "fora:3"]) == 0
+    out = capsys.readouterr().out
+    assert "cache_read" in out and "transformer_blocks.1.ff" in out
+    assert main(["policies"]) == 0
+    assert "teacache" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compile", "MODEL", "--policy", "fora:0", "--out", "OUT"], "out of range"),
+        (["compile", "MODEL", "--policy", "bogus", "--out", "OUT"], "unknown policy"),
+        (["compile", "nosuch/dir", "--out", "OUT"], "cannot resolve model"),
+        (["compile", "arch:nosuch", "--out", "OUT"], "unknown architecture"),
+        (["compile", "MODEL", "--backend", "tensorflow", "--out", "OUT"], "unknown backend"),
+        (["run", "MODEL", "--steps", "0"], "--steps"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(argv, message, model_dir, tmp_path, capsys):
+    argv = [str(model_dir) if a == "MODEL" else str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_is_not_overwritten_without_force(artifact_dir, model_dir, capsys):
+    assert main(["compile", str(model_dir), "--out", str(artifact_dir)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_corrupt_or_foreign_artifacts_are_named(artifact_dir, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(artifact_dir, bad)
+    with open(bad / "model.pt2", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    assert main(["run", str(bad), "--steps", "2"]) == 2
+    assert "model.pt2 does not match its checksum" in capsys.readouterr().err
+    os.truncate(bad / "model.pt2", 10)
+    assert main(["run", str(bad), "--steps", "2"]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    (bad / "manifest.json").write_text("{not json")
+    assert main(["run", str(bad), "--steps", "2"]) == 2
+    assert "manifest.json is corrupt" in capsys.readouterr().err
+    (bad / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    assert main(["inspect", str(bad)]) == 2
+    assert "not a cachec manifest" in capsys.readouterr().err
+    Path(bad / "manifest.json").unlink()
+    assert main(["run", str(bad), "--steps", "2"]) == 2
