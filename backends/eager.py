@@ -1,13 +1,15 @@
-"""Eager backend: the segments' FX GraphModules, run in path order by plain PyTorch.
+"""Eager backend: plain PyTorch running each path as one fused FX graph.
 
-It is the reference every other backend is compared with, and the default on CPU.
+Each variant is fused (see :mod:`cachec.passes.fuse_path`) so a step costs one GraphModule call
+per path instead of one per segment; parameters are the segments' own tensors. It is the
+reference every other backend is compared with, and the default on CPU.
 """
 
 from __future__ import annotations
 
 import torch
 
-from cachec.errors import ShapeError
+from cachec.passes.fuse_path import fuse_path
 from cachec.program import Program
 
 
@@ -20,31 +22,33 @@ def store(caches: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> No
         buf.copy_(value)
 
 
-def load(caches: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    try:
-        return caches[name]
-    except KeyError:
-        raise ShapeError(
-            f"cache {name} is read before any full step wrote it; a trajectory must start with a full step"
-        ) from None
+def values_needed_after(program: Program, path: str) -> set[str]:
+    """Values a path must hand on: the model output, the probe signal, and other paths' inputs."""
+    keep = {program.output}
+    if program.meta.get("signal"):
+        keep.add(program.meta["signal"])
+    for name, ops in program.paths.items():
+        if name == path:
+            continue
+        for op in ops:
+            if op[0] == "run":
+                keep.update(program.segments[op[1]].inputs)
+    return keep
 
 
-def lower_path(program: Program, path: str):
-    ops = program.paths[path]
-    segments = program.segments
+def lower_path(program: Program, path: str, compile_fn=None):
+    """A callable ``run(env, caches) -> flops`` for one variant of ``program``."""
+    fused = fuse_path(program.segments, program.paths[path], values_needed_after(program, path))
+    module = fused.module if compile_fn is None else compile_fn(fused.module)
+    n_out = len(fused.outputs)
 
     def run(env: dict, caches: dict) -> float:
-        flops = 0.0
-        for op in ops:
-            kind = op[0]
-            if kind == "run":
-                seg = segments[op[1]]
-                seg(env)
-                flops += seg.flops
-            elif kind == "load":
-                env[op[2]] = load(caches, op[1])
-            else:
-                store(caches, op[2], env[op[1]])
-        return flops
+        args = [env[n] for n in fused.inputs] + [caches[c] for c in fused.cache_inputs]
+        results = module(*args)
+        env.update(zip(fused.outputs, results[:n_out], strict=True))
+        for cache, value in zip(fused.cache_outputs, results[n_out:], strict=True):
+            store(caches, cache, value)
+        return fused.flops
 
+    run.fused = fused
     return run

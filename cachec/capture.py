@@ -146,7 +146,7 @@ def capture(
     return Captured(
         graph_module=gm,
         input_names=list(tensors),
-        output_name="sample",
+        output_name="output",  # never an input name (the U-Net latent input is called sample)
         stream_inputs=[s for s in stream_inputs if s in tensors],
         latent_input=latent_input,
         model_class=type(model).__name__,

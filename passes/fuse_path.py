@@ -1,0 +1,109 @@
+"""Fuse a path (a sequence of segments with cache loads and stores) into one graph.
+
+This is the *variant* graph of DESIGN.md: the cache reads of the path become placeholders
+named after their cache buffers, the cache writes become extra outputs, and the segments in
+between are inlined in order. Parameters stay the very tensors the segments hold (get_attr on
+shared tensors, never copies), so fusing costs no memory. Backends that compile whole graphs
+(eager with one call per step, Inductor) run fused variants; TensorRT and ONNX keep segments so
+that no weight is lowered twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from cachec.graph_keys import OUTPUTS_KEY
+
+
+@dataclass
+class FusedPath:
+    module: fx.GraphModule
+    inputs: list[str]  # value names: model inputs and values produced by an earlier path of the step
+    cache_inputs: list[str]  # cache buffers read (placeholders after ``inputs``)
+    outputs: list[str]  # values the rest of the step needs
+    cache_outputs: list[str]  # cache buffers written (outputs after ``outputs``)
+    flops: float
+
+
+def path_io(segments: dict, ops: list[tuple]) -> tuple[list[str], list[str]]:
+    """Values a path reads from outside (in first-use order) and the caches it loads."""
+    made: set[str] = set()
+    inputs: list[str] = []
+    loads: list[str] = []
+    for op in ops:
+        if op[0] == "load":
+            loads.append(op[1])
+            made.add(op[2])
+        elif op[0] == "run":
+            seg = segments[op[1]]
+            for name in seg.inputs:
+                if name not in made and name not in inputs:
+                    inputs.append(name)
+            made.update(seg.outputs)
+    return inputs, loads
+
+
+def fuse_path(segments: dict, ops: list[tuple], keep: set[str]) -> FusedPath:
+    """Inline ``ops`` into one GraphModule.
+
+    ``keep`` names the values that must be returned besides cache writes (the model output,
+    and for a probe head the values its tails read plus the probe signal). Placeholders are the
+    path's outside inputs, named ``in__<value>``, then its cache reads, named after the cache.
+    """
+    inputs, loads = path_io(segments, ops)
+    g = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    placeholder_meta = {}
+    for op in ops:
+        if op[0] == "run":
+            for n in segments[op[1]].module.graph.nodes:
+                if n.op == "placeholder":
+                    placeholder_meta.setdefault(n.name, n.meta)
+    for name in inputs:
+        env[name] = g.placeholder(f"in__{name}")
+        env[name].meta = dict(placeholder_meta.get(name, {}))
+    cache_nodes = {}
+    for cache in dict.fromkeys(loads):
+        cache_nodes[cache] = g.placeholder(cache)
+    cache_outputs: dict[str, str] = {}
+    attrs: dict[str, torch.Tensor] = {}
+    flops = 0.0
+    for op in ops:
+        if op[0] == "load":
+            env[op[2]] = cache_nodes[op[1]]
+        elif op[0] == "store":
+            cache_outputs[op[2]] = op[1]
+        else:
+            seg = segments[op[1]]
+            flops += seg.flops
+            sub = seg.module
+            local: dict[fx.Node, fx.Node] = {}
+            for n in sub.graph.nodes:
+                if n.op == "placeholder":
+                    local[n] = env[n.name]
+                elif n.op == "get_attr":
+                    target = str(n.target)
+                    attrs[target] = _fetch(sub, target)
+                    local[n] = g.get_attr(target)
+                    local[n].meta = dict(n.meta)
+                elif n.op == "output":
+                    for name, out in zip(sub.meta[OUTPUTS_KEY], n.args[0], strict=True):
+                        env[name] = local[out]
+                else:
+                    local[n] = g.node_copy(n, local.__getitem__)
+    out_names = [k for k in sorted(keep) if k in env and k not in inputs]
+    results = [env[k] for k in out_names] + [env[v] for v in cache_outputs.values()]
+    g.output(tuple(results))
+    g.eliminate_dead_code()
+    module = fx.GraphModule(attrs, g, class_name="Variant")
+    return FusedPath(module, inputs, list(dict.fromkeys(loads)), out_names, list(cache_outputs), flops)
+
+
+def _fetch(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
