@@ -158,7 +158,7 @@ class Planner:
         return seen
 
     def spec(self, name: str) -> ValueSpec | None:
-        node = self.nodes.get(name)
+        node = None if name == self.captured.output_name else self.nodes.get(name)
         return value_spec(node if node is not None else self.meta.get(name), self.bsym)
 
     # -- building blocks of paths --------------------------------------------------------------
