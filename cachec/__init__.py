@@ -22,8 +22,10 @@ def build_program(model: torch.nn.Module, example_inputs: dict, policy="none"):
     from .planner import Planner
 
     policy = parse_policy(policy)
-    latent = "sample" if type(model).__name__ == "UNet2DConditionModel" else "hidden_states"
-    cap = capture(model, example_inputs, stream_inputs=[latent, "encoder_hidden_states"], latent_input=latent)
+    from .models import ModelBundle
+
+    bundle = ModelBundle("module", model)
+    cap = capture(model, example_inputs, stream_inputs=bundle.stream_inputs, latent_input=bundle.latent_input)
     planner = Planner(cap)
     program = planner.plan(policy)
     program.meta["none_flops"] = sum(s.flops for s in planner.segments.values())
@@ -37,6 +39,19 @@ def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, back
     return CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=signature_of(model))
 
 
+def load(path, *, backend: str = "eager", num_steps: int | None = None, policy: str | None = None) -> CacheRuntime:
+    """Load a compiled artifact directory (``cachec compile --out DIR``) as a runtime.
+
+    The artifact is verified (checksums, schema, variants) and needs neither the model's Python
+    class nor its weight files. ``policy`` may change a threshold of the compiled policy
+    (``fbcache:0.12`` for an artifact compiled with ``fbcache:0.08``), not its kind.
+    """
+    from .artifact import load_program
+
+    program, manifest = load_program(path)
+    return CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=manifest["signature"])
+
+
 def reset(runtime: CacheRuntime, num_steps: int | None = None) -> None:
     """Start a new trajectory explicitly."""
     runtime.reset(num_steps)
@@ -44,5 +59,5 @@ def reset(runtime: CacheRuntime, num_steps: int | None = None) -> None:
 
 __all__ = [
     "ArtifactError", "BackendError", "CacheRuntime", "CachecError", "ModelError", "PolicyError", "ShapeError",
-    "build_program", "compile", "parse_policy", "reset", "__version__",
+    "build_program", "compile", "load", "parse_policy", "reset", "__version__",
 ]

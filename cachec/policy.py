@@ -93,7 +93,9 @@ class Policy:
         parts = []
         for p in self.all_params():
             v = self.params[p.name]
-            if v != p.default:
+            if p.name == self.main:
+                parts.insert(0, str(v))  # the main value is always written, bare and first
+            elif v != p.default:
                 parts.append(f"{p.name}={v}")
         return self.name + (":" + ",".join(parts) if parts else "")
 
@@ -342,7 +344,7 @@ def describe_policies() -> str:
             rng = ""
             if p.lo is not None or p.hi is not None:
                 rng = f", range {p.lo if p.lo is not None else '-inf'}..{p.hi if p.hi is not None else 'inf'}"
-            lines.append(f"{'':<11}{p.name}={p.default!r:<8} {p.kind.__name__}{rng}: {p.doc}{main}")
+            lines.append(f"{'':<11}{p.name + '=' + repr(p.default):<16} {p.kind.__name__}{rng}: {p.doc}{main}")
     return "\n".join(lines)
 
 

@@ -36,7 +36,7 @@ def artifact_dir(model_dir, tmp_path_factory):
 
 def test_compile_writes_a_verified_artifact(artifact_dir):
     manifest = json.loads((artifact_dir / "manifest.json").read_text())
-    assert manifest["policy"] == "fora:N=2"
+    assert manifest["policy"] == "fora:2"
     assert set(manifest["variants"]) == {"full", "reuse"}
     assert manifest["inputs"]["hidden_states"] == {"shape": ["B", 4, 8, 8], "dtype": "float32"}
     assert manifest["files"]["model.pt2"]["sha256"]
