@@ -1,8 +1,8 @@
 """Lowering targets of cachec (installed as ``cachec.backends``).
 
-Every backend implements one small interface: ``lower_path(program, path_name)`` returns a
-callable ``run(env, caches) -> flops`` that executes the path's ops on a value environment and
-the runtime's cache buffers, returning the per-sample FLOPs it ran. Backends whose packages are
+Every backend implements one small interface: ``lower(program)`` returns, for each variant
+(path) of the program, a callable ``run(env, caches) -> flops`` that executes the path's ops on
+a value environment and the runtime's cache buffers, returning the per-sample FLOPs it ran. Backends whose packages are
 optional are imported lazily, and a missing one is reported with the extra to install.
 """
 
@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from cachec.errors import BackendError
 
-BACKENDS = {"eager": "cachec.backends.eager"}
+BACKENDS = {
+    "eager": "cachec.backends.eager",
+    "onnxruntime": "cachec.backends.onnxruntime",
+}
 
 
 def get_backend(name: str):

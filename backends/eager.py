@@ -52,3 +52,7 @@ def lower_path(program: Program, path: str, compile_fn=None):
 
     run.fused = fused
     return run
+
+
+def lower(program: Program) -> dict:
+    return {path: lower_path(program, path) for path in program.paths}

@@ -252,6 +252,7 @@ class Planner:
         ref, r1, signal = cache_name("fbcache", "ref"), "fbcache__r1", "fbcache__signal"
         self.meta[ref] = self.meta[main.output]
         self.meta[r1] = self.meta[main.output]
+        self.meta[signal] = torch.empty(())
         probe = self.add_segment(
             "fbcache_probe",
             rel_l1_probe(main.output, ref, signal, self.meta, residual_of=main.base, emit_current_as=r1),
@@ -287,6 +288,7 @@ class Planner:
         prev, signal = cache_name("teacache", "prev"), "teacache__signal"
         self.meta[prev] = self.meta[m]
         self.meta["teacache__m"] = self.meta[m]
+        self.meta[signal] = torch.empty(())
         probe = self.add_segment(
             "teacache_probe", rel_l1_probe(m, prev, signal, self.meta, emit_current_as="teacache__m"), "probe"
         )

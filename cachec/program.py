@@ -46,21 +46,29 @@ class ValueSpec:
 
 @dataclass
 class Segment:
+    """A lowerable subgraph. ``module`` is absent when the program was loaded from a manifest
+    (ONNX / TensorRT artifacts), and then ``io`` holds its input and output names."""
+
     name: str
-    module: fx.GraphModule
+    module: fx.GraphModule | None
     flops: float = 0.0  # per sample
-    role: str = ""  # prologue | block | epilogue | cache | probe
+    role: str = ""  # prologue | glue | region | epilogue | cache | probe
+    io: tuple[list[str], list[str]] | None = None
 
     @property
     def inputs(self) -> list[str]:
+        if self.module is None:
+            return list(self.io[0])
         return [n.name for n in self.module.graph.nodes if n.op == "placeholder"]
 
     @property
     def outputs(self) -> list[str]:
+        if self.module is None:
+            return list(self.io[1])
         return list(self.module.meta.get(OUTPUTS_KEY, []))
 
     def parameters(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in _attrs(self.module).items()}
+        return {} if self.module is None else dict(_attrs(self.module).items())
 
     def __call__(self, env: dict) -> None:
         try:
@@ -100,6 +108,38 @@ class Program:
 
     def caches(self) -> dict[str, ValueSpec]:
         return {k: v for k, v in self.values.items() if k.startswith(CACHE_PREFIX)}
+
+    def describe(self) -> dict:
+        """The program without its graphs: what a manifest records and a runtime needs."""
+        return {
+            "inputs": self.inputs,
+            "output": self.output,
+            "segments": {
+                n: {"role": s.role, "inputs": s.inputs, "outputs": s.outputs, "flops_per_sample": s.flops}
+                for n, s in self.segments.items()
+            },
+            "variants": {n: [list(op) for op in ops] for n, ops in self.paths.items()},
+            "values": {n: {"shape": v.shape, "dtype": v.dtype} for n, v in self.values.items()},
+            "meta": {k: v for k, v in self.meta.items() if k in _DESCRIBED_META},
+        }
+
+    @classmethod
+    def from_description(cls, d: dict) -> Program:
+        segments = {
+            n: Segment(n, None, s["flops_per_sample"], s["role"], (s["inputs"], s["outputs"]))
+            for n, s in d["segments"].items()
+        }
+        return cls(
+            segments=segments,
+            paths={n: [tuple(op) for op in ops] for n, ops in d["variants"].items()},
+            inputs=list(d["inputs"]),
+            output=d["output"],
+            values={n: ValueSpec(v["shape"], v["dtype"]) for n, v in d["values"].items()},
+            meta=dict(d["meta"]),
+        )
+
+
+_DESCRIBED_META = ("model_class", "policy", "blocks", "regions", "signal", "base_path", "batch_dims", "none_flops")
 
 
 def value_spec(node_or_val, batch_symbol: str | None) -> ValueSpec | None:

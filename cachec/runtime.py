@@ -23,7 +23,7 @@ import torch
 from cachec.backends import get_backend
 
 from .capture import flatten_inputs
-from .errors import ShapeError
+from .errors import PolicyError, ShapeError
 from .policy import Policy, parse_policy
 from .program import Program
 
@@ -75,19 +75,21 @@ class CacheRuntime(torch.nn.Module):
         num_steps: int | None = None,
         signature: list[str] | None = None,
         full_step_flops: float | None = None,
+        backend_options: dict | None = None,
     ):
         super().__init__()
         self.program = program
         self.policy = parse_policy(policy or program.meta["policy"])
-        if self.policy.spec != program.meta["policy"]:
-            # the plan depends on the policy's granularity only; thresholds may change at run time
-            if parse_policy(program.meta["policy"]).name != self.policy.name:
-                raise ShapeError(
-                    f"this program was compiled for policy {program.meta['policy']!r}; "
-                    f"{self.policy.spec!r} needs a program compiled for it"
-                )
+        compiled = parse_policy(program.meta["policy"])
+        # the variants depend on the policy's kind only: thresholds and intervals may change at
+        # run time, and `none` runs the full variant of any program (the same-backend baseline)
+        if self.policy.name not in ("none", compiled.name):
+            raise PolicyError(
+                f"this program was compiled for policy {compiled.spec!r}; {self.policy.spec!r} needs a program "
+                f"compiled for it (same policy name, any parameters), or use 'none'"
+            )
         self.backend = get_backend(backend)
-        self.paths = {name: self.backend.lower_path(program, name) for name in program.paths}
+        self.paths = self.backend.lower(program, **(backend_options or {}))
         self.num_steps = num_steps
         self.signature = signature or list(program.inputs)
         self.full_step_flops = full_step_flops or program.meta.get("none_flops") or program.path_flops("full")
@@ -182,7 +184,7 @@ class CacheRuntime(torch.nn.Module):
         step, ctl, stats = self._step, self._controller, self.stats
         flops = 0.0
         signal = None
-        if self.program.meta.get("signal"):
+        if self.policy.dynamic:
             flops += self._run("head", env)
             signal = float(env[self.program.meta["signal"]])
             full = ctl.decide(step, signal)

@@ -1,0 +1,75 @@
+"""Export program segments to ONNX, one file per segment (shared by ONNX Runtime and TensorRT).
+
+Each segment is exported once, whatever the number of variants that use it, so a weight lives
+in exactly one file. Inputs and outputs carry the program's value names behind a ``@`` (the
+exporter names its internal values after FX nodes, and a bare name could collide with one);
+the batch dimension is dynamic wherever the program's value spec says ``B``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from torch.export import Dim
+
+from cachec.errors import BackendError
+from cachec.program import Program
+
+OPSET = 20
+EXAMPLE_BATCH = 2
+log = logging.getLogger("cachec")
+
+
+def io_name(value: str) -> str:
+    return "@" + value
+
+
+def example_value(shape: list, dtype: str, batch: int = EXAMPLE_BATCH) -> torch.Tensor:
+    size = [batch if d == "B" else int(d) for d in shape]
+    dt = getattr(torch, dtype)
+    if dt.is_floating_point:
+        return torch.randn(size, generator=torch.Generator().manual_seed(0)).to(dt)
+    return torch.zeros(size, dtype=dt)
+
+
+def export_segment(program: Program, name: str, path: Path, max_batch: int = 1024) -> None:
+    try:
+        import onnxscript  # noqa: F401 - the dynamo exporter needs it
+    except ImportError as exc:
+        raise BackendError("ONNX export needs the onnx extra: pip install 'cachec[onnx]'") from exc
+    seg = program.segments[name]
+    specs = [program.values[n] for n in seg.inputs]
+    args = tuple(example_value(s.shape, s.dtype) for s in specs)
+    batch = Dim("batch", min=1, max=max_batch)
+    dynamic = tuple({i: batch for i, d in enumerate(s.shape) if d == "B"} or None for s in specs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            seg.module, args, str(path),
+            input_names=[io_name(n) for n in seg.inputs], output_names=[io_name(n) for n in seg.outputs],
+            dynamic_shapes=dynamic if any(d is not None for d in dynamic) else None,
+            opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
+        )
+
+
+def export_program(program: Program, out_dir: Path, progress: bool = False) -> dict[str, str]:
+    """Export every segment to ``out_dir/<segment>.onnx``; returns segment → file name."""
+    files = {}
+    names = list(program.segments)
+    it = names
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(names, desc="onnx export", leave=False)
+    for name in it:
+        path = Path(out_dir) / f"{name}.onnx"
+        export_segment(program, name, path, program.meta.get("max_batch", 1024))
+        files[name] = path.name
+    return files
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

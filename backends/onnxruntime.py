@@ -1,0 +1,102 @@
+"""ONNX Runtime backend: one ``InferenceSession`` per segment, run through IOBinding.
+
+Inputs are bound by pointer to the runtime's tensors (the cache buffers included), and outputs
+are bound to tensors allocated from the program's value specs — an output that the path stores
+into a cache is bound straight to that cache buffer, so cache writes cost no copy. CPU here; the
+CUDA execution provider is used when onnxruntime-gpu is installed and the inputs are on a GPU.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cachec.errors import BackendError
+from cachec.program import Program
+
+from .eager import store
+from .onnx_export import export_program, io_name
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendError("the onnxruntime backend needs the onnx extra: pip install 'cachec[onnx]'") from exc
+    return onnxruntime
+
+
+def sessions_for(program: Program, onnx_dir: Path | None = None, providers: list[str] | None = None) -> dict:
+    ort = _ort()
+    files = program.meta.get("onnx_files")
+    if onnx_dir is None or files is None:
+        onnx_dir = Path(tempfile.mkdtemp(prefix="cachec-onnx-"))
+        files = export_program(program, onnx_dir)
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return {name: ort.InferenceSession(str(Path(onnx_dir) / f), opts, providers=providers) for name, f in files.items()}
+
+
+def _np_dtype(dtype: torch.dtype):
+    return torch.empty((), dtype=dtype).numpy().dtype
+
+
+def lower(program: Program, onnx_dir: Path | None = None, providers: list[str] | None = None) -> dict:
+    sessions = sessions_for(program, onnx_dir, providers)
+    return {path: _runner(program, ops, sessions) for path, ops in program.paths.items()}
+
+
+def _runner(program: Program, ops: list[tuple], sessions: dict):
+    # outputs that a later store in this path writes to a cache the segment does not read:
+    # bind them straight to the cache buffer
+    direct: dict[int, dict[str, str]] = {}
+    for i, op in enumerate(ops):
+        if op[0] != "run":
+            continue
+        seg = program.segments[op[1]]
+        stored = {o[1]: o[2] for o in ops[i + 1 :] if o[0] == "store"}
+        direct[i] = {v: c for v, c in stored.items() if v in seg.outputs and c not in seg.inputs}
+
+    def run(env: dict, caches: dict) -> float:
+        flops = 0.0
+        batch = next(iter(env.values())).shape[0] if env else 1
+        for i, op in enumerate(ops):
+            kind = op[0]
+            if kind == "load":
+                env[op[2]] = caches[op[1]]
+            elif kind == "store":
+                if env[op[1]] is not caches.get(op[2]):
+                    store(caches, op[2], env[op[1]])
+            else:
+                seg = program.segments[op[1]]
+                sess = sessions[op[1]]
+                io = sess.io_binding()
+                for n in seg.inputs:
+                    t = env[n]
+                    if not t.is_contiguous():
+                        t = env[n] = t.contiguous()
+                    io.bind_input(io_name(n), t.device.type, t.device.index or 0, _np_dtype(t.dtype),
+                                  list(t.shape), t.data_ptr())
+                for n in seg.outputs:
+                    cache = direct[i].get(n)
+                    spec = program.values[n]
+                    shape = spec.concrete(batch)
+                    out = caches.get(cache) if cache else None
+                    if out is None or tuple(out.shape) != shape:
+                        device = next(iter(env.values())).device
+                        out = torch.empty(shape, dtype=getattr(torch, spec.dtype), device=device)
+                        if cache:
+                            caches[cache] = out
+                    io.bind_output(io_name(n), out.device.type, out.device.index or 0, _np_dtype(out.dtype),
+                                   list(out.shape), out.data_ptr())
+                    env[n] = out
+                sess.run_with_iobinding(io)
+                flops += seg.flops
+        return flops
+
+    return run
