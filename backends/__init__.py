@@ -13,6 +13,7 @@ from cachec.errors import BackendError
 BACKENDS = {
     "eager": "cachec.backends.eager",
     "onnxruntime": "cachec.backends.onnxruntime",
+    "tensorrt": "cachec.backends.tensorrt",
 }
 
 
@@ -21,4 +22,8 @@ def get_backend(name: str):
 
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name])
+    module = importlib.import_module(BACKENDS[name])
+    check = getattr(module, "check", None)
+    if check is not None:
+        check()
+    return module

@@ -28,12 +28,22 @@ def _ort():
     return onnxruntime
 
 
+def check() -> None:
+    """Fail early, naming the extra, when a package this backend needs is missing."""
+    _ort()
+    try:
+        import onnxscript  # noqa: F401 - the ONNX exporter needs it
+    except ImportError as exc:
+        raise BackendError("ONNX export needs onnxscript: pip install 'cachec[onnx]'") from exc
+
+
 def sessions_for(program: Program, onnx_dir: Path | None = None, providers: list[str] | None = None) -> dict:
     ort = _ort()
     files = program.meta.get("onnx_files")
     if onnx_dir is None or files is None:
         onnx_dir = Path(tempfile.mkdtemp(prefix="cachec-onnx-"))
         files = export_program(program, onnx_dir)
+        files = {k: str(Path(onnx_dir) / v) for k, v in files.items()}
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

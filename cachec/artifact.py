@@ -2,14 +2,17 @@
 
 Layout of an artifact directory::
 
-    manifest.json   schema version, versions of cachec/torch/diffusers, model and policy,
-                    inputs/outputs (names, shapes with B for batch, dtypes), segments (inputs,
-                    outputs, FLOPs), paths (the variants), cache buffers, file checksums
-    model.pt2       the captured denoiser (``torch.export.save``), weights included
+    manifest.json        schema version, versions of cachec/torch/diffusers, model, policy and
+                         backend, inputs/outputs (names, shapes with B for batch, dtypes),
+                         segments (inputs, outputs, FLOPs), variants, cache buffers, checksums
+    model.pt2            eager: the captured denoiser (``torch.export.save``), weights included
+    onnx/<segment>.onnx  onnxruntime: one ONNX file per segment
+    engines/<seg>.plan   tensorrt: one serialized engine per segment
 
-Loading re-runs the deterministic passes on ``model.pt2`` and checks that the segments and
-paths it gets are exactly the ones the manifest lists, so a manifest can never describe a
-program other than the one that runs. Nothing needs the model's Python class or weight files.
+An eager artifact is loaded by re-running the deterministic passes on ``model.pt2`` and checking
+that the variants it gets are exactly the manifest's. ONNX and TensorRT artifacts are run from
+the manifest's program description and their segment files. None of them needs the model's
+Python class or its weight files, and each weight is stored once.
 A compile writes into a temporary directory next to the target and renames it into place, so
 an interrupted compile leaves nothing behind.
 """
@@ -91,8 +94,39 @@ def _jsonable(obj):
         return {}
 
 
+def _write_backend_files(tmp: Path, backend: str, program: Program, captured: Captured) -> dict:
+    """Write the lowered program; returns what the manifest records about it."""
+    if backend == "eager":
+        torch.export.save(captured.exported, str(tmp / PROGRAM_FILE))
+        return {}
+    from .backends.onnx_export import export_program
+
+    onnx_dir = tmp / "onnx" if backend == "onnxruntime" else Path(tempfile.mkdtemp(prefix="cachec-onnx-"))
+    try:
+        onnx_files = export_program(program, onnx_dir, progress=True)
+        if backend == "onnxruntime":
+            return {"onnx_files": {k: f"onnx/{v}" for k, v in onnx_files.items()}}
+        from .backends.tensorrt import build_program_engines
+
+        engines = build_program_engines(program, onnx_dir, tmp / "engines", progress=True)
+        return {"engine_files": {k: f"engines/{v}" for k, v in engines.items()}}
+    finally:
+        if backend != "onnxruntime":
+            shutil.rmtree(onnx_dir, ignore_errors=True)
+
+
+def weight_bytes(captured: Captured) -> int:
+    """Bytes of the model's parameters and buffers (each tensor counted once)."""
+    seen, total = set(), 0
+    for t in list(captured.exported.state_dict.values()) + list(captured.exported.constants.values()):
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
 def save(out: str | Path, program: Program, captured: Captured, model_spec: str, signature: list[str],
-         force: bool = False) -> Path:
+         force: bool = False, backend: str = "eager") -> Path:
     """Write the artifact to ``out`` atomically (temporary directory, then rename)."""
     out = Path(out)
     if out.exists() and not force:
@@ -100,9 +134,17 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        torch.export.save(captured.exported, str(tmp / PROGRAM_FILE))
+        lowered = _write_backend_files(tmp, backend, program, captured)
         manifest = manifest_of(program, captured, model_spec, signature)
-        manifest["files"] = {PROGRAM_FILE: {"sha256": sha256(tmp / PROGRAM_FILE), "bytes": (tmp / PROGRAM_FILE).stat().st_size}}
+        manifest["backend"] = backend
+        manifest["lowered"] = lowered
+        manifest["program"] = program.describe()
+        files = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
+        manifest["files"] = {
+            str(p.relative_to(tmp)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files
+        }
+        manifest["artifact_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
+        manifest["weight_bytes"] = weight_bytes(captured)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -149,6 +191,14 @@ def load_program(path: str | Path, policy: str | None = None) -> tuple[Program, 
     """
     path = Path(path)
     manifest = read_manifest(path)
+    if manifest.get("backend", "eager") != "eager":
+        program = Program.from_description(manifest["program"])
+        program.meta.update(manifest["lowered"])
+        if policy is not None:
+            compiled = parse_policy(manifest["policy"])
+            if parse_policy(policy).name not in ("none", compiled.name):
+                raise ArtifactError(f"{path} holds variants for {compiled.spec}; it cannot run {policy!r}")
+        return program, manifest
     try:
         ep = torch.export.load(str(path / PROGRAM_FILE))
     except Exception as exc:  # noqa: BLE001 - any failure to deserialise is a corrupt artifact

@@ -42,6 +42,8 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int):
             program, _ = artifact.load_program(path, None if pol == manifest["policy"] else pol)
             return program, manifest["signature"]
 
+        make.backend = manifest.get("backend", "eager")
+        make.options = {} if make.backend == "eager" else {("onnx_dir" if make.backend == "onnxruntime" else "engine_dir"): path}
         return bundle, make, manifest["policy"]
     bundle = resolve(model_spec)
     from .capture import capture
@@ -66,6 +68,7 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int):
         return cache[pol][0], signature_of(bundle.model)
 
     make.captured = lambda pol: cache[pol][1]
+    make.backend, make.options = None, {}
     return bundle, make, None
 
 
@@ -73,21 +76,23 @@ def cmd_compile(args) -> int:
     from . import artifact
     from .policy import parse_policy
 
-    if args.backend != "eager":
-        from .backends import get_backend
+    from .backends import get_backend
 
-        get_backend(args.backend)
+    get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
     policy = parse_policy(args.policy).spec
     bundle, make, _ = _bundle_and_program(args.model, policy, args.batch)
     if bundle.model is None:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
     program, signature = make(policy)
     _stage(f"writing artifact to {args.out}")
-    out = artifact.save(args.out, program, make.captured(policy), args.model, signature, force=args.force)
+    out = artifact.save(args.out, program, make.captured(policy), args.model, signature, force=args.force,
+                        backend=args.backend)
     manifest = json.loads((out / "manifest.json").read_text())
-    print(f"compiled {args.model} with policy {policy}: {len(program.segments)} segments, "
+    print(f"compiled {args.model} with policy {policy} for {args.backend}: {len(program.segments)} segments, "
           f"variants {', '.join(program.paths)} -> {out}")
-    print(f"model.pt2: {manifest['files']['model.pt2']['bytes'] / 1e6:.1f} MB")
+    ratio = manifest["artifact_bytes"] / max(manifest["weight_bytes"], 1)
+    print(f"artifact {manifest['artifact_bytes'] / 1e6:.2f} MB = {ratio:.3f} x model weights "
+          f"({manifest['weight_bytes'] / 1e6:.2f} MB)")
     return 0
 
 
@@ -118,11 +123,13 @@ def cmd_run(args) -> int:
 
     bundle, make, artifact_policy = _bundle_and_program(args.model, "none", args.batch)
     policy = parse_policy(args.policy or artifact_policy or "none").spec
+    backend = args.backend or make.backend or "eager"
     pixel = bundle.name.startswith("builtin:")
     results = {}
     for pol in dict.fromkeys(["none", policy]):
         program, signature = make(pol)
-        rt = CacheRuntime(program, pol, backend=args.backend, num_steps=args.steps, signature=signature)
+        rt = CacheRuntime(program, pol, backend=backend, num_steps=args.steps, signature=signature,
+                          backend_options=make.options)
         sample(rt, bundle, min(2, args.steps), args.seed, args.batch)  # warm-up (allocations, first-call costs)
         rt.reset(args.steps)
         traj = sample(rt, bundle, args.steps, args.seed, args.batch, progress=sys.stderr.isatty())
@@ -140,7 +147,7 @@ def cmd_run(args) -> int:
     report = {
         "model": bundle.name,
         "policy": policy,
-        "backend": args.backend,
+        "backend": backend,
         "steps": args.steps,
         "seed": args.seed,
         "batch": args.batch,
@@ -156,7 +163,7 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(f"model {report['model']}  policy {policy}  backend {args.backend}  steps {args.steps}  seed {args.seed}")
+        print(f"model {report['model']}  policy {policy}  backend {backend}  steps {args.steps}  seed {args.seed}")
         print(f"schedule   {report['schedule']}")
         print(f"NFE        {report['nfe']:.2f} of {args.steps} (ideal speedup {report['nfe_ideal_speedup']}x)")
         print(f"latency    {report['latency_s']:.3f} s  (none: {report['latency_none_s']:.3f} s, "
@@ -218,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile MODEL with a policy into an artifact directory")
     c.add_argument("model", help=model_help)
     c.add_argument("--policy", default="none", help="policy spec, e.g. fora:3 (see `cachec policies`)")
-    c.add_argument("--backend", default="eager", help="lowering target (eager)")
+    c.add_argument("--backend", default="eager", help="lowering target: eager, onnxruntime, tensorrt")
     c.add_argument("--out", required=True, help="artifact directory to write")
     c.add_argument("--batch", type=int, default=2, help="example batch for export (the batch stays dynamic)")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -230,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, default=50)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--batch", type=int, default=8)
-    r.add_argument("--backend", default="eager")
+    r.add_argument("--backend", default=None, help="eager, onnxruntime (default: the artifact's, or eager)")
     r.add_argument("--out", default="cachec-run", help="directory for the sample PNGs")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.set_defaults(fn=cmd_run)

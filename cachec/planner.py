@@ -20,6 +20,7 @@ from torch import fx
 
 from cachec.graph_keys import COND_KEY
 from cachec.passes import AssignSegments, HoistConditioning, PassManager, StripExportArtifacts
+from cachec.passes.coalesce import coalesce
 from cachec.passes.probes import rel_l1_probe
 from cachec.passes.residual_delta import StreamPair, copy_values, delta_apply, delta_write
 
@@ -339,8 +340,10 @@ class Planner:
                 "signal": self.signal,
                 "base_path": [s for s in self.order],
                 "batch_dims": self.captured.batch_dims,
+                "max_batch": self.captured.max_batch,
             },
         )
+        coalesce(program)
         check_weight_ownership(program)
         return program
 

@@ -139,7 +139,9 @@ class Program:
         )
 
 
-_DESCRIBED_META = ("model_class", "policy", "blocks", "regions", "signal", "base_path", "batch_dims", "none_flops")
+_DESCRIBED_META = (
+    "model_class", "policy", "blocks", "regions", "signal", "base_path", "batch_dims", "none_flops", "max_batch",
+)
 
 
 def value_spec(node_or_val, batch_symbol: str | None) -> ValueSpec | None:

@@ -43,7 +43,8 @@ def test_adaln_is_hoisted_and_every_parameter_has_one_segment():
             assert name not in owners, f"{name} in {owners.get(name)} and {seg.name}"
             owners[name] = seg.name
     # DiT calls transformer_blocks[0].norm1.emb again after the loop: hoisting puts it in the prologue
-    assert all(owners[n] == "prologue" for n in owners if ".norm1." in n)
+    # (segments that always run together are coalesced, so the prologue may carry block 0 along)
+    assert all(owners[n].split("-")[0] == "prologue" for n in owners if ".norm1." in n)
     # every model parameter is somewhere; the rest are buffers (the fixed position embedding)
     held = {n.removeprefix("denoiser.") for n in owners}
     assert {n for n, _ in m.named_parameters()} <= held

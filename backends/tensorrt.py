@@ -1,0 +1,208 @@
+"""TensorRT backend: one engine per segment, built from the segment's ONNX file.
+
+One code path for TensorRT (``tensorrt``) and TensorRT-RTX (``tensorrt_rtx``, or the PyPI wheel's
+``tensorrt_rtx_bindings``): Builder → OnnxParser → an optimization profile for the dynamic batch
+→ ``build_serialized_network``. Networks are strongly typed, so precision is whatever the
+exported ONNX says. Engines are built per *segment*, never per variant: the full and cached
+paths pick different sequences of the same engines, so weights are never duplicated. Built
+plans are cached on disk under a key of the ONNX bytes and the builder settings.
+
+Running needs a CUDA GPU the library supports (TensorRT-RTX does not run on Hopper, compute
+capability 9.0). The runtime binds torch CUDA tensors by address, runs every engine on the
+current stream with ``execute_async_v3``, and shares one scratch buffer across all execution
+contexts, sized by the largest ``device_memory_size_v2``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from cachec.errors import BackendError
+from cachec.program import Program
+
+from .eager import store
+from .onnx_export import io_name
+
+MODULES = ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings")
+WORKSPACE = 1 << 30
+
+
+def check() -> None:
+    """Fail early, naming the extra, when a package this backend needs is missing."""
+    trt()
+    try:
+        import onnxscript  # noqa: F401 - engines are built from ONNX exports
+    except ImportError as exc:
+        raise BackendError("the tensorrt backend exports ONNX first and needs onnxscript: pip install 'cachec[tensorrt]'") from exc
+
+
+def trt():
+    """The first importable TensorRT flavour."""
+    for name in MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(mod, "Builder"):
+            return mod
+    raise BackendError(
+        "the tensorrt backend needs TensorRT or TensorRT-RTX Python bindings: pip install 'cachec[tensorrt]'"
+    )
+
+
+_DTYPES = {
+    "FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
+    "BOOL": "bool", "INT8": "int8", "UINT8": "uint8", "DOUBLE": "float64",
+}
+
+
+def dtype_name(dt) -> str:
+    return _DTYPES.get(dt.name, dt.name.lower())
+
+
+def settings(max_batch: int, opt_batch: int) -> dict:
+    return {"min_batch": 1, "opt_batch": opt_batch, "max_batch": max_batch, "workspace": WORKSPACE}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CACHEC_TRT_CACHE", Path.home() / ".cache" / "cachec" / "trt"))
+
+
+def build_engine(onnx_path: Path, max_batch: int, opt_batch: int = 2) -> tuple[bytes, dict]:
+    """Parse one ONNX file and build its plan; returns the plan and the network's I/O.
+
+    The I/O (names, shapes with -1 for the batch, dtypes) is what the manifest is checked
+    against. Plans are cached under the hash of the ONNX bytes, the settings and the version.
+    """
+    t = trt()
+    data = Path(onnx_path).read_bytes()
+    conf = settings(max_batch, opt_batch)
+    key = hashlib.sha256(data + json.dumps(conf, sort_keys=True).encode() + t.__version__.encode()).hexdigest()
+    cached_plan, cached_io = cache_dir() / f"{key}.plan", cache_dir() / f"{key}.json"
+    if cached_plan.exists() and cached_io.exists():
+        return cached_plan.read_bytes(), json.loads(cached_io.read_text())
+    logger = t.Logger(t.Logger.ERROR)
+    builder = t.Builder(logger)
+    network = builder.create_network(0)
+    parser = t.OnnxParser(network, logger)
+    if not parser.parse(data):
+        errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT could not parse {onnx_path}: {errors}")
+    io = {"inputs": [], "outputs": []}
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = list(tensor.shape)
+        io["inputs"].append({"name": tensor.name, "shape": shape, "dtype": dtype_name(tensor.dtype)})
+        if -1 in shape:
+            def at(b, shape=shape):
+                return tuple(b if d == -1 else d for d in shape)
+
+            profile.set_shape(tensor.name, at(1), at(opt_batch), at(max_batch))
+    for i in range(network.num_outputs):
+        tensor = network.get_output(i)
+        io["outputs"].append({"name": tensor.name, "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype)})
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(t.MemoryPoolType.WORKSPACE, WORKSPACE)
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BackendError(f"TensorRT failed to build an engine from {onnx_path}")
+    plan = bytes(plan)
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    tmp = cached_plan.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(plan)
+    os.replace(tmp, cached_plan)
+    cached_io.write_text(json.dumps(io))
+    return plan, io
+
+
+def expected_io(program: Program, segment: str) -> dict:
+    """The I/O a segment's engine must have, from the program's value specs (batch as -1)."""
+    seg = program.segments[segment]
+
+    def desc(name):
+        spec = program.values[name]
+        return {"name": io_name(name), "shape": [-1 if d == "B" else d for d in spec.shape], "dtype": spec.dtype}
+
+    return {"inputs": [desc(n) for n in seg.inputs], "outputs": [desc(n) for n in seg.outputs]}
+
+
+def build_program_engines(program: Program, onnx_dir: Path, out_dir: Path, progress: bool = False) -> dict:
+    """Build a plan per segment into ``out_dir``; check each plan's I/O against the program."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(program.segments)
+    if progress:
+        from tqdm import tqdm
+
+        names = tqdm(names, desc="tensorrt build", leave=False)
+    engines = {}
+    for name in names:
+        plan, io = build_engine(Path(onnx_dir) / f"{name}.onnx", program.meta.get("max_batch", 1024))
+        want = expected_io(program, name)
+        if io != want:
+            raise BackendError(f"engine {name}: I/O {io} differs from the program's {want}")
+        (out_dir / f"{name}.plan").write_bytes(plan)
+        engines[name] = f"{name}.plan"
+    return engines
+
+
+def lower(program: Program, engine_dir: Path | None = None) -> dict:
+    if not torch.cuda.is_available():
+        raise BackendError("TensorRT engines run on a CUDA GPU; none is available here (the build works on CPU)")
+    if engine_dir is None or "engine_files" not in program.meta:
+        raise BackendError("the tensorrt backend runs a compiled artifact: cachec compile --backend tensorrt --out DIR")
+    t = trt()
+    logger = t.Logger(t.Logger.ERROR)
+    runtime = t.Runtime(logger)
+    engines, contexts = {}, {}
+    for name, f in program.meta["engine_files"].items():
+        engine = runtime.deserialize_cuda_engine((Path(engine_dir) / f).read_bytes())
+        if engine is None:
+            major, minor = torch.cuda.get_device_capability()
+            raise BackendError(f"TensorRT could not load {f} on this GPU (compute capability {major}.{minor})")
+        engines[name] = engine
+        contexts[name] = engine.create_execution_context(t.ExecutionContextAllocationStrategy.USER_MANAGED)
+    scratch_size = max((e.device_memory_size_v2 for e in engines.values()), default=0)
+    scratch = torch.empty(max(scratch_size, 1), dtype=torch.uint8, device="cuda")
+    for ctx in contexts.values():
+        ctx.device_memory = scratch.data_ptr()
+    return {path: _runner(program, ops, contexts, scratch) for path, ops in program.paths.items()}
+
+
+def _runner(program: Program, ops: list[tuple], contexts: dict, scratch: torch.Tensor):
+    def run(env: dict, caches: dict) -> float:
+        flops = 0.0
+        stream = torch.cuda.current_stream().cuda_stream
+        batch = next(iter(env.values())).shape[0]
+        for op in ops:
+            if op[0] == "load":
+                env[op[2]] = caches[op[1]]
+            elif op[0] == "store":
+                store(caches, op[2], env[op[1]])
+            else:
+                seg = program.segments[op[1]]
+                ctx = contexts[op[1]]
+                for n in seg.inputs:
+                    x = env[n].contiguous()
+                    env[n] = x
+                    ctx.set_input_shape(io_name(n), tuple(x.shape))
+                    ctx.set_tensor_address(io_name(n), x.data_ptr())
+                for n in seg.outputs:
+                    spec = program.values[n]
+                    out = torch.empty(spec.concrete(batch), dtype=getattr(torch, spec.dtype), device="cuda")
+                    ctx.set_tensor_address(io_name(n), out.data_ptr())
+                    env[n] = out
+                if not ctx.execute_async_v3(stream):
+                    raise BackendError(f"TensorRT failed to run segment {op[1]}")
+                flops += seg.flops
+        return flops
+
+    run.scratch = scratch
+    return run
