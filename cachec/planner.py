@@ -22,6 +22,7 @@ from cachec.graph_keys import COND_KEY
 from cachec.passes import AssignSegments, HoistConditioning, PassManager, StripExportArtifacts
 from cachec.passes.coalesce import coalesce
 from cachec.passes.probes import rel_l1_probe
+from cachec.passes.remove_noops import RemoveNoOps
 from cachec.passes.residual_delta import StreamPair, copy_values, delta_apply, delta_write
 
 from .capture import Captured
@@ -44,7 +45,7 @@ class Planner:
     def __init__(self, captured: Captured):
         self.captured = captured
         gm = captured.graph_module
-        PassManager([StripExportArtifacts(), HoistConditioning(captured.stream_inputs)])(gm)
+        PassManager([StripExportArtifacts(), RemoveNoOps(), HoistConditioning(captured.stream_inputs)])(gm)
         self.blocks = find_blocks(gm, captured.model_class)
         if not self.blocks:
             raise ModelError(

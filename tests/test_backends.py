@@ -1,0 +1,176 @@
+"""ONNX Runtime and TensorRT lowering, checked against the eager backend and the manifest."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel
+
+import cachec
+from cachec.backends import get_backend
+from cachec.cli import main
+from cachec.errors import BackendError
+from cachec.models import example_inputs
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+
+
+def _init(m):
+    torch.manual_seed(1)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return m.eval()
+
+
+def small(name):
+    torch.manual_seed(0)
+    if name == "dit":
+        return _init(DiTTransformer2DModel(sample_size=8, in_channels=4, out_channels=4, num_layers=2,
+                                           num_attention_heads=2, attention_head_dim=8, num_embeds_ada_norm=10))
+    if name == "pixart":
+        return _init(PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                                              num_layers=2, sample_size=8, cross_attention_dim=16, caption_channels=12,
+                                              norm_type="ada_norm_single", use_additional_conditions=False))
+    if name == "flux":
+        return _init(FluxTransformer2DModel(patch_size=1, in_channels=8, num_layers=1, num_single_layers=1,
+                                            attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12,
+                                            pooled_projection_dim=6, guidance_embeds=True, axes_dims_rope=(2, 2, 4)))
+    return _init(SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                       num_attention_heads=2, joint_attention_dim=12, caption_projection_dim=16,
+                                       pooled_projection_dim=6, out_channels=4, pos_embed_max_size=16))
+
+
+MODELS = ("dit", "pixart", "flux", "sd3")
+POLICIES = ("none", "fora:3", "fbcache:0.3,warmup=4,final=4", "teacache:0.03")
+_programs: dict = {}
+_onnx_dirs: dict = {}
+
+
+def program_for(name, policy):
+    if (name, policy) not in _programs:
+        m = small(name)
+        _programs[name, policy] = (m, cachec.build_program(m, example_inputs(m, 2, text_tokens=5), policy))
+    return _programs[name, policy]
+
+
+def onnx_dir_for(name, policy, tmp_root):
+    from cachec.backends.onnx_export import export_program
+
+    if (name, policy) not in _onnx_dirs:
+        d = Path(tmp_root) / f"{name}-{policy.replace(':', '_').replace(',', '_').replace('=', '')}"
+        files = export_program(program_for(name, policy)[1], d)
+        _onnx_dirs[name, policy] = (d, files)
+    return _onnx_dirs[name, policy]
+
+
+def trajectory(rt, model, steps=20, seed=0):
+    """Drive a runtime over a whole trajectory with a fixed update rule; returns the final latent."""
+    kw = example_inputs(model, 3, seed=seed, text_tokens=5)
+    x = kw.pop("hidden_states")
+    flow = type(model).__name__ == "FluxTransformer2DModel"
+    for i in range(steps):
+        t = 1.0 - i / steps if flow else 999 - i * (1000 // steps)
+        tt = torch.full_like(kw["timestep"], t)
+        out = rt(hidden_states=x, **{**kw, "timestep": tt})[0]
+        x = x - out / steps
+    return x
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_onnxruntime_matches_eager_over_a_trajectory(name, policy, tmp_path_factory):
+    model, program = program_for(name, policy)
+    d, files = onnx_dir_for(name, policy, tmp_path_factory.getbasetemp())
+    program.meta["onnx_files"] = files
+    eager = cachec.CacheRuntime(program, num_steps=20)
+    ort = cachec.CacheRuntime(program, num_steps=20, backend="onnxruntime", backend_options={"onnx_dir": d})
+    a, b = trajectory(eager, model), trajectory(ort, model)
+    assert eager.stats.schedule == ort.stats.schedule
+    if policy != "none":  # both the full and the cached variants ran
+        assert "R" in eager.stats.schedule and "F" in eager.stats.schedule[1:], eager.stats.schedule
+    rel = ((a - b).norm() / a.norm()).item()
+    assert rel <= 1e-4, rel
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_tensorrt_builds_every_variant_with_manifest_io(name, tmp_path_factory):
+    tensorrt = pytest.importorskip("cachec.backends.tensorrt")
+    try:
+        tensorrt.trt()
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    for policy in ("none", "fora:3", "fbcache:0.3"):
+        _, program = program_for(name, policy)
+        d, files = onnx_dir_for(name, policy, tmp_path_factory.getbasetemp())
+        description = program.describe()
+        for seg in program.segments:
+            plan, io = tensorrt.build_engine(d / files[seg], max_batch=64)
+            assert len(plan) > 0
+            want = {
+                "inputs": [{"name": "@" + n, "shape": [-1 if s == "B" else s for s in description["values"][n]["shape"]],
+                            "dtype": description["values"][n]["dtype"]} for n in description["segments"][seg]["inputs"]],
+                "outputs": [{"name": "@" + n, "shape": [-1 if s == "B" else s for s in description["values"][n]["shape"]],
+                             "dtype": description["values"][n]["dtype"]} for n in description["segments"][seg]["outputs"]],
+            }
+            assert io == want, seg
+
+
+@pytest.mark.parametrize("policy", ["fbcache:0.05", "fora:3"])
+def test_tensorrt_artifact_stores_each_weight_once(policy, tmp_path, monkeypatch):
+    tensorrt = pytest.importorskip("cachec.backends.tensorrt")
+    try:
+        tensorrt.trt()
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setenv("CACHEC_TRT_CACHE", str(tmp_path / "trt-cache"))
+    torch.manual_seed(0)
+    m = DiTTransformer2DModel(sample_size=8, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=16,
+                              attention_head_dim=64, num_embeds_ada_norm=10)
+    m.save_pretrained(tmp_path / "model")
+    out = tmp_path / "art"
+    assert main(["compile", str(tmp_path / "model"), "--policy", policy, "--backend", "tensorrt", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    params = sum(p.numel() * 4 for p in m.parameters())
+    assert manifest["weight_bytes"] >= params
+    ratio = manifest["artifact_bytes"] / manifest["weight_bytes"]
+    assert ratio <= 1.1, ratio
+    assert all(name.startswith("engines/") or name == "manifest.json" for name in manifest["files"])
+
+
+def _tensorrt_gpu_reason():
+    if not torch.cuda.is_available():
+        return "TensorRT engines run on a CUDA GPU; none here (the build is checked on CPU above)"
+    from cachec.backends.tensorrt import trt
+
+    if "rtx" in trt().__name__ and torch.cuda.get_device_capability() == (9, 0):
+        return "TensorRT-RTX does not run on Hopper (compute capability 9.0)"
+    return None
+
+
+@pytest.mark.skipif(_tensorrt_gpu_reason() is not None, reason=str(_tensorrt_gpu_reason()))
+def test_tensorrt_engines_match_eager_on_gpu(tmp_path):  # pragma: no cover - needs a TensorRT-capable GPU
+    m = small("dit")
+    out = tmp_path / "art"
+    m.save_pretrained(tmp_path / "model")
+    assert main(["compile", str(tmp_path / "model"), "--policy", "fora:3", "--backend", "tensorrt", "--out", str(out)]) == 0
+    rt = cachec.load(out, num_steps=20)
+    ref = cachec.compile(m.cuda(), example_inputs(m, 2), "fora:3", num_steps=20)
+    with torch.device("cuda"):
+        a, b = trajectory(rt, m), trajectory(ref, m)
+    assert ((a - b).norm() / a.norm()).item() <= 1e-3
+
+
+@pytest.mark.parametrize(
+    "backend, hidden, extra", [("onnxruntime", ("onnxruntime",), "cachec[onnx]"),
+                               ("tensorrt", ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings"), "cachec[tensorrt]")]
+)
+def test_missing_backend_names_the_extra(backend, hidden, extra, monkeypatch, tmp_path, capsys):
+    for mod in hidden:
+        monkeypatch.setitem(sys.modules, mod, None)
+    with pytest.raises(BackendError, match=extra.replace("[", r"\[").replace("]", r"\]")):
+        get_backend(backend)
+    assert main(["compile", "builtin:tiny-dit", "--backend", backend, "--out", str(tmp_path / "o")]) == 2
+    assert extra in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
