@@ -14,6 +14,7 @@ BACKENDS = {
     "eager": "cachec.backends.eager",
     "onnxruntime": "cachec.backends.onnxruntime",
     "tensorrt": "cachec.backends.tensorrt",
+    "inductor": "cachec.backends.inductor",
 }
 
 

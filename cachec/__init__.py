@@ -52,9 +52,18 @@ def load(path, *, backend: str = "eager", num_steps: int | None = None, policy: 
     return CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=manifest["signature"])
 
 
-def reset(runtime: CacheRuntime, num_steps: int | None = None) -> None:
-    """Start a new trajectory explicitly."""
-    runtime.reset(num_steps)
+def reset(model, num_steps: int | None = None) -> None:
+    """Start a new trajectory explicitly: a runtime, or a model compiled with backend="cachec"."""
+    if isinstance(model, CacheRuntime):
+        model.reset(num_steps)
+        return
+    from .compile_backend import runtimes_of
+
+    runtimes = runtimes_of(model)
+    if not runtimes:
+        raise CachecError("cachec.reset: this model has no cachec runtime (compile it with backend='cachec' first)")
+    for rt in runtimes:
+        rt.reset(num_steps)
 
 
 __all__ = [

@@ -73,7 +73,7 @@ def manifest_of(program: Program, captured: Captured, model_spec: str, signature
         "batch_dims": captured.batch_dims,
         "max_batch": captured.max_batch,
         "example_batch": captured.example_batch,
-        "cross_attention": sorted(captured.cross_attention),
+        "cross_attention": None if captured.cross_attention is None else sorted(captured.cross_attention),
         "blocks": program.meta["blocks"],
         "segments": {
             name: {"role": s.role, "inputs": s.inputs, "outputs": s.outputs, "flops_per_sample": s.flops}
@@ -219,7 +219,7 @@ def load_program(path: str | Path, policy: str | None = None) -> tuple[Program, 
         config=manifest["model"]["config"],
         example_inputs=examples,
         batch_dims=manifest["batch_dims"],
-        cross_attention=set(manifest["cross_attention"]),
+        cross_attention=None if manifest["cross_attention"] is None else set(manifest["cross_attention"]),
         max_batch=manifest["max_batch"],
         exported=ep,
     )

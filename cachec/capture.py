@@ -39,7 +39,7 @@ class Captured:
     config: dict = field(default_factory=dict)
     example_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     batch_dims: dict[str, int] = field(default_factory=dict)
-    cross_attention: set[str] = field(default_factory=set)
+    cross_attention: set[str] | None = None  # None: unknown, ``attn2`` children are cross-attention
     max_batch: int = MAX_BATCH
     exported: torch.export.ExportedProgram | None = None
 
@@ -130,7 +130,25 @@ def capture(
     model = model.eval()
     template = {k: v for k, v in example_kwargs.items() if k != "return_dict"}
     tensors = flatten_inputs(template)
-    wrapper = _wrap(model, template, list(tensors))
+    return capture_module(
+        _wrap(model, template, list(tensors)), tensors, stream_inputs=stream_inputs, latent_input=latent_input,
+        model_class=type(model).__name__, config=dict(getattr(model, "config", {}) or {}),
+        cross_attention=_cross_attention_modules(model), dynamic_batch=dynamic_batch,
+    )
+
+
+def capture_module(
+    wrapper: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    *,
+    stream_inputs: list[str],
+    latent_input: str,
+    model_class: str,
+    config: dict | None = None,
+    cross_attention: set[str] | None = None,
+    dynamic_batch: bool = True,
+) -> Captured:
+    """Export a module whose forward takes ``tensors`` by name and returns ``(output,)``."""
     batch = tensors[latent_input].shape[0]
     batch_dims = _batch_dims(tensors, batch) if dynamic_batch else {}
     try:
@@ -138,7 +156,7 @@ def capture(
     except Exception as exc:  # noqa: BLE001 - re-raised with the construct that failed
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelError(
-            f"torch.export could not capture {type(model).__name__}: {type(exc).__name__}: {first}\n"
+            f"torch.export could not capture {model_class}: {type(exc).__name__}: {first}\n"
             "cachec needs a denoiser that non-strict torch.export can trace with a dynamic batch; "
             "check that the example inputs match the model's forward signature."
         ) from exc
@@ -149,12 +167,12 @@ def capture(
         output_name="output",  # never an input name (the U-Net latent input is called sample)
         stream_inputs=[s for s in stream_inputs if s in tensors],
         latent_input=latent_input,
-        model_class=type(model).__name__,
-        config=dict(getattr(model, "config", {}) or {}),
+        model_class=model_class,
+        config=config or {},
         example_inputs={k: v.detach().clone() for k, v in tensors.items()},
         batch_dims=batch_dims,
-        cross_attention=_cross_attention_modules(model),
-        max_batch=max_batch,
+        cross_attention=cross_attention,
+        max_batch=max_batch if dynamic_batch else batch,
         exported=ep,
     )
 
@@ -162,12 +180,13 @@ def capture(
 def _export(wrapper, tensors, batch_dims, dynamic_batch):
     """Export with a dynamic batch of 1..MAX_BATCH; if the model's code bounds the batch more
     tightly (the SD U-Net's upsampling does), retry once with the bound export suggests."""
+    if not dynamic_batch:
+        with torch.no_grad():
+            return torch.export.export(wrapper, (), tensors, strict=False), None
 
     def run(max_batch):
-        shapes = None
-        if dynamic_batch:
-            b = Dim("batch", min=1, max=max_batch)
-            shapes = {k: ({batch_dims[k]: b} if k in batch_dims else None) for k in tensors}
+        b = Dim("batch", min=1, max=max_batch)
+        shapes = {k: ({batch_dims[k]: b} if k in batch_dims else None) for k in tensors}
         with torch.no_grad():
             return torch.export.export(wrapper, (), tensors, dynamic_shapes=shapes, strict=False)
 

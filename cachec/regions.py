@@ -6,7 +6,7 @@ Blocks are the top-level numbered children (``transformer_blocks.3``,
 runs them; inside a block, attention and feed-forward children are the module regions. No model
 table is needed for that; the only declared fallbacks are
 
-* ``UNet2DConditionModel.mid_block`` — a block that is not numbered, and
+* ``mid_block`` (``UNet2DConditionModel``) — a block that is not numbered, and
 * ``FluxSingleTransformerBlock`` — attention and MLP run in parallel and meet in ``proj_out``,
   so the cacheable unit is the fused ``attn ∥ mlp → proj_out`` output (as TaylorSeer caches it).
 
@@ -30,7 +30,7 @@ KINDS = ("step", "block", "attn", "cross_attn", "mlp")
 
 _NUMBERED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.(\d+)$")
 # Declared fallbacks (see module docstring): unnumbered blocks, and fused parallel blocks.
-EXTRA_BLOCKS = {"UNet2DConditionModel": ("mid_block",)}
+EXTRA_BLOCKS = ("mid_block",)
 FUSED_PARALLEL = {"FluxSingleTransformerBlock": ("attn", "proj_mlp", "act_mlp", "proj_out")}
 _MLP_NAMES = {"ff", "ff_context", "ffn", "mlp"}
 
@@ -74,11 +74,26 @@ class Region:
         }
 
 
+def normalize_fqn(fqn: str) -> str:
+    """``transformer_blocks.0.attn1`` from export's or Dynamo's spelling of a module path.
+
+    Dynamo writes ``L['self'].__dict__['_modules']['transformer_blocks'].0.attn1``.
+    """
+    if "L['self']" not in fqn and "[" not in fqn:
+        return fqn
+    s = fqn.replace("L['self']", "")
+    s = re.sub(r"__dict__\['_modules'\]\['([^']*)'\]", r".\1", s)
+    s = re.sub(r"_modules\['([^']*)'\]", r".\1", s)
+    s = re.sub(r"\[(\d+)\]", r".\1", s)
+    return re.sub(r"\.+", ".", s).strip(".")
+
+
 def module_path(node: fx.Node) -> list[tuple[str, str]]:
     """The (fqn, class name) stack of a node, outermost first."""
     stack = node.meta.get("nn_module_stack") or {}
     out = []
     for fqn, cls in stack.values():
+        fqn = normalize_fqn(fqn)
         if fqn == WRAPPER or not fqn:
             continue
         if fqn.startswith(WRAPPER + "."):
@@ -97,7 +112,7 @@ def _block_of(node: fx.Node, extra: tuple[str, ...]) -> str | None:
 
 def find_blocks(gm: fx.GraphModule, model_class: str) -> list[str]:
     """Block fqns in the order the graph first runs them (stream nodes only)."""
-    extra = EXTRA_BLOCKS.get(model_class, ())
+    extra = EXTRA_BLOCKS
     blocks: list[str] = []
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.meta.get(COND_KEY):
@@ -117,7 +132,7 @@ def block_class(gm: fx.GraphModule, block: str) -> str:
 
 
 def node_block(node: fx.Node, blocks: list[str], model_class: str) -> int | None:
-    b = _block_of(node, EXTRA_BLOCKS.get(model_class, ()))
+    b = _block_of(node, EXTRA_BLOCKS)
     return blocks.index(b) if b in blocks else None
 
 
