@@ -74,9 +74,8 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int):
 
 def cmd_compile(args) -> int:
     from . import artifact
-    from .policy import parse_policy
-
     from .backends import get_backend
+    from .policy import parse_policy
 
     get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
     policy = parse_policy(args.policy).spec
