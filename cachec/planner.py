@@ -99,13 +99,8 @@ class Planner:
         """Stream values a run of segments reads from before it, and values it makes for after it."""
         inside = set(segs)
         made = {o for s in segs for o in self.segments[s].outputs}
-        before, after, seen = [], [], False
-        for s in self.order:
-            if s in inside:
-                seen = True
-                continue
-            if seen:
-                after.append(s)
+        last = max(self.order.index(s) for s in segs)
+        after = [s for s in self.order[last + 1 :] if s not in inside]
         inputs = []
         for s in segs:
             for name in self.segments[s].inputs:
@@ -116,7 +111,6 @@ class Planner:
             for name in self.segments[s].inputs:
                 if name in made and name not in outputs:
                     outputs.append(name)
-        del before
         return inputs, outputs
 
     def _is_stream(self, name: str) -> bool:
