@@ -8,6 +8,7 @@ CUDA execution provider is used when onnxruntime-gpu is installed and the inputs
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,16 +41,22 @@ def check() -> None:
 def sessions_for(program: Program, onnx_dir: Path | None = None, providers: list[str] | None = None) -> dict:
     ort = _ort()
     files = program.meta.get("onnx_files")
+    scratch = None
     if onnx_dir is None or files is None:
-        onnx_dir = Path(tempfile.mkdtemp(prefix="cachec-onnx-"))
+        # no artifact: export into a scratch directory, removed once the sessions hold the models
+        onnx_dir = scratch = Path(tempfile.mkdtemp(prefix="cachec-onnx-"))
         files = export_program(program, onnx_dir)
-        files = {k: str(Path(onnx_dir) / v) for k, v in files.items()}
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return {name: ort.InferenceSession(str(Path(onnx_dir) / f), opts, providers=providers) for name, f in files.items()}
+    try:
+        return {name: ort.InferenceSession(str(Path(onnx_dir) / f), opts, providers=providers)
+                for name, f in files.items()}
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _np_dtype(dtype: torch.dtype):
