@@ -35,6 +35,9 @@ class _LazyInductor:
 
             self.compiled = compile_fx(self.gm, list(args), config_patches=self.config_patches)
         out = self.compiled(*args)
+        if self.config_patches.get("triton.cudagraphs"):
+            # a CUDA-graph replay overwrites its outputs: hand out copies (caches are copied anyway)
+            out = [o.clone() if isinstance(o, torch.Tensor) else o for o in out]
         return out
 
 

@@ -170,9 +170,6 @@ class _Static(Controller):
         if num_steps is not None and len(sched) != num_steps:
             raise PolicyError(f"static schedule has {len(sched)} letters but the trajectory has {num_steps} steps")
 
-    def forced(self, step):
-        return step == 0 or self.last_full is None
-
     def rule(self, step, signal):
         sched = self.policy.params["schedule"]
         if step >= len(sched):
