@@ -220,7 +220,7 @@ def _flatten(ep: torch.export.ExportedProgram, tensor_names: list[str]) -> fx.Gr
     name the single output ``sample``.
     """
     unlifted = ep.module()
-    gm = fx.GraphModule(unlifted, unlifted.graph)
+    gm = fx.GraphModule(unlifted, unlifted.graph).eval()
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     for node in placeholders:

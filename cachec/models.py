@@ -88,8 +88,9 @@ class ModelBundle:
         return [self.latent_input, "encoder_hidden_states"]
 
     def example_inputs(self, batch: int = 2, seed: int = 0, resolution: int | None = None) -> dict:
+        dtype = next(self.model.parameters()).dtype if self.model is not None else torch.float32
         return synth_inputs(self.cls_name, self.config, batch, seed, text_tokens=self.text_tokens,
-                            resolution=resolution, frames=self.frames)
+                            resolution=resolution, frames=self.frames, dtype=dtype)
 
     def scheduler(self):
         import diffusers

@@ -220,7 +220,7 @@ def split(gm: fx.GraphModule, order: list[str], output_name: str) -> dict[str, S
         outputs = [n for n in nodes if n is final or any(u not in inside and u.op != "output" for u in n.users)]
         outputs = [n for n in outputs if not _is_symint(n)]
         graph.output(tuple(env[n] for n in outputs))
-        module = fx.GraphModule(attrs, graph, class_name=f"Segment_{seg}")
+        module = fx.GraphModule(attrs, graph, class_name=f"Segment_{seg}").eval()
         module.meta[OUTPUTS_KEY] = [output_name if n is final else n.name for n in outputs]
         segments[seg] = Segment(seg, module)
     return segments

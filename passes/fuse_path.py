@@ -98,7 +98,7 @@ def fuse_path(segments: dict, ops: list[tuple], keep: set[str]) -> FusedPath:
     results = [env[k] for k in out_names] + [env[v] for v in cache_outputs.values()]
     g.output(tuple(results))
     g.eliminate_dead_code()
-    module = fx.GraphModule(attrs, g, class_name="Variant")
+    module = fx.GraphModule(attrs, g, class_name="Variant").eval()
     return FusedPath(module, inputs, list(dict.fromkeys(loads)), out_names, list(cache_outputs), flops)
 
 

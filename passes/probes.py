@@ -56,6 +56,6 @@ def rel_l1_probe(
     if emit_current_as is not None:
         outs.append((emit_current_as, x if x is not cur else _scalar(g, aten.clone.default, (cur,), meta.get(current))))
     g.output(tuple(n for _, n in outs))
-    gm = fx.GraphModule({}, g, class_name="RelL1Probe")
+    gm = fx.GraphModule({}, g, class_name="RelL1Probe").eval()
     gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
     return gm

@@ -44,7 +44,7 @@ def _binary(graph: fx.Graph, op, a: fx.Node, b: fx.Node) -> fx.Node:
 
 def _module(graph: fx.Graph, outputs: list[tuple[str, fx.Node]], name: str) -> fx.GraphModule:
     graph.output(tuple(n for _, n in outputs))
-    gm = fx.GraphModule({}, graph, class_name=name)
+    gm = fx.GraphModule({}, graph, class_name=name).eval()
     gm.meta[OUTPUTS_KEY] = [k for k, _ in outputs]
     return gm
 
