@@ -268,7 +268,7 @@ def teacache_coefficients() -> dict[str, list[float]]:
 
 def method_constants() -> dict:
     """Published constants shipped inside the package (copied from shared/data)."""
-    text = resources.files("cachec").joinpath("data/method_constants.json").read_text()
+    text = resources.files("cachec").joinpath("constants/method_constants.json").read_text()
     return json.loads(text)
 
 
@@ -346,4 +346,4 @@ def describe_policies() -> str:
 
 
 def data_path() -> Path:
-    return Path(str(resources.files("cachec").joinpath("data")))
+    return Path(str(resources.files("cachec").joinpath("constants")))
