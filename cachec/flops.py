@@ -62,7 +62,3 @@ def node_flops(node: fx.Node) -> float:
 def graph_flops(gm: fx.GraphModule, batch: int) -> float:
     """Per-sample FLOPs of a graph whose example shapes were taken at batch size ``batch``."""
     return sum(node_flops(n) for n in gm.graph.nodes) / max(batch, 1)
-
-
-def nodes_flops(nodes, batch: int) -> float:
-    return sum(node_flops(n) for n in nodes) / max(batch, 1)

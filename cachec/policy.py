@@ -18,7 +18,6 @@ import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 from .errors import PolicyError
 
@@ -343,7 +342,3 @@ def describe_policies() -> str:
                 rng = f", range {p.lo if p.lo is not None else '-inf'}..{p.hi if p.hi is not None else 'inf'}"
             lines.append(f"{'':<11}{p.name + '=' + repr(p.default):<16} {p.kind.__name__}{rng}: {p.doc}{main}")
     return "\n".join(lines)
-
-
-def data_path() -> Path:
-    return Path(str(resources.files("cachec").joinpath("constants")))

@@ -20,7 +20,6 @@ import torch
 from torch import fx
 
 from .errors import ModelError
-from .flops import graph_flops
 from .graph_keys import OUTPUTS_KEY, SEGMENT_KEY
 
 CACHE_PREFIX = "cache__"
@@ -249,10 +248,6 @@ def _rematerialise(graph: fx.Graph, sym: fx.Node, tensors: list[fx.Node]) -> fx.
     raise ModelError(f"segment boundary carries the size {want}, which no tensor input of the segment has")
 
 
-def segment_flops(seg: Segment, batch: int) -> float:
-    return graph_flops(seg.module, batch)
-
-
 def check_weight_ownership(program: Program) -> None:
     """Every parameter tensor is held by exactly one segment (no duplication across paths)."""
     seen: dict[int, str] = {}
@@ -262,6 +257,3 @@ def check_weight_ownership(program: Program) -> None:
             if key in seen and seen[key] != seg.name:
                 raise ModelError(f"parameter {name} is held by segments {seen[key]} and {seg.name}")
             seen[key] = seg.name
-
-
-
