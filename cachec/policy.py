@@ -101,6 +101,10 @@ class Policy:
     def controller(self, num_steps: int | None) -> Controller:
         return self.controller_cls(self, num_steps)
 
+    def plan_key(self, num_blocks: int) -> tuple:
+        """The parameters the compiled variants depend on (the rest may change at run time)."""
+        return (self.name,)
+
     controller_cls: type[Controller] = Controller
 
     def __repr__(self) -> str:
@@ -146,6 +150,9 @@ class DeltaPolicy(Policy):
         Param("blocks", str, "", "block range a-b (default: all blocks but the first and last)"),
     )
     controller_cls = _Interval
+
+    def plan_key(self, num_blocks: int) -> tuple:
+        return (self.name, self.block_range(num_blocks))
 
     def block_range(self, num_blocks: int) -> tuple[int, int]:
         text = self.params["blocks"]

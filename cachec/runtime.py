@@ -83,10 +83,12 @@ class CacheRuntime(torch.nn.Module):
         compiled = parse_policy(program.meta["policy"])
         # the variants depend on the policy's kind only: thresholds and intervals may change at
         # run time, and `none` runs the full variant of any program (the same-backend baseline)
-        if self.policy.name not in ("none", compiled.name):
+        blocks = len(program.meta["blocks"])
+        if self.policy.name != "none" and self.policy.plan_key(blocks) != compiled.plan_key(blocks):
             raise PolicyError(
-                f"this program was compiled for policy {compiled.spec!r}; {self.policy.spec!r} needs a program "
-                f"compiled for it (same policy name, any parameters), or use 'none'"
+                f"this program was compiled for policy {compiled.spec!r}; {self.policy.spec!r} needs other "
+                "variants: compile for it, change only run-time parameters (intervals, thresholds, "
+                "warmup/final), or use 'none'"
             )
         self.backend = get_backend(backend)
         self.paths = self.backend.lower(program, **(backend_options or {}))
