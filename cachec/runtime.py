@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cachec.backends import get_backend
+from cachec.backends.eager import batch_of
 
 from .capture import flatten_inputs
 from .errors import PolicyError, ShapeError
@@ -167,10 +168,13 @@ class CacheRuntime(torch.nn.Module):
         self._shape_key = key
         self._last_t = t
 
+    def _batch(self, inputs) -> int:
+        return batch_of(self.program, inputs)
+
     def _allocate_caches(self, inputs) -> None:
         """One zero-filled buffer per cache for this batch size; their addresses stay fixed."""
         latent = next(iter(inputs.values()))
-        batch = inputs[self.program.inputs[0]].shape[0]
+        batch = self._batch(inputs)
         self.caches.clear()
         for name, spec in self.program.caches().items():
             self.caches[name] = torch.zeros(spec.concrete(batch), dtype=getattr(torch, spec.dtype), device=latent.device)
@@ -182,7 +186,7 @@ class CacheRuntime(torch.nn.Module):
         inputs = self._bind(args, kwargs)
         self._maybe_new_trajectory(inputs)
         env: dict[str, torch.Tensor] = dict(inputs)
-        batch = next(iter(inputs.values())).shape[0] if inputs else 1
+        batch = self._batch(inputs)
         step, ctl, stats = self._step, self._controller, self.stats
         flops = 0.0
         signal = None
@@ -194,7 +198,6 @@ class CacheRuntime(torch.nn.Module):
         else:
             full = ctl.decide(step)
             flops += self._run("full" if full else "reuse", env)
-        batch = env[self.program.inputs[0]].shape[0] if self.program.inputs else batch
         stats.schedule += "F" if full else "R"
         stats.step_flops.append(flops * batch)
         stats.signals.append(signal)
