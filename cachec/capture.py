@@ -8,7 +8,11 @@ specialise 0/1, which would silently bake the example batch into the program.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import re
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -157,8 +161,9 @@ def capture_module(
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelError(
             f"torch.export could not capture {model_class}: {type(exc).__name__}: {first}\n"
-            "cachec needs a denoiser that non-strict torch.export can trace with a dynamic batch; "
-            "check that the example inputs match the model's forward signature."
+            "cachec accepts a denoiser that non-strict torch.export can trace with a dynamic batch: no Python "
+            "branch on a tensor's value, and example inputs that match the forward's signature "
+            "(--debug shows torch's full report)."
         ) from exc
     gm = _flatten(ep, list(tensors))
     return Captured(
@@ -177,7 +182,32 @@ def capture_module(
     )
 
 
+@contextlib.contextmanager
+def _quiet_export():
+    """While torch.export fails it logs warnings and prints the partial graph to stderr; cachec
+    reports the failure itself in one message, so that output is kept back and shown only on
+    success (where it is ordinary warnings) or when cachec logs at DEBUG (``--debug``)."""
+    if logging.getLogger("cachec").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    torch_log = logging.getLogger("torch")
+    old_level = torch_log.level
+    held = io.StringIO()
+    torch_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    finally:
+        torch_log.setLevel(old_level)
+    sys.stderr.write(held.getvalue())  # reached only when the export succeeded
+
+
 def _export(wrapper, tensors, batch_dims, dynamic_batch):
+    with _quiet_export():
+        return _export_dynamic(wrapper, tensors, batch_dims, dynamic_batch)
+
+
+def _export_dynamic(wrapper, tensors, batch_dims, dynamic_batch):
     """Export with a dynamic batch of 1..MAX_BATCH; if the model's code bounds the batch more
     tightly (the SD U-Net's upsampling does), retry once with the bound export suggests."""
     if not dynamic_batch:

@@ -218,10 +218,15 @@ def cmd_policies(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cachec", description="Diffusion feature caching as a compiler pass.")
+    debug_help = "show the full traceback of an error (default: one message, exit code 2)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
+    # accepted after the subcommand too; SUPPRESS keeps a subparser from resetting `cachec --debug CMD`
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = p.add_subparsers(dest="command", required=True)
     model_help = "builtin:tiny-dit, arch:NAME (dit-xl-2, pixart-alpha, flux.1-dev, sd3-medium, wan2.1-1.3b, sd1.5-unet), or a local diffusers model dir"
 
-    c = sub.add_parser("compile", help="compile MODEL with a policy into an artifact directory")
+    c = sub.add_parser("compile", parents=[common], help="compile MODEL with a policy into an artifact directory")
     c.add_argument("model", help=model_help)
     c.add_argument("--policy", default="none", help="policy spec, e.g. fora:3 (see `cachec policies`)")
     c.add_argument("--backend", default="eager", help="lowering target: eager, onnxruntime, tensorrt")
@@ -230,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(fn=cmd_compile)
 
-    r = sub.add_parser("run", help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
+    r = sub.add_parser("run", parents=[common], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
     r.add_argument("model", help=model_help + ", or an artifact directory")
     r.add_argument("--policy", default=None, help="policy spec (default: the artifact's, or none)")
     r.add_argument("--steps", type=int, default=50)
@@ -241,13 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.set_defaults(fn=cmd_run)
 
-    i = sub.add_parser("inspect", help="regions, segments and the cache nodes of each variant")
+    i = sub.add_parser("inspect", parents=[common], help="regions, segments and the cache nodes of each variant")
     i.add_argument("model", help=model_help + ", or an artifact directory")
     i.add_argument("--policy", default="fora:3")
     i.add_argument("--json", action="store_true")
     i.set_defaults(fn=cmd_inspect)
 
-    pol = sub.add_parser("policies", help="list every policy with its parameters and defaults")
+    pol = sub.add_parser("policies", parents=[common], help="list every policy with its parameters and defaults")
     pol.set_defaults(fn=cmd_policies)
     return p
 
@@ -255,12 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="[cachec] %(message)s")
     args = build_parser().parse_args(argv)
+    if args.debug:
+        logging.getLogger("cachec").setLevel(logging.DEBUG)
     if getattr(args, "steps", 1) is not None and getattr(args, "steps", 1) < 1:
         print("cachec: error: --steps must be at least 1", file=sys.stderr)
         return 2
     try:
         return args.fn(args)
     except CachecError as exc:
+        if args.debug:
+            raise
         print(f"cachec: error: {exc}", file=sys.stderr)
         return 2
 

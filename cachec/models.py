@@ -7,6 +7,7 @@ streams, and which scheduler samples it. Nothing here reaches a model hub.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -228,7 +229,9 @@ def _load_dir(path: Path, dtype: torch.dtype) -> torch.nn.Module:
     except (json.JSONDecodeError, KeyError) as exc:
         raise ModelError(f"{cfg_file} is not a diffusers config (no _class_name): {exc}") from exc
     try:
-        return _cls(cls_name).from_pretrained(str(path), torch_dtype=dtype).eval()
+        # low_cpu_mem_usage needs `accelerate` (not a dependency); asking for the plain load keeps diffusers quiet
+        low_mem = importlib.util.find_spec("accelerate") is not None
+        return _cls(cls_name).from_pretrained(str(path), torch_dtype=dtype, low_cpu_mem_usage=low_mem).eval()
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loading failure is reported with the path

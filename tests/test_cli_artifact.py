@@ -82,6 +82,9 @@ def test_inspect_and_policies(model_dir, capsys):
     [
         (["compile", "MODEL", "--policy", "fora:0", "--out", "OUT"], "out of range"),
         (["compile", "MODEL", "--policy", "bogus", "--out", "OUT"], "unknown policy"),
+        (["compile", "MODEL", "--policy", "fora:foo=1", "--out", "OUT"], "unknown key 'foo'; accepted keys: N, warmup"),
+        (["compile", "MODEL", "--policy", "fora:x", "--out", "OUT"], "N='x' is not an int"),
+        (["compile", "MODEL", "--policy", "teacache:coeffs=nosuch", "--out", "OUT"], "known: "),
         (["compile", "nosuch/dir", "--out", "OUT"], "cannot resolve model"),
         (["compile", "arch:nosuch", "--out", "OUT"], "unknown architecture"),
         (["compile", "MODEL", "--backend", "tensorflow", "--out", "OUT"], "unknown backend"),
@@ -93,6 +96,45 @@ def test_bad_input_exits_2_with_a_message(argv, message, model_dir, tmp_path, ca
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+class _DataDependentForward:
+    """A DiT whose forward branches in Python on a tensor value: torch.export cannot capture it."""
+
+    def __init__(self, model):
+        self.inner = model.forward
+
+    def __call__(self, hidden_states, timestep=None, class_labels=None, **kw):
+        if hidden_states.mean() > 0:  # data-dependent control flow
+            hidden_states = -hidden_states
+        return self.inner(hidden_states, timestep=timestep, class_labels=class_labels, **kw)
+
+
+def _unexportable_resolve(monkeypatch):
+    import cachec.models as models
+
+    real = models.resolve
+
+    def resolve(spec):
+        bundle = real(spec)
+        bundle.model.forward = _DataDependentForward(bundle.model)
+        return bundle
+
+    monkeypatch.setattr(models, "resolve", resolve)
+
+
+def test_unexportable_model_is_named_without_traceback(model_dir, tmp_path, monkeypatch, capsys):
+    _unexportable_resolve(monkeypatch)
+    out = tmp_path / "o"
+    assert main(["compile", str(model_dir), "--policy", "fora:2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "torch.export could not capture DiTTransformer2DModel" in err
+    assert "accepts a denoiser that non-strict torch.export can trace" in err
+    assert "def forward" not in err  # torch's partial-graph dump is held back
+    assert "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    with pytest.raises(cachec.errors.ModelError):  # --debug shows the traceback instead
+        main(["compile", str(model_dir), "--debug", "--out", str(out)])
 
 
 def test_existing_output_is_not_overwritten_without_force(artifact_dir, model_dir, capsys):
