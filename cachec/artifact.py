@@ -183,6 +183,26 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+_LOWERED_FILES = {"onnxruntime": "onnx_dir", "tensorrt": "engine_dir"}
+
+
+def runtime_backend(path: str | Path, manifest: dict, backend: str | None = None) -> tuple[str, dict]:
+    """The backend an artifact runs on and the options that point it at the artifact's files.
+
+    An eager artifact holds the captured program, so any backend can lower it; an ONNX Runtime or
+    TensorRT artifact holds lowered segment files only and runs on its own backend.
+    """
+    own = manifest.get("backend", "eager")
+    if own == "eager":
+        return backend or "eager", {}
+    if backend not in (None, own):
+        raise ArtifactError(
+            f"{path} was compiled for the {own} backend and holds only its lowered files; run it with "
+            f"backend={own!r}, or compile the model for {backend!r}"
+        )
+    return own, {_LOWERED_FILES[own]: Path(path)}
+
+
 def load_program(path: str | Path, policy: str | None = None) -> tuple[Program, dict]:
     """Load and verify an artifact; returns the rebuilt program and its manifest.
 

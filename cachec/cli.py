@@ -23,7 +23,7 @@ def _stage(msg: str) -> None:
     print(f"[cachec] {msg}", file=sys.stderr, flush=True)
 
 
-def _bundle_and_program(model_spec: str, policy: str, batch: int):
+def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str | None = None):
     """Resolve MODEL (spec or artifact dir) into a sampling bundle and a compiled runtime factory."""
     from . import artifact
     from .models import ModelBundle, builtin_dir, resolve
@@ -42,8 +42,7 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int):
             program, _ = artifact.load_program(path, None if pol == manifest["policy"] else pol)
             return program, manifest["signature"]
 
-        make.backend = manifest.get("backend", "eager")
-        make.options = {} if make.backend == "eager" else {("onnx_dir" if make.backend == "onnxruntime" else "engine_dir"): path}
+        make.backend, make.options = artifact.runtime_backend(path, manifest, backend)
         return bundle, make, manifest["policy"]
     bundle = resolve(model_spec)
     from .capture import capture
@@ -120,7 +119,7 @@ def cmd_run(args) -> int:
     from .runtime import CacheRuntime
     from .sampling import sample
 
-    bundle, make, artifact_policy = _bundle_and_program(args.model, "none", args.batch)
+    bundle, make, artifact_policy = _bundle_and_program(args.model, "none", args.batch, args.backend)
     policy = parse_policy(args.policy or artifact_policy or "none").spec
     backend = args.backend or make.backend or "eager"
     pixel = bundle.name.startswith("builtin:")

@@ -57,6 +57,31 @@ def test_artifact_runs_without_the_model_and_matches_in_memory_compile(artifact_
     assert loaded.stats.schedule == direct.stats.schedule == "FRFRFR"
 
 
+def test_onnxruntime_artifact_loads_on_its_own_backend(model_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for f in model_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "ort"
+    assert main(["compile", str(copy), "--policy", "fora:2", "--backend", "onnxruntime", "--out", str(out)]) == 0
+    model = DiTTransformer2DModel.from_pretrained(copy).eval()
+    for f in copy.iterdir():  # the artifact must not need the weights files
+        f.unlink()
+    loaded = cachec.load(out, num_steps=4)
+    assert loaded.backend.__name__ == "cachec.backends.onnxruntime"
+    direct = cachec.compile(model, example_inputs(model, 2), "fora:2", num_steps=4)
+    x = torch.randn(2, 4, 8, 8)
+    for t in (900, 600, 300, 100):
+        kw = dict(hidden_states=x, timestep=torch.full((2,), t), class_labels=torch.tensor([4, 5]))
+        a, b = loaded(**kw)[0], direct(**kw)[0]
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        x = x - 0.1 * a
+    assert loaded.stats.schedule == "FRFR"
+    with pytest.raises(cachec.ArtifactError, match="compiled for the onnxruntime backend"):
+        cachec.load(out, backend="eager")
+
+
 def test_run_reports_consistent_numbers(artifact_dir, tmp_path, capsys):
     assert main(["run", str(artifact_dir), "--steps", "12", "--batch", "2", "--json", "--out", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
