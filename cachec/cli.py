@@ -1,4 +1,4 @@
-"""The ``cachec`` command line: compile, run, inspect, policies.
+"""The ``cachec`` command line: compile, run, inspect, bench, policies.
 
 Every user error (bad policy, model, shape, artifact, missing backend) is a
 :class:`~cachec.errors.CachecError`: printed as one message, exit code 2.
@@ -201,11 +201,17 @@ def cmd_inspect(args) -> int:
         for c in dict.fromkeys(loads + stores):
             kinds = ("read" if c in loads else "") + ("/write" if c in stores else "")
             print(f"      {kinds.strip('/'):<10} {c}")
-    cache_bytes = sum(
-        torch.tensor([], dtype=getattr(torch, v.dtype)).element_size() * int(torch.tensor(v.concrete(1)).prod())
-        for v in program.caches().values())
+    from .bench import cache_bytes as _cache_bytes
+
+    cache_bytes = _cache_bytes(program, 1)
     print(f"\ncache buffers: {len(program.caches())}, {cache_bytes / 1e6:.3f} MB per batch item")
     return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    return bench.main(args)
 
 
 def cmd_policies(args) -> int:
@@ -250,6 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--policy", default="fora:3")
     i.add_argument("--json", action="store_true")
     i.set_defaults(fn=cmd_inspect)
+
+    b = sub.add_parser("bench", parents=[common],
+                       help="several policies vs `none` in one run: NFE, TFLOPs, latency, speedup, PSNR/SSIM, cache bytes")
+    b.add_argument("model", help=model_help + ", or an artifact directory")
+    b.add_argument("--policies", required=True, action="append",
+                   help="comma-separated policy specs, e.g. fora:2,delta:2,blocks=1-4,fbcache:0.05 (none is always added)")
+    b.add_argument("--steps", type=int, default=50)
+    b.add_argument("--seeds", type=int, default=2, help="number of seeds (0 .. S-1); fidelity is averaged over them")
+    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--repeats", type=int, default=3, help="timed repeats per (policy, seed), interleaved round-robin")
+    b.add_argument("--backend", default=None, help="eager, onnxruntime (default: the artifact's, or eager)")
+    b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    b.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON to FILE (- for stdout only)")
+    b.add_argument("--plots", default=None, metavar="DIR", help="write schedule.png, error_curve.png, pareto.png to DIR")
+    b.set_defaults(fn=cmd_bench)
 
     pol = sub.add_parser("policies", parents=[common], help="list every policy with its parameters and defaults")
     pol.set_defaults(fn=cmd_policies)

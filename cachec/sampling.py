@@ -9,6 +9,7 @@ and FLUX its timestep divided by 1000, as in ``FluxPipeline``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,13 @@ def initial_inputs(bundle: ModelBundle, batch: int, seed: int) -> dict:
     return kw
 
 
-def sample(denoiser, bundle: ModelBundle, steps: int, seed: int, batch: int, progress: bool = False) -> Trajectory:
+def sample(denoiser, bundle: ModelBundle, steps: int, seed: int, batch: int, progress: bool = False,
+           callback: Callable[[int, torch.Tensor], None] | None = None) -> Trajectory:
+    """Run the sampler; ``callback(i, latent)``, if given, sees the latent after step ``i``.
+
+    The callback is how ``cachec bench`` records the per-step error curve without a second pass;
+    it runs inside the timed loop, so keep it as cheap as a list append.
+    """
     kw = initial_inputs(bundle, batch, seed)
     latent_name = bundle.latent_input
     x = kw.pop(latent_name)
@@ -48,7 +55,7 @@ def sample(denoiser, bundle: ModelBundle, steps: int, seed: int, batch: int, pro
     step_seconds = []
     start = time.perf_counter()
     with torch.no_grad():
-        for t in timesteps:
+        for i, t in enumerate(timesteps):
             t0 = time.perf_counter()
             ref_t = kw["timestep"]
             tt = (t / 1000.0 if is_flux else t).to(ref_t.dtype)
@@ -58,4 +65,6 @@ def sample(denoiser, bundle: ModelBundle, steps: int, seed: int, batch: int, pro
                 out = out[:, :latent_channels]
             x = scheduler.step(out, t, x, return_dict=False)[0]
             step_seconds.append(time.perf_counter() - t0)
+            if callback is not None:
+                callback(i, x)
     return Trajectory(x, time.perf_counter() - start, step_seconds)

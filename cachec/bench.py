@@ -1,0 +1,500 @@
+"""``cachec bench``: several policies against ``none``, one table, measured in one run.
+
+Why a separate command from ``cachec run``: a single policy/seed comparison says little about a
+method. The bench runs every policy on the same backend, with the same seeds, step count and
+batch, in the *same process and time window* as the uncached reference, so that
+
+* **NFE** (the efficiency figure the seeds argue for) comes from the FLOPs the runtime records
+  per step, not from a nominal "steps / full steps";
+* **speedup** is ``latency(none) / latency(policy)`` with both measured here, interleaved
+  round-robin over ``repeats`` so that drift on a shared machine hits every policy alike; the
+  median is the figure, min/max the spread;
+* **measured ÷ ideal** (speedup over the NFE-ideal speedup ``NFE(none) / NFE``) shows what the
+  cache machinery and the parts that always run (prologue, glue, epilogue, the sampler) cost;
+* **fidelity** is PSNR/SSIM of the final images against ``none`` with the same seed, averaged
+  over seeds, plus the relative L2 of the latent after every step (the error curve).
+
+Plots are drawn with Pillow (already a dependency) so the bench needs nothing extra.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import CachecError
+from .policy import POLICIES, parse_policy
+
+
+class BenchError(CachecError, ValueError):
+    """Bad arguments to ``cachec bench`` (policy list, seeds, repeats, batch)."""
+
+
+# --------------------------------------------------------------------------------------------
+# arguments
+
+
+def split_policies(text: str | list[str]) -> list[str]:
+    """Split ``"fora:2,delta:2,blocks=1-4,fbcache:0.05"`` into policy specs.
+
+    Why not a plain ``split(",")``: policy arguments are comma-separated too. A piece whose part
+    before the first ``:`` contains ``=`` (``blocks=1-4``, ``N=4``) continues the previous spec;
+    anything else starts a new one. Each spec is parsed (bad ones raise :class:`PolicyError`) and
+    normalised; duplicates are dropped and ``none`` — the reference — always comes first.
+    """
+    texts = [text] if isinstance(text, str) else list(text)
+    specs: list[str] = []
+    for t in texts:
+        for piece in (p.strip() for p in t.split(",")):
+            if not piece:
+                raise BenchError(f"empty entry in --policies {t!r}; give specs separated by commas, e.g. fora:2,fbcache:0.05")
+            if "=" in piece.split(":", 1)[0] and specs:
+                specs[-1] += "," + piece
+            else:
+                specs.append(piece)
+    if not specs:
+        raise BenchError(f"--policies needs at least one policy; known: {', '.join(POLICIES)}")
+    normal = [parse_policy(s).spec for s in specs]
+    return list(dict.fromkeys(["none", *normal]))
+
+
+def cache_bytes(program, batch: int) -> int:
+    """Bytes of the cache buffers the runtime allocates for ``batch`` (one buffer per cache value)."""
+    total = 0
+    for v in program.caches().values():
+        numel = 1
+        for d in v.concrete(batch):
+            numel *= int(d)
+        total += torch.empty((), dtype=getattr(torch, v.dtype)).element_size() * numel
+    return total
+
+
+def relative_l2(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """``‖x − ref‖₂ / ‖ref‖₂`` over the whole batch (0 when identical)."""
+    x, ref = x.double(), ref.double()
+    den = torch.linalg.vector_norm(ref).item()
+    return torch.linalg.vector_norm(x - ref).item() / (den if den else 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# result
+
+
+@dataclass
+class PolicyRun:
+    """Everything measured for one policy: per seed (stats, samples, latents) and per repeat (latency)."""
+
+    policy: str
+    cache_bytes: int = 0
+    runtime: object = None  # the CacheRuntime (its cache buffers, its history of trajectories)
+    stats: dict[int, object] = field(default_factory=dict)  # seed -> TrajectoryStats (first repeat)
+    samples: dict[int, torch.Tensor] = field(default_factory=dict)  # seed -> final sample
+    latents: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # seed -> latent after each step
+    seconds: list[float] = field(default_factory=list)  # one entry per (repeat, seed) trajectory
+    seconds_by_seed: dict[int, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    model: str
+    backend: str
+    steps: int
+    seeds: list[int]
+    batch: int
+    repeats: int
+    pixel_space: bool
+    threads: int
+    runs: dict[str, PolicyRun]
+    rows: list[dict] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "steps": self.steps,
+            "seeds": self.seeds,
+            "batch": self.batch,
+            "repeats": self.repeats,
+            "torch_threads": self.threads,
+            "latency": "seconds per trajectory (batch); median, min, max over repeats x seeds, interleaved round-robin",
+            "fidelity": "vs none with the same seed, mean over seeds",
+            "policies": self.rows,
+            "plots": self.plots,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# measurement
+
+
+def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch: int = 4, repeats: int = 3,
+              backend: str | None = None, progress=None) -> BenchResult:
+    """Sample every policy (``none`` included) for every seed and repeat; compute the table rows.
+
+    ``seeds`` is a count: seeds ``0 .. seeds-1``. Each (policy, seed) trajectory of the first
+    repeat provides the statistics, the sample and the latent after each step; later repeats
+    only add latencies (sampling is deterministic, so their samples are the same).
+    """
+    from .cli import _bundle_and_program
+    from .runtime import CacheRuntime
+    from .sampling import sample
+
+    for name, value in (("--steps", steps), ("--seeds", seeds), ("--batch", batch), ("--repeats", repeats)):
+        if not isinstance(value, int) or value < 1:
+            raise BenchError(f"{name} must be a positive integer; got {value!r}")
+    specs = split_policies(policies)
+    say = progress or (lambda msg: None)
+
+    bundle, make, _ = _bundle_and_program(model, "none", batch, backend)
+    backend = backend or make.backend or "eager"
+    runtimes: dict[str, CacheRuntime] = {}
+    runs: dict[str, PolicyRun] = {}
+    for pol in specs:
+        say(f"compiling {pol}")
+        program, signature = make(pol)
+        rt = CacheRuntime(program, pol, backend=backend, num_steps=steps, signature=signature,
+                          backend_options=make.options)
+        sample(rt, bundle, min(2, steps), 0, batch)  # warm-up (allocations, first-call costs)
+        runtimes[pol] = rt
+        runs[pol] = PolicyRun(pol, cache_bytes=cache_bytes(program, batch), runtime=rt)
+
+    seed_list = list(range(seeds))
+    for rep in range(repeats):
+        for seed in seed_list:
+            for pol in specs:  # round-robin: every policy sees the same machine state
+                rt, run = runtimes[pol], runs[pol]
+                rt.reset(steps)
+                latents: list[torch.Tensor] = []
+                traj = sample(rt, bundle, steps, seed, batch, callback=lambda i, x, keep=latents: keep.append(x.clone()))
+                run.seconds.append(traj.seconds)
+                run.seconds_by_seed.setdefault(seed, []).append(traj.seconds)
+                if rep == 0:
+                    run.stats[seed] = rt.stats
+                    run.samples[seed] = traj.sample
+                    run.latents[seed] = latents
+                say(f"repeat {rep + 1}/{repeats} seed {seed} {pol}: {traj.seconds:.3f} s, NFE {rt.stats.nfe:.2f}")
+
+    result = BenchResult(model=bundle.name, backend=backend, steps=steps, seeds=seed_list, batch=batch,
+                         repeats=repeats, pixel_space=bundle.name.startswith("builtin:"),
+                         threads=torch.get_num_threads(), runs=runs)
+    result.rows = [_row(result, pol) for pol in specs]
+    return result
+
+
+def images(result: BenchResult, policy: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(policy images, none images) in [0, 1] for the metrics, mapped as ``cachec run`` maps them."""
+    from .metrics import to_unit
+
+    ref = result.runs["none"].samples[seed]
+    x = result.runs[policy].samples[seed]
+    if result.pixel_space:
+        return to_unit(x, True), to_unit(ref, True)
+    return to_unit(x, False, ref=ref), to_unit(ref, False, ref=ref)
+
+
+def _finite(v: float) -> float | None:
+    return None if v is None or math.isinf(v) or math.isnan(v) else v
+
+
+def _row(result: BenchResult, pol: str) -> dict:
+    from .metrics import psnr, ssim
+
+    run, ref = result.runs[pol], result.runs["none"]
+    seeds = result.seeds
+    nfe = statistics.fmean(run.stats[s].nfe for s in seeds)
+    nfe_none = statistics.fmean(ref.stats[s].nfe for s in seeds)
+    med = statistics.median(run.seconds)
+    med_none = statistics.median(ref.seconds)
+    psnrs, ssims = [], []
+    for s in seeds:
+        img, ref_img = images(result, pol, s)
+        psnrs.append(psnr(img, ref_img))
+        ssims.append(ssim(img, ref_img))
+    curve = [statistics.fmean(relative_l2(run.latents[s][i], ref.latents[s][i]) for s in seeds)
+             for i in range(result.steps)]
+    speedup = med_none / med
+    ideal = nfe_none / nfe if nfe else None
+    mean_psnr = statistics.fmean(psnrs) if all(math.isfinite(p) for p in psnrs) else math.inf
+    return {
+        "policy": pol,
+        "schedules": {str(s): run.stats[s].schedule for s in seeds},
+        "full_steps": statistics.fmean(len(run.stats[s].full_steps) for s in seeds),
+        "nfe": round(nfe, 4),
+        "nfe_per_seed": {str(s): round(run.stats[s].nfe, 4) for s in seeds},
+        "tflops_per_trajectory": statistics.fmean(run.stats[s].flops for s in seeds) / 1e12,
+        "full_step_flops": run.stats[seeds[0]].full_flops,
+        "step_flops": {str(s): list(run.stats[s].step_flops) for s in seeds},
+        "latency_s": {"median": med, "min": min(run.seconds), "max": max(run.seconds), "all": run.seconds},
+        "speedup_vs_none": speedup,
+        "nfe_ideal_speedup": ideal,
+        "measured_over_ideal": speedup / ideal if ideal else None,
+        "psnr_vs_none": _finite(mean_psnr),
+        "psnr_per_seed": {str(s): _finite(p) for s, p in zip(seeds, psnrs, strict=True)},
+        "ssim_vs_none": statistics.fmean(ssims),
+        "final_latent_rel_l2": curve[-1],
+        "rel_l2_per_step": curve,
+        "cache_bytes": run.cache_bytes,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def format_table(result: BenchResult) -> str:
+    head = (f"model {result.model}  backend {result.backend}  steps {result.steps}  seeds {len(result.seeds)}  "
+            f"batch {result.batch}  repeats {result.repeats}  threads {result.threads}")
+    cols = ["policy", "full", "NFE", "TFLOPs/traj", "latency s: median [min-max]", "speedup", "meas/ideal",
+            "PSNR dB", "SSIM", "cache MB"]
+    lines = []
+    for r in result.rows:
+        lat = r["latency_s"]
+        psnr_v = r["psnr_vs_none"]
+        lines.append([
+            r["policy"],
+            f"{r['full_steps']:g}",
+            f"{r['nfe']:.2f}",
+            f"{r['tflops_per_trajectory']:.4f}",
+            f"{lat['median']:.3f} [{lat['min']:.3f}-{lat['max']:.3f}]",
+            f"{r['speedup_vs_none']:.2f}x",
+            f"{r['measured_over_ideal']:.2f}" if r["measured_over_ideal"] is not None else "-",
+            "inf" if psnr_v is None else f"{psnr_v:.2f}",
+            f"{r['ssim_vs_none']:.4f}",
+            f"{r['cache_bytes'] / 1e6:.3f}",
+        ])
+    widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    out = [head, fmt(cols), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)]
+    out.append("speedup = median latency of none / of the policy, same backend, same run; meas/ideal = speedup / "
+               "(NFE(none) / NFE); PSNR/SSIM vs none with the same seed, mean over seeds")
+    out.append("schedules (seed 0): " + "  ".join(f"{r['policy']}={r['schedules'][str(result.seeds[0])]}"
+                                                  for r in result.rows))
+    return "\n".join(out)
+
+
+def write_json(result: BenchResult, path: str) -> None:
+    text = json.dumps(result.to_json(), indent=1)
+    if path == "-":
+        print(text)
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# plots (Pillow only)
+
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def _font(size: int = 14):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed bitmap font
+        return ImageFont.load_default()
+
+
+class _Axes:
+    """A minimal plot area: maps data to pixels, draws frame, ticks and labels."""
+
+    def __init__(self, draw, box, xlim, ylim, ylog=False):
+        self.d, self.box, self.xlim, self.ylim, self.ylog = draw, box, xlim, ylim, ylog
+
+    def _y(self, v):
+        lo, hi = self.ylim
+        if self.ylog:
+            v, lo, hi = math.log10(max(v, 10**lo)), lo, hi
+        return self.box[3] - (v - lo) / (hi - lo) * (self.box[3] - self.box[1])
+
+    def xy(self, x, y):
+        lo, hi = self.xlim
+        return (self.box[0] + (x - lo) / (hi - lo) * (self.box[2] - self.box[0]), self._y(y))
+
+    def frame(self, xticks, yticks, xlabel, ylabel, font):
+        x0, y0, x1, y1 = self.box
+        for t in yticks:
+            y = self._y(10**t if self.ylog else t)
+            self.d.line([(x0, y), (x1, y)], fill=(230, 230, 230))
+            lab = f"1e{t}" if self.ylog else f"{t:g}"
+            self.d.text((x0 - 6, y), lab, fill="black", font=font, anchor="rm")
+        for t in xticks:
+            x = self.xy(t, self.ylim[0] if not self.ylog else 10 ** self.ylim[0])[0]
+            self.d.line([(x, y1), (x, y1 + 4)], fill="black")
+            self.d.text((x, y1 + 6), f"{t:g}", fill="black", font=font, anchor="mt")
+        self.d.rectangle(self.box, outline="black")
+        self.d.text(((x0 + x1) / 2, y1 + 26), xlabel, fill="black", font=font, anchor="mt")
+        self.d.text((x0, y0 - 8), ylabel, fill="black", font=font, anchor="ld")
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 6, integer: bool = False) -> list[float]:
+    span = hi - lo or 1.0
+    raw = max(span / n, 1.0) if integer else span / n
+    mag = 10 ** math.floor(math.log10(raw))
+    mults = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
+    step = min((m * mag for m in mults if m * mag >= raw), default=10 * mag)
+    start = math.ceil(lo / step) * step
+    ticks, t = [], start
+    while t <= hi + 1e-9 * span:
+        ticks.append(round(t, 10))
+        t += step
+    return ticks
+
+
+def plot_schedule(result: BenchResult, path: Path) -> None:
+    """One row per policy, one cell per step: dark = full step; the shade is the share of seeds with a
+    full step there (dynamic policies may differ per seed)."""
+    from PIL import Image, ImageDraw
+
+    font = _font(14)
+    title = (f"schedule per step (dark = full, light = cached), {result.steps} steps, "
+             f"{len(result.seeds)} seed(s)")
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = int(max(probe.textlength(r["policy"], font=font) for r in result.rows)) + 24
+    cell = max(6, min(24, 900 // result.steps))
+    w = max(label_w + cell * result.steps + 60, int(probe.textlength(title, font=font)) + 20)
+    h = 60 + 30 * len(result.rows) + 40
+    im = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(im)
+    d.text((10, 10), title, fill="black", font=font)
+    for k, r in enumerate(result.rows):
+        y = 45 + 30 * k
+        d.text((10, y + 11), r["policy"], fill="black", font=font, anchor="lm")
+        for i in range(result.steps):
+            share = statistics.fmean(r["schedules"][str(s)][i] == "F" for s in result.seeds)
+            g = int(round(225 - share * 195))
+            x = label_w + cell * i
+            d.rectangle([x, y, x + cell - 2, y + 22], fill=(g, g, min(255, g + 30)))
+    y = 45 + 30 * len(result.rows) + 4
+    every = max(1, math.ceil(result.steps / 10))
+    for i in range(0, result.steps, every):
+        d.text((label_w + cell * i + (cell - 2) / 2, y), str(i), fill="black", font=font, anchor="ma")
+    d.text((label_w + cell * result.steps + 8, y), "step", fill="black", font=font)
+    im.save(path)
+
+
+def plot_error_curve(result: BenchResult, path: Path) -> None:
+    """Relative L2 of the latent against ``none`` after each step, log scale (exact zeros sit on the floor)."""
+    from PIL import Image, ImageDraw
+
+    font = _font(14)
+    rows = [r for r in result.rows if r["policy"] != "none"]
+    im = Image.new("RGB", (900, 520), "white")
+    d = ImageDraw.Draw(im)
+    values = [v for r in rows for v in r["rel_l2_per_step"] if v > 0]
+    hi = math.ceil(math.log10(max(values))) if values else 0
+    lo = math.floor(math.log10(min(values))) if values else -1
+    lo = max(lo, hi - 8)
+    if lo == hi:
+        lo -= 1
+    box = (80, 50, 660, 460)
+    ax = _Axes(d, box, (0, max(1, result.steps - 1)), (lo, hi), ylog=True)
+    d.text((10, 10), f"relative L2 of the latent vs none after each step (mean over seeds; 0 is drawn at 1e{lo})",
+           fill="black", font=font)
+    ax.frame(_nice_ticks(0, result.steps - 1, 8, integer=True), list(range(lo, hi + 1)), "step", "rel. L2", font)
+    for k, r in enumerate(rows):
+        c = _COLOURS[k % len(_COLOURS)]
+        pts = [ax.xy(i, v) for i, v in enumerate(r["rel_l2_per_step"])]
+        if len(pts) > 1:
+            d.line(pts, fill=c, width=2)
+        for p in pts:
+            d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=c)
+        ly = 60 + 22 * k
+        d.line([(675, ly), (700, ly)], fill=c, width=3)
+        d.text((706, ly), r["policy"], fill="black", font=font, anchor="lm")
+    im.save(path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower NFE, higher PSNR), by NFE."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(result: BenchResult, path: Path) -> None:
+    """NFE (x) against PSNR to ``none`` (y); the non-dominated policies are joined (``none`` is at ∞ dB)."""
+    from PIL import Image, ImageDraw
+
+    font = _font(14)
+    rows = [r for r in result.rows if r["psnr_vs_none"] is not None]
+    im = Image.new("RGB", (900, 560), "white")
+    d = ImageDraw.Draw(im)
+    d.text((10, 10), f"NFE vs fidelity ({result.steps} steps; none = {result.steps} NFE at infinite PSNR)",
+           fill="black", font=font)
+    box = (80, 50, 860, 480)
+    xs = [r["nfe"] for r in rows] + [0, result.steps]
+    ys = [r["psnr_vs_none"] for r in rows] or [0.0, 1.0]
+    ylo, yhi = min(ys), max(ys)
+    pad = max(1.0, 0.1 * (yhi - ylo))
+    ax = _Axes(d, box, (0, max(xs) * 1.05), (ylo - pad, yhi + pad))
+    ax.frame(_nice_ticks(0, max(xs) * 1.05), _nice_ticks(ylo - pad, yhi + pad), "NFE (full-forward equivalents)",
+             "PSNR vs none (dB)", font)
+    x_none = ax.xy(result.steps, ylo)[0]
+    for y in range(box[1], box[3], 8):
+        d.line([(x_none, y), (x_none, y + 4)], fill=(150, 150, 150))
+    d.text((x_none - 4, box[1] + 4), "none", fill=(100, 100, 100), font=font, anchor="rt")
+    pts = [(r["nfe"], r["psnr_vs_none"]) for r in rows]
+    front = pareto_front(pts)
+    if len(front) > 1:
+        d.line([ax.xy(*pts[i]) for i in front], fill=(214, 39, 40), width=2)
+    for k, (r, p) in enumerate(zip(rows, pts, strict=True)):
+        x, y = ax.xy(*p)
+        c = (214, 39, 40) if k in front else (31, 119, 180)
+        d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=c)
+        d.text((x + 8, y - 8), r["policy"], fill="black", font=font, anchor="ls")
+    d.text((box[0], box[3] + 48), "red: Pareto front (no policy has both lower NFE and higher PSNR)",
+           fill=(214, 39, 40), font=font)
+    im.save(path)
+
+
+def write_plots(result: BenchResult, out_dir: str) -> list[str]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "schedule.png", out / "error_curve.png", out / "pareto.png"]
+    plot_schedule(result, paths[0])
+    plot_error_curve(result, paths[1])
+    plot_pareto(result, paths[2])
+    result.plots = [str(p) for p in paths]
+    return result.plots
+
+
+def main(args) -> int:
+    """``cachec bench`` entry (argparse namespace from :mod:`cachec.cli`)."""
+    from .cli import _stage
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BenchError(f"--threads must be a positive integer; got {args.threads}")
+        # on a small or shared CPU, torch's default thread pool can stall on oversubscription
+        # (seen here: 20 ms vs 780 ms a step on 2 busy cores); the choice is printed with the table
+        torch.set_num_threads(args.threads)
+    result = run_bench(args.model, args.policies, steps=args.steps, seeds=args.seeds, batch=args.batch,
+                       repeats=args.repeats, backend=args.backend, progress=_stage)
+    if args.plots:
+        write_plots(result, args.plots)
+    if args.json == "-":
+        write_json(result, "-")
+        return 0
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"json       {args.json}")
+    if result.plots:
+        print("plots      " + ", ".join(result.plots))
+    return 0
