@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ArtifactError, BackendError, CachecError, ModelError, PolicyError, ShapeError
+from .pipeline import CachedDenoiser, disable, enable
 from .policy import parse_policy
 from .runtime import CacheRuntime, signature_of
 
@@ -52,13 +53,18 @@ def load(path, *, backend: str | None = None, num_steps: int | None = None, poli
     program, manifest = load_program(path)
     backend, options = runtime_backend(path, manifest, backend)
     return CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=manifest["signature"],
-                        backend_options=options)
+                        backend_options=options, config=manifest["model"]["config"])
 
 
 def reset(model, num_steps: int | None = None) -> None:
     """Start a new trajectory explicitly: a runtime, or a model compiled with backend="cachec"."""
-    if isinstance(model, CacheRuntime):
+    if isinstance(model, (CacheRuntime, CachedDenoiser)):
         model.reset(num_steps)
+        return
+    if hasattr(model, "components"):  # a pipeline after cachec.enable
+        from .pipeline import denoiser_attr
+
+        reset(getattr(model, denoiser_attr(model)), num_steps)
         return
     from .compile_backend import runtimes_of
 
@@ -70,6 +76,6 @@ def reset(model, num_steps: int | None = None) -> None:
 
 
 __all__ = [
-    "ArtifactError", "BackendError", "CacheRuntime", "CachecError", "ModelError", "PolicyError", "ShapeError",
-    "build_program", "compile", "load", "parse_policy", "reset", "__version__",
+    "ArtifactError", "BackendError", "CacheRuntime", "CachecError", "CachedDenoiser", "ModelError", "PolicyError",
+    "ShapeError", "build_program", "compile", "disable", "enable", "load", "parse_policy", "reset", "__version__",
 ]

@@ -329,6 +329,7 @@ class Planner:
             values=values,
             meta={
                 "model_class": self.captured.model_class,
+                "config": dict(self.captured.config),
                 "policy": policy.spec,
                 "blocks": self.blocks,
                 "regions": [r.to_json() for r in self.regions],

@@ -14,6 +14,7 @@ It has no knowledge of any one model. Per call (one denoising step) it
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -64,8 +65,36 @@ class TrajectoryStats:
         }
 
 
+@dataclass
+class BranchState:
+    """The cache state of one sequence of denoising calls (one CFG branch of one trajectory).
+
+    Kept apart from the lowered program so that several branches (``cond``/``uncond`` with
+    sequential classifier-free guidance) share the segments and weights but never a cache.
+    """
+
+    caches: dict[str, torch.Tensor] = field(default_factory=dict)
+    controller: object | None = None
+    step: int = 0
+    num_steps: int | None = None
+    last_t: float | None = None
+    shape_key: tuple | None = None
+    history: list[TrajectoryStats] = field(default_factory=list)
+
+
+DEFAULT_BRANCH = "default"
+
+
 class CacheRuntime(torch.nn.Module):
-    """A denoiser with caching: call it like the original model, once per denoising step."""
+    """A denoiser with caching: call it like the original model, once per denoising step.
+
+    Diffusers pipelines can use it as ``pipe.transformer`` / ``pipe.unet``: it has the model's
+    ``config``, ``dtype`` and ``device``, honours ``return_dict``, and implements
+    ``cache_context(name, ...)``, with which pipelines that call the denoiser twice per step
+    (sequential CFG: FLUX true CFG, Wan) name the branch. Each branch keeps its own caches and
+    policy state. Loops that do not name branches get the same separation automatically: a second
+    call at the same timestep is the next branch of that step.
+    """
 
     def __init__(
         self,
@@ -77,6 +106,7 @@ class CacheRuntime(torch.nn.Module):
         signature: list[str] | None = None,
         full_step_flops: float | None = None,
         backend_options: dict | None = None,
+        config: dict | None = None,
     ):
         super().__init__()
         self.program = program
@@ -96,27 +126,87 @@ class CacheRuntime(torch.nn.Module):
         self.num_steps = num_steps
         self.signature = signature or list(program.inputs)
         self.full_step_flops = full_step_flops or program.meta.get("none_flops") or program.path_flops("full")
-        self.caches: dict[str, torch.Tensor] = {}
-        self.history: list[TrajectoryStats] = []
-        self._controller = None
-        self._step = 0
-        self._last_t: float | None = None
-        self._shape_key: tuple | None = None
+        self.config = _frozen_config(config if config is not None else program.meta.get("config", {}))
+        self.branches: dict[str, BranchState] = {}
+        self._context: str | None = None  # set by cache_context()
+        self._context_step: int | None = None
+        self._last_call: tuple | None = None  # (timestep, shapes, auto-branch index) of the last call
+        self._current = DEFAULT_BRANCH
+
+    # -- what pipelines read -------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.program.values[self.program.inputs[0]].dtype)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live (eager/Inductor segments), else where the caches were allocated."""
+        for seg in self.program.segments.values():
+            for p in seg.module.parameters() if seg.module is not None else ():
+                return p.device
+        buffers = [t for b in self.branches.values() for t in b.caches.values()]
+        return buffers[0].device if buffers else torch.device("cpu")
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str, step_index: int | None = None, num_inference_steps: int | None = None,
+                      **_ignored):
+        """Name the branch of the calls inside (diffusers' ``CacheMixin.cache_context`` protocol).
+
+        ``step_index == 0`` starts a new trajectory for the branch and ``num_inference_steps``
+        sets its length, so pipelines that pass them need no timestep heuristics.
+        """
+        self._context, self._context_step = name, step_index
+        if num_inference_steps is not None and name in self.branches and step_index == 0:
+            self.branches[name].num_steps = num_inference_steps
+        elif num_inference_steps is not None and name not in self.branches:
+            self.branches[name] = BranchState(num_steps=num_inference_steps)
+        try:
+            yield
+        finally:
+            self._context, self._context_step = None, None
 
     # -- trajectory -----------------------------------------------------------------------------
     def reset(self, num_steps: int | None = None) -> None:
-        """Start a new trajectory (caches are logically empty; buffers keep their memory)."""
+        """Start a new trajectory on every branch (caches are logically empty; buffers keep their memory)."""
         if num_steps is not None:
             self.num_steps = num_steps
-        self._controller = self.policy.controller(self.num_steps)
-        self._step = 0
-        self._last_t = None
-        self.history.append(TrajectoryStats())
+        for name in list(self.branches) or [DEFAULT_BRANCH]:
+            self._reset_branch(self._branch(name), num_steps)
+        self._last_call = None
+
+    def _branch(self, name: str) -> BranchState:
+        if name not in self.branches:
+            self.branches[name] = BranchState()
+        return self.branches[name]
+
+    def _reset_branch(self, branch: BranchState, num_steps: int | None = None) -> None:
+        if num_steps is not None:
+            branch.num_steps = num_steps
+        branch.controller = self.policy.controller(branch.num_steps or self.num_steps)
+        branch.step = 0
+        branch.last_t = None
+        branch.history.append(TrajectoryStats())
 
     @property
     def stats(self) -> TrajectoryStats:
-        """The current (or last) trajectory's statistics."""
-        return self.history[-1] if self.history else TrajectoryStats()
+        """The current (or last) trajectory's statistics, of the branch that ran last."""
+        return self.branch_stats(self._current)
+
+    def branch_stats(self, name: str = DEFAULT_BRANCH) -> TrajectoryStats:
+        branch = self.branches.get(name)
+        return branch.history[-1] if branch is not None and branch.history else TrajectoryStats()
+
+    @property
+    def history(self) -> list[TrajectoryStats]:
+        """Every trajectory of the branch that ran last, oldest first."""
+        branch = self.branches.get(self._current)
+        return branch.history if branch is not None else []
+
+    @property
+    def caches(self) -> dict[str, torch.Tensor]:
+        """The cache buffers of the branch that ran last."""
+        branch = self.branches.get(self._current)
+        return branch.caches if branch is not None else {}
 
     def _bind(self, args, kwargs) -> dict[str, torch.Tensor]:
         if args:
@@ -127,6 +217,11 @@ class CacheRuntime(torch.nn.Module):
         missing = [n for n in self.program.inputs if n not in flat]
         if missing:
             raise ShapeError(f"missing inputs {missing}; this program takes {self.program.inputs}")
+        unknown = [n for n, v in flat.items() if n not in self.program.inputs and isinstance(v, torch.Tensor)]
+        if unknown:
+            # silently dropping a tensor (an attention mask, say) could change the result
+            raise ShapeError(f"inputs {unknown} are not inputs of this program, which takes {self.program.inputs}; "
+                             "compile with example inputs that include them")
         inputs = {n: flat[n] for n in self.program.inputs}
         for name, t in inputs.items():
             spec = self.program.values.get(name)
@@ -134,7 +229,10 @@ class CacheRuntime(torch.nn.Module):
                 continue
             want_dtype = getattr(torch, spec.dtype)
             if t.dtype != want_dtype:
-                raise ShapeError(f"input {name} has dtype {t.dtype}; the program was compiled for {want_dtype}")
+                if name == "timestep" and _exact_cast(t, want_dtype):
+                    inputs[name] = t = t.to(want_dtype)  # pipelines hand out int or float timesteps
+                else:
+                    raise ShapeError(f"input {name} has dtype {t.dtype}; the program was compiled for {want_dtype}")
             if len(spec.shape) != t.dim() or any(d != "B" and d != s for d, s in zip(spec.shape, t.shape, strict=True)):
                 raise ShapeError(
                     f"input {name} has shape {tuple(t.shape)}; the program accepts {tuple(spec.shape)} (B = any batch)"
@@ -147,63 +245,85 @@ class CacheRuntime(torch.nn.Module):
             return None
         return float(t.reshape(-1)[0]) if t.numel() else None
 
-    def _maybe_new_trajectory(self, inputs) -> None:
-        key = tuple((n, tuple(t.shape)) for n, t in inputs.items())
-        t = self._timestep(inputs)
+    def _branch_of_call(self, t: float | None, key: tuple) -> str:
+        """The branch this call belongs to: the pipeline's named context, or else the call's index
+        among consecutive calls with the same timestep and input shapes (the first call of a step
+        is the default branch; sequential CFG's second call is ``call1``)."""
+        if self._context is not None:
+            self._last_call = None
+            return self._context
+        index = 0
+        if self._last_call is not None and t is not None and (t, key) == self._last_call[:2]:
+            first = self.branches[DEFAULT_BRANCH]
+            num_steps = first.num_steps or self.num_steps
+            finished = num_steps is not None and first.step >= num_steps  # a new trajectory, not a branch
+            index = 0 if finished else self._last_call[2] + 1
+        self._last_call = (t, key, index)
+        return DEFAULT_BRANCH if index == 0 else f"call{index}"
+
+    def _maybe_new_trajectory(self, branch: BranchState, key: tuple, inputs, t: float | None) -> None:
+        num_steps = branch.num_steps or self.num_steps
         reason = None
-        if self._controller is None:
+        if branch.controller is None:
             reason = "first call"
-        elif self._shape_key is not None and key != self._shape_key:
+        elif self._context is not None and self._context_step == 0 and branch.step > 0:
+            reason = "the pipeline's step_index is 0"
+        elif branch.shape_key is not None and key != branch.shape_key:
             reason = "input shapes changed"
             log.warning("cachec: input shapes changed inside a trajectory; caches reset (never mixed)")
-        elif self.num_steps is not None and self._step >= self.num_steps:
+        elif num_steps is not None and branch.step >= num_steps:
             reason = "configured number of steps reached"
-        elif t is not None and self._last_t is not None and t >= self._last_t:
+        elif t is not None and branch.last_t is not None and t >= branch.last_t:
             reason = "timestep does not continue the trajectory"
         if reason is not None:
             log.debug("cachec: new trajectory (%s)", reason)
-            self.reset()
-        if key != self._shape_key:
-            self._allocate_caches(inputs)
-        self._shape_key = key
-        self._last_t = t
+            self._reset_branch(branch)
+        if key != branch.shape_key:
+            self._allocate_caches(branch, inputs)
+        branch.shape_key = key
+        branch.last_t = t
 
     def _batch(self, inputs) -> int:
         return batch_of(self.program, inputs)
 
-    def _allocate_caches(self, inputs) -> None:
+    def _allocate_caches(self, branch: BranchState, inputs) -> None:
         """One zero-filled buffer per cache for this batch size; their addresses stay fixed."""
         latent = next(iter(inputs.values()))
         batch = self._batch(inputs)
-        self.caches.clear()
+        branch.caches.clear()
         for name, spec in self.program.caches().items():
-            self.caches[name] = torch.zeros(spec.concrete(batch), dtype=getattr(torch, spec.dtype), device=latent.device)
+            branch.caches[name] = torch.zeros(spec.concrete(batch), dtype=getattr(torch, spec.dtype),
+                                              device=latent.device)
 
     # -- one step -------------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, *args, **kwargs):
-        return_dict = kwargs.pop("return_dict", False)
+        return_dict = kwargs.pop("return_dict", True)  # as diffusers models: an output object, indexable by [0]
         inputs = self._bind(args, kwargs)
-        self._maybe_new_trajectory(inputs)
+        t = self._timestep(inputs)
+        key = tuple((n, tuple(v.shape)) for n, v in inputs.items())
+        self._current = self._branch_of_call(t, key)
+        branch = self._branch(self._current)
+        self._maybe_new_trajectory(branch, key, inputs, t)
         env: dict[str, torch.Tensor] = dict(inputs)
         batch = self._batch(inputs)
-        step, ctl, stats = self._step, self._controller, self.stats
+        step, ctl, stats = branch.step, branch.controller, branch.history[-1]
         flops = 0.0
         signal = None
         if self.policy.dynamic:
-            flops += self._run("head", env)
+            flops += self._run("head", env, branch)
             signal = float(env[self.program.meta["signal"]])
             full = ctl.decide(step, signal)
-            flops += self._run("tail_full" if full else "tail_reuse", env)
+            flops += self._run("tail_full" if full else "tail_reuse", env, branch)
         else:
             full = ctl.decide(step)
-            flops += self._run("full" if full else "reuse", env)
+            flops += self._run("full" if full else "reuse", env, branch)
         stats.schedule += "F" if full else "R"
         stats.step_flops.append(flops * batch)
         stats.signals.append(signal)
         stats.flops += flops * batch
         stats.full_flops = self.full_step_flops * batch
-        self._step += 1
+        branch.step += 1
         out = env[self.program.output]
         if return_dict:
             from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -211,8 +331,20 @@ class CacheRuntime(torch.nn.Module):
             return Transformer2DModelOutput(sample=out)
         return (out,)
 
-    def _run(self, path: str, env: dict) -> float:
-        return self.paths[path](env, self.caches)
+    def _run(self, path: str, env: dict, branch: BranchState) -> float:
+        return self.paths[path](env, branch.caches)
+
+
+def _exact_cast(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether casting ``t`` to ``dtype`` keeps every value (integer timesteps as floats and back)."""
+    return bool(torch.equal(t.to(dtype).to(t.dtype), t))
+
+
+def _frozen_config(config: dict):
+    """The model's config as diffusers exposes it (``config.sample_size`` and ``config["sample_size"]``)."""
+    from diffusers.configuration_utils import FrozenDict
+
+    return FrozenDict(config)
 
 
 def signature_of(model: torch.nn.Module) -> list[str]:

@@ -1,0 +1,152 @@
+"""Caching inside diffusers pipelines: ``cachec.enable(pipe, policy=...)``.
+
+A pipeline calls its denoiser with shapes that only the pipeline knows (resolution, prompt
+length, CFG batch). :class:`CachedDenoiser` therefore compiles lazily: the first call's own
+inputs are the example inputs for capture, and each further input signature (another resolution
+or prompt length; the batch is dynamic) gets its own compiled runtime, so caches of different
+shapes are never mixed. It looks like the model to the pipeline (``config``, ``dtype``,
+``device``, ``return_dict``, ``cache_context``) and keeps the original module, so ``pipe.to``
+and ``cachec.disable(pipe)`` behave as a user expects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+
+import torch
+
+from .errors import ModelError
+from .models import SUPPORTED, ModelBundle
+from .runtime import CacheRuntime
+
+log = logging.getLogger("cachec")
+
+DENOISER_ATTRS = ("transformer", "unet")
+
+
+class CachedDenoiser(torch.nn.Module):
+    """A pipeline's denoiser with a cache policy, compiled on first use for the shapes it sees."""
+
+    def __init__(self, model: torch.nn.Module, policy: str = "fora:3", *, backend: str = "eager",
+                 num_steps: int | None = None):
+        super().__init__()
+        from .policy import parse_policy
+
+        self.policy = parse_policy(policy).spec  # a bad spec fails here, not at the first step
+        self.model = model.eval()
+        self.backend = backend
+        self.num_steps = num_steps
+        self.runtimes: dict[tuple, CacheRuntime] = {}
+        self._signature = [p for p in inspect.signature(model.forward).parameters if p not in ("self", "kwargs")]
+        self._context: tuple[str, dict] | None = None
+        self.current: CacheRuntime | None = None
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str, **kwargs):
+        """Diffusers' branch-naming protocol, handed to the runtime that serves the call."""
+        self._context = (name, kwargs)
+        try:
+            yield
+        finally:
+            self._context = None
+
+    def reset(self, num_steps: int | None = None) -> None:
+        for rt in self.runtimes.values():
+            rt.reset(num_steps)
+
+    def forward(self, *args, **kwargs):
+        return_dict = kwargs.pop("return_dict", True)
+        kwargs.update(zip(self._signature, args, strict=False))
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        rt = self._runtime_for(kwargs)
+        self.current = rt
+        with rt.cache_context(self._context[0], **self._context[1]) if self._context else contextlib.nullcontext():
+            return rt(**kwargs, return_dict=return_dict)
+
+    def _runtime_for(self, kwargs: dict) -> CacheRuntime:
+        from .capture import flatten_inputs
+
+        flat = flatten_inputs(kwargs)
+        bundle = ModelBundle("pipeline", self.model)
+        batch = flat[bundle.latent_input].shape[0]
+        key = tuple(sorted((n, tuple(t.shape[1:] if t.dim() and t.shape[0] == batch else t.shape), t.dtype)
+                           for n, t in flat.items()))
+        constants = tuple(sorted((k, repr(v)) for k, v in kwargs.items() if not isinstance(v, (torch.Tensor, dict))))
+        key = key + constants
+        if key not in self.runtimes:
+            if self.runtimes:
+                log.warning("cachec: the denoiser is called with new input shapes; compiling for them "
+                            "(caches of different shapes are never mixed)")
+            self.runtimes[key] = self._compile(kwargs, bundle)
+        return self.runtimes[key]
+
+    def _compile(self, kwargs: dict, bundle: ModelBundle) -> CacheRuntime:
+        from . import build_program
+        from .runtime import signature_of
+
+        program = build_program(self.model, _example_batch_of_two(kwargs, bundle.latent_input), self.policy)
+        return CacheRuntime(program, self.policy, backend=self.backend, num_steps=self.num_steps,
+                            signature=signature_of(self.model), config=dict(self.model.config))
+
+
+def _example_batch_of_two(kwargs: dict, latent: str) -> dict:
+    """Export needs a batch of at least 2 to keep the batch dimension symbolic (sizes 0 and 1
+    are specialised); a batch-1 call is captured from its inputs repeated along the batch."""
+    batch = kwargs[latent].shape[0]
+    if batch != 1:
+        return kwargs
+
+    def grow(name, v):
+        if isinstance(v, dict):
+            return {k: grow(k, x) for k, x in v.items()}
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == 1 and not name.endswith("_ids"):
+            return v.repeat(2, *([1] * (v.dim() - 1)))
+        return v
+
+    return {k: grow(k, v) for k, v in kwargs.items()}
+
+
+def denoiser_attr(pipe) -> str:
+    for attr in DENOISER_ATTRS:
+        if getattr(pipe, attr, None) is not None:
+            return attr
+    raise ModelError(f"{type(pipe).__name__} has no denoiser attribute; cachec looks for {', '.join(DENOISER_ATTRS)}")
+
+
+def enable(pipe, policy: str = "fora:3", *, backend: str = "eager", num_steps: int | None = None):
+    """Replace ``pipe.transformer`` / ``pipe.unet`` by a :class:`CachedDenoiser` running ``policy``.
+
+    Returns the pipeline. ``num_steps`` is optional: pipelines that name their steps through
+    ``cache_context`` say it themselves, and a new trajectory is also detected from the timesteps.
+    """
+    attr = denoiser_attr(pipe)
+    model = getattr(pipe, attr)
+    if isinstance(model, CachedDenoiser):
+        model = model.model
+    if type(model).__name__ not in SUPPORTED:
+        raise ModelError(f"{type(model).__name__} is not supported; supported: {', '.join(SUPPORTED)}")
+    setattr(pipe, attr, CachedDenoiser(model, policy, backend=backend, num_steps=num_steps))
+    return pipe
+
+
+def disable(pipe):
+    """Put the original denoiser back."""
+    attr = denoiser_attr(pipe)
+    model = getattr(pipe, attr)
+    if isinstance(model, CachedDenoiser):
+        setattr(pipe, attr, model.model)
+    return pipe
