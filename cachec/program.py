@@ -14,12 +14,15 @@ segments, so every parameter is lowered once (see :func:`check_weight_ownership`
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import fx
 
-from .errors import ModelError
+from .errors import ArtifactError, ModelError, PolicyError
 from .graph_keys import OUTPUTS_KEY, SEGMENT_KEY
 
 CACHE_PREFIX = "cache__"
@@ -124,6 +127,13 @@ class Program:
 
     @classmethod
     def from_description(cls, d: dict) -> Program:
+        """Rebuild a graph-less program (ONNX Runtime / TensorRT artifacts) from :meth:`describe`.
+
+        The description is validated first (:func:`validate_description`), so a malformed one
+        raises :class:`DescriptionError` naming the field instead of a KeyError/TypeError here or,
+        worse, in the middle of a denoising step.
+        """
+        validate_description(d)
         segments = {
             n: Segment(n, None, s["flops_per_sample"], s["role"], (s["inputs"], s["outputs"]))
             for n, s in d["segments"].items()
@@ -141,6 +151,175 @@ class Program:
 _DESCRIBED_META = (
     "model_class", "policy", "blocks", "regions", "signal", "base_path", "batch_dims", "none_flops", "max_batch",
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# description checks
+#
+# A tiny hand-written schema (no dependency), shared with the artifact manifest: each checker
+# takes (value, where) and raises Mismatch(where, expected) when the value does not fit. ``where`` is
+# the dotted field path that the user sees, e.g. ``segments.b0_ff.inputs[1]``.
+
+
+class Mismatch(Exception):
+    """Internal: the value at ``where`` does not fit its checker (turned into a user message)."""
+
+    def __init__(self, where: str, expected: str, value=None, missing: bool = False):
+        super().__init__(where)
+        self.where, self.expected, self.value, self.missing = where, expected, value, missing
+
+    def problem(self) -> str:
+        return "is missing" if self.missing else f"should be {self.expected}, got {show_value(self.value)}"
+
+
+def show_value(value) -> str:
+    """``a list [1, 2]``: the kind and the start of a value, for messages about a wrong field."""
+    try:
+        text = json.dumps(value, default=repr)
+    except (RecursionError, ValueError):
+        text = "…"
+    kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return f"{kind} {text[:60]}{'…' if len(text) > 60 else ''}"
+
+
+def leaf(expected: str, ok):
+    def check(v, where):
+        if not ok(v):
+            raise Mismatch(where, expected, v)
+    return check
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+STR = leaf("a string", lambda v: isinstance(v, str))
+NAME = leaf("a non-empty string", lambda v: isinstance(v, str) and bool(v))
+NAT = leaf("a non-negative integer", lambda v: is_int(v) and v >= 0)
+POS = leaf("a positive integer", lambda v: is_int(v) and v >= 1)
+NUM = leaf("a finite number", lambda v: (is_int(v) or isinstance(v, float)) and math.isfinite(v))
+DIM = leaf('"B" (the batch) or a non-negative integer', lambda v: v == "B" or (is_int(v) and v >= 0))
+DTYPE = leaf("a torch dtype name such as 'float32'",
+              lambda v: isinstance(v, str) and isinstance(getattr(torch, v, None), torch.dtype))
+SHA = leaf("a SHA-256 hex digest", lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None)
+ANY = leaf("any JSON value", lambda v: True)
+
+
+def one_of(*choices):
+    return leaf("one of " + ", ".join(map(repr, choices)), lambda v: isinstance(v, str) and v in choices)
+
+
+def nullable(check):
+    def run(v, where):
+        if v is not None:
+            check(v, where)
+    return run
+
+
+def list_of(item, expected="a list"):
+    def check(v, where):
+        if not isinstance(v, list):
+            raise Mismatch(where, expected, v)
+        for i, x in enumerate(v):
+            item(x, f"{where}[{i}]")
+    return check
+
+
+def map_of(item, expected="an object"):
+    def check(v, where):
+        if not isinstance(v, dict):
+            raise Mismatch(where, expected, v)
+        for k, x in v.items():
+            item(x, f"{where}.{k}" if where else k)
+    return check
+
+
+def record(required: dict, optional: dict | None = None):
+    def check(v, where):
+        if not isinstance(v, dict):
+            raise Mismatch(where, "an object with keys " + ", ".join(required), v)
+        for key, sub in required.items():
+            if key not in v:
+                raise Mismatch(f"{where}.{key}" if where else key, "", missing=True)
+            sub(v[key], f"{where}.{key}" if where else key)
+        for key, sub in (optional or {}).items():
+            if key in v:
+                sub(v[key], f"{where}.{key}" if where else key)
+    return check
+
+
+def path_op(v, where):
+    """A path op: ["run", segment] | ["load", cache, value] | ["store", value, cache]."""
+    expected = 'an op ["run", SEGMENT], ["load", CACHE, VALUE] or ["store", VALUE, CACHE]'
+    ok = (isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)
+          and ((v[0] == "run" and len(v) == 2) or (v[0] in ("load", "store") and len(v) == 3)))
+    if not ok:
+        raise Mismatch(where, expected, v)
+
+
+VALUE_SPEC = record({"shape": list_of(DIM), "dtype": DTYPE})
+SEGMENT = record({"role": STR, "inputs": list_of(NAME), "outputs": list_of(NAME), "flops_per_sample": NUM})
+VARIANTS = map_of(list_of(path_op))
+DESCRIPTION = record(
+    {"inputs": list_of(NAME), "output": NAME, "segments": map_of(SEGMENT), "variants": VARIANTS,
+     "values": map_of(VALUE_SPEC),
+     "meta": record({"policy": NAME, "blocks": list_of(NAME)},
+                  {"model_class": STR, "regions": list_of(ANY), "signal": nullable(NAME), "base_path": list_of(NAME),
+                   "batch_dims": map_of(NAT), "none_flops": nullable(NUM), "max_batch": POS})},
+)
+
+
+class DescriptionError(ArtifactError):
+    """A program description (an artifact manifest's ``program``) that is malformed at ``where``."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(f"program description: field {where!r} {problem}")
+        self.where, self.problem = where, problem
+
+
+def validate_description(d) -> None:
+    """Check a :meth:`Program.describe` dict: structure, and that every name a path, segment or the
+    runtime looks up exists (segments of ``run`` ops, values of segment I/O, cache buffers, the
+    variants the compiled policy's runtime calls)."""
+    from .policy import parse_policy
+
+    try:
+        DESCRIPTION(d, "")
+    except Mismatch as bad:
+        raise DescriptionError(bad.where, bad.problem()) from None
+    values, segments = d["values"], d["segments"]
+    for i, n in enumerate(d["inputs"]):
+        if n not in values:
+            raise DescriptionError(f"inputs[{i}]", f"names {n!r}, which has no entry in values")
+    if d["output"] not in values:
+        raise DescriptionError("output", f"names {d['output']!r}, which has no entry in values")
+    for name, seg in segments.items():
+        for key in ("inputs", "outputs"):
+            for i, n in enumerate(seg[key]):
+                if n not in values:
+                    raise DescriptionError(f"segments.{name}.{key}[{i}]", f"names {n!r}, which has no entry in values")
+    for path, ops in d["variants"].items():
+        for i, op in enumerate(ops):
+            where = f"variants.{path}[{i}]"
+            if op[0] == "run" and op[1] not in segments:
+                raise DescriptionError(where, f"runs segment {op[1]!r}, which is not among the segments")
+            cache = op[1] if op[0] == "load" else op[2] if op[0] == "store" else None
+            if cache is not None and not (cache.startswith(CACHE_PREFIX) and cache in values):
+                raise DescriptionError(where, f"uses cache {cache!r}, which is not a cache value in values")
+    try:
+        policy = parse_policy(d["meta"]["policy"])
+    except PolicyError as exc:
+        raise DescriptionError("meta.policy", f"is not a valid policy ({exc})") from None
+    needed = {"full"} | ({"head", "tail_full", "tail_reuse"} if policy.dynamic else set())
+    if not policy.dynamic and policy.name != "none":
+        needed.add("reuse")
+    missing = sorted(needed - set(d["variants"]))
+    if missing:
+        raise DescriptionError("variants", f"has no {missing[0]!r} variant, which policy {policy.spec} runs")
+    signal = d["meta"].get("signal")
+    if policy.dynamic and signal not in values:
+        raise DescriptionError("meta.signal", f"should name the probe value a dynamic policy reads, got {show_value(signal)}")
 
 
 def value_spec(node_or_val, batch_symbol: str | None) -> ValueSpec | None:

@@ -80,3 +80,62 @@ def test_any_string_parses_or_raises_policy_error(text):
         return
     assert p.name in POLICIES
     assert parse_policy(p.spec).params == p.params
+
+
+def _value():
+    """Values a user might type: in and out of range, of the wrong kind, special floats, ranges."""
+    return st.one_of(
+        st.integers(-5, 2000).map(str),
+        st.integers(0, 12).map(str),
+        st.floats(0, 1).map(lambda x: f"{x:.3f}"),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.sampled_from(["", " ", "nan", "inf", "-inf", "1e308", "1e-400", "0x10", "1_000", "٣", "1-2", "3-1",
+                         "0-0", "a-b", "FRRF", "RF", "FFRRX", "flux.1-dev", "nosuch", "=", ",", ":"]),
+        st.sampled_from(sorted(teacache_coefficients())),
+        st.text(max_size=6),
+    )
+
+
+@st.composite
+def _structured_spec(draw):
+    """A spec generated from the grammar: a known name (or a near miss), a bare main value or
+    none, then KEY=VALUE items with known keys, near-miss keys and repeats, odd whitespace."""
+    name = draw(st.sampled_from(sorted(POLICIES) * 4 + ["FORA", " fora ", "fora2", "tea-cache", ""]))
+    keys = [p.name for p in POLICIES[name.strip().lower()].all_params()] if name.strip().lower() in POLICIES else []
+    items = []
+    if draw(st.booleans()):
+        items.append(draw(_value()))
+    for _ in range(draw(st.integers(0, 4))):
+        key = draw(st.sampled_from(keys * 4 + ["N", "t", "bogus", "", " warmup"]) if keys else st.text(max_size=5))
+        items.append(f"{key}={draw(_value())}" if draw(st.integers(0, 9)) else key)  # sometimes no '='
+    sep = draw(st.sampled_from([",", ", ", " ,"]))
+    return name + ((draw(st.sampled_from([":", ": "])) + sep.join(items)) if items or draw(st.booleans()) else "")
+
+
+@settings(max_examples=600, deadline=None)
+@given(_structured_spec())
+def test_grammar_generated_specs_parse_to_valid_policies_or_raise_policy_error(spec):
+    try:
+        p = parse_policy(spec)
+    except PolicyError:
+        return
+    assert p.name in POLICIES
+    params = {q.name: q for q in type(p).all_params()}
+    assert set(p.params) == set(params)
+    for key, value in p.params.items():  # every accepted value has its declared kind and range
+        q = params[key]
+        assert type(value) is q.kind, (spec, key, value)
+        if q.lo is not None:
+            assert value >= q.lo, (spec, key, value)
+        if q.hi is not None:
+            assert value <= q.hi, (spec, key, value)
+    assert parse_policy(p.spec).params == p.params  # the canonical spec round-trips
+    if p.name == "delta":  # blocks= is checked against the model when planned: PolicyError there too
+        try:
+            a, b = p.block_range(4)
+            assert 0 <= a <= b < 4
+        except PolicyError:
+            pass
+    steps = len(p.params["schedule"]) if p.name == "static" else 8  # a schedule fixes the length
+    ctl = p.controller(steps)  # and drives a trajectory
+    assert ctl.decide(0, 0.0) is True
