@@ -37,7 +37,7 @@ import torch
 
 from . import __version__
 from . import program as sch
-from .capture import MAX_BATCH, Captured, _flatten
+from .capture import EXPORT_LOCK, MAX_BATCH, Captured, _flatten
 from .errors import ArtifactError, PolicyError
 from .planner import Planner
 from .policy import parse_policy
@@ -437,7 +437,8 @@ def load_program(path: str | Path, policy: str | None = None, *,
                 raise ArtifactError(f"{path} holds variants for {compiled.spec}; it cannot run {policy!r}")
         return program, manifest
     try:
-        ep = torch.export.load(str(path / PROGRAM_FILE))
+        with EXPORT_LOCK:
+            ep = torch.export.load(str(path / PROGRAM_FILE))
     except Exception as exc:  # noqa: BLE001 - any failure to deserialise is a corrupt artifact
         raise ArtifactError(f"{path / PROGRAM_FILE} could not be loaded by torch {torch.__version__}: {exc}") from exc
     inputs = manifest["inputs"]

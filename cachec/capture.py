@@ -13,6 +13,7 @@ import io
 import logging
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,10 @@ from .errors import ModelError
 from .regions import WRAPPER
 
 MAX_BATCH = 1024
+
+# torch.export keeps process-global state while it traces or deserialises (a second thread fails
+# with "_CURRENT_DESERIALIZER is already set"), so cachec runs one export or load at a time
+EXPORT_LOCK = threading.RLock()
 
 
 @dataclass
@@ -203,7 +208,7 @@ def _quiet_export():
 
 
 def _export(wrapper, tensors, batch_dims, dynamic_batch):
-    with _quiet_export():
+    with EXPORT_LOCK, _quiet_export():
         return _export_dynamic(wrapper, tensors, batch_dims, dynamic_batch)
 
 

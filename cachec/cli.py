@@ -23,7 +23,8 @@ def _stage(msg: str) -> None:
     print(f"[cachec] {msg}", file=sys.stderr, flush=True)
 
 
-def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str | None = None):
+def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str | None = None,
+                        allow_version_mismatch: bool = False):
     """Resolve MODEL (spec or artifact dir) into a sampling bundle and a compiled runtime factory."""
     from . import artifact
     from .models import ModelBundle, builtin_dir, resolve
@@ -39,7 +40,8 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str |
                              config=manifest["model"]["config"])
 
         def make(pol):
-            program, _ = artifact.load_program(path, None if pol == manifest["policy"] else pol)
+            program, _ = artifact.load_program(path, None if pol == manifest["policy"] else pol,
+                                               allow_version_mismatch=allow_version_mismatch)
             return program, manifest["signature"]
 
         make.backend, make.options = artifact.runtime_backend(path, manifest, backend)
@@ -119,7 +121,8 @@ def cmd_run(args) -> int:
     from .runtime import CacheRuntime
     from .sampling import sample
 
-    bundle, make, artifact_policy = _bundle_and_program(args.model, "none", args.batch, args.backend)
+    bundle, make, artifact_policy = _bundle_and_program(args.model, "none", args.batch, args.backend,
+                                                                  args.allow_version_mismatch)
     policy = parse_policy(args.policy or artifact_policy or "none").spec
     backend = args.backend or make.backend or "eager"
     pixel = bundle.name.startswith("builtin:")
@@ -175,7 +178,7 @@ def cmd_inspect(args) -> int:
     from .policy import parse_policy
 
     policy = parse_policy(args.policy).spec
-    bundle, make, _ = _bundle_and_program(args.model, policy, 2)
+    bundle, make, _ = _bundle_and_program(args.model, policy, 2, allow_version_mismatch=args.allow_version_mismatch)
     program, _ = make(policy)
     meta = program.meta
     if args.json:
@@ -249,12 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", default=None, help="eager, onnxruntime (default: the artifact's, or eager)")
     r.add_argument("--out", default="cachec-run", help="directory for the sample PNGs")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
+    r.add_argument("--allow-version-mismatch", action="store_true",
+                    help="try an artifact written by a newer cachec or (eager) another torch version")
     r.set_defaults(fn=cmd_run)
 
     i = sub.add_parser("inspect", parents=[common], help="regions, segments and the cache nodes of each variant")
     i.add_argument("model", help=model_help + ", or an artifact directory")
     i.add_argument("--policy", default="fora:3")
     i.add_argument("--json", action="store_true")
+    i.add_argument("--allow-version-mismatch", action="store_true",
+                    help="try an artifact written by a newer cachec or (eager) another torch version")
     i.set_defaults(fn=cmd_inspect)
 
     b = sub.add_parser("bench", parents=[common],

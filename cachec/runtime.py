@@ -252,12 +252,8 @@ class CacheRuntime(torch.nn.Module):
         if self._context is not None:
             self._last_call = None
             return self._context
-        index = 0
-        if self._last_call is not None and t is not None and (t, key) == self._last_call[:2]:
-            first = self.branches[DEFAULT_BRANCH]
-            num_steps = first.num_steps or self.num_steps
-            finished = num_steps is not None and first.step >= num_steps  # a new trajectory, not a branch
-            index = 0 if finished else self._last_call[2] + 1
+        same_step = self._last_call is not None and t is not None and (t, key) == self._last_call[:2]
+        index = self._last_call[2] + 1 if same_step else 0
         self._last_call = (t, key, index)
         return DEFAULT_BRANCH if index == 0 else f"call{index}"
 

@@ -263,6 +263,9 @@ def test_eager_artifact_from_another_torch_is_refused_unless_allowed(eager_artif
     assert "--allow-version-mismatch" in message
     program, _ = load_program(art, allow_version_mismatch=True)
     assert set(program.paths) == {"full", "reuse"}
+    # the opt-out as users reach it: cachec.load and the CLI flag
+    assert cachec.load(art, allow_version_mismatch=True).policy.spec == "fora:2"
+    assert main(["inspect", str(art), "--allow-version-mismatch"]) == 0
     major, minor = torch.__version__.split(".")[:2]
     _edit(art, _set(["versions", "torch"], f"{major}.{minor}.99"))  # same major.minor: accepted
     load_program(art)
