@@ -156,10 +156,8 @@ class CacheRuntime(torch.nn.Module):
         sets its length, so pipelines that pass them need no timestep heuristics.
         """
         self._context, self._context_step = name, step_index
-        if num_inference_steps is not None and name in self.branches and step_index == 0:
-            self.branches[name].num_steps = num_inference_steps
-        elif num_inference_steps is not None and name not in self.branches:
-            self.branches[name] = BranchState(num_steps=num_inference_steps)
+        if num_inference_steps is not None:
+            self._branch(name).num_steps = num_inference_steps
         try:
             yield
         finally:
