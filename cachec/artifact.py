@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from . import program as sch
+from . import program as desc
+from . import schema as sch
 from .capture import EXPORT_LOCK, MAX_BATCH, Captured, _flatten
 from .errors import ArtifactError, PolicyError
 from .planner import Planner
@@ -231,7 +232,7 @@ MANIFEST = sch.record({
     "model": sch.record({"spec": sch.STR, "class": sch.NAME, "config": sch.map_of(sch.ANY)}),
     "policy": sch.NAME,
     "signature": sch.list_of(sch.NAME),
-    "inputs": sch.map_of(sch.VALUE_SPEC),
+    "inputs": sch.map_of(desc.VALUE_SPEC),
     "output": sch.record({"name": sch.NAME, "shape": sch.list_of(sch.DIM), "dtype": sch.DTYPE}),
     "stream_inputs": sch.list_of(sch.NAME),
     "latent_input": sch.NAME,
@@ -240,9 +241,9 @@ MANIFEST = sch.record({
     "example_batch": sch.POS,
     "cross_attention": sch.nullable(sch.list_of(sch.STR)),
     "blocks": sch.list_of(sch.NAME),
-    "segments": sch.map_of(sch.SEGMENT),
-    "variants": sch.VARIANTS,
-    "caches": sch.map_of(sch.VALUE_SPEC),
+    "segments": sch.map_of(desc.SEGMENT),
+    "variants": desc.VARIANTS,
+    "caches": sch.map_of(desc.VALUE_SPEC),
     "signal": sch.nullable(sch.NAME),
     "none_flops_per_sample": sch.nullable(sch.NUM),
     "files": sch.map_of(FILE),
