@@ -50,20 +50,22 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str |
     from .capture import capture
     from .planner import Planner
     from .policy import parse_policy
+    from .progress import busy
     from .runtime import signature_of
 
-    _stage(f"exporting {bundle.class_name} ({model_spec})")
-    captured = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
-                       latent_input=bundle.latent_input)
+    with busy(f"exporting {bundle.class_name} ({model_spec})"):
+        captured = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
+                           latent_input=bundle.latent_input)
     cache = {}
 
     def make(pol):
         if pol not in cache:
             # each plan consumes a fresh copy of the captured graph (passes rewrite it in place)
-            cap = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
-                          latent_input=bundle.latent_input) if cache else captured
-            planner = Planner(cap)
-            program = planner.plan(parse_policy(pol))
+            with busy(f"planning {pol}"):
+                cap = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
+                              latent_input=bundle.latent_input) if cache else captured
+                planner = Planner(cap)
+                program = planner.plan(parse_policy(pol))
             program.meta["none_flops"] = sum(s.flops for s in planner.segments.values())
             cache[pol] = (program, cap)
         return cache[pol][0], signature_of(bundle.model)

@@ -36,6 +36,7 @@ class CachedDenoiser(torch.nn.Module):
 
         self.policy = parse_policy(policy).spec  # a bad spec fails here, not at the first step
         self.model = model.eval()
+        self._bundle = ModelBundle("pipeline", model)  # which input is the latent, per class
         self.backend = backend
         self.num_steps = num_steps
         self.runtimes: dict[tuple, CacheRuntime] = {}
@@ -81,8 +82,7 @@ class CachedDenoiser(torch.nn.Module):
         from .capture import flatten_inputs
 
         flat = flatten_inputs(kwargs)
-        bundle = ModelBundle("pipeline", self.model)
-        batch = flat[bundle.latent_input].shape[0]
+        batch = flat[self._bundle.latent_input].shape[0]
         key = tuple(sorted((n, tuple(t.shape[1:] if t.dim() and t.shape[0] == batch else t.shape), t.dtype)
                            for n, t in flat.items()))
         constants = tuple(sorted((k, repr(v)) for k, v in kwargs.items() if not isinstance(v, (torch.Tensor, dict))))
@@ -91,14 +91,14 @@ class CachedDenoiser(torch.nn.Module):
             if self.runtimes:
                 log.warning("cachec: the denoiser is called with new input shapes; compiling for them "
                             "(caches of different shapes are never mixed)")
-            self.runtimes[key] = self._compile(kwargs, bundle)
+            self.runtimes[key] = self._compile(kwargs)
         return self.runtimes[key]
 
-    def _compile(self, kwargs: dict, bundle: ModelBundle) -> CacheRuntime:
+    def _compile(self, kwargs: dict) -> CacheRuntime:
         from . import build_program
         from .runtime import signature_of
 
-        program = build_program(self.model, _example_batch_of_two(kwargs, bundle.latent_input), self.policy)
+        program = build_program(self.model, _example_batch_of_two(kwargs, self._bundle.latent_input), self.policy)
         return CacheRuntime(program, self.policy, backend=self.backend, num_steps=self.num_steps,
                             signature=signature_of(self.model), config=dict(self.model.config))
 
