@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DiTTransformer2DModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,16 +40,6 @@ def _has_tensorrt() -> bool:
 LOWERED = "tensorrt" if _has_tensorrt() else "onnxruntime"
 SEG_DIR = {"tensorrt": "engines", "onnxruntime": "onnx"}[LOWERED]
 SEG_KEY = {"tensorrt": "engine_files", "onnxruntime": "onnx_files"}[LOWERED]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    m = DiTTransformer2DModel(sample_size=8, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2,
-                              attention_head_dim=8, num_embeds_ada_norm=10)
-    d = tmp_path_factory.mktemp("model") / "dit"
-    m.save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,6 @@ from cachec.runtime import CacheRuntime
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    m = DiTTransformer2DModel(sample_size=8, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2,
-                              attention_head_dim=8, num_embeds_ada_norm=10)
-    for p in m.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    d = tmp_path_factory.mktemp("model") / "dit"
-    m.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def artifact_dir(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "fora2"
     assert main(["compile", str(model_dir), "--policy", "fora:2", "--out", str(out)]) == 0
