@@ -32,8 +32,7 @@ def batch_of(program: Program, env: dict) -> int:
 def values_needed_after(program: Program, path: str) -> set[str]:
     """Values a path must hand on: the model output, the probe signal, and other paths' inputs."""
     keep = {program.output}
-    if program.meta.get("signal"):
-        keep.add(program.meta["signal"])
+    keep.update(program.host_reads())
     for name, ops in program.paths.items():
         if name == path:
             continue

@@ -1,4 +1,4 @@
-"""The ``cachec`` command line: compile, run, inspect, bench, policies.
+"""The ``cachec`` command line: compile, run, inspect, bench, calibrate, policies.
 
 Every user error (bad policy, model, shape, artifact, missing backend) is a
 :class:`~cachec.errors.CachecError`: printed as one message, exit code 2.
@@ -219,6 +219,56 @@ def cmd_bench(args) -> int:
     return bench.main(args)
 
 
+def cmd_calibrate(args) -> int:
+    """Measure reuse errors and magnitude ratios (--out FILE), choose a budget schedule (--budget K),
+    or map thresholds of a dynamic policy to the NFE they produce (--threshold-map SPEC)."""
+    from . import calibration as cal
+
+    if args.samples < 1:
+        raise CachecError(f"--samples must be at least 1; got {args.samples}")
+    bundle, make, _ = _bundle_and_program(args.model, "none", max(args.samples, 2))
+    if bundle.model is None:
+        raise ModelError(f"{args.model} is a compiled artifact; calibrate the model it was compiled from")
+
+    def program_for(spec):
+        return make(spec)[0]
+
+    if args.threshold_map:
+        rows = cal.threshold_map(bundle, program_for, args.threshold_map, steps=args.steps, samples=args.samples,
+                                 extra=args.params or "", progress=_stage)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        print(f"{'policy':<34} {'full steps min/median/max':>26} {'NFE min/median/max':>24}   ({args.samples} seeds, "
+              f"{args.steps} steps)")
+        for r in rows:
+            full = f"{r['full_min']}/{r['full_median']:g}/{r['full_max']}"
+            nfe = f"{r['nfe_min']:.2f}/{r['nfe_median']:.2f}/{r['nfe_max']:.2f}"
+            print(f"{r['policy']:<34} {full:>26} {nfe:>24}")
+        return 0
+    bases = [b.strip() for b in args.bases.split(",") if b.strip()]
+    if args.budget is not None:
+        if args.base not in bases:
+            bases.append(args.base)
+        forced = cal.forced_steps(args.steps, 0, 0)
+        cal._check_budget(args.steps, args.budget, forced)  # an impossible budget fails before any work
+    data = cal.calibrate(bundle, program_for, steps=args.steps, samples=args.samples, seed=args.seed, bases=bases,
+                         progress=_stage)
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(out)  # never a half-written calibration file
+    print(f"wrote {out}: reuse errors for {', '.join(data['errors'])}, {args.steps} steps x {args.samples} samples")
+    if args.budget is not None:
+        schedule, predicted = cal.budget_schedule(data, args.budget, args.base)
+        even = cal.even_schedule(args.steps, args.budget)
+        print(f"budget nfe={args.budget}, base={args.base}: {schedule}")
+        print(f"  predicted final error {predicted:.4g} (evenly spaced {even}: "
+              f"{cal.predicted_error(data, even, args.base):.4g})")
+        print(f"  use: --policy budget:{args.budget},base={args.base},calib={out}")
+    return 0
+
+
 def cmd_policies(args) -> int:
     from .policy import describe_policies
 
@@ -280,6 +330,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON to FILE (- for stdout only)")
     b.add_argument("--plots", default=None, metavar="DIR", help="write schedule.png, error_curve.png, pareto.png to DIR")
     b.set_defaults(fn=cmd_bench)
+
+    cal = sub.add_parser("calibrate", parents=[common],
+                         help="measure reuse errors for NFE budgets (budget:K,calib=FILE) and MagCache ratios, "
+                              "or map a dynamic policy's thresholds to NFE")
+    cal.add_argument("model", help=model_help)
+    cal.add_argument("--steps", type=int, default=50)
+    cal.add_argument("--samples", type=int, default=4, help="calibration inputs (one batch); seeds for --threshold-map")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--bases", default="module,step,forecast",
+                     help="what to measure: module (FORA reuse), step (stack residual), forecast (TaylorSeer order 1)")
+    cal.add_argument("--budget", type=int, default=None, metavar="K", help="also print the best schedule of K full steps")
+    cal.add_argument("--base", default="module", help="base of the --budget schedule (module, step, forecast)")
+    cal.add_argument("--out", default="calibration.json", help="calibration file to write")
+    cal.add_argument("--threshold-map", default=None, metavar="SPEC",
+                     help="NAME:T1,T2,... or NAME:LO..HI/COUNT, e.g. teacache:0.05..0.4/8: NFE per threshold over --samples seeds")
+    cal.add_argument("--params", default=None, help="other parameters of the --threshold-map policy, e.g. ratios=calibration.json")
+    cal.add_argument("--json", action="store_true", help="print the threshold map as JSON")
+    cal.set_defaults(fn=cmd_calibrate)
 
     pol = sub.add_parser("policies", parents=[common], help="list every policy with its parameters and defaults")
     pol.set_defaults(fn=cmd_policies)

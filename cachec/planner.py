@@ -21,13 +21,14 @@ from torch import fx
 from cachec.graph_keys import COND_KEY
 from cachec.passes import AssignSegments, HoistConditioning, PassManager, StripExportArtifacts
 from cachec.passes.coalesce import coalesce
-from cachec.passes.probes import rel_l1_probe
+from cachec.passes.probes import easycache_write, latent_step_probe, rel_l1_probe
 from cachec.passes.remove_noops import RemoveNoOps
-from cachec.passes.residual_delta import StreamPair, copy_values, delta_apply, delta_write
+from cachec.passes.residual_delta import StreamPair, copy_values, delta_apply, delta_write, linear_mix
 
 from .capture import Captured
 from .errors import ModelError
 from .flops import graph_flops
+from .forecast import PREDICT, UPDATE, ForecastMethod
 from .policy import DeltaPolicy, Policy
 from .program import Program, Segment, ValueSpec, batch_symbol, cache_name, check_weight_ownership, split, value_spec
 from .regions import find_blocks, module_regions
@@ -78,6 +79,8 @@ class Planner:
         self.extra: dict[str, Segment] = {}
         self.paths: dict[str, list[tuple]] = {"full": [("run", s) for s in self.order]}
         self.signal: str | None = None
+        self.feedback: list[str] = []  # scalars a tail hands back to the controller (EasyCache)
+        self.step_inputs: list[str] = []  # host-computed inputs of a step (forecast coefficients)
 
     # -- structure ------------------------------------------------------------------------------
     def _role(self, name: str) -> str:
@@ -194,14 +197,27 @@ class Planner:
 
     # -- policies -------------------------------------------------------------------------------
     def plan(self, policy: Policy) -> Program:
-        g = policy.granularity
+        g = policy.plan_granularity()
+        if policy.needs_data and policy.data is None:
+            policy.data = policy.load_data()  # calibration problems surface at compile time
         L = len(self.blocks)
+        method = policy.forecast_method()
         if policy.name == "none":
             pass
+        elif method is not None:
+            self._plan_forecast(method, policy.streams())
         elif g == "module":
             self._plan_module_reuse()
         elif policy.name == "fbcache":
-            self._plan_fbcache()
+            self._plan_probe_skip(1, 0, "fbcache", "fb_b0", "fb_tail")
+        elif policy.name == "dbcache":
+            p = policy.params
+            if p["F"] + p["B"] >= L:
+                raise ModelError(f"dbcache: F={p['F']} probe blocks plus B={p['B']} tail blocks leave no block of "
+                                 f"the model's {L} to cache; use F + B < {L}")
+            self._plan_probe_skip(p["F"], p["B"], "dbcache", "db_probe", "db_mid")
+        elif policy.name == "easycache":
+            self._plan_easycache()
         elif policy.name == "teacache":
             self._plan_teacache()
         elif isinstance(policy, DeltaPolicy):
@@ -236,40 +252,130 @@ class Planner:
             reuse.extend(("load", c, o) for o, c in zip(outs, caches, strict=True))
         self.paths["full"], self.paths["reuse"] = full, reuse
 
-    def _plan_fbcache(self) -> None:
+    def _plan_probe_skip(self, first: int, last: int, tag: str, probe_tag: str, mid_tag: str) -> None:
+        """First-Block Cache / DBCache: blocks ``0..first-1`` always run and their residual is the
+        probe; the middle blocks are skipped by their delta; the ``last`` blocks always run."""
         L = len(self.blocks)
         if L < 2:
-            raise ModelError("fbcache needs at least two blocks")
-        ins0, outs0 = self.range_io(self.block_segments[0])
-        pairs0 = self.pair_streams(ins0, outs0, "fb_b0")
+            raise ModelError(f"{tag} needs at least two blocks")
+        probe_segs = self.range_segments(0, first - 1)
+        ins0, outs0 = self.range_io(probe_segs)
+        pairs0 = self.pair_streams(ins0, outs0, probe_tag)
         main = next((p for p in pairs0 if p.base is not None and p.base in self._latent_dependent), None)
         if main is None:
-            raise ModelError("fbcache: block 0 has no residual stream (an output with the shape of its input)")
-        ref, r1, signal = cache_name("fbcache", "ref"), "fbcache__r1", "fbcache__signal"
+            raise ModelError(f"{tag}: blocks 0..{first - 1} have no residual stream (an output with the shape of "
+                             "their input)")
+        ref, r1, signal = cache_name(tag, "ref"), f"{tag}__r1", f"{tag}__signal"
         self.meta[ref] = self.meta[main.output]
         self.meta[r1] = self.meta[main.output]
         self.meta[signal] = torch.empty(())
         probe = self.add_segment(
-            "fbcache_probe",
+            f"{tag}_probe",
             rel_l1_probe(main.output, ref, signal, self.meta, residual_of=main.base, emit_current_as=r1),
             "probe",
         )
-        commit = self.add_segment("fbcache_commit", copy_values({r1: ref}, self.meta), "cache")
-        write, apply, _ = self.range_delta(1, L - 1, "fb_tail")
-        head_segs = ["prologue"] + self.block_segments[0]
+        commit = self.add_segment(f"{tag}_commit", copy_values({r1: ref}, self.meta), "cache")
+        mid_segs = self.range_segments(first, L - 1 - last)
+        write, apply, _ = self.range_delta(first, L - 1 - last, mid_tag)
+        head_segs = ["prologue"] + probe_segs
         head = [op for op in self.paths["full"] if op[1] in head_segs] + [("load", ref, ref), ("run", probe)]
         tail = [op for op in self.paths["full"] if op[1] not in head_segs]
-        tail_segs = self.range_segments(1, L - 1)
-        tail_full = self._insert_after(tail, tail_segs[-1], write + [("run", commit), ("store", ref, ref)])
+        tail_full = self._insert_after(tail, mid_segs[-1], write + [("run", commit), ("store", ref, ref)])
         tail_reuse = []
         for op in tail:
-            if op[1] in tail_segs:
-                if op[1] == tail_segs[0]:
+            if op[1] in mid_segs:
+                if op[1] == mid_segs[0]:
                     tail_reuse.extend(apply)
                 continue
             tail_reuse.append(op)
         self.paths = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.paths["full"]}
         self.signal = signal
+
+    def _plan_forecast(self, method: ForecastMethod, streams: str) -> None:
+        """TaylorSeer / HiCache / FoCa: full steps update each stream's forecast state, cached steps
+        replace the stream by its forecast (see :mod:`cachec.forecast`).
+
+        ``module`` streams are the attention/MLP outputs FORA caches; ``step`` streams are the
+        residuals of the whole block stack (one per residual stream), FreqCa's memory saving.
+        """
+        if streams == "module":
+            by_seg = {self.region_segment[r.name]: r for r in self.regions}
+            full, reuse = [], []
+            for op in self.paths["full"]:
+                if op[1] not in by_seg:
+                    full.append(op)
+                    reuse.append(op)
+                    continue
+                update, forecast = self._forecast_ops(op[1], self.segments[op[1]].outputs, method)
+                full.append(op)
+                full.extend(update)
+                reuse.extend(forecast)
+            self.paths["full"], self.paths["reuse"] = full, reuse
+            return
+        L = len(self.blocks)
+        segs = self.range_segments(0, L - 1)
+        inputs, outputs = self.range_io(segs)
+        pairs = [StreamPair(p.output, p.base, f"fc_stack__r{k}")
+                 for k, p in enumerate(self.pair_streams(inputs, outputs, "fc_stack"))]
+        for p in pairs:
+            self.meta[p.cache] = self.meta[p.output]
+        write = self.add_segment("fc_stack_delta", delta_write(pairs, self.meta), "cache")
+        apply = self.add_segment("fc_stack_apply", delta_apply(pairs, self.meta), "cache")
+        update, forecast = self._forecast_ops("fc_stack", [p.cache for p in pairs], method)
+        self.paths["reuse"] = self._replace(segs, forecast + [("run", apply)])
+        self.paths["full"] = self._insert_after(self.paths["full"], segs[-1], [("run", write)] + update)
+
+    def _forecast_ops(self, tag: str, streams: list[str], method: ForecastMethod) -> tuple[list[tuple], list[tuple]]:
+        """Ops that fold fresh ``streams`` into their forecast state, and ops that forecast them."""
+        dtype = self.meta[streams[0]].dtype
+        self.meta[UPDATE] = torch.empty((method.state, 1 + method.state), dtype=dtype)
+        self.meta[PREDICT] = torch.empty((1 + len(method.predict_writes), method.state), dtype=dtype)
+        for name in (UPDATE, PREDICT):
+            if name not in self.step_inputs:
+                self.step_inputs.append(name)
+        update_groups, predict_groups, loads, stores_full, stores_reuse = [], [], [], [], []
+        for k, value in enumerate(streams):
+            state = [cache_name(tag, str(k), s) for s in method.state_names()]
+            for c in state:
+                self.meta[c] = self.meta[f"{c}__new"] = self.meta[value]
+                loads.append(("load", c, c))
+            update_groups.append(([value] + state, [f"{c}__new" for c in state]))
+            stores_full.extend(("store", f"{c}__new", c) for c in state)
+            written = [state[i] for i in method.predict_writes]
+            predict_groups.append((state, [value] + [f"{c}__new" for c in written]))
+            stores_reuse.extend(("store", f"{c}__new", c) for c in written)
+        upd = self.add_segment(f"{tag}_fc_update", linear_mix(update_groups, UPDATE, self.meta), "cache")
+        pred = self.add_segment(f"{tag}_fc_predict", linear_mix(predict_groups, PREDICT, self.meta), "cache")
+        return loads + [("run", upd)] + stores_full, loads + [("run", pred)] + stores_reuse
+
+    def _plan_easycache(self) -> None:
+        """EasyCache at the raw-latent level: ``v ≈ x + Δ`` with ``Δ = v − x`` of the last full step.
+
+        The head is only a probe on the latent input (``d = mean|x − x_prev|``); the full tail runs
+        the model and hands the controller the transformation rate ``k`` and ``mean|v|``.
+        """
+        x, v = self.captured.latent_input, self.captured.output_name
+        if self.spec(x) != self.spec(v):
+            raise ModelError(f"easycache reuses the output as latent + Δ, so the output must have the latent's "
+                             f"shape; {x} is {self.spec(x).shape} and the output {self.spec(v).shape} "
+                             "(a learned-sigma DiT doubles the channels)")
+        x_prev, x_pf, v_pf, delta = (cache_name("easycache", n) for n in ("x_prev", "x_full", "v_full", "delta"))
+        d, k, vnorm = "easycache__d", "easycache__k", "easycache__vnorm"
+        for c in (x_prev, x_pf, v_pf, delta, "easycache__x", f"{x_pf}__new", f"{v_pf}__new"):
+            self.meta[c] = self.meta[x]
+        for c in (d, k, vnorm):
+            self.meta[c] = torch.empty(())
+        probe = self.add_segment("easycache_probe", latent_step_probe(x, x_prev, d, "easycache__x", self.meta), "probe")
+        write = self.add_segment("easycache_write", easycache_write(x, v, x_pf, v_pf, delta, k, vnorm, self.meta),
+                                 "cache")
+        apply = self.add_segment("easycache_apply", delta_apply([StreamPair(v, x, delta)], self.meta), "cache")
+        head = [("load", x_prev, x_prev), ("run", probe), ("store", "easycache__x", x_prev)]
+        tail_full = list(self.paths["full"]) + [("load", x_pf, x_pf), ("load", v_pf, v_pf), ("run", write),
+                                                ("store", f"{x_pf}__new", x_pf), ("store", f"{v_pf}__new", v_pf),
+                                                ("store", delta, delta)]
+        tail_reuse = [("load", delta, delta), ("run", apply)]
+        self.paths = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.paths["full"]}
+        self.signal, self.feedback = d, [k, vnorm]
 
     def _plan_teacache(self) -> None:
         attn = next((r for r in self.regions if r.block == 0 and r.kind in ("attn", "mlp")), None)
@@ -334,6 +440,9 @@ class Planner:
                 "blocks": self.blocks,
                 "regions": [r.to_json() for r in self.regions],
                 "signal": self.signal,
+                "feedback": list(self.feedback),
+                "step_inputs": list(self.step_inputs),
+                "policy_data": policy.data,
                 "base_path": [s for s in self.order],
                 "batch_dims": self.captured.batch_dims,
                 "max_batch": self.captured.max_batch,

@@ -63,6 +63,13 @@ class Controller:
     def rule(self, step: int, signal: float | None) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def step_inputs(self, step: int, full: bool) -> dict[str, list]:
+        """Small host-computed tensors the step's path reads (forecast coefficients); none by default."""
+        return {}
+
+    def observe(self, values: dict[str, float]) -> None:
+        """Scalars a path hands back after it ran (EasyCache's transformation rate); ignored by default."""
+
 
 class Policy:
     """Base of all policies; subclasses set ``name``, ``doc``, ``main``, ``params``, ``granularity``."""
@@ -78,6 +85,16 @@ class Policy:
 
     def __init__(self, params: dict):
         self.params = params
+        self.data: dict | None = None  # resolved calibration data (MagCache ratios, budget schedule)
+
+    needs_data = False
+
+    def data_source(self) -> str:
+        """What the policy's data comes from (a constants key or a calibration file); '' if none."""
+        return ""
+
+    def load_data(self) -> dict:  # pragma: no cover - only policies with needs_data
+        raise NotImplementedError
 
     @classmethod
     def all_params(cls) -> tuple[Param, ...]:
@@ -99,11 +116,24 @@ class Policy:
         return self.name + (":" + ",".join(parts) if parts else "")
 
     def controller(self, num_steps: int | None) -> Controller:
+        if self.needs_data and self.data is None:
+            self.data = self.load_data()
         return self.controller_cls(self, num_steps)
 
     def plan_key(self, num_blocks: int) -> tuple:
         """The parameters the compiled variants depend on (the rest may change at run time)."""
         return (self.name,)
+
+    def plan_granularity(self) -> str:
+        """The granularity of this instance's variants (a parameter may choose it)."""
+        return self.granularity
+
+    def forecast_method(self):
+        """The :class:`~cachec.forecast.ForecastMethod` of a forecasting policy, else None."""
+        return None
+
+    def streams(self) -> str:
+        return self.params.get("streams", "module")
 
     controller_cls: type[Controller] = Controller
 
@@ -268,6 +298,320 @@ class TeaCachePolicy(Policy):
         return poly
 
 
+# --------------------------------------------------------------------------------------------
+# forecast policies (docs/predictive_policies.md)
+
+_STREAMS = Param("streams", str, "module",
+                 "module: forecast every attention/MLP output; step: one residual of the whole block stack")
+
+
+class _ForecastInterval(_Interval):
+    """The fixed interval of FORA; cached steps are forecasts whose coefficients this supplies."""
+
+    def __init__(self, policy, num_steps):
+        super().__init__(policy, num_steps)
+        from .forecast import ForecastTracker
+
+        self.tracker = ForecastTracker(policy.forecast_method())
+
+    def step_inputs(self, step, full):
+        return self.tracker.step_inputs(step, full)
+
+
+class _ForecastPolicy(Policy):
+    granularity = "module, step (streams=)"
+    main = "N"
+    controller_cls = _ForecastInterval
+
+    def validate(self):
+        if self.params["streams"] not in ("module", "step"):
+            raise PolicyError(f"{self.name}: streams={self.params['streams']!r}; accepted: module, step")
+
+    def plan_granularity(self) -> str:
+        return self.params["streams"]
+
+    def plan_key(self, num_blocks: int) -> tuple:
+        m = self.forecast_method()
+        return (m.name, m.state, m.predict_writes, self.params["streams"])
+
+
+class TaylorSeerPolicy(_ForecastPolicy):
+    name = "taylorseer"
+    doc = "TaylorSeer: forecast each cached stream by a Taylor series of finite differences taken at full steps; full every N"
+    default_warmup = 2
+    own_params = (
+        Param("N", int, 4, "interval: one full step, then N-1 forecast steps", 1, 1000),
+        Param("O", int, 2, "Taylor order (0 = FORA's reuse)", 0, 4),
+        _STREAMS,
+    )
+
+    def forecast_method(self):
+        from .forecast import Taylor
+
+        return Taylor(self.params["O"])
+
+
+class HiCachePolicy(_ForecastPolicy):
+    name = "hicache"
+    doc = "HiCache: TaylorSeer's finite differences on a scaled Hermite basis; full every N"
+    default_warmup = 3
+    own_params = (
+        Param("N", int, 5, "interval: one full step, then N-1 forecast steps", 1, 1000),
+        Param("O", int, 2, "order of the Hermite expansion", 0, 4),
+        Param("sigma", float, 0.5, "Hermite scale σ", 0.0, 10.0),
+        _STREAMS,
+    )
+
+    def forecast_method(self):
+        from .forecast import Hermite
+
+        return Hermite(self.params["O"], self.params["sigma"])
+
+
+class FoCaPolicy(_ForecastPolicy):
+    name = "foca"
+    doc = "FoCa: features integrated as an ODE step by step (BDF2 predictor, Heun corrector; cachec's reading); full every N"
+    default_warmup = 3
+    own_params = (Param("N", int, 5, "interval: one full step, then N-1 forecast steps", 1, 1000), _STREAMS)
+
+    def forecast_method(self):
+        from .forecast import FoCa
+
+        return FoCa()
+
+
+# --------------------------------------------------------------------------------------------
+# adaptive step policies
+
+
+class _MagCache(Controller):
+    def __init__(self, policy, num_steps):
+        super().__init__(policy, num_steps)
+        if num_steps is None:
+            raise PolicyError("magcache resamples its magnitude ratios to the trajectory length, so it needs the "
+                              "number of steps (num_steps=..., cachec.reset(model, num_steps), or a pipeline "
+                              "that passes num_inference_steps)")
+        ratios = policy.data["ratios"]
+        n = len(ratios)
+        self.gamma = [ratios[round(s * (n - 1) / (num_steps - 1))] if num_steps > 1 else ratios[0]
+                      for s in range(num_steps)]
+        self.retain = round(policy.params["r"] * num_steps)
+        self._reset()
+
+    def _reset(self):
+        self.Gamma, self.err, self.k = 1.0, 0.0, 0
+
+    def decide(self, step, signal=None):
+        p = self.policy.params
+        if self.forced(step) or step < self.retain:
+            self._reset()
+            self.last_full = step
+            return True
+        self.Gamma *= self.gamma[step]
+        self.k += 1
+        self.err += abs(1.0 - self.Gamma)
+        if self.err <= p["t"] and self.k <= p["K"]:
+            return False
+        self._reset()
+        self.last_full = step
+        return True
+
+
+class MagCachePolicy(Policy):
+    name = "magcache"
+    doc = "MagCache: accumulate |1 - Π magnitude ratios| of the stack residual; reuse it below t, at most K in a row"
+    main = "t"
+    needs_data = True
+    own_params = (
+        Param("t", float, 0.24, "threshold on the accumulated ratio error", 0.0, 100.0),
+        Param("K", int, 5, "most consecutive reused steps", 0, 1000),
+        Param("r", float, 0.1, "retention: the first round(r*T) steps are full", 0.0, 1.0),
+        Param("ratios", str, "", "magnitude ratios: a method_constants.json key (flux.1-dev) or a file from `cachec calibrate`"),
+    )
+    controller_cls = _MagCache
+
+    def validate(self):
+        if not self.params["ratios"]:
+            keys = ", ".join(k for k, v in method_constants()["magcache"].items() if "mag_ratios" in v)
+            raise PolicyError(f"magcache needs ratios=KEY ({keys}) or ratios=FILE written by `cachec calibrate`")
+
+    def data_source(self) -> str:
+        return self.params["ratios"]
+
+    def load_data(self) -> dict:
+        src = self.params["ratios"]
+        published = {k.split(" ")[0]: v for k, v in method_constants()["magcache"].items() if "mag_ratios" in v}
+        if src in published:
+            return {"ratios": list(published[src]["mag_ratios"])}
+        from .calibration import read_calibration
+
+        return {"ratios": read_calibration(src)["ratios"]}
+
+
+class _EasyCache(Controller):
+    def __init__(self, policy, num_steps):
+        super().__init__(policy, num_steps)
+        self.rate: float | None = None  # k, known after two full steps
+        self.norm: float | None = None  # mean|v| of the last full step
+        self.err = 0.0
+        self.n_full = 0
+
+    def decide(self, step, signal=None):
+        if self.forced(step) or self.rate is None or not self.norm:
+            full = True
+        else:
+            self.err += self.rate * signal / self.norm
+            full = not (self.err < self.policy.params["tau"])
+        if full:
+            self.err = 0.0
+            self.last_full = step
+        return full
+
+    def observe(self, values):
+        if self.n_full > 0:
+            self.rate = values["easycache__k"]
+        self.norm = values["easycache__vnorm"]
+        self.n_full += 1
+
+
+class EasyCachePolicy(Policy):
+    name = "easycache"
+    doc = "EasyCache: accumulate the predicted output change k*|Δx|/|v| (k measured at full steps); reuse v = x + Δ below tau"
+    dynamic = True
+    granularity = "step"
+    main = "tau"
+    default_warmup = 5
+    default_final = 1
+    own_params = (Param("tau", float, 0.05, "threshold on the accumulated relative output change", 0.0, 100.0),)
+    controller_cls = _EasyCache
+
+
+class _DBCache(Controller):
+    def __init__(self, policy, num_steps):
+        super().__init__(policy, num_steps)
+        self.cached = 0
+        self.consecutive = 0
+
+    def decide(self, step, signal=None):
+        p = self.policy.params
+        hit = (not self.forced(step) and step >= p["W"] and signal < p["t"]
+               and (p["M"] < 0 or self.cached < p["M"]) and (p["MC"] < 0 or self.consecutive < p["MC"]))
+        if hit:
+            self.cached += 1
+            self.consecutive += 1
+            return False
+        self.consecutive = 0
+        self.last_full = step
+        return True
+
+
+class DBCachePolicy(Policy):
+    name = "dbcache"
+    doc = "DBCache (cache-dit): the first F blocks probe, the middle blocks' delta is reused below t, the last B blocks always run"
+    dynamic = True
+    main = "F"
+    own_params = (
+        Param("F", int, 1, "probe blocks computed every step", 1, 1000),
+        Param("B", int, 0, "last blocks computed every step", 0, 1000),
+        Param("t", float, 0.08, "threshold on the relative L1 change of the probe residual", 0.0, 10.0),
+        Param("W", int, 8, "warm-up: no cache hit before step W", 0, 100000),
+        Param("M", int, -1, "most cached steps in a trajectory (-1: no limit)", -1, 100000),
+        Param("MC", int, -1, "most consecutive cached steps (-1: no limit)", -1, 100000),
+    )
+    controller_cls = _DBCache
+
+    def plan_key(self, num_blocks: int) -> tuple:
+        return (self.name, self.params["F"], self.params["B"])
+
+
+# --------------------------------------------------------------------------------------------
+# NFE budgets
+
+
+class _Budget(Controller):
+    def __init__(self, policy, num_steps):
+        super().__init__(policy, num_steps)
+        schedule = policy.schedule_for(num_steps)
+        self.schedule = schedule
+        self.tracker = None
+        if policy.params["base"] == "forecast":
+            from .forecast import ForecastTracker
+
+            self.tracker = ForecastTracker(policy.forecast_method())
+
+    def decide(self, step, signal=None):
+        if step >= len(self.schedule):
+            raise PolicyError(f"{self.policy.spec}: its schedule has {len(self.schedule)} steps; step {step} is past its end")
+        full = self.schedule[step] == "F"
+        if full:
+            self.last_full = step
+        return full
+
+    def step_inputs(self, step, full):
+        return self.tracker.step_inputs(step, full) if self.tracker is not None else {}
+
+
+class BudgetPolicy(Policy):
+    name = "budget"
+    doc = "exactly nfe=K full steps: evenly spaced, or the calibrated schedule of least predicted error (calib=FILE)"
+    needs_data = False
+    own_params = (
+        Param("nfe", int, 10, "number of full steps K (forced warmup/final steps included)", 1, 100000),
+        Param("base", str, "module", "what cached steps do: module (FORA reuse), step (stack residual), forecast (TaylorSeer order 1)"),
+        Param("calib", str, "", "calibration file from `cachec calibrate` (empty: evenly spaced full steps)"),
+    )
+    main = "nfe"
+    controller_cls = _Budget
+
+    def validate(self):
+        if self.params["base"] not in ("module", "step", "forecast"):
+            raise PolicyError(f"budget: base={self.params['base']!r}; accepted: module, step, forecast")
+        self.needs_data = bool(self.params["calib"])
+
+    granularity = "module, step (base=)"
+
+    def plan_granularity(self) -> str:
+        return {"module": "module", "step": "step", "forecast": "module"}[self.params["base"]]
+
+    def plan_key(self, num_blocks: int) -> tuple:
+        return (self.name, self.params["base"])
+
+    def forecast_method(self):
+        if self.params["base"] != "forecast":
+            return None
+        from .forecast import Taylor
+
+        return Taylor(1)
+
+    def data_source(self) -> str:
+        return self.params["calib"]
+
+    def load_data(self) -> dict:
+        from .calibration import budget_schedule, read_calibration
+
+        calib = read_calibration(self.params["calib"])
+        p = self.params
+        schedule, predicted = budget_schedule(calib, p["nfe"], p["base"], warmup=p["warmup"], final=p["final"])
+        return {"schedule": schedule, "predicted_error": predicted, "steps": calib["steps"]}
+
+    def schedule_for(self, num_steps: int | None) -> str:
+        from .calibration import even_schedule
+
+        if self.params["calib"]:
+            if self.data is None:
+                self.data = self.load_data()
+            schedule = self.data["schedule"]
+            if num_steps is not None and num_steps != len(schedule):
+                raise PolicyError(f"{self.spec}: the calibrated schedule has {len(schedule)} steps but the trajectory "
+                                  f"has {num_steps}; calibrate for {num_steps} steps (cachec calibrate --steps {num_steps})")
+            return schedule
+        if num_steps is None:
+            raise PolicyError(f"{self.spec} spaces its full steps over the trajectory, so it needs the number of "
+                              "steps (num_steps=..., or a pipeline that passes num_inference_steps)")
+        p = self.params
+        return even_schedule(num_steps, p["nfe"], warmup=p["warmup"], final=p["final"])
+
+
 def teacache_coefficients() -> dict[str, list[float]]:
     return method_constants()["teacache_coefficients"]
 
@@ -279,7 +623,9 @@ def method_constants() -> dict:
 
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (NonePolicy, StaticPolicy, ForaPolicy, DeltaPolicy, FBCachePolicy, TeaCachePolicy)
+    p.name: p for p in (NonePolicy, StaticPolicy, ForaPolicy, DeltaPolicy, FBCachePolicy, TeaCachePolicy,
+                        TaylorSeerPolicy, HiCachePolicy, FoCaPolicy, MagCachePolicy, EasyCachePolicy, DBCachePolicy,
+                        BudgetPolicy)
 }
 
 
@@ -340,8 +686,8 @@ def describe_policies() -> str:
     """The table printed by ``cachec policies``."""
     lines = []
     for cls in POLICIES.values():
-        lines.append(f"{cls.name:<9} {cls.doc}")
-        lines.append(f"{'':<9} granularity: {cls.granularity}, schedule: {'dynamic' if cls.dynamic else 'static'}")
+        lines.append(f"{cls.name:<10} {cls.doc}")
+        lines.append(f"{'':<10} granularity: {cls.granularity}, schedule: {'dynamic' if cls.dynamic else 'static'}")
         for p in cls.all_params():
             main = " (main value)" if p.name == cls.main else ""
             rng = ""

@@ -106,6 +106,13 @@ class Program:
     def path_flops(self, path: str) -> float:
         return sum(self.segments[op[1]].flops for op in self.paths[path] if op[0] == "run")
 
+    def host_reads(self) -> set[str]:
+        """Values the runtime reads on the host after a path: the probe signal and tail feedback."""
+        names = set(self.meta.get("feedback") or ())
+        if self.meta.get("signal"):
+            names.add(self.meta["signal"])
+        return names
+
     def caches(self) -> dict[str, ValueSpec]:
         return {k: v for k, v in self.values.items() if k.startswith(CACHE_PREFIX)}
 
@@ -148,6 +155,7 @@ class Program:
 
 _DESCRIBED_META = (
     "model_class", "policy", "blocks", "regions", "signal", "base_path", "batch_dims", "none_flops", "max_batch",
+    "feedback", "step_inputs", "policy_data",
 )
 
 
@@ -172,7 +180,8 @@ DESCRIPTION = record(
      "values": map_of(VALUE_SPEC),
      "meta": record({"policy": NAME, "blocks": list_of(NAME)},
                   {"model_class": STR, "regions": list_of(ANY), "signal": nullable(NAME), "base_path": list_of(NAME),
-                   "batch_dims": map_of(NAT), "none_flops": nullable(NUM), "max_batch": POS})},
+                   "batch_dims": map_of(NAT), "none_flops": nullable(NUM), "max_batch": POS,
+                   "feedback": list_of(NAME), "step_inputs": list_of(NAME), "policy_data": nullable(map_of(ANY))})},
 )
 
 
@@ -226,6 +235,10 @@ def validate_description(d) -> None:
     signal = d["meta"].get("signal")
     if policy.dynamic and signal not in values:
         raise DescriptionError("meta.signal", f"should name the probe value a dynamic policy reads, got {show_value(signal)}")
+    for key in ("feedback", "step_inputs"):
+        for i, n in enumerate(d["meta"].get(key) or ()):
+            if n not in values:
+                raise DescriptionError(f"meta.{key}[{i}]", f"names {n!r}, which has no entry in values")
 
 
 def value_spec(node_or_val, batch_symbol: str | None) -> ValueSpec | None:

@@ -121,6 +121,9 @@ class CacheRuntime(torch.nn.Module):
                 "variants: compile for it, change only run-time parameters (intervals, thresholds, "
                 "warmup/final), or use 'none'"
             )
+        if self.policy.needs_data and self.policy.data is None and program.meta.get("policy_data") \
+                and self.policy.data_source() == compiled.data_source():
+            self.policy.data = program.meta["policy_data"]  # resolved at compile time (the artifact needs no file)
         self.backend = get_backend(backend)
         self.paths = self.backend.lower(program, **(backend_options or {}))
         self.num_steps = num_steps
@@ -308,10 +311,15 @@ class CacheRuntime(torch.nn.Module):
             flops += self._run("head", env, branch)
             signal = float(env[self.program.meta["signal"]])
             full = ctl.decide(step, signal)
+            self._step_inputs(ctl, step, full, env)
             flops += self._run("tail_full" if full else "tail_reuse", env, branch)
         else:
             full = ctl.decide(step)
+            self._step_inputs(ctl, step, full, env)
             flops += self._run("full" if full else "reuse", env, branch)
+        feedback = self.program.meta.get("feedback")
+        if feedback and full and self.policy.dynamic:
+            ctl.observe({n: float(env[n]) for n in feedback})
         stats.schedule += "F" if full else "R"
         stats.step_flops.append(flops * batch)
         stats.signals.append(signal)
@@ -324,6 +332,26 @@ class CacheRuntime(torch.nn.Module):
 
             return Transformer2DModelOutput(sample=out)
         return (out,)
+
+    def _step_inputs(self, ctl, step: int, full: bool, env: dict) -> None:
+        """The controller's host-computed inputs (forecast coefficients) as small tensors.
+
+        A program compiled for a forecast policy but run as ``none`` still reads the update
+        coefficients on its full path; zeros serve (no forecast ever reads that state).
+        """
+        names = self.program.meta.get("step_inputs")
+        if not names:
+            return
+        given = ctl.step_inputs(step, full)
+        device = env[self.program.inputs[0]].device
+        for name in names:
+            spec = self.program.values.get(name)
+            if spec is None:
+                continue
+            dtype = getattr(torch, spec.dtype)
+            value = given.get(name)
+            env[name] = (torch.zeros(spec.concrete(1), dtype=dtype, device=device) if value is None
+                         else torch.tensor(value, dtype=dtype, device=device))
 
     def _run(self, path: str, env: dict, branch: BranchState) -> float:
         return self.paths[path](env, branch.caches)

@@ -32,8 +32,7 @@ def _always_adjacent(paths: dict[str, list[tuple]], a: str, b: str) -> bool:
 def _needed(program: Program, exclude: set[str]) -> set[str]:
     """Values read by any op outside ``exclude`` (and the program's output and probe signal)."""
     keep = {program.output}
-    if program.meta.get("signal"):
-        keep.add(program.meta["signal"])
+    keep.update(program.host_reads())
     for ops in program.paths.values():
         for op in ops:
             if op[0] == "run" and op[1] not in exclude:

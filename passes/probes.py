@@ -59,3 +59,45 @@ def rel_l1_probe(
     gm = fx.GraphModule({}, g, class_name="RelL1Probe").eval()
     gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
     return gm
+
+
+def _mean_abs(g: fx.Graph, x: fx.Node, example) -> fx.Node:
+    return _scalar(g, aten.mean.default, (_scalar(g, aten.abs.default, (x,), example),), torch.empty(()))
+
+
+def latent_step_probe(latent: str, previous: str, signal: str, emit_as: str, meta: dict[str, object]) -> fx.GraphModule:
+    """EasyCache's input change ``mean|x − x_prev|``; also returns ``x`` (stored as the next ``x_prev``)."""
+    g = fx.Graph()
+    x, prev = g.placeholder(latent), g.placeholder(previous)
+    x.meta["val"], prev.meta["val"] = meta.get(latent), meta.get(previous)
+    d = _mean_abs(g, _scalar(g, aten.sub.Tensor, (x, prev), meta.get(latent)), meta.get(latent))
+    copy = _scalar(g, aten.clone.default, (x,), meta.get(latent))
+    g.output((d, copy))
+    gm = fx.GraphModule({}, g, class_name="LatentStepProbe").eval()
+    gm.meta[OUTPUTS_KEY] = [signal, emit_as]
+    return gm
+
+
+def easycache_write(latent: str, output: str, latent_full: str, output_full: str, delta: str, rate: str,
+                    output_norm: str, meta: dict[str, object]) -> fx.GraphModule:
+    """At an EasyCache full step: the transformation rate ``k = mean|v − v_pf| / mean|x − x_pf|``
+    against the previous full step, ``mean|v|``, the new ``Δ = v − x`` and copies of ``x``, ``v``
+    (written as ``<cache>__new``, stored as the next full step's references)."""
+    g = fx.Graph()
+    names = (latent, output, latent_full, output_full)
+    x, v, x_pf, v_pf = (g.placeholder(n) for n in names)
+    for node, n in zip((x, v, x_pf, v_pf), names, strict=True):
+        node.meta["val"] = meta.get(n)
+    ex = meta.get(latent)
+    num = _mean_abs(g, _scalar(g, aten.sub.Tensor, (v, v_pf), ex), ex)
+    den = _mean_abs(g, _scalar(g, aten.sub.Tensor, (x, x_pf), ex), ex)
+    k = _scalar(g, aten.div.Tensor, (num, den), torch.empty(()))
+    norm = _mean_abs(g, v, ex)
+    d = _scalar(g, aten.sub.Tensor, (v, x), ex)
+    outs = [(rate, k), (output_norm, norm), (delta, d),
+            (f"{latent_full}__new", _scalar(g, aten.clone.default, (x,), ex)),
+            (f"{output_full}__new", _scalar(g, aten.clone.default, (v,), ex))]
+    g.output(tuple(n for _, n in outs))
+    gm = fx.GraphModule({}, g, class_name="EasyCacheWrite").eval()
+    gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
+    return gm

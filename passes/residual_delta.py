@@ -96,3 +96,40 @@ def copy_values(copies: dict[str, str], meta: dict[str, object]) -> fx.GraphModu
         node.meta["val"] = meta.get(src)
         outs.append((dst, node))
     return _module(g, outs, "Commit")
+
+
+def linear_mix(groups: list[tuple[list[str], list[str]]], coefficients: str, meta: dict[str, object]) -> fx.GraphModule:
+    """``out_j = Σ_i C[j, i] · in_i`` for every group ``(inputs, outputs)``, one ``C`` for all groups.
+
+    The forecast segment of TaylorSeer / HiCache / FoCa (see :mod:`cachec.forecast`): the method
+    lives in the runtime-supplied coefficient matrix ``C``, so the same weightless graph serves
+    every method and every step, and exports to ONNX as a few gathers, multiplies and adds.
+    """
+    g = fx.Graph()
+    ph: dict[str, fx.Node] = {}
+    for inputs, _ in groups:
+        for name in inputs:
+            if name not in ph:
+                ph[name] = _placeholder(g, name, meta)
+    coeff = _placeholder(g, coefficients, meta)
+    scalar = torch.empty((), dtype=getattr(meta.get(coefficients), "dtype", torch.float32))
+    entries: dict[tuple[int, int], fx.Node] = {}
+
+    def entry(row: int, col: int) -> fx.Node:
+        if (row, col) not in entries:
+            r = g.call_function(aten.select.int, (coeff, 0, row))
+            r.meta["val"] = torch.empty(meta[coefficients].shape[1:], dtype=scalar.dtype)
+            e = g.call_function(aten.select.int, (r, 0, col))
+            e.meta["val"] = scalar
+            entries[(row, col)] = e
+        return entries[(row, col)]
+
+    outs = []
+    for inputs, outputs in groups:
+        for row, out_name in enumerate(outputs):
+            acc = None
+            for col, name in enumerate(inputs):
+                term = _binary(g, aten.mul.Tensor, ph[name], entry(row, col))
+                acc = term if acc is None else _binary(g, aten.add.Tensor, acc, term)
+            outs.append((out_name, acc))
+    return _module(g, outs, "LinearMix")

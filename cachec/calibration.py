@@ -1,0 +1,443 @@
+"""Calibration: measure what reuse costs at each step, then spend a fixed NFE budget best.
+
+``cachec calibrate`` runs the uncached model over a trajectory on S calibration inputs and
+measures, for every pair (last full step i, later step j), the error of step j's output when
+it is served from step i's caches instead of computed: ``e[i][j] = rms(out_j(cached) − out_j)``.
+Each step's error is weighted by the step's *gain*, how much an output error moves the next
+latent (from the scheduler), so ``Σ_j gain_j·e[last_full(j)][j]`` is a first-order prediction of
+the final latent's error (it ignores how the model itself propagates an error). For the
+``forecast`` base (TaylorSeer order 1) the error depends on the last two full steps, so it is
+measured for every (p, i, j).
+
+Given the measurements, :func:`budget_schedule` finds, by dynamic programming over (number of
+full steps, last full step[, the one before]), the schedule with exactly K full steps that
+minimises the predicted error. That answers "best quality at a fixed NFE" and makes the cost of
+a trajectory deterministic. The file also records MagCache's magnitude ratios
+``γ_t = mean_tokens(‖r_t‖/‖r_{t−1}‖)`` of the block-stack residual r, from the same runs.
+
+Calibration file (JSON): ``format``, ``version``, ``model``, ``steps`` T, ``samples``, ``seed``,
+``max_gap``, ``gains`` [T], ``ratios`` [T], ``errors``: ``{"module": T×T, "step": T×T, "forecast":
+{"p,i": [errors for j = i+1 .. ]}}`` (p = -1: no earlier full step, j up to T-1; otherwise
+``i − p ≤ max_gap`` and j up to ``i + max_gap``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import torch
+
+from .errors import PolicyError
+
+FORMAT = "cachec-calibration"
+VERSION = 1
+BASE_POLICIES = {"module": "fora:2", "step": "static:FR", "forecast": "taylorseer:2,O=1,warmup=0"}
+
+
+# --------------------------------------------------------------------------------------------
+# schedules
+
+
+def forced_steps(steps: int, warmup: int, final: int) -> set[int]:
+    return {0} | set(range(min(warmup, steps))) | set(range(max(steps - final, 0), steps))
+
+
+def _check_budget(steps: int, nfe: int, forced: set[int]) -> None:
+    if nfe > steps:
+        raise PolicyError(f"budget: nfe={nfe} full steps is more than the trajectory's {steps} steps; "
+                          f"accepted: {len(forced)} .. {steps}")
+    if nfe < len(forced):
+        raise PolicyError(f"budget: nfe={nfe} is fewer than the {len(forced)} steps that are always full "
+                          f"(step 0, warmup and final); accepted: {len(forced)} .. {steps}")
+
+
+def even_schedule(steps: int, nfe: int, *, warmup: int = 0, final: int = 0) -> str:
+    """K full steps as evenly spaced as the forced ones allow: ``round(i·T/K)``, then, if forced
+    steps took some of those places, the midpoints of the widest gaps."""
+    forced = forced_steps(steps, warmup, final)
+    _check_budget(steps, nfe, forced)
+    full = set(forced)
+    for i in range(nfe):
+        if len(full) == nfe:
+            break
+        full.add(round(i * steps / nfe))
+    while len(full) < nfe:
+        marks = sorted(full) + [steps]
+        a, b = max(zip(marks, marks[1:], strict=False), key=lambda ab: ab[1] - ab[0])
+        full.add((a + b) // 2)
+    return "".join("F" if s in full else "R" for s in range(steps))
+
+
+def budget_schedule(calib: dict, nfe: int, base: str, *, warmup: int = 0, final: int = 0) -> tuple[str, float]:
+    """The schedule of exactly ``nfe`` full steps with the least predicted error, and that error."""
+    steps = calib["steps"]
+    forced = forced_steps(steps, warmup, final)
+    _check_budget(steps, nfe, forced)
+    errors = calib["errors"].get(base)
+    if errors is None:
+        raise PolicyError(f"the calibration file has no measurements for base={base} (it has "
+                          f"{', '.join(calib['errors']) or 'none'}); run `cachec calibrate --bases {base}`")
+    gains = calib["gains"]
+    if base == "forecast":
+        def cost(p: int, i: int, j: int) -> float:
+            row = errors.get(f"{p},{i}")
+            if row is None or j - i - 1 >= len(row):
+                return math.inf  # a gap longer than the calibration's max_gap
+            return gains[j] * row[j - i - 1]
+    else:
+        def cost(p: int, i: int, j: int) -> float:
+            return gains[j] * errors[i][j]
+    return _dp(steps, nfe, forced, cost, pairs=base == "forecast")
+
+
+def predicted_error(calib: dict, schedule: str, base: str) -> float:
+    """``Σ_j gain_j · e[last full][j]`` of a given schedule (the DP's objective)."""
+    gains, errors = calib["gains"], calib["errors"][base]
+    total, prev, last = 0.0, -1, None
+    for j, c in enumerate(schedule):
+        if c == "F":
+            prev, last = last if last is not None else -1, j
+            continue
+        if base == "forecast":
+            row = errors.get(f"{prev},{last}")
+            total += gains[j] * row[j - last - 1] if row is not None and j - last - 1 < len(row) else math.inf
+        else:
+            total += gains[j] * errors[last][j]
+    return total
+
+
+def _dp(steps: int, nfe: int, forced: set[int], cost, *, pairs: bool) -> tuple[str, float]:
+    """Minimise the summed cost of cached steps over schedules of ``nfe`` full steps.
+
+    States are the last full step (``pairs``: the last two). ``seg[(p, i)][n]`` is the cost of the
+    cached steps between full steps i and n; no forced step may lie strictly inside a gap.
+    """
+    next_forced = [min([f for f in forced if f > i] + [steps]) for i in range(steps)]
+    seg_cache: dict[tuple[int, int], list[float]] = {}
+
+    def seg(p: int, i: int) -> list[float]:
+        """seg(p, i)[n - i - 1] = cost of steps i+1 .. n-1 served from full step i (n = i+1 .. T)."""
+        key = (p if pairs else -2, i)
+        if key not in seg_cache:
+            acc, out = 0.0, [0.0]
+            for j in range(i + 1, steps):
+                acc += cost(p, i, j)
+                out.append(acc)
+            seg_cache[key] = out
+        return seg_cache[key]
+
+    # best[(p, i)] = (cost, back-pointer) with k full steps, last at i, the one before p
+    best: dict[tuple[int, int], tuple[float, tuple | None]] = {(-1, 0): (0.0, None)}
+    layers = [best]
+    for _ in range(1, nfe):
+        nxt: dict[tuple[int, int], tuple[float, tuple | None]] = {}
+        for (p, i), (c, _) in best.items():
+            costs = seg(p, i)
+            for n in range(i + 1, min(next_forced[i], steps - 1) + 1):
+                total = c + costs[n - i - 1]
+                key = (i, n) if pairs else (-1, n)
+                if key not in nxt or total < nxt[key][0]:
+                    nxt[key] = (total, (p, i))
+        best = nxt
+        layers.append(best)
+    final = None
+    for (p, i), (c, _) in best.items():
+        if next_forced[i] < steps:
+            continue  # a forced step after the last full one
+        total = c + seg(p, i)[steps - i - 1]
+        if final is None or total < final[0]:
+            final = (total, (p, i))
+    if final is None or math.isinf(final[0]):
+        raise PolicyError(f"budget: no schedule of {nfe} full steps covers the forced steps {sorted(forced)} with gaps "
+                          "the calibration measured; recalibrate with a larger --max-gap")
+    full, key = [], final[1]
+    for layer in reversed(layers):
+        full.append(key[1])
+        key = layer[key][1]
+    marks = set(full)
+    return "".join("F" if s in marks else "R" for s in range(steps)), final[0]
+
+
+# --------------------------------------------------------------------------------------------
+# the calibration file
+
+
+def read_calibration(path: str | Path) -> dict:
+    """Read and check a calibration file; every defect is a :class:`PolicyError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(f"calibration file {path} does not exist; write one with `cachec calibrate MODEL --out {path}`")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"calibration file {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise PolicyError(f"{path} is not a cachec calibration file (format field is not {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise PolicyError(f"{path} has calibration version {data.get('version')!r}; this cachec reads {VERSION}")
+    steps = data.get("steps")
+    if not isinstance(steps, int) or steps < 1:
+        raise PolicyError(f"{path}: 'steps' should be a positive integer, got {steps!r}")
+
+    def numbers(value, n, where):
+        if (not isinstance(value, list) or len(value) != n
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)):
+            raise PolicyError(f"{path}: {where} should be a list of {n} finite numbers (one per step of the "
+                              f"{steps}-step calibration); got {_show(value)}")
+
+    numbers(data.get("gains"), steps, "'gains'")
+    numbers(data.get("ratios"), steps, "'ratios'")
+    errors = data.get("errors")
+    if not isinstance(errors, dict):
+        raise PolicyError(f"{path}: 'errors' should be an object with measurements per base")
+    for base, e in errors.items():
+        if base in ("module", "step"):
+            if not isinstance(e, list) or len(e) != steps:
+                raise PolicyError(f"{path}: errors.{base} should be a {steps}x{steps} matrix, got {_show(e)}")
+            for i, row in enumerate(e):
+                numbers(row, steps, f"errors.{base}[{i}]")
+        elif base == "forecast":
+            gap = data.get("max_gap")
+            if not isinstance(gap, int) or gap < 1:
+                raise PolicyError(f"{path}: 'max_gap' should be a positive integer, got {gap!r}")
+            if not isinstance(e, dict):
+                raise PolicyError(f"{path}: errors.forecast should be an object keyed 'p,i'")
+            for i in range(steps):
+                numbers(e.get(f"-1,{i}"), steps - i - 1, f"errors.forecast['-1,{i}']")
+                for p in range(max(0, i - gap), i):
+                    numbers(e.get(f"{p},{i}"), min(i + gap, steps - 1) - i, f"errors.forecast['{p},{i}']")
+        else:
+            raise PolicyError(f"{path}: unknown base {base!r} in errors; known: module, step, forecast")
+    return data
+
+
+def _show(value) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return type(value).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# measuring
+
+
+def _rms(x: torch.Tensor) -> float:
+    return float(x.double().pow(2).mean().sqrt())
+
+
+@torch.no_grad()
+def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, bases=("module", "step", "forecast"),
+              max_gap: int = 10, progress=None) -> dict:
+    """Measure reuse errors for ``bases`` and the MagCache ratios on ``samples`` inputs (one batch).
+
+    ``make_program(spec)`` returns a planned :class:`~cachec.program.Program` for a policy spec.
+    Two programs serve all bases: the block-stack residual (``step``, and the ratios), and
+    TaylorSeer order 1 on module streams, whose forecast without an earlier full step is FORA's
+    reuse (``module``) and with one is the ``forecast`` base.
+    """
+    say = progress or (lambda msg: None)
+    unknown = [b for b in bases if b not in BASE_POLICIES]
+    if unknown:
+        raise PolicyError(f"calibrate: unknown base {unknown[0]!r}; accepted: {', '.join(BASE_POLICIES)}")
+    errors: dict[str, object] = {}
+    stack = _Recorder(make_program(BASE_POLICIES["step"]), BASE_POLICIES["step"], steps)
+    say(f"calibrate: uncached trajectory, {steps} steps x {samples} samples")
+    gains = stack.record(bundle, seed, samples)
+    ratios = _magnitude_ratios([r[2] for r in stack.records])
+    if "step" in bases:
+        say("calibrate: reuse errors of the block-stack residual (base=step)")
+        errors["step"] = stack.reuse_errors()
+    if "module" in bases or "forecast" in bases:
+        fc = _Recorder(make_program(BASE_POLICIES["forecast"]), BASE_POLICIES["forecast"], steps)
+        say("calibrate: module features of the uncached trajectory")
+        fc.record(bundle, seed, samples)
+        say("calibrate: reuse and forecast errors of module streams (base=module, forecast)")
+        forecast = fc.forecast_errors(max_gap)
+        if "module" in bases:
+            errors["module"] = [[0.0] * (i + 1) + forecast[f"-1,{i}"] for i in range(steps)]
+        if "forecast" in bases:
+            errors["forecast"] = forecast
+    return {"format": FORMAT, "version": VERSION, "model": bundle.name, "steps": steps, "samples": samples,
+            "seed": seed, "max_gap": max_gap, "gains": gains, "ratios": ratios, "errors": errors}
+
+
+class _Recorder:
+    """Runs a program's paths directly: records the uncached trajectory (inputs, output, caches
+    after each step), then serves later steps from earlier steps' caches, many cache states per
+    call stacked along the batch (the programs keep the batch dynamic)."""
+
+    MAX_STATES = 64  # cache states stacked into one call
+
+    def __init__(self, program, spec: str, steps: int):
+        from .runtime import CacheRuntime
+
+        self.program, self.steps = program, steps
+        self.rt = CacheRuntime(program, spec, num_steps=steps)
+        self.records: list[tuple[dict, torch.Tensor, dict]] = []
+
+    def _coeffs(self, name: str, matrix, device) -> torch.Tensor:
+        return torch.tensor(matrix, dtype=getattr(torch, self.program.values[name].dtype), device=device)
+
+    def record(self, bundle, seed: int, samples: int) -> list[float]:
+        from .forecast import UPDATE, Taylor
+        from .runtime import BranchState
+        from .sampling import sample
+
+        out = self.program.output
+
+        def full_step(**kw):
+            inputs = self.rt._bind((), {k: v for k, v in kw.items() if k != "return_dict"})
+            env, branch = dict(inputs), BranchState()
+            self.rt._allocate_caches(branch, inputs)  # zero state: every step is a first full step
+            if UPDATE in self.program.values:
+                env[UPDATE] = self._coeffs(UPDATE, Taylor(1).update(0, 1), next(iter(inputs.values())).device)
+            self.rt.paths["full"](env, branch.caches)
+            self.records.append((inputs, env[out].clone(), {k: v.clone() for k, v in branch.caches.items()}))
+            return (env[out],)
+
+        gains: list[float] = []
+        sample(full_step, bundle, self.steps, seed, samples, gains=gains)
+        return gains
+
+    def _batched(self, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
+        spec = self.program.values.get(name)
+        dim = spec.shape.index("B") if spec is not None and "B" in spec.shape else None
+        return tensors[0] if dim is None else torch.cat(tensors, dim=dim)
+
+    def serve(self, j: int, states: list[dict], extra: dict | None = None) -> list[float]:
+        """rms error of step j's output served from each cache state (vs the uncached output)."""
+        errs = []
+        inputs, ref = self.records[j][0], self.records[j][1]
+        for k in range(0, len(states), self.MAX_STATES):
+            chunk = states[k:k + self.MAX_STATES]
+            env = {n: self._batched(n, [v] * len(chunk)) for n, v in inputs.items()}
+            env.update(extra or {})
+            caches = {c: self._batched(c, [s[c] for s in chunk]) for c in chunk[0]}
+            self.rt.paths["reuse"](env, caches)
+            for y in env[self.program.output].chunk(len(chunk), dim=0):
+                errs.append(_rms(y - ref))
+        return errs
+
+    def reuse_errors(self) -> list[list[float]]:
+        """``e[i][j]``: step j served from the caches of full step i (0 where j <= i)."""
+        m = [[0.0] * self.steps for _ in range(self.steps)]
+        for j in range(1, self.steps):
+            for i, e in enumerate(self.serve(j, [self.records[i][2] for i in range(j)])):
+                m[i][j] = e
+        return m
+
+    def forecast_errors(self, max_gap: int) -> dict[str, list[float]]:
+        """TaylorSeer-1 errors for (previous full p, last full i, step j), p = -1 meaning none.
+
+        With no earlier full step the forecast is FORA's reuse (order 0 is all that exists), served
+        for every (i, j). With one, only gaps ``i − p`` and ``j − i`` up to ``max_gap`` are
+        measured: the cost is cubic in the steps otherwise, and a budget schedule with longer gaps
+        is rarely the best. The state after full steps p and i is the method's own update applied
+        on the host to the recorded D_0 of both steps — the map the update segment computes.
+        """
+        from .forecast import PREDICT, Taylor
+
+        method = Taylor(1)
+        device = self.records[0][1].device
+        out: dict[str, list[float]] = {}
+        reuse = {i: [] for i in range(self.steps)}
+        order0 = {PREDICT: self._coeffs(PREDICT, method.predict(1, 1), device)}  # F̂ = D_0 for any x
+        for j in range(1, self.steps):
+            for i, e in enumerate(self.serve(j, [self.records[i][2] for i in range(j)], order0)):
+                reuse[i].append(e)
+        for i in range(self.steps):
+            out[f"-1,{i}"] = reuse[i]
+        for i in range(1, self.steps):
+            fresh = self.records[i][2]
+            ps = list(range(max(0, i - max_gap), i))
+            states = []
+            for p in ps:
+                u, old = method.update(1, i - p), self.records[p][2]
+                state = {}
+                for name, d0 in fresh.items():
+                    if name.endswith("__d0"):
+                        stem = name[: -len("d0")]
+                        state[name] = d0
+                        state[stem + "d1"] = u[1][0] * d0 + u[1][1] * old[name] + u[1][2] * old[stem + "d1"]
+                states.append(state)
+            rows = {p: [] for p in ps}
+            for j in range(i + 1, min(i + max_gap, self.steps - 1) + 1):
+                coeffs = {PREDICT: self._coeffs(PREDICT, method.predict(j - i, 2), device)}
+                for p, e in zip(ps, self.serve(j, states, coeffs), strict=True):
+                    rows[p].append(e)
+            out.update({f"{p},{i}": rows[p] for p in ps})
+        return out
+
+
+def _magnitude_ratios(caches: list[dict]) -> list[float]:
+    """MagCache's ``γ_t = mean_tokens(‖r_t‖₂ / ‖r_{t−1}‖₂)`` of the stack residual (img stream), γ_0 = 1."""
+    name = next(n for n in caches[0] if n.startswith("cache__stack"))
+    ratios = [1.0]
+    for prev, cur in zip(caches, caches[1:], strict=False):
+        r0, r1 = prev[name].double(), cur[name].double()
+        dim = -1 if r0.dim() == 3 else 1  # tokens x features, or channels of a feature map
+        ratios.append(float((r1.norm(dim=dim) / r0.norm(dim=dim).clamp_min(1e-12)).mean()))
+    return ratios
+
+
+# --------------------------------------------------------------------------------------------
+# threshold -> NFE map
+
+
+def parse_threshold_map(spec: str) -> tuple[str, list[float]]:
+    """``teacache:0.05,0.1,0.2`` or ``fbcache:0.02..0.2/10`` -> (policy name, thresholds)."""
+    from .policy import POLICIES
+
+    name, _, values = spec.partition(":")
+    cls = POLICIES.get(name.strip())
+    if cls is None or not cls.dynamic and name.strip() != "magcache":
+        dynamic = sorted(n for n, c in POLICIES.items() if c.dynamic) + ["magcache"]
+        raise PolicyError(f"--threshold-map: {name!r} is not a threshold policy; accepted: {', '.join(dynamic)}")
+    try:
+        if ".." in values:
+            lo_hi, _, count = values.partition("/")
+            lo, hi = (float(v) for v in lo_hi.split(".."))
+            n = int(count or 8)
+            if n < 1 or hi < lo:
+                raise ValueError
+            thresholds = [lo + (hi - lo) * k / max(n - 1, 1) for k in range(n)]
+        else:
+            thresholds = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        thresholds = []
+    if not thresholds:
+        raise PolicyError(f"--threshold-map {spec!r}: give NAME:T1,T2,... or NAME:LO..HI/COUNT (e.g. teacache:0.05..0.4/8)")
+    return name.strip(), thresholds
+
+
+def threshold_map(bundle, make_program, spec: str, *, steps: int, samples: int, extra: str = "", progress=None) -> list[dict]:
+    """For each threshold: full steps and NFE over ``samples`` seeds (batch 1 each), min/median/max.
+
+    Dynamic policies decide per trajectory from the content, so the spread over seeds is what a
+    user choosing a threshold for a compute budget needs to see, not one number."""
+    from .policy import parse_policy
+    from .runtime import CacheRuntime
+    from .sampling import sample
+
+    say = progress or (lambda msg: None)
+    name, thresholds = parse_threshold_map(spec)
+    main = parse_policy(name + (":" + extra if extra else "")).main
+    specs = [parse_policy(f"{name}:{main}={t:g}" + ("," + extra if extra else "")).spec for t in thresholds]
+    program = make_program(specs[0])
+    rows = []
+    for pol in specs:
+        rt = CacheRuntime(program, pol, num_steps=steps)
+        nfes, fulls = [], []
+        for seed in range(samples):
+            rt.reset(steps)
+            sample(rt, bundle, steps, seed, 1)
+            nfes.append(rt.stats.nfe)
+            fulls.append(len(rt.stats.full_steps))
+        say(f"threshold map: {pol}: full steps {fulls}")
+        rows.append({"policy": pol, "full_min": min(fulls), "full_median": statistics.median(fulls),
+                     "full_max": max(fulls), "nfe_min": min(nfes), "nfe_median": statistics.median(nfes),
+                     "nfe_max": max(nfes)})
+    return rows
