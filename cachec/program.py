@@ -148,6 +148,7 @@ class Program:
 
 _DESCRIBED_META = (
     "model_class", "policy", "blocks", "regions", "signal", "base_path", "batch_dims", "none_flops", "max_batch",
+    "tokens",
 )
 
 
@@ -172,7 +173,8 @@ DESCRIPTION = record(
      "values": map_of(VALUE_SPEC),
      "meta": record({"policy": NAME, "blocks": list_of(NAME)},
                   {"model_class": STR, "regions": list_of(ANY), "signal": nullable(NAME), "base_path": list_of(NAME),
-                   "batch_dims": map_of(NAT), "none_flops": nullable(NUM), "max_batch": POS})},
+                   "batch_dims": map_of(NAT), "none_flops": nullable(NUM), "max_batch": POS,
+                   "tokens": ANY})},
 )
 
 

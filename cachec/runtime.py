@@ -28,6 +28,8 @@ from .capture import flatten_inputs
 from .errors import PolicyError, ShapeError
 from .policy import Policy, parse_policy
 from .program import Program
+from .token_planner import check_token_backend
+from .token_runtime import run_token_step
 
 log = logging.getLogger("cachec")
 
@@ -121,6 +123,8 @@ class CacheRuntime(torch.nn.Module):
                 "variants: compile for it, change only run-time parameters (intervals, thresholds, "
                 "warmup/final), or use 'none'"
             )
+        if self.policy.granularity == "token":  # ToCa / DuCa (cachec/token_planner.py, token_runtime.py)
+            check_token_backend(backend, self.policy.name)
         self.backend = get_backend(backend)
         self.paths = self.backend.lower(program, **(backend_options or {}))
         self.num_steps = num_steps
@@ -303,8 +307,11 @@ class CacheRuntime(torch.nn.Module):
         batch = self._batch(inputs)
         step, ctl, stats = branch.step, branch.controller, branch.history[-1]
         flops = 0.0
-        signal = None
-        if self.policy.dynamic:
+        signal = letter = None
+        if self.policy.granularity == "token":  # full, partial or reuse, with token selection
+            letter, flops = run_token_step(self, env, branch, batch, step)
+            full = letter == "F"
+        elif self.policy.dynamic:
             flops += self._run("head", env, branch)
             signal = float(env[self.program.meta["signal"]])
             full = ctl.decide(step, signal)
@@ -312,7 +319,7 @@ class CacheRuntime(torch.nn.Module):
         else:
             full = ctl.decide(step)
             flops += self._run("full" if full else "reuse", env, branch)
-        stats.schedule += "F" if full else "R"
+        stats.schedule += letter or ("F" if full else "R")
         stats.step_flops.append(flops * batch)
         stats.signals.append(signal)
         stats.flops += flops * batch
