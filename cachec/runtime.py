@@ -124,7 +124,7 @@ class CacheRuntime(torch.nn.Module):
                 "warmup/final), or use 'none'"
             )
         if self.policy.granularity == "token":  # ToCa / DuCa (cachec/token_planner.py, token_runtime.py)
-            check_token_backend(backend, self.policy.name)
+            check_token_backend(backend, self.policy)
         self.backend = get_backend(backend)
         self.paths = self.backend.lower(program, **(backend_options or {}))
         self.num_steps = num_steps

@@ -143,10 +143,24 @@ def _recount(planner, seg, regions: list[dict]) -> None:
         seg.flops = graph_flops(seg.module, 1)
 
 
-def check_token_backend(backend: str, policy_name: str) -> None:
-    """Token variants change their token count every step; only some backends can run that."""
-    if backend not in TOKEN_BACKENDS:
+def check_token_backend(backend: str, policy) -> None:
+    """Token variants change their token count every step; only some backends can run that.
+
+    ``select=attn`` is named on its own: it materialises attention maps, which the fused attention
+    kernels of ONNX Runtime / TensorRT engines never expose.
+    """
+    from .policy import parse_policy
+
+    policy = parse_policy(policy)
+    if backend in TOKEN_BACKENDS:
+        return
+    if policy.params["select"] == "attn":
         raise PolicyError(
-            f"{policy_name}: partial (gather/scatter) variants need a dynamic token count, which the {backend} backend "
-            f"does not lower yet; use --backend {' or '.join(TOKEN_BACKENDS)}"
+            f"{policy.name}: select=attn needs a materialised attention map (ToCa's attention score), which the "
+            f"{backend} backend cannot provide; use select=knorm, vnorm or random, or --backend "
+            f"{' or '.join(TOKEN_BACKENDS)}"
         )
+    raise PolicyError(
+        f"{policy.name}: partial (gather/scatter) variants change their token count every step, which the {backend} "
+        f"backend does not lower yet; use --backend {' or '.join(TOKEN_BACKENDS)}"
+    )
