@@ -218,7 +218,8 @@ class _Rewriter:
             else:
                 axis = axis - 1 if d < axis else axis
         elif t in _AXIS_OPS or t in _REDUCTIONS or t is aten.cat.default:
-            dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+            pos = 2 if t is aten.linalg_vector_norm.default else 1  # norm(x, ord, dim)
+            dims = n.args[pos] if len(n.args) > pos else n.kwargs.get("dim")
             dims = dims if isinstance(dims, (list, tuple)) else [dims]
             if t in _REDUCTIONS and (dims == [None] or not dims):
                 raise TokenwiseError(f"{n.name}: {t} reduces over every axis, the tokens included")

@@ -23,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import cachec
 from cachec.capture import _flatten, capture
 from cachec.cli import main
-from cachec.models import ModelBundle, example_inputs
 from cachec.graph_keys import OUTPUTS_KEY
+from cachec.models import ModelBundle, example_inputs
 from cachec.passes.gather_scatter import TokenwiseError, token_variant
 from cachec.planner import Planner
 from cachec.token_policy import TokenController, n_eff
