@@ -424,3 +424,31 @@ def test_r0_with_reused_self_attention_equals_reusing_only_self_attention(short)
     assert rt.stats.schedule == "FPPFPPFPPFPP"
     for s, (a, b) in enumerate(zip(outs, outs_ref, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m, s=s: f"step {s}: {m}")
+
+
+def test_grid_bonus_and_staleness_in_the_score():
+    """ToCa's s3/s4 terms, against a loop: the top token of each g×g cell gets bonus·max, and a
+    large staleness weight makes the least recently computed tokens win."""
+    from cachec.token_runtime import TokenState, grid_bonus, select
+
+    g = torch.Generator().manual_seed(0)
+    score = torch.rand(2, 16, generator=g)
+    want = torch.zeros_like(score)
+    for b in range(2):
+        grid = score[b].view(4, 4)
+        for i in range(0, 4, 2):
+            for j in range(0, 4, 2):
+                cell = grid[i:i + 2, j:j + 2]
+                r, c = divmod(int(cell.argmax()), 2)
+                want[b, (i + r) * 4 + (j + c)] = 0.6 * float(score[b].max())
+    torch.testing.assert_close(grid_bonus(score, 2, 0.6), want)
+    with pytest.raises(cachec.PolicyError, match="square token grid"):
+        grid_bonus(torch.rand(1, 12), 2, 0.6)
+
+    state = TokenState(0)
+    region = {"tokens": 16, "index": "i", "score": "s", "region": "r"}
+    state.stale["i"] = torch.arange(16.0).repeat(2, 1)  # token 15 is the stalest
+    p = {"select": "knorm", "stale": 100.0, "grid": 0, "bonus": 0.6}
+    idx = select(p, state, region, 3, {"s": score}, 2, "cpu")
+    assert idx.tolist() == [[13, 14, 15]] * 2
+    assert state.stale["i"][0, 13:].tolist() == [0, 0, 0] and state.stale["i"][0, 0] == 1
