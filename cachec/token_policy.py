@@ -40,6 +40,7 @@ Choices where the sources leave room (documented and tested):
 
 from __future__ import annotations
 
+import logging
 import math
 
 from .errors import PolicyError
@@ -52,6 +53,7 @@ SCHEDULES = ("toca", "interval")
 CYCLES = ("alternate", "conservative", "aggressive")
 # backends that run a token variant (its token count changes from step to step)
 TOKEN_BACKENDS = ("eager",)
+log = logging.getLogger("cachec")
 
 
 def _choice(policy: str, key: str, value: str, accepted: tuple[str, ...], extra: str = "") -> None:
@@ -90,8 +92,10 @@ class TokenController(Controller):
 
     def __init__(self, policy, num_steps):
         super().__init__(policy, num_steps)
-        p = policy.params
-        self.interval = p["schedule"] == "interval" or not num_steps
+        self.interval = policy.params["schedule"] == "interval" or not num_steps
+        if policy.params["schedule"] == "toca" and not num_steps:
+            log.info("%s: the trajectory length is unknown, so the schedule is full every N steps "
+                     "(schedule=toca needs num_steps)", policy.name)
 
     def _position(self, step: int) -> int:
         """Position of ``step`` in its cycle (0 = a full step by the schedule)."""
