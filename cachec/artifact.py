@@ -152,6 +152,10 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
     out = Path(out)
     if out.exists() and not force:
         raise ArtifactError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if program.meta.get("tokens"):  # ToCa / DuCa variants run on some backends only
+        from .token_planner import check_token_backend
+
+        check_token_backend(backend, program.meta["policy"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -39,13 +39,22 @@ class BenchError(CachecError, ValueError):
 # arguments
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def split_policies(text: str | list[str]) -> list[str]:
     """Split ``"fora:2,delta:2,blocks=1-4,fbcache:0.05"`` into policy specs.
 
     Why not a plain ``split(",")``: policy arguments are comma-separated too. A piece whose part
     before the first ``:`` contains ``=`` (``blocks=1-4``, ``N=4``) continues the previous spec;
     anything else starts a new one. Each spec is parsed (bad ones raise :class:`PolicyError`) and
-    normalised; duplicates are dropped and ``none`` — the reference — always comes first.
+    normalised; duplicates are dropped and ``none`` — the reference — always comes first. A bare
+    number (``toca:3,0.9``: the second positional value) also continues the previous spec.
     """
     texts = [text] if isinstance(text, str) else list(text)
     specs: list[str] = []
@@ -53,7 +62,7 @@ def split_policies(text: str | list[str]) -> list[str]:
         for piece in (p.strip() for p in t.split(",")):
             if not piece:
                 raise BenchError(f"empty entry in --policies {t!r}; give specs separated by commas, e.g. fora:2,fbcache:0.05")
-            if "=" in piece.split(":", 1)[0] and specs:
+            if specs and ("=" in piece.split(":", 1)[0] or _is_number(piece)):
                 specs[-1] += "," + piece
             else:
                 specs.append(piece)

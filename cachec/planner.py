@@ -32,6 +32,7 @@ from .forecast import PREDICT, UPDATE, ForecastMethod
 from .policy import DeltaPolicy, Policy
 from .program import Program, Segment, ValueSpec, batch_symbol, cache_name, check_weight_ownership, split, value_spec
 from .regions import find_blocks, module_regions
+from .token_planner import plan_tokens
 
 _STRUCTURAL = {
     torch.ops.aten.add.Tensor, torch.ops.aten.cat.default, torch.ops.aten.slice.Tensor, torch.ops.aten.view.default,
@@ -208,6 +209,8 @@ class Planner:
             self._plan_forecast(method, policy.streams())
         elif g == "module":
             self._plan_module_reuse()
+        elif g == "token":  # ToCa / DuCa: gather/scatter variants (cachec/token_planner.py)
+            plan_tokens(self, policy)
         elif policy.name == "fbcache":
             self._plan_probe_skip(1, 0, "fbcache", "fb_b0", "fb_tail")
         elif policy.name == "dbcache":
@@ -446,6 +449,7 @@ class Planner:
                 "base_path": [s for s in self.order],
                 "batch_dims": self.captured.batch_dims,
                 "max_batch": self.captured.max_batch,
+                **({"tokens": self.token_meta} if getattr(self, "token_meta", None) else {}),
             },
         )
         coalesce(program)

@@ -79,6 +79,7 @@ class Policy:
     granularity = "step"
     dynamic = False
     main: str | None = None
+    positional: tuple[str, ...] = ()  # keys that may be given as bare leading values (toca:3,0.9); default (main,)
     own_params: tuple[Param, ...] = ()
     default_final = 0
     default_warmup = 0
@@ -628,6 +629,11 @@ POLICIES: dict[str, type[Policy]] = {
                         BudgetPolicy)
 }
 
+# token-wise policies (ToCa, DuCa) live in their own module, which imports this one
+from .token_policy import TOKEN_POLICIES  # noqa: E402
+
+POLICIES.update(TOKEN_POLICIES)
+
 
 # --------------------------------------------------------------------------------------------
 # parsing
@@ -661,17 +667,21 @@ def parse_policy(spec: str | Policy) -> Policy:
     cls = POLICIES[name]
     params_by_name = {p.name: p for p in cls.all_params()}
     values = {p.name: p.default for p in cls.all_params()}
+    positional = cls.positional or ((cls.main,) if cls.main is not None else ())
     if args.strip():
+        keyed = False
         for i, item in enumerate(args.split(",")):
             item = item.strip()
             if "=" in item:
                 key, _, raw = item.partition("=")
                 key = key.strip()
-            elif i == 0 and cls.main is not None:
-                key, raw = cls.main, item
+                keyed = True
+            elif not keyed and i < len(positional):
+                key, raw = positional[i], item
             else:
                 accepted = ", ".join(params_by_name)
-                raise PolicyError(f"{name}: {item!r} needs the form KEY=VALUE; keys: {accepted}")
+                bare = f" (bare values: {', '.join(positional)}, first and in that order)" if positional else ""
+                raise PolicyError(f"{name}: {item!r} needs the form KEY=VALUE; keys: {accepted}{bare}")
             if key not in params_by_name:
                 raise PolicyError(f"{name}: unknown key {key!r}; accepted keys: {', '.join(params_by_name)}")
             values[key] = _convert(name, params_by_name[key], raw.strip())

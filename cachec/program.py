@@ -155,7 +155,7 @@ class Program:
 
 _DESCRIBED_META = (
     "model_class", "policy", "blocks", "regions", "signal", "base_path", "batch_dims", "none_flops", "max_batch",
-    "feedback", "step_inputs", "policy_data",
+    "feedback", "step_inputs", "policy_data", "tokens",
 )
 
 
@@ -181,7 +181,8 @@ DESCRIPTION = record(
      "meta": record({"policy": NAME, "blocks": list_of(NAME)},
                   {"model_class": STR, "regions": list_of(ANY), "signal": nullable(NAME), "base_path": list_of(NAME),
                    "batch_dims": map_of(NAT), "none_flops": nullable(NUM), "max_batch": POS,
-                   "feedback": list_of(NAME), "step_inputs": list_of(NAME), "policy_data": nullable(map_of(ANY))})},
+                   "feedback": list_of(NAME), "step_inputs": list_of(NAME), "policy_data": nullable(map_of(ANY)),
+                   "tokens": ANY})},
 )
 
 

@@ -28,6 +28,8 @@ from .capture import flatten_inputs
 from .errors import PolicyError, ShapeError
 from .policy import Policy, parse_policy
 from .program import Program
+from .token_planner import check_token_backend
+from .token_runtime import run_token_step
 
 log = logging.getLogger("cachec")
 
@@ -124,6 +126,8 @@ class CacheRuntime(torch.nn.Module):
         if self.policy.needs_data and self.policy.data is None and program.meta.get("policy_data") \
                 and self.policy.data_source() == compiled.data_source():
             self.policy.data = program.meta["policy_data"]  # resolved at compile time (the artifact needs no file)
+        if self.policy.granularity == "token":  # ToCa / DuCa (cachec/token_planner.py, token_runtime.py)
+            check_token_backend(backend, self.policy)
         self.backend = get_backend(backend)
         self.paths = self.backend.lower(program, **(backend_options or {}))
         self.num_steps = num_steps
@@ -306,8 +310,11 @@ class CacheRuntime(torch.nn.Module):
         batch = self._batch(inputs)
         step, ctl, stats = branch.step, branch.controller, branch.history[-1]
         flops = 0.0
-        signal = None
-        if self.policy.dynamic:
+        signal = letter = None
+        if self.policy.granularity == "token":  # full, partial or reuse, with token selection
+            letter, flops = run_token_step(self, env, branch, batch, step)
+            full = letter == "F"
+        elif self.policy.dynamic:
             flops += self._run("head", env, branch)
             signal = float(env[self.program.meta["signal"]])
             full = ctl.decide(step, signal)
@@ -320,7 +327,7 @@ class CacheRuntime(torch.nn.Module):
         feedback = self.program.meta.get("feedback")
         if feedback and full and self.policy.dynamic:
             ctl.observe({n: float(env[n]) for n in feedback})
-        stats.schedule += "F" if full else "R"
+        stats.schedule += letter or ("F" if full else "R")
         stats.step_flops.append(flops * batch)
         stats.signals.append(signal)
         stats.flops += flops * batch
