@@ -3,9 +3,11 @@
 ``cachec calibrate`` runs the uncached model over a trajectory on S calibration inputs and
 measures, for every pair (last full step i, later step j), the error of step j's output when
 it is served from step i's caches instead of computed: ``e[i][j] = rms(out_j(cached) − out_j)``.
-Each step's error is weighted by the step's *gain*, how much an output error moves the next
-latent (from the scheduler), so ``Σ_j gain_j·e[last_full(j)][j]`` is a first-order prediction of
-the final latent's error (it ignores how the model itself propagates an error). For the
+Each step's error is weighted by the step's *gain*, how much an output error at that step shows
+in the final sample — measured by perturbing the step's output (in the direction a stale cache
+errs: the output's own step-to-step change) and running the rest of the trajectory — so
+``Σ_j gain_j·e[last_full(j)][j]`` is a first-order prediction of the final error (it treats
+errors of different steps as adding up, and measures them on the uncached trajectory). For the
 ``forecast`` base (TaylorSeer order 1) the error depends on the last two full steps, so it is
 measured for every (p, i, j).
 
@@ -245,7 +247,9 @@ def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, 
     errors: dict[str, object] = {}
     stack = _Recorder(make_program(BASE_POLICIES["step"]), BASE_POLICIES["step"], steps)
     say(f"calibrate: uncached trajectory, {steps} steps x {samples} samples")
-    gains = stack.record(bundle, seed, samples)
+    stack.record(bundle, seed, samples)
+    say("calibrate: how an output error at each step moves the final sample")
+    gains = stack.sensitivities(bundle)
     ratios = _magnitude_ratios([r[2] for r in stack.records])
     if "step" in bases:
         say("calibrate: reuse errors of the block-stack residual (base=step)")
@@ -281,7 +285,7 @@ class _Recorder:
     def _coeffs(self, name: str, matrix, device) -> torch.Tensor:
         return torch.tensor(matrix, dtype=getattr(torch, self.program.values[name].dtype), device=device)
 
-    def record(self, bundle, seed: int, samples: int) -> list[float]:
+    def record(self, bundle, seed: int, samples: int) -> None:
         from .forecast import UPDATE, Taylor
         from .runtime import BranchState
         from .sampling import sample
@@ -298,9 +302,45 @@ class _Recorder:
             self.records.append((inputs, env[out].clone(), {k: v.clone() for k, v in branch.caches.items()}))
             return (env[out],)
 
-        gains: list[float] = []
-        sample(full_step, bundle, self.steps, seed, samples, gains=gains)
-        return gains
+        sample(full_step, bundle, self.steps, seed, samples)
+
+    def sensitivities(self, bundle) -> list[float]:
+        """Per step j: ``rms(final' − final) / rms(δ)`` when step j's output is perturbed by δ and
+        every later step is computed — how much an output error at j shows in the sample.
+
+        δ follows the output's own step-to-step change (the direction a stale cache errs in),
+        scaled small enough to stay in the linear regime. All perturbed trajectories advance
+        together, batched, each with its own copy of the scheduler.
+        """
+        import copy
+
+        from .sampling import scheduler_output
+
+        latent, out_name = bundle.latent_input, self.program.output
+        scheduler = bundle.scheduler()
+        scheduler.set_timesteps(self.steps)
+        timesteps = list(scheduler.timesteps)
+        groups: list[list] = []  # [start step, latent, scheduler copy, delta rms]
+        ref_final = None
+        for k, t in enumerate(timesteps):
+            inputs, v = self.records[k][0], self.records[k][1]
+            x = inputs[latent]
+            if groups:
+                env = {n: self._batched(n, [val] * len(groups)) for n, val in inputs.items()}
+                env[latent] = torch.cat([g[1] for g in groups])
+                self.rt.paths["full"](env, {})
+                outs = env[out_name].chunk(len(groups))
+                for g, o in zip(groups, outs, strict=True):
+                    g[1] = g[2].step(scheduler_output(o, g[1]), t, g[1], return_dict=False)[0]
+            other = self.records[k - 1][1] if k > 0 else self.records[1][1]
+            direction = other - v
+            delta = direction * (1e-3 * _rms(v) / max(_rms(direction), 1e-12))
+            fork = copy.deepcopy(scheduler)
+            x_next = fork.step(scheduler_output(v + delta, x), t, x, return_dict=False)[0]
+            groups.append([k, x_next, fork, _rms(delta)])
+            x_ref = scheduler.step(scheduler_output(v, x), t, x, return_dict=False)[0]
+            ref_final = x_ref
+        return [_rms(g[1] - ref_final) / g[3] for g in groups]
 
     def _batched(self, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         spec = self.program.values.get(name)

@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import threading
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +56,30 @@ class Captured:
     @property
     def example_batch(self) -> int:
         return int(self.example_inputs[self.latent_input].shape[0])
+
+    def copy(self) -> Captured:
+        """A copy whose graph the planner's passes may rewrite in place, sharing every tensor.
+
+        Planning consumes its capture; copying one capture per policy is what lets ``cachec
+        bench``/``calibrate`` plan several policies after a single ``torch.export`` (the slow
+        part). Weights, constants, example inputs and the exported program are shared, never
+        duplicated.
+        """
+        import copy
+
+        gm = self.graph_module
+        shared: list[object] = [self.exported, *self.example_inputs.values()]
+        shared += list(gm.state_dict(keep_vars=True).values())
+        for node in gm.graph.nodes:
+            if node.op == "get_attr":
+                obj = gm
+                for part in str(node.target).split("."):
+                    obj = getattr(obj, part)
+                shared.append(obj)
+        memo = {id(obj): obj for obj in shared if obj is not None}
+        with warnings.catch_warnings():  # torch's own pytree deprecation notice while copying specs
+            warnings.simplefilter("ignore", FutureWarning)
+            return copy.deepcopy(self, memo)
 
 
 def flatten_inputs(kwargs: dict) -> dict[str, torch.Tensor]:

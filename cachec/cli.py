@@ -60,10 +60,9 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str |
 
     def make(pol):
         if pol not in cache:
-            # each plan consumes a fresh copy of the captured graph (passes rewrite it in place)
+            # each plan consumes its own copy of the captured graph (passes rewrite it in place)
             with busy(f"planning {pol}"):
-                cap = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
-                              latent_input=bundle.latent_input) if cache else captured
+                cap = captured.copy()
                 planner = Planner(cap)
                 program = planner.plan(parse_policy(pol))
             program.meta["none_flops"] = sum(s.flops for s in planner.segments.values())

@@ -111,7 +111,8 @@ class FoCa(ForecastMethod):
     the values one and two steps back. A cached step predicts with BDF2,
     ``F̃ = 4/3·P1 − 1/3·P2 + 2/3·G``, then corrects with Heun on the slopes ``G`` and ``F̃ − P1``:
     ``F̂ = P1 + (G + F̃ − P1)/2 = 7/6·P1 − 1/6·P2 + 5/6·G``, and shifts ``P2 ← P1, P1 ← F̂``.
-    It is exact for features linear in the step index.
+    It is exact for features linear in the step index once two consecutive full steps (the
+    warm-up) have set ``P1``, ``P2`` and ``G`` consistently.
     """
 
     name = "foca"

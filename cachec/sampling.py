@@ -34,22 +34,17 @@ def initial_inputs(bundle: ModelBundle, batch: int, seed: int) -> dict:
 
 
 def sample(denoiser, bundle: ModelBundle, steps: int, seed: int, batch: int, progress: bool = False,
-           callback: Callable[[int, torch.Tensor], None] | None = None,
-           gains: list[float] | None = None) -> Trajectory:
+           callback: Callable[[int, torch.Tensor], None] | None = None) -> Trajectory:
     """Run the sampler; ``callback(i, latent)``, if given, sees the latent after step ``i``.
 
     The callback is how ``cachec bench`` records the per-step error curve without a second pass;
-    it runs inside the timed loop, so keep it as cheap as a list append. ``gains``, if given,
-    receives per step how much an error in the model output moves the next latent
-    (``rms Δx / rms Δout``, measured on a copy of the scheduler): the weights with which
-    ``cachec calibrate`` turns per-step output errors into a predicted final error.
+    it runs inside the timed loop, so keep it as cheap as a list append.
     """
     kw = initial_inputs(bundle, batch, seed)
     latent_name = bundle.latent_input
     x = kw.pop(latent_name)
     scheduler = bundle.scheduler()
     scheduler.set_timesteps(steps)
-    latent_channels = x.shape[1]
     is_flux = bundle.class_name == "FluxTransformer2DModel"
     timesteps = scheduler.timesteps
     if progress:
@@ -65,10 +60,7 @@ def sample(denoiser, bundle: ModelBundle, steps: int, seed: int, batch: int, pro
             tt = (t / 1000.0 if is_flux else t).to(ref_t.dtype)
             tt = tt.expand(ref_t.shape) if ref_t.dim() else tt.reshape(())
             out = denoiser(**{latent_name: x, **kw, "timestep": tt}, return_dict=False)[0]
-            if x.dim() == 4 and out.shape[1] == 2 * latent_channels:  # learned sigma (DiT-XL/2)
-                out = out[:, :latent_channels]
-            if gains is not None:
-                gains.append(_output_gain(scheduler, out, t, x))
+            out = scheduler_output(out, x)
             x = scheduler.step(out, t, x, return_dict=False)[0]
             step_seconds.append(time.perf_counter() - t0)
             if callback is not None:
@@ -76,13 +68,9 @@ def sample(denoiser, bundle: ModelBundle, steps: int, seed: int, batch: int, pro
     return Trajectory(x, time.perf_counter() - start, step_seconds)
 
 
-def _output_gain(scheduler, out: torch.Tensor, t, x: torch.Tensor) -> float:
-    """``rms(step(out + e) − step(out)) / rms(e)`` for a small fixed perturbation ``e``; schedulers
-    are (locally) linear in the model output, so this is the output's weight in the next latent."""
-    import copy
-
-    e = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype).to(out.device)
-    e = e * (1e-3 * out.float().pow(2).mean().sqrt().clamp_min(1e-6))
-    a = copy.deepcopy(scheduler).step(out, t, x, return_dict=False)[0]
-    b = copy.deepcopy(scheduler).step(out + e, t, x, return_dict=False)[0]
-    return float((b - a).double().pow(2).mean().sqrt() / e.double().pow(2).mean().sqrt())
+def scheduler_output(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The part of the model output the scheduler steps with (a learned-sigma DiT-XL/2 returns
+    the noise prediction and the variance channels; the scheduler takes the former)."""
+    if x.dim() == 4 and out.shape[1] == 2 * x.shape[1]:
+        return out[:, : x.shape[1]]
+    return out
