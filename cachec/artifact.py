@@ -474,7 +474,12 @@ def load_program(path: str | Path, policy: str | None = None, *,
     )
     try:
         planner = Planner(captured)
-        program = planner.plan(parse_policy(policy or manifest["policy"]))
+        chosen = parse_policy(policy or manifest["policy"])
+        compiled = parse_policy(manifest["policy"])
+        data = manifest["program"]["meta"].get("policy_data")
+        if chosen.needs_data and data is not None and chosen.data_source() == compiled.data_source():
+            chosen.data = data  # calibration resolved at compile time: the artifact needs no file
+        program = planner.plan(chosen)
     except PolicyError as exc:
         if policy is not None:
             raise  # the caller's policy does not fit this model: their mistake, not the artifact's

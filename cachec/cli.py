@@ -182,10 +182,20 @@ def cmd_inspect(args) -> int:
     bundle, make, _ = _bundle_and_program(args.model, policy, 2, allow_version_mismatch=args.allow_version_mismatch)
     program, _ = make(policy)
     meta = program.meta
+    from .bench import cache_bytes
+
+    # a forecast policy's memory depends on its stream choice: show what each would hold
+    choices = {}
+    if "streams" in parse_policy(policy).params and bundle.model is not None:
+        for streams in ("module", "step"):
+            alt = make(parse_policy(f"{policy},streams={streams}").spec)[0]
+            choices[streams] = {"buffers": len(alt.caches()), "bytes_per_item": cache_bytes(alt, 1)}
     if args.json:
         print(json.dumps({"regions": meta["regions"], "segments": {
             n: {"role": s.role, "flops_per_sample": s.flops, "inputs": s.inputs, "outputs": s.outputs}
-            for n, s in program.segments.items()}, "variants": program.paths}, indent=1, default=str))
+            for n, s in program.segments.items()}, "variants": program.paths,
+            "cache_buffers": len(program.caches()), "cache_bytes_per_item": cache_bytes(program, 1),
+            "stream_choices": choices}, indent=1, default=str))
         return 0
     print(f"{meta['model_class']}: {len(meta['blocks'])} blocks, policy {policy}")
     print("\nregions (kind, name, share of FLOPs):")
@@ -205,10 +215,9 @@ def cmd_inspect(args) -> int:
         for c in dict.fromkeys(loads + stores):
             kinds = ("read" if c in loads else "") + ("/write" if c in stores else "")
             print(f"      {kinds.strip('/'):<10} {c}")
-    from .bench import cache_bytes as _cache_bytes
-
-    cache_bytes = _cache_bytes(program, 1)
-    print(f"\ncache buffers: {len(program.caches())}, {cache_bytes / 1e6:.3f} MB per batch item")
+    print(f"\ncache buffers: {len(program.caches())}, {cache_bytes(program, 1) / 1e6:.3f} MB per batch item")
+    for streams, c in choices.items():
+        print(f"  streams={streams:<7} {c['buffers']:>4} buffers, {c['bytes_per_item'] / 1e6:.3f} MB per batch item")
     return 0
 
 

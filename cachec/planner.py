@@ -30,7 +30,7 @@ from .errors import ModelError
 from .flops import graph_flops
 from .forecast import PREDICT, UPDATE, ForecastMethod
 from .policy import DeltaPolicy, Policy
-from .program import Program, Segment, ValueSpec, batch_symbol, cache_name, check_weight_ownership, split, value_spec
+from .program import CACHE_PREFIX, Program, Segment, ValueSpec, batch_symbol, cache_name, check_weight_ownership, split, value_spec
 from .regions import find_blocks, module_regions
 from .token_planner import plan_tokens
 
@@ -340,13 +340,13 @@ class Planner:
         for k, value in enumerate(streams):
             state = [cache_name(tag, str(k), s) for s in method.state_names()]
             for c in state:
-                self.meta[c] = self.meta[f"{c}__new"] = self.meta[value]
+                self.meta[c] = self.meta[_next(c)] = self.meta[value]
                 loads.append(("load", c, c))
-            update_groups.append(([value] + state, [f"{c}__new" for c in state]))
-            stores_full.extend(("store", f"{c}__new", c) for c in state)
+            update_groups.append(([value] + state, [_next(c) for c in state]))
+            stores_full.extend(("store", _next(c), c) for c in state)
             written = [state[i] for i in method.predict_writes]
-            predict_groups.append((state, [value] + [f"{c}__new" for c in written]))
-            stores_reuse.extend(("store", f"{c}__new", c) for c in written)
+            predict_groups.append((state, [value] + [_next(c) for c in written]))
+            stores_reuse.extend(("store", _next(c), c) for c in written)
         upd = self.add_segment(f"{tag}_fc_update", linear_mix(update_groups, UPDATE, self.meta), "cache")
         pred = self.add_segment(f"{tag}_fc_predict", linear_mix(predict_groups, PREDICT, self.meta), "cache")
         return loads + [("run", upd)] + stores_full, loads + [("run", pred)] + stores_reuse
@@ -364,17 +364,18 @@ class Planner:
                              "(a learned-sigma DiT doubles the channels)")
         x_prev, x_pf, v_pf, delta = (cache_name("easycache", n) for n in ("x_prev", "x_full", "v_full", "delta"))
         d, k, vnorm = "easycache__d", "easycache__k", "easycache__vnorm"
-        for c in (x_prev, x_pf, v_pf, delta, "easycache__x", f"{x_pf}__new", f"{v_pf}__new"):
+        for c in (x_prev, x_pf, v_pf, delta, "easycache__x", _next(x_pf), _next(v_pf)):
             self.meta[c] = self.meta[x]
         for c in (d, k, vnorm):
             self.meta[c] = torch.empty(())
         probe = self.add_segment("easycache_probe", latent_step_probe(x, x_prev, d, "easycache__x", self.meta), "probe")
-        write = self.add_segment("easycache_write", easycache_write(x, v, x_pf, v_pf, delta, k, vnorm, self.meta),
-                                 "cache")
+        write = self.add_segment(
+            "easycache_write", easycache_write(x, v, x_pf, v_pf, delta, k, vnorm, _next(x_pf), _next(v_pf), self.meta),
+            "cache")
         apply = self.add_segment("easycache_apply", delta_apply([StreamPair(v, x, delta)], self.meta), "cache")
         head = [("load", x_prev, x_prev), ("run", probe), ("store", "easycache__x", x_prev)]
         tail_full = list(self.paths["full"]) + [("load", x_pf, x_pf), ("load", v_pf, v_pf), ("run", write),
-                                                ("store", f"{x_pf}__new", x_pf), ("store", f"{v_pf}__new", v_pf),
+                                                ("store", _next(x_pf), x_pf), ("store", _next(v_pf), v_pf),
                                                 ("store", delta, delta)]
         tail_reuse = [("load", delta, delta), ("run", apply)]
         self.paths = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.paths["full"]}
@@ -462,6 +463,11 @@ class Planner:
             seg = segments[op[1]]
             return seg.inputs + seg.outputs
         return [op[1], op[2]]
+
+
+def _next(cache: str) -> str:
+    """The value a path computes as a cache's next content (not itself a cache buffer)."""
+    return "next__" + cache[len(CACHE_PREFIX):]
 
 
 def plan_program(captured: Captured, policy: Policy) -> Program:

@@ -79,10 +79,11 @@ def latent_step_probe(latent: str, previous: str, signal: str, emit_as: str, met
 
 
 def easycache_write(latent: str, output: str, latent_full: str, output_full: str, delta: str, rate: str,
-                    output_norm: str, meta: dict[str, object]) -> fx.GraphModule:
+                    output_norm: str, next_latent_full: str, next_output_full: str,
+                    meta: dict[str, object]) -> fx.GraphModule:
     """At an EasyCache full step: the transformation rate ``k = mean|v − v_pf| / mean|x − x_pf|``
     against the previous full step, ``mean|v|``, the new ``Δ = v − x`` and copies of ``x``, ``v``
-    (written as ``<cache>__new``, stored as the next full step's references)."""
+    (``next_*``, stored as the next full step's references)."""
     g = fx.Graph()
     names = (latent, output, latent_full, output_full)
     x, v, x_pf, v_pf = (g.placeholder(n) for n in names)
@@ -95,8 +96,8 @@ def easycache_write(latent: str, output: str, latent_full: str, output_full: str
     norm = _mean_abs(g, v, ex)
     d = _scalar(g, aten.sub.Tensor, (v, x), ex)
     outs = [(rate, k), (output_norm, norm), (delta, d),
-            (f"{latent_full}__new", _scalar(g, aten.clone.default, (x,), ex)),
-            (f"{output_full}__new", _scalar(g, aten.clone.default, (v,), ex))]
+            (next_latent_full, _scalar(g, aten.clone.default, (x,), ex)),
+            (next_output_full, _scalar(g, aten.clone.default, (v,), ex))]
     g.output(tuple(n for _, n in outs))
     gm = fx.GraphModule({}, g, class_name="EasyCacheWrite").eval()
     gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
