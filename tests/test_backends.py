@@ -174,3 +174,28 @@ def test_missing_backend_names_the_extra(backend, hidden, extra, monkeypatch, tm
     assert main(["compile", "builtin:tiny-dit", "--backend", backend, "--out", str(tmp_path / "o")]) == 2
     assert extra in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# forecast coefficients (runtime inputs), a stateful forecast (FoCa), tail feedback (EasyCache)
+# and a general probe/skip split (DBCache): the new kinds of segment I/O, on both exporters
+NEW_KINDS = ("foca:3,warmup=1", "taylorseer:3,streams=step", "easycache:0.1,warmup=2", "dbcache:1,t=0.3,W=3")
+
+
+@pytest.mark.parametrize("policy", NEW_KINDS)
+def test_onnxruntime_runs_forecast_and_feedback_policies(policy, tmp_path_factory, name="dit"):
+    model, program = program_for(name, policy)
+    d, files = onnx_dir_for(name, policy, tmp_path_factory.getbasetemp())
+    program.meta["onnx_files"] = files
+    eager = cachec.CacheRuntime(program, num_steps=20)
+    ort = cachec.CacheRuntime(program, num_steps=20, backend="onnxruntime", backend_options={"onnx_dir": d})
+    a, b = trajectory(eager, model), trajectory(ort, model)
+    assert eager.stats.schedule == ort.stats.schedule and "R" in eager.stats.schedule, eager.stats.schedule
+    assert ((a - b).norm() / a.norm()).item() <= 1e-4
+    tensorrt = pytest.importorskip("cachec.backends.tensorrt")  # and TensorRT builds every segment
+    try:
+        tensorrt.trt()
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    for seg in program.segments:
+        plan, _ = tensorrt.build_engine(d / files[seg], max_batch=64)
+        assert len(plan) > 0
