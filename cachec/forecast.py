@@ -123,7 +123,7 @@ class FoCa(ForecastMethod):
         return ["last", "slope", "prev1", "prev2"]
 
     def update(self, n_prev_full: int, delta: int) -> Matrix:
-        F, L, G, P1 = 0, 1, 2, 3
+        F, L, P1 = 0, 1, 3  # columns: [F, L, G, P1, P2]
         m = _zeros(4, 5)
         m[0][F] = 1.0  # L <- F
         if n_prev_full > 0:  # G <- (F - L) / delta

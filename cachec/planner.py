@@ -30,7 +30,17 @@ from .errors import ModelError
 from .flops import graph_flops
 from .forecast import PREDICT, UPDATE, ForecastMethod
 from .policy import DeltaPolicy, Policy
-from .program import CACHE_PREFIX, Program, Segment, ValueSpec, batch_symbol, cache_name, check_weight_ownership, split, value_spec
+from .program import (
+    CACHE_PREFIX,
+    Program,
+    Segment,
+    ValueSpec,
+    batch_symbol,
+    cache_name,
+    check_weight_ownership,
+    split,
+    value_spec,
+)
 from .regions import find_blocks, module_regions
 from .token_planner import plan_tokens
 

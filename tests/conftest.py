@@ -25,3 +25,13 @@ def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("model") / "dit"
     m.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded (and do not fight other processes for cores).
+    Modules of small-model trajectory tests opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

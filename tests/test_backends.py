@@ -81,6 +81,13 @@ def trajectory(rt, model, steps=20, seed=0):
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("policy", POLICIES)
 def test_onnxruntime_matches_eager_over_a_trajectory(name, policy, tmp_path_factory):
+    eager, ort = onnxruntime_vs_eager(name, policy, tmp_path_factory)
+    if policy != "none":  # both the full and the cached variants ran
+        assert "R" in eager.stats.schedule and "F" in eager.stats.schedule[1:], eager.stats.schedule
+
+
+def onnxruntime_vs_eager(name, policy, tmp_path_factory):
+    """Run one trajectory on eager and on ONNX Runtime; assert equal schedules and latents (rel 1e-4)."""
     model, program = program_for(name, policy)
     d, files = onnx_dir_for(name, policy, tmp_path_factory.getbasetemp())
     program.meta["onnx_files"] = files
@@ -88,10 +95,9 @@ def test_onnxruntime_matches_eager_over_a_trajectory(name, policy, tmp_path_fact
     ort = cachec.CacheRuntime(program, num_steps=20, backend="onnxruntime", backend_options={"onnx_dir": d})
     a, b = trajectory(eager, model), trajectory(ort, model)
     assert eager.stats.schedule == ort.stats.schedule
-    if policy != "none":  # both the full and the cached variants ran
-        assert "R" in eager.stats.schedule and "F" in eager.stats.schedule[1:], eager.stats.schedule
     rel = ((a - b).norm() / a.norm()).item()
     assert rel <= 1e-4, rel
+    return eager, ort
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -183,14 +189,10 @@ NEW_KINDS = ("foca:3,warmup=1", "taylorseer:3,streams=step", "easycache:0.1,warm
 
 @pytest.mark.parametrize("policy", NEW_KINDS)
 def test_onnxruntime_runs_forecast_and_feedback_policies(policy, tmp_path_factory, name="dit"):
-    model, program = program_for(name, policy)
+    eager, _ = onnxruntime_vs_eager(name, policy, tmp_path_factory)
+    assert "R" in eager.stats.schedule, eager.stats.schedule
+    _, program = program_for(name, policy)
     d, files = onnx_dir_for(name, policy, tmp_path_factory.getbasetemp())
-    program.meta["onnx_files"] = files
-    eager = cachec.CacheRuntime(program, num_steps=20)
-    ort = cachec.CacheRuntime(program, num_steps=20, backend="onnxruntime", backend_options={"onnx_dir": d})
-    a, b = trajectory(eager, model), trajectory(ort, model)
-    assert eager.stats.schedule == ort.stats.schedule and "R" in eager.stats.schedule, eager.stats.schedule
-    assert ((a - b).norm() / a.norm()).item() <= 1e-4
     tensorrt = pytest.importorskip("cachec.backends.tensorrt")  # and TensorRT builds every segment
     try:
         tensorrt.trt()

@@ -22,7 +22,6 @@ only, so this module captures each model once and plans every policy on a copy o
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 
@@ -39,10 +38,9 @@ from reference_predictive import (
     hermite,
     magcache_gammas,
 )
-from small_models import TEXT_TOKENS, make
+from trajectories import Driver
 
 import cachec
-from cachec.models import example_inputs
 
 T = 20
 BATCH = 2
@@ -80,13 +78,7 @@ def _ids(cases):
     return [f"{short}-{spec}" for short, spec in cases]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -112,39 +104,8 @@ def _capture_once_per_model():
 # shared pieces: models, inputs, trajectory driver, programs
 
 
-@functools.cache
-def model_and_inputs(short: str):
-    model = make(short)
-    return model, example_inputs(model, BATCH, 0, text_tokens=TEXT_TOKENS)
-
-
-def latent_name(short: str) -> str:
-    return "sample" if short == "unet" else "hidden_states"
-
-
-def timesteps(short: str, kw: dict) -> list[torch.Tensor]:
-    vals = torch.linspace(1.0, 0.05, T) if short == "flux" else torch.linspace(999, 0, T).round()
-    return [torch.full_like(kw["timestep"], float(v)) for v in vals]
-
-
-def trajectory(call, short: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run ``call(**kwargs) -> output`` over a whole trajectory: (final latent, per-step outputs)."""
-    _, kw0 = model_and_inputs(short)
-    name = latent_name(short)
-    x, outs = kw0[name].clone(), []
-    for t in timesteps(short, kw0):
-        out = call(**dict(kw0, **{name: x, "timestep": t}))
-        assert out.shape == x.shape
-        outs.append(out.clone())
-        x = x - out / T
-    return x, outs
-
-
-@functools.cache
-def plain(short: str):
-    model, _ = model_and_inputs(short)
-    with torch.no_grad():
-        return trajectory(lambda **kw: model(**kw, return_dict=False)[0], short)
+DRIVER = Driver(T, BATCH)  # tests/trajectories.py
+model_and_inputs, trajectory, plain, timesteps = DRIVER.model_and_inputs, DRIVER.trajectory, DRIVER.plain, DRIVER.timesteps
 
 
 def reference(short: str, spec: str, **kw):

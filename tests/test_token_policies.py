@@ -17,8 +17,8 @@ import diffusers
 import pytest
 import torch
 from reference_hooks import HookedReference
-from small_models import TEXT_TOKENS, make
 from torch.utils.flop_counter import FlopCounterMode
+from trajectories import Driver
 
 import cachec
 from cachec.capture import _flatten, capture
@@ -34,35 +34,11 @@ BATCH = 2
 EXACT = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@functools.cache
-def model_and_inputs(short: str):
-    model = make(short)
-    return model, example_inputs(model, BATCH, 0, text_tokens=TEXT_TOKENS)
-
-
-def trajectory(call, short: str):
-    _, kw0 = model_and_inputs(short)
-    x, outs = kw0["hidden_states"].clone(), []
-    for t in torch.linspace(999, 0, T).round():
-        out = call(**dict(kw0, hidden_states=x, timestep=torch.full_like(kw0["timestep"], float(t))))
-        outs.append(out.clone())
-        x = x - out / T
-    return x, outs
-
-
-@functools.cache
-def plain(short: str):
-    model, _ = model_and_inputs(short)
-    with torch.no_grad():
-        return trajectory(lambda **kw: model(**kw, return_dict=False)[0], short)
+DRIVER = Driver(T, BATCH)  # tests/trajectories.py
+model_and_inputs, trajectory, plain, timesteps = DRIVER.model_and_inputs, DRIVER.trajectory, DRIVER.plain, DRIVER.timesteps
 
 
 @functools.cache
