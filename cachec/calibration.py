@@ -36,7 +36,10 @@ from .errors import PolicyError
 
 FORMAT = "cachec-calibration"
 VERSION = 1
-BASE_POLICIES = {"module": "fora:2", "step": "static:FR", "forecast": "taylorseer:2,O=1,warmup=0"}
+BASES = ("module", "step", "forecast")
+# the two programs calibration runs: the stack residual (base step, and MagCache's ratios), and
+# TaylorSeer order 1 on module streams (its forecast with no earlier full step is FORA's reuse)
+STACK_POLICY, FORECAST_POLICY = "static:FR", "taylorseer:2,O=1,warmup=0"
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,11 +244,11 @@ def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, 
     reuse (``module``) and with one is the ``forecast`` base.
     """
     say = progress or (lambda msg: None)
-    unknown = [b for b in bases if b not in BASE_POLICIES]
+    unknown = [b for b in bases if b not in BASES]
     if unknown:
-        raise PolicyError(f"calibrate: unknown base {unknown[0]!r}; accepted: {', '.join(BASE_POLICIES)}")
+        raise PolicyError(f"calibrate: unknown base {unknown[0]!r}; accepted: {', '.join(BASES)}")
     errors: dict[str, object] = {}
-    stack = _Recorder(make_program(BASE_POLICIES["step"]), BASE_POLICIES["step"], steps)
+    stack = _Recorder(make_program(STACK_POLICY), STACK_POLICY, steps)
     say(f"calibrate: uncached trajectory, {steps} steps x {samples} samples")
     stack.record(bundle, seed, samples)
     say("calibrate: how an output error at each step moves the final sample")
@@ -255,7 +258,7 @@ def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, 
         say("calibrate: reuse errors of the block-stack residual (base=step)")
         errors["step"] = stack.reuse_errors()
     if "module" in bases or "forecast" in bases:
-        fc = _Recorder(make_program(BASE_POLICIES["forecast"]), BASE_POLICIES["forecast"], steps)
+        fc = _Recorder(make_program(FORECAST_POLICY), FORECAST_POLICY, steps)
         say("calibrate: module features of the uncached trajectory")
         fc.record(bundle, seed, samples)
         say("calibrate: reuse and forecast errors of module streams (base=module, forecast)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import operator
 import re
 import sys
 import threading
@@ -72,10 +73,7 @@ class Captured:
         shared += list(gm.state_dict(keep_vars=True).values())
         for node in gm.graph.nodes:
             if node.op == "get_attr":
-                obj = gm
-                for part in str(node.target).split("."):
-                    obj = getattr(obj, part)
-                shared.append(obj)
+                shared.append(operator.attrgetter(str(node.target))(gm))
         memo = {id(obj): obj for obj in shared if obj is not None}
         with warnings.catch_warnings():  # torch's own pytree deprecation notice while copying specs
             warnings.simplefilter("ignore", FutureWarning)

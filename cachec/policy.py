@@ -555,7 +555,6 @@ class _Budget(Controller):
 class BudgetPolicy(Policy):
     name = "budget"
     doc = "exactly nfe=K full steps: evenly spaced, or the calibrated schedule of least predicted error (calib=FILE)"
-    needs_data = False
     own_params = (
         Param("nfe", int, 10, "number of full steps K (forced warmup/final steps included)", 1, 100000),
         Param("base", str, "module", "what cached steps do: module (FORA reuse), step (stack residual), forecast (TaylorSeer order 1)"),

@@ -14,6 +14,7 @@ segments, so every parameter is lowered once (see :func:`check_weight_ownership`
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -83,9 +84,7 @@ def _attrs(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
     out = {}
     for n in gm.graph.nodes:
         if n.op == "get_attr":
-            obj = gm
-            for part in str(n.target).split("."):
-                obj = getattr(obj, part)
+            obj = operator.attrgetter(str(n.target))(gm)
             if isinstance(obj, torch.Tensor):
                 out[str(n.target)] = obj
     return out
@@ -300,7 +299,7 @@ def split(gm: fx.GraphModule, order: list[str], output_name: str) -> dict[str, S
                     prev = owner.setdefault(str(a.target), seg)
                     if prev != seg:
                         raise ModelError(f"parameter {a.target} is used by segments {prev} and {seg}")
-                    attrs[str(a.target)] = _fetch(gm, str(a.target))
+                    attrs[str(a.target)] = operator.attrgetter(str(a.target))(gm)
                     env[a] = graph.get_attr(str(a.target))
                     env[a].meta = dict(a.meta)
                 elif _is_symint(a):
@@ -323,12 +322,6 @@ def split(gm: fx.GraphModule, order: list[str], output_name: str) -> dict[str, S
         segments[seg] = Segment(seg, module)
     return segments
 
-
-def _fetch(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _rematerialise(graph: fx.Graph, sym: fx.Node, tensors: list[fx.Node]) -> fx.Node:

@@ -10,6 +10,7 @@ that no weight is lowered twice.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -86,7 +87,7 @@ def fuse_path(segments: dict, ops: list[tuple], keep: set[str]) -> FusedPath:
                     local[n] = env[n.name]
                 elif n.op == "get_attr":
                     target = str(n.target)
-                    attrs[target] = _fetch(sub, target)
+                    attrs[target] = operator.attrgetter(target)(sub)
                     local[n] = g.get_attr(target)
                     local[n].meta = dict(n.meta)
                 elif n.op == "output":
@@ -101,9 +102,3 @@ def fuse_path(segments: dict, ops: list[tuple], keep: set[str]) -> FusedPath:
     module = fx.GraphModule(attrs, g, class_name="Variant").eval()
     return FusedPath(module, inputs, list(dict.fromkeys(loads)), out_names, list(cache_outputs), flops)
 
-
-def _fetch(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj

@@ -299,17 +299,11 @@ def token_variant(region: fx.GraphModule, n_tokens: int, index: str, caches: dic
         results.append(g.call_function(aten.scatter.src, (cache_ph[name], 1, where, fresh)))
     g.output(tuple(results))
     g.eliminate_dead_code()
-    attrs = {str(n.target): _fetch(region, str(n.target)) for n in g.nodes if n.op == "get_attr"}
+    attrs = {str(n.target): operator.attrgetter(str(n.target))(region) for n in g.nodes if n.op == "get_attr"}
     gm = fx.GraphModule(attrs, g, class_name="TokenVariant").eval()
     gm.meta[OUTPUTS_KEY] = outputs
     return gm
 
-
-def _fetch(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def propagate(gm: fx.GraphModule, example: dict, shapes: dict[str, tuple] | None = None) -> None:

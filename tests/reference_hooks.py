@@ -158,7 +158,24 @@ def rel_l1(cur: torch.Tensor, ref: torch.Tensor) -> float:
     return float((cur - ref).abs().mean() / ref.abs().mean())
 
 
-class HookedReference:
+class HookOwner:
+    """Removes its forward hooks on ``close()`` or at the end of a ``with`` block."""
+
+    handles: list
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class HookedReference(HookOwner):
     """A cache policy on the original model, by hooks. Call like the model (returns the output tensor)."""
 
     def __init__(self, model: torch.nn.Module, spec: str, num_steps: int):
@@ -232,17 +249,6 @@ class HookedReference:
         self.signals.append(self.signal)
         self.step += 1
         return out
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # -- fora --------------------------------------------------------------------------------------
     def _fora_hook(self, module, args, out):

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 
 import torch
-from reference_hooks import block_list, cached_units, in_streams, out_streams, rel_l1, with_streams
+from reference_hooks import HookOwner, block_list, cached_units, in_streams, out_streams, rel_l1, with_streams
 
 # ------------------------------------------------------------------------------------------------
 # spec parsing: name -> (defaults, main key). warmup/final are accepted by every policy.
@@ -208,7 +208,7 @@ def _mean_abs(x: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-class PredictiveReference:
+class PredictiveReference(HookOwner):
     """A predictive / adaptive / budgeted policy on the original model, by hooks.
 
     ``ratios`` (magcache) is the ratio list itself; ``schedule`` (budget) the F/R letters to
@@ -316,17 +316,6 @@ class PredictiveReference:
         self.signals.append(self.signal)
         self.step += 1
         return out
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # -- streams ---------------------------------------------------------------------------------
     def _fold(self, key, value: torch.Tensor) -> torch.Tensor:

@@ -135,11 +135,7 @@ def runtime(short: str, spec: str) -> cachec.CacheRuntime:
     return cachec.CacheRuntime(_PROGRAMS[key], spec, num_steps=T)
 
 
-def run_cachec(rt: cachec.CacheRuntime, short: str):
-    rt.reset()
-    x, outs = trajectory(lambda **kw: rt(**kw)[0], short)
-    assert rt.stats.steps == T
-    return x, outs
+run_cachec = DRIVER.run
 
 
 def assert_same_trajectory(got, want, ctx: str) -> None:

@@ -81,11 +81,7 @@ def runtime(short: str, spec: str, compile_spec: str | None = None) -> cachec.Ca
     return cachec.CacheRuntime(_PROGRAMS[key], spec, num_steps=T)
 
 
-def run_cachec(rt: cachec.CacheRuntime, short: str):
-    rt.reset()
-    x, outs = trajectory(lambda **kw: rt(**kw)[0], short)
-    assert rt.stats.steps == T
-    return x, outs
+run_cachec = DRIVER.run
 
 
 def compile_spec_for(short: str, spec: str) -> str:

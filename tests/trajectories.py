@@ -50,6 +50,13 @@ class Driver:
             x = x - out / self.steps
         return x, outs
 
+    def run(self, rt, short: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A cachec runtime over a fresh trajectory (it must count exactly ``steps`` calls)."""
+        rt.reset()
+        out = self.trajectory(lambda **kw: rt(**kw)[0], short)
+        assert rt.stats.steps == self.steps
+        return out
+
     def _plain(self, short: str):
         model, _ = self.model_and_inputs(short)
         with torch.no_grad():
