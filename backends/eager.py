@@ -22,13 +22,6 @@ def store(caches: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> No
         buf.copy_(value)
 
 
-def batch_of(program: Program, env: dict) -> int:
-    """The batch size of a step, read from an input that has the batch dimension."""
-    batched = [n for n in program.meta.get("batch_dims") or {} if n in env]
-    first = env[batched[0]] if batched else env[program.inputs[0]]
-    return int(first.shape[0]) if first.dim() else 1
-
-
 def values_needed_after(program: Program, path: str) -> set[str]:
     """Values a path must hand on: the model output, the probe signal, and other paths' inputs."""
     keep = {program.output}

@@ -8,7 +8,6 @@ the batch dimension is dynamic wherever the program's value spec says ``B``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -70,6 +69,3 @@ def export_program(program: Program, out_dir: Path, progress: bool = False) -> d
         files[name] = path.name
     return files
 
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

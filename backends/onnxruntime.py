@@ -17,7 +17,7 @@ import torch
 from cachec.errors import BackendError
 from cachec.program import Program
 
-from .eager import batch_of, store
+from .eager import store
 from .onnx_export import export_program, io_name
 
 
@@ -81,7 +81,7 @@ def _runner(program: Program, ops: list[tuple], sessions: dict):
 
     def run(env: dict, caches: dict) -> float:
         flops = 0.0
-        batch = batch_of(program, env)
+        batch = program.batch_of(env)
         for i, op in enumerate(ops):
             kind = op[0]
             if kind == "load":

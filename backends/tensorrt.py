@@ -26,7 +26,7 @@ import torch
 from cachec.errors import BackendError
 from cachec.program import Program
 
-from .eager import batch_of, store
+from .eager import store
 from .onnx_export import io_name
 
 MODULES = ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings")
@@ -180,7 +180,7 @@ def _runner(program: Program, ops: list[tuple], contexts: dict, scratch: torch.T
     def run(env: dict, caches: dict) -> float:
         flops = 0.0
         stream = torch.cuda.current_stream().cuda_stream
-        batch = batch_of(program, env)
+        batch = program.batch_of(env)
         for op in ops:
             if op[0] == "load":
                 env[op[2]] = caches[op[1]]

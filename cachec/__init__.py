@@ -20,17 +20,13 @@ __version__ = "0.1.0"
 def build_program(model: torch.nn.Module, example_inputs: dict, policy="none"):
     """Capture ``model`` and plan ``policy``: returns the :class:`~cachec.program.Program`."""
     from .capture import capture
-    from .planner import Planner
+    from .models import ModelBundle
+    from .planner import compile_program
 
     policy = parse_policy(policy)
-    from .models import ModelBundle
-
     bundle = ModelBundle("module", model)
     cap = capture(model, example_inputs, stream_inputs=bundle.stream_inputs, latent_input=bundle.latent_input)
-    planner = Planner(cap)
-    program = planner.plan(policy)
-    program.meta["none_flops"] = sum(s.flops for s in planner.segments.values())
-    return program
+    return compile_program(cap, policy)
 
 
 def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, backend: str = "eager",

@@ -38,9 +38,9 @@ import torch
 from . import __version__
 from . import program as desc
 from . import schema as sch
-from .capture import EXPORT_LOCK, MAX_BATCH, Captured, _flatten
+from .capture import EXPORT_LOCK, MAX_BATCH, Captured, flatten_exported
 from .errors import ArtifactError, PolicyError
-from .planner import Planner
+from .planner import compile_program
 from .policy import parse_policy
 from .program import CACHE_PREFIX, DescriptionError, Program, validate_description
 
@@ -459,7 +459,7 @@ def load_program(path: str | Path, policy: str | None = None, *,
         for n, spec in inputs.items()
     }
     captured = Captured(
-        graph_module=_flatten(ep, list(inputs)),
+        graph_module=flatten_exported(ep, list(inputs)),
         input_names=list(inputs),
         output_name=manifest["output"]["name"],
         stream_inputs=manifest["stream_inputs"],
@@ -473,13 +473,12 @@ def load_program(path: str | Path, policy: str | None = None, *,
         exported=ep,
     )
     try:
-        planner = Planner(captured)
         chosen = parse_policy(policy or manifest["policy"])
         compiled = parse_policy(manifest["policy"])
         data = manifest["program"]["meta"].get("policy_data")
         if chosen.needs_data and data is not None and chosen.data_source() == compiled.data_source():
             chosen.data = data  # calibration resolved at compile time: the artifact needs no file
-        program = planner.plan(chosen)
+        program = compile_program(captured, chosen)
     except PolicyError as exc:
         if policy is not None:
             raise  # the caller's policy does not fit this model: their mistake, not the artifact's
@@ -495,7 +494,6 @@ def load_program(path: str | Path, policy: str | None = None, *,
             f"{path / 'manifest.json'}: the program cannot be rebuilt from {PROGRAM_FILE} with the manifest's "
             f"settings ({exc}); the manifest was edited or belongs to another artifact"
         ) from exc
-    program.meta["none_flops"] = sum(s.flops for s in planner.segments.values())
     if policy is not None and parse_policy(policy).spec != parse_policy(manifest["policy"]).spec:
         return program, manifest
     got = {name: [list(op) for op in ops] for name, ops in program.paths.items()}

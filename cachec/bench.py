@@ -29,6 +29,9 @@ import torch
 
 from .errors import CachecError
 from .policy import POLICIES, parse_policy
+from .program import cache_bytes
+from .progress import stage
+from .session import open_model
 
 
 class BenchError(CachecError, ValueError):
@@ -70,17 +73,6 @@ def split_policies(text: str | list[str]) -> list[str]:
         raise BenchError(f"--policies needs at least one policy; known: {', '.join(POLICIES)}")
     normal = [parse_policy(s).spec for s in specs]
     return list(dict.fromkeys(["none", *normal]))
-
-
-def cache_bytes(program, batch: int) -> int:
-    """Bytes of the cache buffers the runtime allocates for ``batch`` (one buffer per cache value)."""
-    total = 0
-    for v in program.caches().values():
-        numel = 1
-        for d in v.concrete(batch):
-            numel *= int(d)
-        total += torch.empty((), dtype=getattr(torch, v.dtype)).element_size() * numel
-    return total
 
 
 def relative_l2(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -150,7 +142,6 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
     repeat provides the statistics, the sample and the latent after each step; later repeats
     only add latencies (sampling is deterministic, so their samples are the same).
     """
-    from .cli import _bundle_and_program
     from .runtime import CacheRuntime
     from .sampling import sample
 
@@ -160,15 +151,16 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
     specs = split_policies(policies)
     say = progress or (lambda msg: None)
 
-    bundle, make, _ = _bundle_and_program(model, "none", batch, backend)
-    backend = backend or make.backend or "eager"
+    session = open_model(model, batch, backend)
+    bundle = session.bundle
+    backend = backend or session.backend or "eager"
     runtimes: dict[str, CacheRuntime] = {}
     runs: dict[str, PolicyRun] = {}
     for pol in specs:
         say(f"compiling {pol}")
-        program, signature = make(pol)
-        rt = CacheRuntime(program, pol, backend=backend, num_steps=steps, signature=signature,
-                          backend_options=make.options)
+        program = session.program(pol)
+        rt = CacheRuntime(program, pol, backend=backend, num_steps=steps, signature=session.signature,
+                          backend_options=session.options)
         sample(rt, bundle, min(2, steps), 0, batch)  # warm-up (allocations, first-call costs)
         runtimes[pol] = rt
         runs[pol] = PolicyRun(pol, cache_bytes=cache_bytes(program, batch), runtime=rt)
@@ -486,7 +478,6 @@ def write_plots(result: BenchResult, out_dir: str) -> list[str]:
 
 def main(args) -> int:
     """``cachec bench`` entry (argparse namespace from :mod:`cachec.cli`)."""
-    from .cli import _stage
     if args.threads is not None:
         if args.threads < 1:
             raise BenchError(f"--threads must be a positive integer; got {args.threads}")
@@ -494,7 +485,7 @@ def main(args) -> int:
         # (seen here: 20 ms vs 780 ms a step on 2 busy cores); the choice is printed with the table
         torch.set_num_threads(args.threads)
     result = run_bench(args.model, args.policies, steps=args.steps, seeds=args.seeds, batch=args.batch,
-                       repeats=args.repeats, backend=args.backend, progress=_stage)
+                       repeats=args.repeats, backend=args.backend, progress=stage)
     if args.plots:
         write_plots(result, args.plots)
     if args.json == "-":

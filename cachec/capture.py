@@ -193,7 +193,7 @@ def capture_module(
             "branch on a tensor's value, and example inputs that match the forward's signature "
             "(--debug shows torch's full report)."
         ) from exc
-    gm = _flatten(ep, list(tensors))
+    gm = flatten_exported(ep, list(tensors))
     return Captured(
         graph_module=gm,
         input_names=list(tensors),
@@ -270,7 +270,7 @@ def _cross_attention_modules(model: torch.nn.Module) -> set[str]:
     return found
 
 
-def _flatten(ep: torch.export.ExportedProgram, tensor_names: list[str]) -> fx.GraphModule:
+def flatten_exported(ep: torch.export.ExportedProgram, tensor_names: list[str]) -> fx.GraphModule:
     """Turn the exported program into a plain GraphModule: tensor placeholders, ``(sample,)`` out.
 
     ``ep.module()`` carries pytree in/out specs, a guards call and metadata asserts; we keep the

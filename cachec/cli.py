@@ -15,63 +15,10 @@ from pathlib import Path
 import torch
 
 from .errors import CachecError, ModelError
+from .progress import stage
+from .session import open_model
 
 log = logging.getLogger("cachec")
-
-
-def _stage(msg: str) -> None:
-    print(f"[cachec] {msg}", file=sys.stderr, flush=True)
-
-
-def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str | None = None,
-                        allow_version_mismatch: bool = False):
-    """Resolve MODEL (spec or artifact dir) into a sampling bundle and a compiled runtime factory."""
-    from . import artifact
-    from .models import ModelBundle, builtin_dir, resolve
-
-    path = Path(model_spec)
-    if path.is_dir() and (path / "manifest.json").exists():
-        manifest = artifact.read_manifest(path)
-        spec = manifest["model"]["spec"]
-        sched = None
-        if spec.startswith("builtin:"):
-            sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler"
-        bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=manifest["model"]["class"],
-                             config=manifest["model"]["config"])
-
-        def make(pol):
-            program, _ = artifact.load_program(path, None if pol == manifest["policy"] else pol,
-                                               allow_version_mismatch=allow_version_mismatch)
-            return program, manifest["signature"]
-
-        make.backend, make.options = artifact.runtime_backend(path, manifest, backend)
-        return bundle, make, manifest["policy"]
-    bundle = resolve(model_spec)
-    from .capture import capture
-    from .planner import Planner
-    from .policy import parse_policy
-    from .progress import busy
-    from .runtime import signature_of
-
-    with busy(f"exporting {bundle.class_name} ({model_spec})"):
-        captured = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
-                           latent_input=bundle.latent_input)
-    cache = {}
-
-    def make(pol):
-        if pol not in cache:
-            # each plan consumes its own copy of the captured graph (passes rewrite it in place)
-            with busy(f"planning {pol}"):
-                cap = captured.copy()
-                planner = Planner(cap)
-                program = planner.plan(parse_policy(pol))
-            program.meta["none_flops"] = sum(s.flops for s in planner.segments.values())
-            cache[pol] = (program, cap)
-        return cache[pol][0], signature_of(bundle.model)
-
-    make.captured = lambda pol: cache[pol][1]
-    make.backend, make.options = None, {}
-    return bundle, make, None
 
 
 def cmd_compile(args) -> int:
@@ -81,12 +28,12 @@ def cmd_compile(args) -> int:
 
     get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
     policy = parse_policy(args.policy).spec
-    bundle, make, _ = _bundle_and_program(args.model, policy, args.batch)
-    if bundle.model is None:
+    session = open_model(args.model, args.batch)
+    if session.is_artifact:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
-    program, signature = make(policy)
-    _stage(f"writing artifact to {args.out}")
-    out = artifact.save(args.out, program, make.captured(policy), args.model, signature, force=args.force,
+    program = session.program(policy)
+    stage(f"writing artifact to {args.out}")
+    out = artifact.save(args.out, program, session.captured(policy), args.model, session.signature, force=args.force,
                         backend=args.backend)
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"compiled {args.model} with policy {policy} for {args.backend}: {len(program.segments)} segments, "
@@ -122,21 +69,20 @@ def cmd_run(args) -> int:
     from .runtime import CacheRuntime
     from .sampling import sample
 
-    bundle, make, artifact_policy = _bundle_and_program(args.model, "none", args.batch, args.backend,
-                                                                  args.allow_version_mismatch)
-    policy = parse_policy(args.policy or artifact_policy or "none").spec
-    backend = args.backend or make.backend or "eager"
+    session = open_model(args.model, args.batch, args.backend, args.allow_version_mismatch)
+    bundle = session.bundle
+    policy = parse_policy(args.policy or session.artifact_policy or "none").spec
+    backend = args.backend or session.backend or "eager"
     pixel = bundle.name.startswith("builtin:")
     results = {}
     for pol in dict.fromkeys(["none", policy]):
-        program, signature = make(pol)
-        rt = CacheRuntime(program, pol, backend=backend, num_steps=args.steps, signature=signature,
-                          backend_options=make.options)
+        rt = CacheRuntime(session.program(pol), pol, backend=backend, num_steps=args.steps,
+                          signature=session.signature, backend_options=session.options)
         sample(rt, bundle, min(2, args.steps), args.seed, args.batch)  # warm-up (allocations, first-call costs)
         rt.reset(args.steps)
         traj = sample(rt, bundle, args.steps, args.seed, args.batch, progress=sys.stderr.isatty())
         results[pol] = (traj, rt.stats)
-        _stage(f"{pol}: {traj.seconds:.3f} s, NFE {rt.stats.nfe:.2f}")
+        stage(f"{pol}: {traj.seconds:.3f} s, NFE {rt.stats.nfe:.2f}")
     ref_traj, _ = results["none"]
     traj, stats = results[policy]
     ref_img = to_unit(ref_traj.sample, pixel)
@@ -179,16 +125,17 @@ def cmd_inspect(args) -> int:
     from .policy import parse_policy
 
     policy = parse_policy(args.policy).spec
-    bundle, make, _ = _bundle_and_program(args.model, policy, 2, allow_version_mismatch=args.allow_version_mismatch)
-    program, _ = make(policy)
+    from .program import cache_bytes
+
+    session = open_model(args.model, 2, allow_version_mismatch=args.allow_version_mismatch)
+    program = session.program(policy)
     meta = program.meta
-    from .bench import cache_bytes
 
     # a forecast policy's memory depends on its stream choice: show what each would hold
     choices = {}
-    if "streams" in parse_policy(policy).params and bundle.model is not None:
+    if "streams" in parse_policy(policy).params and not session.is_artifact:
         for streams in ("module", "step"):
-            alt = make(parse_policy(f"{policy},streams={streams}").spec)[0]
+            alt = session.program(parse_policy(f"{policy},streams={streams}").spec)
             choices[streams] = {"buffers": len(alt.caches()), "bytes_per_item": cache_bytes(alt, 1)}
     if args.json:
         print(json.dumps({"regions": meta["regions"], "segments": {
@@ -231,19 +178,18 @@ def cmd_calibrate(args) -> int:
     """Measure reuse errors and magnitude ratios (--out FILE), choose a budget schedule (--budget K),
     or map thresholds of a dynamic policy to the NFE they produce (--threshold-map SPEC)."""
     from . import calibration as cal
+    from . import schedules
 
     if args.samples < 1:
         raise CachecError(f"--samples must be at least 1; got {args.samples}")
-    bundle, make, _ = _bundle_and_program(args.model, "none", max(args.samples, 2))
-    if bundle.model is None:
+    session = open_model(args.model, max(args.samples, 2))
+    if session.is_artifact:
         raise ModelError(f"{args.model} is a compiled artifact; calibrate the model it was compiled from")
-
-    def program_for(spec):
-        return make(spec)[0]
+    bundle, program_for = session.bundle, session.program
 
     if args.threshold_map:
         rows = cal.threshold_map(bundle, program_for, args.threshold_map, steps=args.steps, samples=args.samples,
-                                 extra=args.params or "", progress=_stage)
+                                 extra=args.params or "", progress=stage)
         if args.json:
             print(json.dumps(rows, indent=1))
             return 0
@@ -258,21 +204,21 @@ def cmd_calibrate(args) -> int:
     if args.budget is not None:
         if args.base not in bases:
             bases.append(args.base)
-        forced = cal.forced_steps(args.steps, 0, 0)
-        cal._check_budget(args.steps, args.budget, forced)  # an impossible budget fails before any work
+        forced = schedules.forced_steps(args.steps, 0, 0)
+        schedules.check_budget(args.steps, args.budget, forced)  # an impossible budget fails before any work
     data = cal.calibrate(bundle, program_for, steps=args.steps, samples=args.samples, seed=args.seed, bases=bases,
-                         progress=_stage)
+                         progress=stage)
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(out)  # never a half-written calibration file
     print(f"wrote {out}: reuse errors for {', '.join(data['errors'])}, {args.steps} steps x {args.samples} samples")
     if args.budget is not None:
-        schedule, predicted = cal.budget_schedule(data, args.budget, args.base)
-        even = cal.even_schedule(args.steps, args.budget)
+        schedule, predicted = schedules.budget_schedule(data, args.budget, args.base)
+        even = schedules.even_schedule(args.steps, args.budget)
         print(f"budget nfe={args.budget}, base={args.base}: {schedule}")
         print(f"  predicted final error {predicted:.4g} (evenly spaced {even}: "
-              f"{cal.predicted_error(data, even, args.base):.4g})")
+              f"{schedules.predicted_error(data, even, args.base):.4g})")
         print(f"  use: --policy budget:{args.budget},base={args.base},calib={out}")
     return 0
 

@@ -20,7 +20,7 @@ from torch import fx
 
 from .capture import capture_module
 from .errors import BackendError
-from .planner import Planner
+from .planner import compile_program
 from .policy import parse_policy
 from .runtime import CacheRuntime
 
@@ -87,9 +87,7 @@ def cachec_backend(gm: fx.GraphModule, example_inputs: list, options: dict | Non
         raise BackendError(f"cachec found no latent input (hidden_states or sample) among {sorted(user)}")
     captured = capture_module(wrapper, user, stream_inputs=[latent, "encoder_hidden_states"], latent_input=latent,
                               model_class="dynamo", dynamic_batch=False)
-    planner = Planner(captured)
-    program = planner.plan(policy)
-    program.meta["none_flops"] = sum(s.flops for s in planner.segments.values())
+    program = compile_program(captured, policy)
     backend_options = {"mode": mode} if lower == "inductor" else {}
     runtime = CacheRuntime(program, policy, backend=lower, num_steps=num_steps, signature=list(user),
                            backend_options=backend_options)

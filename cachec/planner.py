@@ -58,7 +58,7 @@ class Planner:
         self.captured = captured
         gm = captured.graph_module
         PassManager([StripExportArtifacts(), RemoveNoOps(), HoistConditioning(captured.stream_inputs)])(gm)
-        self.blocks = find_blocks(gm, captured.model_class)
+        self.blocks = find_blocks(gm)
         if not self.blocks:
             raise ModelError(
                 f"{captured.model_class}: found no repeated blocks (numbered children such as "
@@ -66,7 +66,7 @@ class Planner:
             )
         self.regions = module_regions(gm, self.blocks, captured.cross_attention)
         region_nodes = {n: r for r in self.regions for n in r.nodes}
-        assign = AssignSegments(self.blocks, captured.model_class, self.regions, region_nodes)
+        assign = AssignSegments(self.blocks, self.regions, region_nodes)
         PassManager([assign]).__call__(gm)
         self.gm = gm
         self.order = assign.order
@@ -426,6 +426,10 @@ class Planner:
         self.paths = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.paths["full"]}
         self.signal = signal
 
+    def base_flops(self) -> float:
+        """Per-sample FLOPs of the uncached model (every base segment once)."""
+        return sum(s.flops for s in self.segments.values())
+
     # -- result ---------------------------------------------------------------------------------
     def program(self, policy: Policy) -> Program:
         segments = dict(self.segments)
@@ -480,5 +484,14 @@ def _next(cache: str) -> str:
     return "next__" + cache[len(CACHE_PREFIX):]
 
 
-def plan_program(captured: Captured, policy: Policy) -> Program:
-    return Planner(captured).plan(policy)
+def compile_program(captured: Captured, policy: Policy) -> Program:
+    """Plan ``policy`` on ``captured`` (whose graph the passes rewrite in place: pass a copy to
+    keep it) and record the uncached step's FLOPs, the NFE unit every runtime counts in.
+
+    The one place that does both, so a program never reaches a runtime or an artifact without
+    its ``none_flops`` (the cached variants of a program no longer contain the plain full step).
+    """
+    planner = Planner(captured)
+    program = planner.plan(policy)
+    program.meta["none_flops"] = planner.base_flops()
+    return program

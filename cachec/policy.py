@@ -444,7 +444,7 @@ class MagCachePolicy(Policy):
         published = {k.split(" ")[0]: v for k, v in method_constants()["magcache"].items() if "mag_ratios" in v}
         if src in published:
             return {"ratios": list(published[src]["mag_ratios"])}
-        from .calibration import read_calibration
+        from .schedules import read_calibration
 
         return {"ratios": read_calibration(src)["ratios"]}
 
@@ -587,7 +587,7 @@ class BudgetPolicy(Policy):
         return self.params["calib"]
 
     def load_data(self) -> dict:
-        from .calibration import budget_schedule, read_calibration
+        from .schedules import budget_schedule, read_calibration
 
         calib = read_calibration(self.params["calib"])
         p = self.params
@@ -595,7 +595,7 @@ class BudgetPolicy(Policy):
         return {"schedule": schedule, "predicted_error": predicted, "steps": calib["steps"]}
 
     def schedule_for(self, num_steps: int | None) -> str:
-        from .calibration import even_schedule
+        from .schedules import even_schedule
 
         if self.params["calib"]:
             if self.data is None:

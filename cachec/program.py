@@ -99,8 +99,13 @@ class Program:
     inputs: list[str]
     output: str
     values: dict[str, ValueSpec]
-    full_path: str = "full"
     meta: dict = field(default_factory=dict)
+
+    def batch_of(self, env: dict) -> int:
+        """The batch size of a step, read from an input that has the batch dimension."""
+        batched = [n for n in self.meta.get("batch_dims") or {} if n in env]
+        first = env[batched[0]] if batched else env[self.inputs[0]]
+        return int(first.shape[0]) if first.dim() else 1
 
     def path_flops(self, path: str) -> float:
         return sum(self.segments[op[1]].flops for op in self.paths[path] if op[0] == "run")
@@ -349,3 +354,14 @@ def check_weight_ownership(program: Program) -> None:
             if key in seen and seen[key] != seg.name:
                 raise ModelError(f"parameter {name} is held by segments {seen[key]} and {seg.name}")
             seen[key] = seg.name
+
+
+def cache_bytes(program, batch: int) -> int:
+    """Bytes of the cache buffers the runtime allocates for ``batch`` (one buffer per cache value)."""
+    total = 0
+    for v in program.caches().values():
+        numel = 1
+        for d in v.concrete(batch):
+            numel *= int(d)
+        total += torch.empty((), dtype=getattr(torch, v.dtype)).element_size() * numel
+    return total

@@ -49,7 +49,6 @@ class Region:
     modules: tuple[str, ...] = ()
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    residual_base: list[str] = field(default_factory=list)
     flops: float = 0.0
     share: float = 0.0
     nodes: list[str] = field(default_factory=list, repr=False)
@@ -68,7 +67,6 @@ class Region:
             "modules": list(self.modules),
             "inputs": self.inputs,
             "outputs": self.outputs,
-            "residual_base": self.residual_base,
             "flops_per_sample": self.flops,
             "share": round(self.share, 6),
         }
@@ -110,7 +108,7 @@ def _block_of(node: fx.Node, extra: tuple[str, ...]) -> str | None:
     return None
 
 
-def find_blocks(gm: fx.GraphModule, model_class: str) -> list[str]:
+def find_blocks(gm: fx.GraphModule) -> list[str]:
     """Block fqns in the order the graph first runs them (stream nodes only)."""
     extra = EXTRA_BLOCKS
     blocks: list[str] = []
@@ -131,7 +129,7 @@ def block_class(gm: fx.GraphModule, block: str) -> str:
     return ""
 
 
-def node_block(node: fx.Node, blocks: list[str], model_class: str) -> int | None:
+def node_block(node: fx.Node, blocks: list[str]) -> int | None:
     b = _block_of(node, EXTRA_BLOCKS)
     return blocks.index(b) if b in blocks else None
 

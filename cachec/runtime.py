@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import torch
 
 from cachec.backends import get_backend
-from cachec.backends.eager import batch_of
 
 from .capture import flatten_inputs
 from .errors import PolicyError, ShapeError
@@ -129,7 +128,7 @@ class CacheRuntime(torch.nn.Module):
         if self.policy.granularity == "token":  # ToCa / DuCa (cachec/token_planner.py, token_runtime.py)
             check_token_backend(backend, self.policy)
         self.backend = get_backend(backend)
-        self.paths = self.backend.lower(program, **(backend_options or {}))
+        self.variants = self.backend.lower(program, **(backend_options or {}))  # variant name -> run(env, caches)
         self.num_steps = num_steps
         self.signature = signature or list(program.inputs)
         self.full_step_flops = full_step_flops or program.meta.get("none_flops") or program.path_flops("full")
@@ -213,7 +212,9 @@ class CacheRuntime(torch.nn.Module):
         branch = self.branches.get(self._current)
         return branch.caches if branch is not None else {}
 
-    def _bind(self, args, kwargs) -> dict[str, torch.Tensor]:
+    def bind(self, args, kwargs) -> dict[str, torch.Tensor]:
+        """The model's call arguments as the program's input tensors, checked against the compiled
+        shapes and dtypes (public: calibration drives variants directly with it)."""
         if args:
             kwargs = dict(kwargs)
             for name, value in zip(self.signature, args, strict=False):
@@ -280,27 +281,27 @@ class CacheRuntime(torch.nn.Module):
             log.debug("cachec: new trajectory (%s)", reason)
             self._reset_branch(branch)
         if key != branch.shape_key:
-            self._allocate_caches(branch, inputs)
+            branch.caches.clear()
+            branch.caches.update(self.new_caches(inputs))
         branch.shape_key = key
         branch.last_t = t
 
     def _batch(self, inputs) -> int:
-        return batch_of(self.program, inputs)
+        return self.program.batch_of(inputs)
 
-    def _allocate_caches(self, branch: BranchState, inputs) -> None:
-        """One zero-filled buffer per cache for this batch size; their addresses stay fixed."""
+    def new_caches(self, inputs) -> dict[str, torch.Tensor]:
+        """One zero-filled buffer per cache for the batch of ``inputs``; their addresses stay fixed
+        for the trajectory (CUDA graphs and IOBinding rely on it)."""
         latent = next(iter(inputs.values()))
         batch = self._batch(inputs)
-        branch.caches.clear()
-        for name, spec in self.program.caches().items():
-            branch.caches[name] = torch.zeros(spec.concrete(batch), dtype=getattr(torch, spec.dtype),
-                                              device=latent.device)
+        return {name: torch.zeros(spec.concrete(batch), dtype=getattr(torch, spec.dtype), device=latent.device)
+                for name, spec in self.program.caches().items()}
 
     # -- one step -------------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, *args, **kwargs):
         return_dict = kwargs.pop("return_dict", True)  # as diffusers models: an output object, indexable by [0]
-        inputs = self._bind(args, kwargs)
+        inputs = self.bind(args, kwargs)
         t = self._timestep(inputs)
         key = tuple((n, tuple(v.shape)) for n, v in inputs.items())
         self._current = self._branch_of_call(t, key)
@@ -361,7 +362,7 @@ class CacheRuntime(torch.nn.Module):
                          else torch.tensor(value, dtype=dtype, device=device))
 
     def _run(self, path: str, env: dict, branch: BranchState) -> float:
-        return self.paths[path](env, branch.caches)
+        return self.variants[path](env, branch.caches)
 
 
 def _exact_cast(t: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -54,19 +54,19 @@ def run_token_step(rt, env: dict, branch, batch: int, step: int) -> tuple[str, f
         for r in regions:
             env[r["index"]] = torch.arange(r["tokens"], device=device).expand(batch, -1)
             state.stale[r["index"]] = torch.zeros(batch, r["tokens"], device=device)
-        return "F", rt.paths["full"](env, branch.caches)
+        return "F", rt.variants["full"](env, branch.caches)
     if action == "R":
         for r in regions:
             state.stale[r["index"]] += 1
-        return "R", rt.paths["reuse"](env, branch.caches)
+        return "R", rt.variants["reuse"](env, branch.caches)
     ks = {r["index"]: ctl.fresh_count(r, step, program.meta.get("model_class", ""), info["layers"]) for r in regions}
     if not any(ks.values()):  # nothing fresh: exactly the reuse path, at its cost
         for r in regions:
             state.stale[r["index"]] += 1
-        return "R", rt.paths["reuse"](env, branch.caches)
+        return "R", rt.variants["reuse"](env, branch.caches)
     for r in regions:
         env[r["index"]] = select(ctl.policy.params, state, r, ks[r["index"]], branch.caches, batch, device)
-    flops = rt.paths["partial"](env, branch.caches)
+    flops = rt.variants["partial"](env, branch.caches)
     for r in regions:  # the path counted every region at N tokens; count the k it ran
         flops += r["fixed_flops"] + r["token_flops"] * ks[r["index"]] - (r["fixed_flops"] + r["token_flops"] * r["tokens"])
     return "P", flops

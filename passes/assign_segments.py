@@ -23,9 +23,8 @@ from .infra import Pass, PassError, PassResult
 
 
 class AssignSegments(Pass):
-    def __init__(self, blocks: list[str], model_class: str, regions: list[Region], region_nodes: dict[str, Region]):
+    def __init__(self, blocks: list[str], regions: list[Region], region_nodes: dict[str, Region]):
         self.blocks = blocks
-        self.model_class = model_class
         self.regions = regions
         self.region_nodes = region_nodes  # node name -> region
         self.order: list[str] = []
@@ -36,7 +35,7 @@ class AssignSegments(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
-        block_of = {n: (None if n.meta.get(COND_KEY) else node_block(n, self.blocks, self.model_class)) for n in nodes}
+        block_of = {n: (None if n.meta.get(COND_KEY) else node_block(n, self.blocks)) for n in nodes}
         last_block_pos = max(i for i, n in enumerate(nodes) if block_of[n] is not None)
         order: list[str] = []
         current, glue, in_region = -1, 0, None

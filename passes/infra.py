@@ -23,7 +23,15 @@ class PassError(RuntimeError):
 
 
 class Pass:
-    """One graph rewrite. Subclasses implement :meth:`call`; they may override the checks."""
+    """One graph rewrite. Subclasses implement :meth:`call`; they may override the checks.
+
+    ``in_place`` declares whether :meth:`call` rewrites the graph module it is given (every pass
+    of cachec does: graphs are large and a pass runs once per plan). A caller that needs the
+    input afterwards copies it first (:meth:`cachec.capture.Captured.copy`); the declaration is
+    what tells it so, instead of a comment at each call site.
+    """
+
+    in_place: bool = True
 
     def requires(self, gm: fx.GraphModule) -> None:
         """Raise :class:`PassError` if ``gm`` is not a valid input for this pass."""
@@ -45,9 +53,25 @@ class Pass:
         return type(self).__name__
 
 
+def dead_values(gm: fx.GraphModule) -> list[fx.Node]:
+    """Computed nodes nothing uses and that have no effect (what dead-code elimination removes)."""
+    return [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")
+            and not n.users and not n.is_impure()]
+
+
 def lint(gm: fx.GraphModule) -> None:
-    """Structural check after every pass: FX lint plus 'every non-output node is used or effectful'."""
+    """Structural check after every pass: FX lint, every ``get_attr`` resolves, and every
+    non-output node is used or effectful.
+
+    The last one matters beyond tidiness: a dead value inside a block (a text MLP whose output
+    the model never reads) becomes a region with no outputs, on which planning fails far from
+    the cause. Passes that can leave dead values (no-op removal) eliminate them themselves.
+    """
     gm.graph.lint()
+    dead = dead_values(gm)
+    if dead:
+        names = ", ".join(n.name for n in dead[:5]) + (" ..." if len(dead) > 5 else "")
+        raise PassError(f"dead values (computed, never used, no effect): {names}")
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             target = node.target
@@ -59,11 +83,10 @@ def lint(gm: fx.GraphModule) -> None:
 
 
 class PassManager:
-    """Runs passes in order, linting after each; records which passes modified the graph."""
+    """Runs passes in order, linting (:func:`lint`) after each; the result says whether any modified the graph."""
 
     def __init__(self, passes: list[Pass]):
         self.passes = list(passes)
-        self.log: list[tuple[str, bool]] = []
 
     def __call__(self, gm: fx.GraphModule) -> PassResult:
         modified = False
@@ -75,6 +98,5 @@ class PassManager:
                 lint(gm)
             except Exception as exc:
                 raise PassError(f"graph is invalid after pass {p.name}: {exc}") from exc
-            self.log.append((p.name, result.modified))
             modified |= result.modified
         return PassResult(gm, modified)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from .infra import Pass, PassResult
+from .infra import Pass, PassError, PassResult, dead_values
 
 aten = torch.ops.aten
 
@@ -31,6 +31,12 @@ def _is_noop(node: fx.Node) -> bool:
 
 
 class RemoveNoOps(Pass):
+    """Replace no-ops by their input, then drop the values that leaves unused.
+
+    Ensures: no no-op and no dead value remains (a dead ``linear → gelu`` chain would otherwise
+    become a region segment without outputs, which crashed forecast planning with an IndexError).
+    """
+
     def call(self, gm: fx.GraphModule) -> PassResult:
         removed = 0
         for node in list(gm.graph.nodes):
@@ -38,4 +44,12 @@ class RemoveNoOps(Pass):
                 node.replace_all_uses_with(node.args[0])
                 gm.graph.erase_node(node)
                 removed += 1
+        before = len(gm.graph.nodes)
+        gm.graph.eliminate_dead_code()
+        removed += before - len(gm.graph.nodes)
         return PassResult(gm, removed > 0)
+
+    def ensures(self, gm: fx.GraphModule) -> None:
+        left = [n.name for n in gm.graph.nodes if _is_noop(n)] + [n.name for n in dead_values(gm)]
+        if left:
+            raise PassError(f"no-ops or dead values left: {', '.join(left[:5])}")

@@ -1,6 +1,6 @@
 """NFE budgets and calibration: the schedule search, the calibration file, and the end result.
 
-* The dynamic programme of :func:`cachec.calibration.budget_schedule` is checked against brute
+* The dynamic programme of :func:`cachec.schedules.budget_schedule` is checked against brute
   force over every schedule with K full steps (random costs, forced steps).
 * Bad budgets and bad calibration files get a clear :class:`PolicyError` (CLI: exit code 2).
 * On ``builtin:tiny-dit`` (20 steps, K = 5 full steps) a calibration on held-out inputs
@@ -23,12 +23,14 @@ import pytest
 import torch
 
 from cachec import calibration as cal
-from cachec.cli import _bundle_and_program, main
+from cachec import schedules
+from cachec.cli import main
 from cachec.errors import PolicyError
 from cachec.metrics import psnr, to_unit
 from cachec.policy import parse_policy
 from cachec.runtime import CacheRuntime
 from cachec.sampling import sample
+from cachec.session import open_model
 
 T, K = 20, 5
 
@@ -60,8 +62,8 @@ def test_dynamic_programme_finds_the_brute_force_optimum(pairs, warmup, final):
     def cost(p, i, j):
         return table[(p if pairs else -1, i, j)]
 
-    forced = cal.forced_steps(steps, warmup, final)
-    schedule, predicted = cal._dp(steps, nfe, forced, cost, pairs=pairs)
+    forced = schedules.forced_steps(steps, warmup, final)
+    schedule, predicted = schedules.dp_schedule(steps, nfe, forced, cost, pairs=pairs)
     want_cost, want_marks = brute_force(steps, nfe, forced, cost, pairs)
     assert predicted == pytest.approx(want_cost)
     assert schedule.count("F") == nfe and {i for i, c in enumerate(schedule) if c == "F"} >= forced
@@ -69,9 +71,9 @@ def test_dynamic_programme_finds_the_brute_force_optimum(pairs, warmup, final):
 
 
 def test_even_schedule_is_foras_where_the_interval_divides_and_respects_forced_steps():
-    assert cal.even_schedule(50, 10) == "".join("F" if s % 5 == 0 else "R" for s in range(50))
-    assert cal.even_schedule(6, 6) == "FFFFFF"
-    s = cal.even_schedule(20, 5, warmup=3, final=2)
+    assert schedules.even_schedule(50, 10) == "".join("F" if s % 5 == 0 else "R" for s in range(50))
+    assert schedules.even_schedule(6, 6) == "FFFFFF"
+    s = schedules.even_schedule(20, 5, warmup=3, final=2)
     assert s.count("F") == 5 and s.startswith("FFF") and s.endswith("FF")
 
 
@@ -105,7 +107,7 @@ def _calibration_file(tmp_path, **override):
 def test_calibration_files_of_the_wrong_shape_are_refused(tmp_path, override, message):
     path = _calibration_file(tmp_path, **override)
     with pytest.raises(PolicyError, match=message):
-        cal.read_calibration(path)
+        schedules.read_calibration(path)
 
 
 def test_budget_base_missing_from_the_calibration_is_named(tmp_path):
@@ -129,24 +131,24 @@ def test_cli_bad_budget_inputs_exit_2(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny():
     torch.set_num_threads(2)
-    bundle, make, _ = _bundle_and_program("builtin:tiny-dit", "none", 2)
-    return bundle, make
+    session = open_model("builtin:tiny-dit", 2)
+    return session.bundle, session.program
 
 
 @pytest.fixture(scope="module")
 def calibration(tiny, tmp_path_factory):
     bundle, make = tiny
-    data = cal.calibrate(bundle, lambda spec: make(spec)[0], steps=T, samples=2, seed=100, bases=("module", "forecast"),
+    data = cal.calibrate(bundle, make, steps=T, samples=2, seed=100, bases=("module", "forecast"),
                          max_gap=8)
     path = tmp_path_factory.mktemp("calib") / "calibration.json"
     path.write_text(json.dumps(data))
-    cal.read_calibration(path)  # what calibrate writes is what read_calibration accepts
+    schedules.read_calibration(path)  # what calibrate writes is what read_calibration accepts
     return data, path
 
 
 def _psnr(tiny, spec, seed):
     bundle, make = tiny
-    program, _ = make(parse_policy(spec).spec)
+    program = make(parse_policy(spec).spec)
     rt = CacheRuntime(program, spec, num_steps=T)
     out = sample(rt, bundle, T, seed, 4).sample
     if seed not in _REFERENCE:  # `none` runs the full path of any program: one per seed serves all
@@ -161,9 +163,9 @@ _REFERENCE: dict[int, torch.Tensor] = {}
 def test_calibrated_budget_is_at_least_as_good_as_the_fixed_interval(tiny, calibration, base, fixed):
     data, path = calibration
     spec = f"budget:{K},base={base},calib={path}"
-    schedule, predicted = cal.budget_schedule(data, K, base)
+    schedule, predicted = schedules.budget_schedule(data, K, base)
     fixed_schedule = "".join("F" if s % 4 == 0 else "R" for s in range(T))
-    assert predicted <= cal.predicted_error(data, fixed_schedule, base) + 1e-12  # the search's own objective
+    assert predicted <= schedules.predicted_error(data, fixed_schedule, base) + 1e-12  # the search's own objective
     for seed in (0, 1):
         got, stats = _psnr(tiny, spec, seed)
         want, fixed_stats = _psnr(tiny, fixed, seed)
@@ -188,6 +190,6 @@ def test_compiled_budget_carries_its_schedule_without_the_calibration_file(calib
     assert main(["compile", "builtin:tiny-dit", "--policy", f"budget:{K},calib={local}", "--out", str(out)]) == 0
     local.unlink()  # the artifact must not need the file any more
     rt = cachec.load(out, num_steps=T)
-    bundle, _, _ = _bundle_and_program("builtin:tiny-dit", "none", 2)
+    bundle = open_model("builtin:tiny-dit", 2).bundle
     sample(rt, bundle, T, 0, 2)
-    assert rt.stats.schedule == cal.budget_schedule(data, K, "module")[0]
+    assert rt.stats.schedule == schedules.budget_schedule(data, K, "module")[0]

@@ -128,8 +128,8 @@ def test_step_streams_hold_one_state_per_residual_stream(short):
     from small_models import make
 
     import cachec
-    from cachec.bench import cache_bytes
     from cachec.models import example_inputs
+    from cachec.program import cache_bytes
 
     model = make(short)
     kw = example_inputs(model, 2, text_tokens=5)

@@ -21,12 +21,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from trajectories import Driver
 
 import cachec
-from cachec.capture import _flatten, capture
+from cachec.capture import capture, flatten_exported
 from cachec.cli import main
 from cachec.graph_keys import OUTPUTS_KEY
 from cachec.models import ModelBundle, example_inputs
 from cachec.passes.gather_scatter import TokenwiseError, token_variant
-from cachec.planner import Planner
+from cachec.planner import Planner, compile_program
 from cachec.token_policy import TokenController, n_eff
 
 T = 12
@@ -51,15 +51,14 @@ def captured(short: str):
 
 def fresh_planner(short: str) -> Planner:
     cap = captured(short)
-    return Planner(dataclasses.replace(cap, graph_module=_flatten(cap.exported, cap.input_names)))
+    return Planner(dataclasses.replace(cap, graph_module=flatten_exported(cap.exported, cap.input_names)))
 
 
 @functools.cache
 def program(short: str, plan_key: tuple, spec: str):
-    pl = fresh_planner(short)
-    prog = pl.plan(cachec.parse_policy(spec))
-    prog.meta["none_flops"] = sum(s.flops for s in pl.segments.values())
-    return prog
+    cap = captured(short)
+    return compile_program(dataclasses.replace(cap, graph_module=flatten_exported(cap.exported, cap.input_names)),
+                           cachec.parse_policy(spec))
 
 
 def runtime(short: str, spec: str) -> cachec.CacheRuntime:

@@ -1,0 +1,93 @@
+"""The front end shared by the CLI, ``cachec bench`` and ``cachec calibrate``: resolve a model,
+capture it once, plan policies on copies of that capture.
+
+Why a layer of its own: the commands all start the same way (a model spec or an artifact
+directory in, a sampling bundle and programs out), and before this module the bench reached
+into the CLI's private helpers while the CLI imported the bench — an import circle. Now both
+sit on top of this module and neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelError
+
+
+@dataclass
+class Session:
+    """A model opened for sampling and planning.
+
+    ``bundle`` samples (scheduler, inputs); ``program(spec)`` returns the planned program of a
+    policy (planned once per spec, each on its own copy of the single capture) and
+    ``signature`` the model's positional input names. For an artifact directory, ``backend``
+    and ``options`` point a runtime at the artifact's lowered files and ``artifact_policy`` is
+    the policy it was compiled for; a model spec has neither.
+    """
+
+    bundle: object
+    signature: list[str]
+    backend: str | None = None
+    options: dict = field(default_factory=dict)
+    artifact_policy: str | None = None
+    _plan: object = None
+    _programs: dict = field(default_factory=dict)
+
+    def program(self, spec: str):
+        if spec not in self._programs:
+            self._programs[spec] = self._plan(spec)
+        return self._programs[spec][0]
+
+    def captured(self, spec: str):
+        """The (planned, rewritten) capture a program was built from: what an artifact saves."""
+        self.program(spec)
+        cap = self._programs[spec][1]
+        if cap is None:
+            raise ModelError("this model was opened from a compiled artifact; compile a model spec or directory")
+        return cap
+
+    @property
+    def is_artifact(self) -> bool:
+        return self.artifact_policy is not None
+
+
+def open_model(model_spec: str, batch: int, backend: str | None = None,
+               allow_version_mismatch: bool = False) -> Session:
+    """Resolve MODEL (a model spec, a diffusers directory, or an artifact directory)."""
+    from . import artifact
+    from .models import ModelBundle, builtin_dir, resolve
+
+    path = Path(model_spec)
+    if path.is_dir() and (path / "manifest.json").exists():
+        manifest = artifact.read_manifest(path)
+        spec = manifest["model"]["spec"]
+        sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
+        bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=manifest["model"]["class"],
+                             config=manifest["model"]["config"])
+
+        def plan_artifact(pol):
+            program, _ = artifact.load_program(path, None if pol == manifest["policy"] else pol,
+                                               allow_version_mismatch=allow_version_mismatch)
+            return program, None
+
+        own, options = artifact.runtime_backend(path, manifest, backend)
+        return Session(bundle, manifest["signature"], own, options, manifest["policy"], plan_artifact)
+    from .capture import capture
+    from .planner import compile_program
+    from .policy import parse_policy
+    from .progress import busy
+    from .runtime import signature_of
+
+    bundle = resolve(model_spec)
+    with busy(f"exporting {bundle.class_name} ({model_spec})"):
+        captured = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
+                           latent_input=bundle.latent_input)
+
+    def plan(pol):
+        # each plan consumes its own copy of the captured graph (passes rewrite it in place)
+        with busy(f"planning {pol}"):
+            cap = captured.copy()
+            return compile_program(cap, parse_policy(pol)), cap
+
+    return Session(bundle, signature_of(bundle.model), None, {}, None, plan)
