@@ -1,30 +1,141 @@
 """Lowering targets of cachec (installed as ``cachec.backends``).
 
-Every backend implements one small interface: ``lower(program)`` returns, for each variant
-(path) of the program, a callable ``run(env, caches) -> flops`` that executes the path's ops on
-a value environment and the runtime's cache buffers, returning the per-sample FLOPs it ran. Backends whose packages are
-optional are imported lazily, and a missing one is reported with the extra to install.
+A backend is a :class:`Backend` subclass in its own module: it lowers a program (for each
+variant, a callable ``run(env, caches) -> flops`` that executes the variant's ops on a value
+environment and the runtime's cache buffers, returning the per-sample FLOPs it ran), writes and
+reads back the files an artifact holds for it, and *declares its capabilities* — what the
+runtime, the artifact code and the methods need to know about it — instead of other modules
+testing its name. Backends whose packages are optional are imported lazily, and a missing one
+is reported with the extra to install.
 """
 
 from __future__ import annotations
 
-from cachec.errors import BackendError
+import importlib
+from collections.abc import Callable
+from pathlib import Path
 
+from cachec.errors import ArtifactError, BackendError, PolicyError
+
+# name -> "module:Class"; modules are imported on first use (their packages are optional)
 BACKENDS = {
-    "eager": "cachec.backends.eager",
-    "onnxruntime": "cachec.backends.onnxruntime",
-    "tensorrt": "cachec.backends.tensorrt",
-    "inductor": "cachec.backends.inductor",
+    "eager": "cachec.backends.eager:EagerBackend",
+    "onnxruntime": "cachec.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "cachec.backends.tensorrt:TensorRTBackend",
+    "inductor": "cachec.backends.inductor:InductorBackend",
 }
 
+Runner = Callable[[dict, dict], float]
 
-def get_backend(name: str):
-    import importlib
 
+class Backend:
+    """The interface every backend implements, and its declared capabilities.
+
+    Capabilities (class attributes):
+
+    * ``dynamic_variants`` — a variant's shapes may change from step to step beyond the batch
+      (a token variant's selected token count);
+    * ``token_variants`` — runs ToCa/DuCa gather/scatter variants (needs ``dynamic_variants`` and,
+      for ``select=attn``, a materialised attention map);
+    * ``cuda_graphs`` — can capture a variant as a CUDA graph (static shapes, fixed buffers);
+    * ``devices`` — where it runs;
+    * ``writes_artifacts`` — ``cachec compile --backend NAME`` can write it; ``holds_graphs`` —
+      its artifact keeps the captured graph (any backend can lower it), else only lowered files.
+    """
+
+    name = ""
+    dynamic_variants = False
+    token_variants = False
+    cuda_graphs = False
+    devices: tuple[str, ...] = ("cpu",)
+    writes_artifacts = False
+    holds_graphs = False
+    lowered_key: str | None = None  # manifest["lowered"] key listing one file per segment
+
+    def check(self) -> None:
+        """Fail early, naming the extra, when a package this backend needs is missing."""
+
+    def lower(self, program, **options) -> dict[str, Runner]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def supports(self, capability: str) -> bool:
+        return bool(getattr(self, capability))
+
+    def check_policy(self, policy) -> None:
+        """Refuse a policy whose variants need a capability this backend lacks."""
+        missing = [c for c in sorted(policy.needs) if not self.supports(c)]
+        if missing:
+            raise PolicyError(policy.unsupported(self.name, capable(missing)))
+
+    # -- artifacts ------------------------------------------------------------------------------
+    def save(self, out_dir: Path, program, captured) -> dict:
+        """Write this backend's files into ``out_dir`` (an artifact being written); returns what the
+        manifest's ``lowered`` records about them."""
+        raise ArtifactError(f"the {self.name} backend does not write artifacts; compile for one of "
+                            f"{', '.join(artifact_backends())} (and run it on {self.name} with --backend)")
+
+    def artifact_options(self, path: Path) -> dict:
+        """Options of :meth:`lower` that point it at an artifact's files."""
+        return {}
+
+    def validate_lowered(self, manifest: dict, fail) -> None:
+        """Check the manifest fields of this backend's files (``fail(where, problem)`` raises)."""
+        key = self.lowered_key
+        if key is None:
+            return
+        files = manifest["lowered"].get(key)
+        if files is None:
+            fail(f"lowered.{key}", f"is missing (a {self.name} artifact lists one file per segment)")
+        segments = manifest["program"]["segments"]
+        for seg in segments:
+            if seg not in files:
+                fail(f"lowered.{key}", f"has no file for segment {seg!r}")
+        for seg, f in files.items():
+            if seg not in segments:
+                fail(f"lowered.{key}.{seg}", "names a segment the program does not have")
+            if f not in manifest["files"]:
+                fail(f"lowered.{key}.{seg}", f"names {f}, which is not among the checksummed files")
+
+    def versions(self) -> dict:
+        """Versions an artifact of this backend must record (beyond cachec, torch, diffusers)."""
+        return {}
+
+    def check_versions(self, path: Path, manifest: dict, allow_version_mismatch: bool) -> None:
+        """Refuse an artifact whose files this installation cannot be trusted to load."""
+
+
+def _class(name: str) -> type[Backend]:
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-    module = importlib.import_module(BACKENDS[name])
-    check = getattr(module, "check", None)
-    if check is not None:
-        check()
-    return module
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``, its packages checked."""
+    backend = _class(name)()
+    backend.check()
+    return backend
+
+
+def capable(capabilities: list[str]) -> list[str]:
+    """Names of the backends that have every one of ``capabilities``."""
+    return [n for n in BACKENDS if all(getattr(_class(n), c) for c in capabilities)]
+
+
+def artifact_backends() -> list[str]:
+    """Names of the backends ``cachec compile`` writes artifacts for."""
+    return [n for n in BACKENDS if _class(n).writes_artifacts]
+
+
+def artifact_backend(name: str) -> Backend:
+    """The backend of an artifact, without checking its packages (a manifest check needs none)."""
+    return _class(name)()
+
+
+def major_minor(text: str) -> tuple[int, int] | None:
+    """``(major, minor)`` of a version string, or None if it is not one."""
+    import re
+
+    m = re.match(r"\s*v?(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None

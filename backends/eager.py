@@ -1,16 +1,23 @@
-"""Eager backend: plain PyTorch running each path as one fused FX graph.
+"""Eager backend: plain PyTorch running each variant as one fused FX graph.
 
-Each variant is fused (see :mod:`cachec.passes.fuse_path`) so a step costs one GraphModule call
-per path instead of one per segment; parameters are the segments' own tensors. It is the
-reference every other backend is compared with, and the default on CPU.
+Each variant is fused (see :mod:`cachec.planner.fuse`) so a step costs one GraphModule call
+per variant instead of one per segment; parameters are the segments' own tensors. It is the
+reference every other backend is compared with, and the default on CPU. Its artifacts hold the
+captured program itself (``model.pt2``), so any backend can lower them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from cachec.passes.fuse_path import fuse_path
-from cachec.program import Program
+from cachec.capture import PROGRAM_FILE
+from cachec.errors import ArtifactError
+from cachec.planner.fuse import fuse_variant
+from cachec.program import Program, Run
+
+from . import Backend, major_minor
 
 
 def store(caches: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
@@ -23,21 +30,21 @@ def store(caches: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> No
 
 
 def values_needed_after(program: Program, path: str) -> set[str]:
-    """Values a path must hand on: the model output, the probe signal, and other paths' inputs."""
+    """Values a variant must hand on: the model output, the probe signal, and other variants' inputs."""
     keep = {program.output}
     keep.update(program.host_reads())
-    for name, ops in program.paths.items():
+    for name, ops in program.variants.items():
         if name == path:
             continue
         for op in ops:
-            if op[0] == "run":
-                keep.update(program.segments[op[1]].inputs)
+            if isinstance(op, Run):
+                keep.update(program.segments[op.segment].inputs)
     return keep
 
 
 def lower_path(program: Program, path: str, compile_fn=None):
     """A callable ``run(env, caches) -> flops`` for one variant of ``program``."""
-    fused = fuse_path(program.segments, program.paths[path], values_needed_after(program, path))
+    fused = fuse_variant(program.segments, program.variants[path], values_needed_after(program, path))
     module = fused.module if compile_fn is None else compile_fn(fused.module)
     n_out = len(fused.outputs)
 
@@ -54,4 +61,36 @@ def lower_path(program: Program, path: str, compile_fn=None):
 
 
 def lower(program: Program) -> dict:
-    return {path: lower_path(program, path) for path in program.paths}
+    return {path: lower_path(program, path) for path in program.variants}
+
+
+class EagerBackend(Backend):
+    name = "eager"
+    dynamic_variants = True  # a fused FX graph runs any shape its ops accept
+    token_variants = True
+    devices = ("cpu", "cuda")
+    writes_artifacts = True
+    holds_graphs = True
+
+    def lower(self, program, **options) -> dict:
+        return lower(program, **options)
+
+    def save(self, out_dir: Path, program, captured) -> dict:
+        torch.export.save(captured.exported, str(out_dir / PROGRAM_FILE))
+        return {}
+
+    def validate_lowered(self, manifest: dict, fail) -> None:
+        if PROGRAM_FILE not in manifest["files"]:
+            fail("files", f"does not list {PROGRAM_FILE}, the captured program of an eager artifact")
+
+    def check_versions(self, path: Path, manifest: dict, allow_version_mismatch: bool) -> None:
+        """``model.pt2`` is a ``torch.export`` file, whose format is only promised to load on the
+        torch (major.minor) that wrote it."""
+        wrote = manifest["versions"]["torch"]
+        if not allow_version_mismatch and major_minor(wrote) != major_minor(torch.__version__):
+            raise ArtifactError(
+                f"{Path(path) / PROGRAM_FILE} was exported with torch {wrote} but torch {torch.__version__} "
+                f"is installed; torch.export files are only guaranteed to load on the torch version that wrote "
+                f"them: recompile the artifact with this torch; pass allow_version_mismatch=True "
+                f"(CLI: --allow-version-mismatch) to try anyway"
+            )

@@ -15,6 +15,7 @@ import torch
 from cachec.errors import BackendError
 from cachec.program import Program
 
+from . import Backend
 from .eager import lower_path
 
 MODES = {None: {}, "default": {}, "reduce-overhead": {"triton.cudagraphs": True},
@@ -50,4 +51,16 @@ def lower(program: Program, mode: str | None = None) -> dict:
         return _LazyInductor(gm, patches)
 
     with torch.no_grad():
-        return {path: lower_path(program, path, compile_fn) for path in program.paths}
+        return {path: lower_path(program, path, compile_fn) for path in program.variants}
+
+
+class InductorBackend(Backend):
+    """Lowers eager artifacts and in-process programs; writes no artifact of its own (Inductor's
+    compiled code is tied to the machine and torch build, so it is compiled on first call)."""
+
+    name = "inductor"
+    cuda_graphs = True  # mode="reduce-overhead"
+    devices = ("cpu", "cuda")
+
+    def lower(self, program, **options) -> dict:
+        return lower(program, **options)

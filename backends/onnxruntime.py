@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from cachec.errors import BackendError
-from cachec.program import Program
+from cachec.program import Load, Op, Program, Run, Store
 
+from . import Backend, onnx_export
 from .eager import store
 from .onnx_export import export_program, io_name
 
@@ -65,33 +66,32 @@ def _np_dtype(dtype: torch.dtype):
 
 def lower(program: Program, onnx_dir: Path | None = None, providers: list[str] | None = None) -> dict:
     sessions = sessions_for(program, onnx_dir, providers)
-    return {path: _runner(program, ops, sessions) for path, ops in program.paths.items()}
+    return {path: _runner(program, ops, sessions) for path, ops in program.variants.items()}
 
 
-def _runner(program: Program, ops: list[tuple], sessions: dict):
-    # outputs that a later store in this path writes to a cache the segment does not read:
+def _runner(program: Program, ops: list[Op], sessions: dict):
+    # outputs that a later store in this variant writes to a cache the segment does not read:
     # bind them straight to the cache buffer
     direct: dict[int, dict[str, str]] = {}
     for i, op in enumerate(ops):
-        if op[0] != "run":
+        if not isinstance(op, Run):
             continue
-        seg = program.segments[op[1]]
-        stored = {o[1]: o[2] for o in ops[i + 1 :] if o[0] == "store"}
+        seg = program.segments[op.segment]
+        stored = {o.value: o.cache for o in ops[i + 1 :] if isinstance(o, Store)}
         direct[i] = {v: c for v, c in stored.items() if v in seg.outputs and c not in seg.inputs}
 
     def run(env: dict, caches: dict) -> float:
         flops = 0.0
         batch = program.batch_of(env)
         for i, op in enumerate(ops):
-            kind = op[0]
-            if kind == "load":
-                env[op[2]] = caches[op[1]]
-            elif kind == "store":
-                if env[op[1]] is not caches.get(op[2]):
-                    store(caches, op[2], env[op[1]])
+            if isinstance(op, Load):
+                env[op.value] = caches[op.cache]
+            elif isinstance(op, Store):
+                if env[op.value] is not caches.get(op.cache):
+                    store(caches, op.cache, env[op.value])
             else:
-                seg = program.segments[op[1]]
-                sess = sessions[op[1]]
+                seg = program.segments[op.segment]
+                sess = sessions[op.segment]
                 io = sess.io_binding()
                 for n in seg.inputs:
                     t = env[n]
@@ -117,3 +117,25 @@ def _runner(program: Program, ops: list[tuple], sessions: dict):
         return flops
 
     return run
+
+
+class OnnxRuntimeBackend(Backend):
+    """One ONNX file per segment (exported once, shared by every variant), run with IOBinding."""
+
+    name = "onnxruntime"
+    devices = ("cpu", "cuda")  # cuda with onnxruntime-gpu
+    writes_artifacts = True
+    lowered_key = "onnx_files"
+
+    def check(self) -> None:
+        check()
+
+    def lower(self, program, **options) -> dict:
+        return lower(program, **options)
+
+    def save(self, out_dir: Path, program, captured) -> dict:
+        files = onnx_export.export_program(program, out_dir / "onnx", progress=True)  # looked up late: tests interrupt it
+        return {self.lowered_key: {k: f"onnx/{v}" for k, v in files.items()}}
+
+    def artifact_options(self, path: Path) -> dict:
+        return {"onnx_dir": Path(path)}

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from cachec.errors import BackendError
-from cachec.program import Program
+from cachec.errors import ArtifactError, BackendError
+from cachec.program import Load, Op, Program, Store
 
+from . import Backend, onnx_export
 from .eager import store
 from .onnx_export import io_name
 
@@ -173,22 +174,22 @@ def lower(program: Program, engine_dir: Path | None = None) -> dict:
     scratch = torch.empty(max(scratch_size, 1), dtype=torch.uint8, device="cuda")
     for ctx in contexts.values():
         ctx.device_memory = scratch.data_ptr()
-    return {path: _runner(program, ops, contexts, scratch) for path, ops in program.paths.items()}
+    return {path: _runner(program, ops, contexts, scratch) for path, ops in program.variants.items()}
 
 
-def _runner(program: Program, ops: list[tuple], contexts: dict, scratch: torch.Tensor):
+def _runner(program: Program, ops: list[Op], contexts: dict, scratch: torch.Tensor):
     def run(env: dict, caches: dict) -> float:
         flops = 0.0
         stream = torch.cuda.current_stream().cuda_stream
         batch = program.batch_of(env)
         for op in ops:
-            if op[0] == "load":
-                env[op[2]] = caches[op[1]]
-            elif op[0] == "store":
-                store(caches, op[2], env[op[1]])
+            if isinstance(op, Load):
+                env[op.value] = caches[op.cache]
+            elif isinstance(op, Store):
+                store(caches, op.cache, env[op.value])
             else:
-                seg = program.segments[op[1]]
-                ctx = contexts[op[1]]
+                seg = program.segments[op.segment]
+                ctx = contexts[op.segment]
                 for n in seg.inputs:
                     x = env[n].contiguous()
                     env[n] = x
@@ -200,9 +201,67 @@ def _runner(program: Program, ops: list[tuple], contexts: dict, scratch: torch.T
                     ctx.set_tensor_address(io_name(n), out.data_ptr())
                     env[n] = out
                 if not ctx.execute_async_v3(stream):
-                    raise BackendError(f"TensorRT failed to run segment {op[1]}")
+                    raise BackendError(f"TensorRT failed to run segment {op.segment}")
                 flops += seg.flops
         return flops
 
     run.scratch = scratch
     return run
+
+
+def version() -> dict:
+    """The installed TensorRT flavour and version (engines load only on the one that built them)."""
+    t = trt()
+    return {"tensorrt": str(t.__version__), "tensorrt_flavor": "tensorrt-rtx" if "rtx" in t.__name__ else "tensorrt"}
+
+
+class TensorRTBackend(Backend):
+    """An engine per segment, built from the segment's ONNX export; runs on a CUDA GPU."""
+
+    name = "tensorrt"
+    devices = ("cuda",)
+    writes_artifacts = True
+    lowered_key = "engine_files"
+
+    def check(self) -> None:
+        check()
+
+    def lower(self, program, **options) -> dict:
+        return lower(program, **options)
+
+    def save(self, out_dir: Path, program, captured) -> dict:
+        import shutil
+        import tempfile
+
+        onnx_dir = Path(tempfile.mkdtemp(prefix="cachec-onnx-"))
+        try:
+            onnx_export.export_program(program, onnx_dir, progress=True)  # looked up late: tests interrupt it
+            engines = build_program_engines(program, onnx_dir, out_dir / "engines", progress=True)
+            return {self.lowered_key: {k: f"engines/{v}" for k, v in engines.items()}}
+        finally:
+            shutil.rmtree(onnx_dir, ignore_errors=True)
+
+    def artifact_options(self, path: Path) -> dict:
+        return {"engine_dir": Path(path)}
+
+    def versions(self) -> dict:
+        return version()
+
+    def validate_lowered(self, manifest: dict, fail) -> None:
+        super().validate_lowered(manifest, fail)
+        if "tensorrt" not in manifest["versions"]:
+            fail("versions.tensorrt", "is missing (TensorRT engines load only on the version that built them)")
+
+    def check_versions(self, path: Path, manifest: dict, allow_version_mismatch: bool) -> None:
+        """Serialized engines deserialize only on the exact TensorRT (flavour and version) that
+        built them; no opt-out, as it would fail in the backend anyway."""
+        versions = manifest["versions"]
+        want = (versions.get("tensorrt_flavor", "tensorrt"), versions["tensorrt"])
+        have_d = version()
+        have = (have_d["tensorrt_flavor"], have_d["tensorrt"])
+        if want != have:
+            raise ArtifactError(
+                f"{Path(path) / 'engines'}: the engines were built with {want[0]} {want[1]} but {have[0]} {have[1]} is "
+                f"installed; TensorRT engines load only on the version that built them: recompile with "
+                f"`cachec compile --backend tensorrt`, or install {want[0]} {want[1]}"
+            )

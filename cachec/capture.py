@@ -32,6 +32,8 @@ MAX_BATCH = 1024
 EXPORT_LOCK = threading.RLock()
 
 
+PROGRAM_FILE = "model.pt2"  # the captured program in an artifact that keeps its graph (torch.export.save)
+
 @dataclass
 class Captured:
     """A denoiser exported to a flat FX graph.

@@ -12,8 +12,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from .errors import CachecError, ModelError
 from .progress import stage
 from .session import open_model
@@ -37,33 +35,15 @@ def cmd_compile(args) -> int:
                         backend=args.backend)
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"compiled {args.model} with policy {policy} for {args.backend}: {len(program.segments)} segments, "
-          f"variants {', '.join(program.paths)} -> {out}")
+          f"variants {', '.join(program.variants)} -> {out}")
     ratio = manifest["artifact_bytes"] / max(manifest["weight_bytes"], 1)
     print(f"artifact {manifest['artifact_bytes'] / 1e6:.2f} MB = {ratio:.3f} x model weights "
           f"({manifest['weight_bytes'] / 1e6:.2f} MB)")
     return 0
 
 
-def _grid(images: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    img = images[:, :3] if c >= 3 else images[:, :1].repeat(1, 3, 1, 1)
-    cols = min(n, 8)
-    rows = (n + cols - 1) // cols
-    scale = max(1, 128 // max(h, w))
-    canvas = torch.ones(3, rows * (h + 2), cols * (w + 2))
-    for i in range(n):
-        r, q = divmod(i, cols)
-        canvas[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = img[i]
-    arr = (canvas.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    im = Image.fromarray(arr)
-    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
-
-
 def cmd_run(args) -> int:
+    from .figures import save_grid
     from .metrics import psnr, ssim, to_unit
     from .policy import parse_policy
     from .runtime import CacheRuntime
@@ -90,8 +70,8 @@ def cmd_run(args) -> int:
     if not pixel:
         ref_img = to_unit(ref_traj.sample, pixel, ref=ref_traj.sample)
     out_dir = Path(args.out)
-    _grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png")
-    _grid(ref_img, out_dir / "samples_none.png")
+    save_grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png")
+    save_grid(ref_img, out_dir / "samples_none.png")
     report = {
         "model": bundle.name,
         "policy": policy,
@@ -125,7 +105,7 @@ def cmd_inspect(args) -> int:
     from .policy import parse_policy
 
     policy = parse_policy(args.policy).spec
-    from .program import cache_bytes
+    from .program import Load, Run, Store, cache_bytes
 
     session = open_model(args.model, 2, allow_version_mismatch=args.allow_version_mismatch)
     program = session.program(policy)
@@ -140,7 +120,7 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps({"regions": meta["regions"], "segments": {
             n: {"role": s.role, "flops_per_sample": s.flops, "inputs": s.inputs, "outputs": s.outputs}
-            for n, s in program.segments.items()}, "variants": program.paths,
+            for n, s in program.segments.items()}, "variants": program.describe()["variants"],
             "cache_buffers": len(program.caches()), "cache_bytes_per_item": cache_bytes(program, 1),
             "stream_choices": choices}, indent=1, default=str))
         return 0
@@ -153,11 +133,11 @@ def cmd_inspect(args) -> int:
         params = sum(t.numel() for t in s.parameters().values())
         print(f"  {n:<40} {s.role:<9} {s.flops / 1e9:9.4f}  {params:>10}")
     print("\nvariants (segments run; cache nodes inserted):")
-    for name, ops in program.paths.items():
-        runs = sum(op[0] == "run" for op in ops)
-        loads = [op[1] for op in ops if op[0] == "load"]
-        stores = [op[2] for op in ops if op[0] == "store"]
-        print(f"  {name:<11} {runs} segments, {program.path_flops(name) / 1e9:.4f} GFLOPs/sample, "
+    for name, ops in program.variants.items():
+        runs = sum(isinstance(op, Run) for op in ops)
+        loads = [op.cache for op in ops if isinstance(op, Load)]
+        stores = [op.cache for op in ops if isinstance(op, Store)]
+        print(f"  {name:<11} {runs} segments, {program.variant_flops(name) / 1e9:.4f} GFLOPs/sample, "
               f"{len(loads)} cache_read, {len(stores)} cache_write")
         for c in dict.fromkeys(loads + stores):
             kinds = ("read" if c in loads else "") + ("/write" if c in stores else "")

@@ -62,3 +62,38 @@ def node_flops(node: fx.Node) -> float:
 def graph_flops(gm: fx.GraphModule, batch: int) -> float:
     """Per-sample FLOPs of a graph whose example shapes were taken at batch size ``batch``."""
     return sum(node_flops(n) for n in gm.graph.nodes) / max(batch, 1)
+
+
+def propagate(gm: fx.GraphModule, example: dict, shapes: dict[str, tuple] | None = None) -> None:
+    """Set ``meta["val"]`` of every node from fake inputs at batch 1 (``shapes`` overrides a placeholder's shape).
+
+    ``example`` maps placeholder names to tensors (or export's fake values) giving dtype and trailing dims.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    args = []
+    for n in gm.graph.nodes:
+        if n.op != "placeholder":
+            continue
+        v = example[n.name]
+        shape = (shapes or {}).get(n.name) or (1, *(int(d) for d in v.shape[1:]))
+        args.append(mode.from_tensor(torch.zeros(shape, dtype=v.dtype)))
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*args)
+
+
+def flops_in_tokens(gm: fx.GraphModule, example: dict, index: str, n_tokens: int) -> tuple[float, float]:
+    """Per-sample FLOPs of a token variant as ``fixed + per_token * k``, counted from its shapes.
+
+    The graph's shapes are propagated (fake tensors, batch 1) at ``k = 1`` and ``k = N``; attention
+    and matmul FLOPs are linear in the number of query rows, so two points fix the line. The last
+    propagation (``k = N``) leaves ``meta["val"]`` on every node.
+    """
+    def at(k: int) -> float:
+        propagate(gm, {**example, index: torch.zeros((1, 1), dtype=torch.int64)}, {index: (1, k)})
+        return graph_flops(gm, 1)
+
+    f1, fn = at(1), at(n_tokens)
+    per = (fn - f1) / (n_tokens - 1) if n_tokens > 1 else 0.0
+    return f1 - per, per

@@ -1,4 +1,4 @@
-"""The compiled program: segments (lowerable graphs) and paths (which segments a step runs).
+"""The compiled program: segments (lowerable graphs) and variants (what a step runs).
 
 Values flow between segments by name in one namespace: a segment's placeholders are the names
 of the values it reads and ``meta["cachec_output_names"]`` the names of the values it writes.
@@ -7,8 +7,9 @@ reads it has a placeholder of that name, a segment that writes it returns it. Th
 one buffer per cache name and moves values in and out; no graph holds hidden state, which is
 what lets the same segments lower to ONNX and TensorRT.
 
-A *path* is an ordered list of ops: ``("run", segment)``, ``("load", cache, value)`` (a cache
-buffer is read as a value) and ``("store", value, cache)`` (a value is copied into a buffer). The full and cached paths of a step share their
+A *variant* (DESIGN.md's word, also the manifest's) is an ordered list of typed ops:
+:class:`Run` a segment, :class:`Load` a cache buffer as a value (``cache_read``) and
+:class:`Store` a value into a cache buffer (``cache_write``). The variants of a step share their
 segments, so every parameter is lowered once (see :func:`check_weight_ownership`).
 """
 
@@ -20,18 +21,66 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from .errors import ArtifactError, ModelError, PolicyError
+from .errors import ArtifactError, ModelError
 from .graph_keys import OUTPUTS_KEY, SEGMENT_KEY
-from .schema import ANY, DIM, DTYPE, NAME, NAT, NUM, POS, STR, Mismatch, list_of, map_of, nullable, record, show_value
+from .schema import ANY, DIM, DTYPE, NAME, NAT, NUM, POS, STR, Mismatch, list_of, map_of, nullable, record
 
 CACHE_PREFIX = "cache__"
-
 
 
 def cache_name(*parts: str) -> str:
     """A value name for a cache, safe as an FX placeholder and a file name."""
     text = "__".join(parts)
     return CACHE_PREFIX + "".join(c if c.isalnum() else "_" for c in text)
+
+
+# ---------------------------------------------------------------------------------------------
+# ops
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run a segment: its inputs are read from the step's values, its outputs added to them."""
+
+    segment: str
+
+    def to_json(self) -> list:
+        return ["run", self.segment]
+
+
+@dataclass(frozen=True)
+class Load:
+    """Read cache buffer ``cache`` as the step's value ``value`` (a cache read)."""
+
+    cache: str
+    value: str
+
+    def to_json(self) -> list:
+        return ["load", self.cache, self.value]
+
+
+@dataclass(frozen=True)
+class Store:
+    """Copy the step's value ``value`` into cache buffer ``cache`` (a cache write)."""
+
+    value: str
+    cache: str
+
+    def to_json(self) -> list:
+        return ["store", self.value, self.cache]
+
+
+Op = Run | Load | Store
+
+
+def op_from_json(v: list) -> Op:
+    """The op of a manifest entry (already checked by :data:`DESCRIPTION`)."""
+    kind, *args = v
+    return {"run": Run, "load": Load, "store": Store}[kind](*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# program
 
 
 @dataclass
@@ -71,14 +120,6 @@ class Segment:
     def parameters(self) -> dict[str, torch.Tensor]:
         return {} if self.module is None else dict(_attrs(self.module).items())
 
-    def __call__(self, env: dict) -> None:
-        try:
-            args = [env[n] for n in self.inputs]
-        except KeyError as exc:
-            raise ModelError(f"segment {self.name} needs value {exc.args[0]!r}, which no earlier segment made") from exc
-        outs = self.module(*args)
-        env.update(zip(self.outputs, outs, strict=True))
-
 
 def _attrs(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
     out = {}
@@ -92,14 +133,17 @@ def _attrs(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Program:
-    """Segments, paths and the interface of a compiled denoiser."""
+    """Segments, variants and the interface of a compiled denoiser."""
 
     segments: dict[str, Segment]
-    paths: dict[str, list[tuple]]
+    variants: dict[str, list[Op]]
     inputs: list[str]
     output: str
     values: dict[str, ValueSpec]
     meta: dict = field(default_factory=dict)
+
+    def variant_flops(self, variant: str) -> float:
+        return sum(self.segments[op.segment].flops for op in self.variants[variant] if isinstance(op, Run))
 
     def batch_of(self, env: dict) -> int:
         """The batch size of a step, read from an input that has the batch dimension."""
@@ -107,11 +151,8 @@ class Program:
         first = env[batched[0]] if batched else env[self.inputs[0]]
         return int(first.shape[0]) if first.dim() else 1
 
-    def path_flops(self, path: str) -> float:
-        return sum(self.segments[op[1]].flops for op in self.paths[path] if op[0] == "run")
-
     def host_reads(self) -> set[str]:
-        """Values the runtime reads on the host after a path: the probe signal and tail feedback."""
+        """Values the runtime reads on the host after a variant: the probe signal and tail feedback."""
         names = set(self.meta.get("feedback") or ())
         if self.meta.get("signal"):
             names.add(self.meta["signal"])
@@ -129,7 +170,7 @@ class Program:
                 n: {"role": s.role, "inputs": s.inputs, "outputs": s.outputs, "flops_per_sample": s.flops}
                 for n, s in self.segments.items()
             },
-            "variants": {n: [list(op) for op in ops] for n, ops in self.paths.items()},
+            "variants": {n: [op.to_json() for op in ops] for n, ops in self.variants.items()},
             "values": {n: {"shape": v.shape, "dtype": v.dtype} for n, v in self.values.items()},
             "meta": {k: v for k, v in self.meta.items() if k in _DESCRIBED_META},
         }
@@ -149,7 +190,7 @@ class Program:
         }
         return cls(
             segments=segments,
-            paths={n: [tuple(op) for op in ops] for n, ops in d["variants"].items()},
+            variants={n: [op_from_json(op) for op in ops] for n, ops in d["variants"].items()},
             inputs=list(d["inputs"]),
             output=d["output"],
             values={n: ValueSpec(v["shape"], v["dtype"]) for n, v in d["values"].items()},
@@ -167,8 +208,8 @@ _DESCRIBED_META = (
 # description checks (the generic checkers are in cachec/schema.py)
 
 
-def path_op(v, where):
-    """A path op: ["run", segment] | ["load", cache, value] | ["store", value, cache]."""
+def variant_op(v, where):
+    """An op: ["run", segment] | ["load", cache, value] | ["store", value, cache]."""
     expected = 'an op ["run", SEGMENT], ["load", CACHE, VALUE] or ["store", VALUE, CACHE]'
     ok = (isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)
           and ((v[0] == "run" and len(v) == 2) or (v[0] in ("load", "store") and len(v) == 3)))
@@ -178,16 +219,21 @@ def path_op(v, where):
 
 VALUE_SPEC = record({"shape": list_of(DIM), "dtype": DTYPE})
 SEGMENT = record({"role": STR, "inputs": list_of(NAME), "outputs": list_of(NAME), "flops_per_sample": NUM})
-VARIANTS = map_of(list_of(path_op))
-DESCRIPTION = record(
-    {"inputs": list_of(NAME), "output": NAME, "segments": map_of(SEGMENT), "variants": VARIANTS,
-     "values": map_of(VALUE_SPEC),
-     "meta": record({"policy": NAME, "blocks": list_of(NAME)},
-                  {"model_class": STR, "regions": list_of(ANY), "signal": nullable(NAME), "base_path": list_of(NAME),
-                   "batch_dims": map_of(NAT), "none_flops": nullable(NUM), "max_batch": POS,
-                   "feedback": list_of(NAME), "step_inputs": list_of(NAME), "policy_data": nullable(map_of(ANY)),
-                   "tokens": ANY})},
-)
+VARIANTS = map_of(list_of(variant_op))
+_META = {"policy": NAME, "blocks": list_of(NAME), "model_class": STR, "regions": list_of(ANY),
+         "signal": nullable(NAME), "base_path": list_of(NAME), "batch_dims": map_of(NAT), "none_flops": nullable(NUM),
+         "max_batch": POS, "feedback": list_of(NAME), "step_inputs": list_of(NAME),
+         "policy_data": nullable(map_of(ANY)), "tokens": ANY}
+
+
+def description_schema(required_meta: tuple[str, ...] = ("policy", "blocks")):
+    """The checker of a description; an artifact requires more of ``meta`` than a bare program."""
+    meta = record({k: _META[k] for k in required_meta}, {k: v for k, v in _META.items() if k not in required_meta})
+    return record({"inputs": list_of(NAME), "output": NAME, "segments": map_of(SEGMENT), "variants": VARIANTS,
+                   "values": map_of(VALUE_SPEC), "meta": meta})
+
+
+DESCRIPTION = description_schema()
 
 
 class DescriptionError(ArtifactError):
@@ -199,11 +245,10 @@ class DescriptionError(ArtifactError):
 
 
 def validate_description(d) -> None:
-    """Check a :meth:`Program.describe` dict: structure, and that every name a path, segment or the
-    runtime looks up exists (segments of ``run`` ops, values of segment I/O, cache buffers, the
-    variants the compiled policy's runtime calls)."""
-    from .policy import parse_policy
-
+    """Check a :meth:`Program.describe` dict: structure, and that every name a variant, segment or
+    the runtime looks up exists (segments of ``run`` ops, values of segment I/O, cache buffers,
+    host reads). Which variants a policy needs is its method's business
+    (:meth:`cachec.methods.base.Method.check_program`), checked where the policy is known."""
     try:
         DESCRIPTION(d, "")
     except Mismatch as bad:
@@ -219,27 +264,17 @@ def validate_description(d) -> None:
             for i, n in enumerate(seg[key]):
                 if n not in values:
                     raise DescriptionError(f"segments.{name}.{key}[{i}]", f"names {n!r}, which has no entry in values")
-    for path, ops in d["variants"].items():
+    for variant, ops in d["variants"].items():
         for i, op in enumerate(ops):
-            where = f"variants.{path}[{i}]"
+            where = f"variants.{variant}[{i}]"
             if op[0] == "run" and op[1] not in segments:
                 raise DescriptionError(where, f"runs segment {op[1]!r}, which is not among the segments")
             cache = op[1] if op[0] == "load" else op[2] if op[0] == "store" else None
             if cache is not None and not (cache.startswith(CACHE_PREFIX) and cache in values):
                 raise DescriptionError(where, f"uses cache {cache!r}, which is not a cache value in values")
-    try:
-        policy = parse_policy(d["meta"]["policy"])
-    except PolicyError as exc:
-        raise DescriptionError("meta.policy", f"is not a valid policy ({exc})") from None
-    needed = {"full"} | ({"head", "tail_full", "tail_reuse"} if policy.dynamic else set())
-    if not policy.dynamic and policy.name != "none":
-        needed.add("reuse")
-    missing = sorted(needed - set(d["variants"]))
-    if missing:
-        raise DescriptionError("variants", f"has no {missing[0]!r} variant, which policy {policy.spec} runs")
     signal = d["meta"].get("signal")
-    if policy.dynamic and signal not in values:
-        raise DescriptionError("meta.signal", f"should name the probe value a dynamic policy reads, got {show_value(signal)}")
+    if signal is not None and signal not in values:
+        raise DescriptionError("meta.signal", f"names {signal!r}, which has no entry in values")
     for key in ("feedback", "step_inputs"):
         for i, n in enumerate(d["meta"].get(key) or ()):
             if n not in values:

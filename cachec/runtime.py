@@ -6,8 +6,9 @@ It has no knowledge of any one model. Per call (one denoising step) it
 2. detects a new trajectory (explicit :meth:`CacheRuntime.reset`, the configured number of
    steps reached, a timestep that does not continue the previous one, or a batch/shape change —
    the last is logged, since silently mixing caches of two shapes would be wrong);
-3. asks the policy's controller for the step's action, running the probe head first for
-   dynamic policies, and runs the chosen path on the backend;
+3. runs the step protocol: the policy's controller yields actions (a variant to run, its
+   host-side inputs, the values to read back — a probe's signal, say) and the runtime runs each
+   on the backend, one loop for every method;
 4. copies cache writes into buffers allocated once per shape (fixed addresses, reused across
    steps and trajectories), and counts NFE and FLOPs from the graph.
 """
@@ -25,10 +26,9 @@ from cachec.backends import get_backend
 
 from .capture import flatten_inputs
 from .errors import PolicyError, ShapeError
+from .methods.base import Action, StepContext
 from .policy import Policy, parse_policy
 from .program import Program
-from .token_planner import check_token_backend
-from .token_runtime import run_token_step
 
 log = logging.getLogger("cachec")
 
@@ -125,13 +125,12 @@ class CacheRuntime(torch.nn.Module):
         if self.policy.needs_data and self.policy.data is None and program.meta.get("policy_data") \
                 and self.policy.data_source() == compiled.data_source():
             self.policy.data = program.meta["policy_data"]  # resolved at compile time (the artifact needs no file)
-        if self.policy.granularity == "token":  # ToCa / DuCa (cachec/token_planner.py, token_runtime.py)
-            check_token_backend(backend, self.policy)
         self.backend = get_backend(backend)
+        self.backend.check_policy(self.policy)
         self.variants = self.backend.lower(program, **(backend_options or {}))  # variant name -> run(env, caches)
         self.num_steps = num_steps
         self.signature = signature or list(program.inputs)
-        self.full_step_flops = full_step_flops or program.meta.get("none_flops") or program.path_flops("full")
+        self.full_step_flops = full_step_flops or program.meta.get("none_flops") or program.variant_flops("full")
         self.config = _frozen_config(config if config is not None else program.meta.get("config", {}))
         self.branches: dict[str, BranchState] = {}
         self._context: str | None = None  # set by cache_context()
@@ -309,26 +308,9 @@ class CacheRuntime(torch.nn.Module):
         self._maybe_new_trajectory(branch, key, inputs, t)
         env: dict[str, torch.Tensor] = dict(inputs)
         batch = self._batch(inputs)
-        step, ctl, stats = branch.step, branch.controller, branch.history[-1]
-        flops = 0.0
-        signal = letter = None
-        if self.policy.granularity == "token":  # full, partial or reuse, with token selection
-            letter, flops = run_token_step(self, env, branch, batch, step)
-            full = letter == "F"
-        elif self.policy.dynamic:
-            flops += self._run("head", env, branch)
-            signal = float(env[self.program.meta["signal"]])
-            full = ctl.decide(step, signal)
-            self._step_inputs(ctl, step, full, env)
-            flops += self._run("tail_full" if full else "tail_reuse", env, branch)
-        else:
-            full = ctl.decide(step)
-            self._step_inputs(ctl, step, full, env)
-            flops += self._run("full" if full else "reuse", env, branch)
-        feedback = self.program.meta.get("feedback")
-        if feedback and full and self.policy.dynamic:
-            ctl.observe({n: float(env[n]) for n in feedback})
-        stats.schedule += letter or ("F" if full else "R")
+        step, stats = branch.step, branch.history[-1]
+        flops, letter, signal = self._step(branch, step, env, batch)
+        stats.schedule += letter
         stats.step_flops.append(flops * batch)
         stats.signals.append(signal)
         stats.flops += flops * batch
@@ -341,28 +323,46 @@ class CacheRuntime(torch.nn.Module):
             return Transformer2DModelOutput(sample=out)
         return (out,)
 
-    def _step_inputs(self, ctl, step: int, full: bool, env: dict) -> None:
-        """The controller's host-computed inputs (forecast coefficients) as small tensors.
-
-        A program compiled for a forecast policy but run as ``none`` still reads the update
-        coefficients on its full path; zeros serve (no forecast ever reads that state).
-        """
-        names = self.program.meta.get("step_inputs")
-        if not names:
-            return
-        given = ctl.step_inputs(step, full)
+    def _step(self, branch: BranchState, step: int, env: dict, batch: int) -> tuple[float, str, float | None]:
+        """The step protocol: run the controller's actions until it has no more; returns the step's
+        per-sample FLOPs, its schedule letter and the probe signal it read (if any)."""
         device = env[self.program.inputs[0]].device
-        for name in names:
+        ctx = StepContext(self.program.meta, branch.caches, batch, device)
+        actions = branch.controller.actions(step, ctx)
+        signal_name = self.program.meta.get("signal")
+        flops, letter, signal = 0.0, "", None
+        action = next(actions)
+        while True:
+            self._set_inputs(action, env, device)
+            flops += self.variants[action.variant](env, branch.caches) + action.flops_delta
+            letter = action.letter or letter
+            values = {n: float(env[n]) for n in action.read}  # each one device->host sync
+            if signal_name in values:
+                signal = values[signal_name]
+            try:
+                action = actions.send(values)
+            except StopIteration:
+                return flops, letter, signal
+
+    def _set_inputs(self, action: Action, env: dict, device) -> None:
+        """An action's host-side inputs as the values its variant reads.
+
+        The program's declared step inputs (forecast coefficients) are made tensors of their
+        compiled dtype; a program compiled for a forecast policy but run as ``none`` still reads
+        the update coefficients on its full variant, and zeros serve (no forecast reads that
+        state). Other inputs (token positions) are tensors already.
+        """
+        for name in self.program.meta.get("step_inputs") or ():
             spec = self.program.values.get(name)
             if spec is None:
                 continue
             dtype = getattr(torch, spec.dtype)
-            value = given.get(name)
+            value = action.inputs.get(name)
             env[name] = (torch.zeros(spec.concrete(1), dtype=dtype, device=device) if value is None
                          else torch.tensor(value, dtype=dtype, device=device))
-
-    def _run(self, path: str, env: dict, branch: BranchState) -> float:
-        return self.variants[path](env, branch.caches)
+        for name, value in action.inputs.items():
+            if isinstance(value, torch.Tensor):
+                env[name] = value
 
 
 def _exact_cast(t: torch.Tensor, dtype: torch.dtype) -> bool:

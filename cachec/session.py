@@ -66,13 +66,15 @@ def open_model(model_spec: str, batch: int, backend: str | None = None,
         bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=manifest["model"]["class"],
                              config=manifest["model"]["config"])
 
+        own_policy = manifest["program"]["meta"]["policy"]
+
         def plan_artifact(pol):
-            program, _ = artifact.load_program(path, None if pol == manifest["policy"] else pol,
+            program, _ = artifact.load_program(path, None if pol == own_policy else pol,
                                                allow_version_mismatch=allow_version_mismatch)
             return program, None
 
         own, options = artifact.runtime_backend(path, manifest, backend)
-        return Session(bundle, manifest["signature"], own, options, manifest["policy"], plan_artifact)
+        return Session(bundle, manifest["signature"], own, options, own_policy, plan_artifact)
     from .capture import capture
     from .planner import compile_program
     from .policy import parse_policy

@@ -8,6 +8,7 @@ broken rewrite is caught where it happens, not three passes later.
 from .assign_segments import AssignSegments
 from .hoist_conditioning import HoistConditioning
 from .infra import Pass, PassManager, PassResult
+from .remove_noops import RemoveNoOps
 from .strip_export import StripExportArtifacts
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "PassManager",
     "PassResult",
     "StripExportArtifacts",
+    "RemoveNoOps",
     "HoistConditioning",
     "AssignSegments",
 ]

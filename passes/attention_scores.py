@@ -1,6 +1,6 @@
 """Token scores tapped from a self-attention graph, for ToCa-style token selection.
 
-:func:`add_token_score` adds one output to an attention segment: a per-token score ``[B, N]``
+:class:`TapTokenScore` adds one output to an attention segment: a per-token score ``[B, N]``
 that the runtime ranks tokens by on the next partial steps (the full path stores it in a cache).
 
 * ``knorm`` / ``vnorm`` — the L2 norm of each token's key / value, averaged over heads. Cheap
@@ -22,6 +22,8 @@ from torch import fx
 
 from cachec.graph_keys import OUTPUTS_KEY
 
+from .infra import Pass, PassError, PassResult
+
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
 RULES = ("knorm", "vnorm", "attn")
@@ -31,7 +33,7 @@ class ScoreError(ValueError):
     """The graph has no single self-attention to score tokens from."""
 
 
-def add_token_score(gm: fx.GraphModule, rule: str, output: str) -> fx.GraphModule:
+def _add_token_score(gm: fx.GraphModule, rule: str, output: str) -> fx.GraphModule:
     """Return ``gm`` with one more output, ``output``: the score of ``rule`` for every key token."""
     if rule not in RULES:
         raise ValueError(f"unknown score rule {rule!r}; known: {', '.join(RULES)}")
@@ -74,3 +76,21 @@ def _materialise(g: fx.Graph, node: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node)
         received = g.call_function(aten.sum.dim_IntList, (g.call_function(aten.mean.dim, (probs, [1])), [1]))  # [B, Nk]
         norm = g.call_function(aten.linalg_vector_norm.default, (received, 2, [-1], True))
         return g.call_function(aten.div.Tensor, (received, norm))
+
+
+class TapTokenScore(Pass):
+    """Add the token score of ``rule`` as the output ``output`` of an attention graph, in place.
+
+    Requires exactly one ``scaled_dot_product_attention`` (else :class:`ScoreError`); ensures the
+    graph returns ``output`` last. ``rule="attn"`` replaces the fused attention by an explicit one.
+    """
+
+    def __init__(self, rule: str, output: str):
+        self.rule, self.output = rule, output
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        return PassResult(_add_token_score(gm, self.rule, self.output), True)
+
+    def ensures(self, gm: fx.GraphModule) -> None:
+        if gm.meta.get(OUTPUTS_KEY, [None])[-1] != self.output:
+            raise PassError(f"the graph does not return the score {self.output!r} last")

@@ -1,6 +1,6 @@
 """Gather/scatter: a region that computes only a subset of its tokens (ToCa / DuCa partial steps).
 
-:func:`token_variant` rewrites a module region's segment graph (an MLP, a cross-attention, or a
+:class:`GatherScatter` rewrites a module region's segment graph (an MLP, a cross-attention, or a
 self-attention) into a graph that takes, besides the region's inputs,
 
 * ``index`` — ``int64 [B, k]``: the token positions to compute, supplied by the runtime each step
@@ -35,6 +35,8 @@ import torch
 from torch import fx
 
 from cachec.graph_keys import OUTPUTS_KEY
+
+from .infra import Pass, PassError, PassResult
 
 aten = torch.ops.aten
 
@@ -261,7 +263,7 @@ class _Rewriter:
         return out_axis, shape
 
 
-def token_variant(region: fx.GraphModule, n_tokens: int, index: str, caches: dict[str, str]) -> fx.GraphModule:
+def _token_variant(region: fx.GraphModule, n_tokens: int, index: str, caches: dict[str, str]) -> fx.GraphModule:
     """The region ``region`` computed on the rows ``index`` of its token-wise inputs.
 
     ``caches`` maps each output value name of the region to the cache it is scattered into; the
@@ -305,39 +307,28 @@ def token_variant(region: fx.GraphModule, n_tokens: int, index: str, caches: dic
     return gm
 
 
+class GatherScatter(Pass):
+    """The token variant of a region graph (see the module docstring).
 
-def propagate(gm: fx.GraphModule, example: dict, shapes: dict[str, tuple] | None = None) -> None:
-    """Set ``meta["val"]`` of every node from fake inputs at batch 1 (``shapes`` overrides a placeholder's shape).
-
-    ``example`` maps placeholder names to tensors (or export's fake values) giving dtype and trailing dims.
+    Not in place: it builds a new graph, leaving the region's own segment intact for the variants
+    that still run it on all tokens. Requires a region graph that names its outputs
+    (``meta[OUTPUTS_KEY]``); ensures placeholders ``inputs…, index, caches…`` and the same outputs.
+    Raises :class:`TokenwiseError` for a region whose rows depend on other rows.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    args = []
-    for n in gm.graph.nodes:
-        if n.op != "placeholder":
-            continue
-        v = example[n.name]
-        shape = (shapes or {}).get(n.name) or (1, *_ints(v.shape[1:]))
-        args.append(mode.from_tensor(torch.zeros(shape, dtype=v.dtype)))
-    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*args)
+    in_place = False
 
+    def __init__(self, n_tokens: int, index: str, caches: dict[str, str]):
+        self.n_tokens, self.index, self.caches = n_tokens, index, caches
 
-def flops_in_tokens(gm: fx.GraphModule, example: dict, index: str, n_tokens: int) -> tuple[float, float]:
-    """Per-sample FLOPs of a token variant as ``fixed + per_token * k``, counted from its shapes.
+    def requires(self, gm: fx.GraphModule) -> None:
+        if OUTPUTS_KEY not in gm.meta:
+            raise PassError("a region graph names its outputs in meta[OUTPUTS_KEY]")
 
-    The graph's shapes are propagated (fake tensors, batch 1) at ``k = 1`` and ``k = N``; attention
-    and matmul FLOPs are linear in the number of query rows, so two points fix the line. The last
-    propagation (``k = N``) leaves ``meta["val"]`` on every node.
-    """
-    from cachec.flops import graph_flops
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        return PassResult(_token_variant(gm, self.n_tokens, self.index, self.caches), True)
 
-    def at(k: int) -> float:
-        propagate(gm, {**example, index: torch.zeros((1, 1), dtype=torch.int64)}, {index: (1, k)})
-        return graph_flops(gm, 1)
-
-    f1, fn = at(1), at(n_tokens)
-    per = (fn - f1) / (n_tokens - 1) if n_tokens > 1 else 0.0
-    return f1 - per, per
+    def ensures(self, gm: fx.GraphModule) -> None:
+        names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        if self.index not in names or any(c not in names for c in self.caches.values()):
+            raise PassError(f"token variant lacks its index or cache inputs: {names}")

@@ -120,11 +120,13 @@ def test_program_file_not_listed_is_caught(eager_artifact, tmp_path, capsys):
         (b"\xff\xfe\x00garbage", "manifest.json is corrupt: not valid JSON"),
         (b"[" * 100000, "manifest.json is corrupt"),
         (b"[1, 2, 3]", "is not a cachec manifest (format field is not 'cachec-artifact')"),
-        (json.dumps({"format": "onnx-model", "schema": 1}).encode(), "is not a cachec manifest"),
-        (json.dumps({"format": "cachec-artifact", "schema": 2}).encode(),
-         "has manifest schema 2; this cachec (version 0.1.0) reads schema 1"),
-        (json.dumps({"format": "cachec-artifact", "schema": "1"}).encode(), "has manifest schema '1'"),
-        (json.dumps({"format": "cachec-artifact", "schema": 1}).encode(), "field 'versions' is missing"),
+        (json.dumps({"format": "onnx-model", "schema": 2}).encode(), "is not a cachec manifest"),
+        (json.dumps({"format": "cachec-artifact", "schema": 3}).encode(),
+         "has manifest schema 3; this cachec (version 0.1.0) reads schema 2"),
+        (json.dumps({"format": "cachec-artifact", "schema": 1}).encode(),
+         "has manifest schema 1; this cachec (version 0.1.0) reads schema 2: recompile the model with this cachec"),
+        (json.dumps({"format": "cachec-artifact", "schema": "2"}).encode(), "has manifest schema '2'"),
+        (json.dumps({"format": "cachec-artifact", "schema": 2}).encode(), "field 'versions' is missing"),
     ],
 )
 def test_corrupt_or_foreign_manifest(content, fragment, eager_artifact, tmp_path, capsys):
@@ -166,21 +168,27 @@ def _del(keys):
 @pytest.mark.parametrize(
     "mutate, fragment",
     [
-        (_del(["variants"]), "field 'variants' is missing"),
-        (_del(["inputs", "hidden_states", "dtype"]), "field 'inputs.hidden_states.dtype' is missing"),
-        (_set(["segments", "b0_ff", "inputs"], 3), "field 'segments.b0_ff.inputs' should be a list, got an integer 3"),
-        (_set(["inputs", "timestep", "dtype"], "float99"),
-         "field 'inputs.timestep.dtype' should be a torch dtype name such as 'float32', got a string \"float99\""),
-        (_set(["inputs", "hidden_states", "shape", 1], -4),
-         "field 'inputs.hidden_states.shape[1]' should be \"B\" (the batch) or a non-negative integer"),
-        (_set(["variants", "full", 0], ["jump", "b0_ff"]), "field 'variants.full[0]' should be an op"),
-        (_set(["max_batch"], True), "field 'max_batch' should be a positive integer, got a boolean true"),
-        (_set(["max_batch"], 10**12), "field 'max_batch' is 1000000000000, above the largest batch"),
-        (_set(["example_batch"], 2000), "field 'example_batch' is 2000, above max_batch 1024"),
-        (_set(["policy"], "fora:0"), "field 'policy' is not a valid policy (fora: N=0 is out of range"),
+        (_del(["program", "variants"]), "field 'program.variants' is missing"),
+        (_del(["program", "values", "hidden_states", "dtype"]), "field 'program.values.hidden_states.dtype' is missing"),
+        (_set(["program", "segments", "b0_ff", "inputs"], 3),
+         "field 'program.segments.b0_ff.inputs' should be a list, got an integer 3"),
+        (_set(["program", "values", "timestep", "dtype"], "float99"),
+         "field 'program.values.timestep.dtype' should be a torch dtype name such as 'float32', got a string \"float99\""),
+        (_set(["program", "values", "hidden_states", "shape", 1], -4),
+         "field 'program.values.hidden_states.shape[1]' should be \"B\" (the batch) or a non-negative integer"),
+        (_set(["program", "variants", "full", 0], ["jump", "b0_ff"]), "field 'program.variants.full[0]' should be an op"),
+        (_set(["program", "meta", "max_batch"], True),
+         "field 'program.meta.max_batch' should be a positive integer, got a boolean true"),
+        (_set(["program", "meta", "max_batch"], 10**12),
+         "field 'program.meta.max_batch' is 1000000000000, above the largest batch"),
+        (_set(["capture", "example_batch"], 2000), "field 'capture.example_batch' is 2000, above max_batch 1024"),
+        (_set(["program", "meta", "policy"], "fora:0"),
+         "field 'program.meta.policy' is not a valid policy (fora: N=0 is out of range"),
         (_set(["backend"], "tpu"), "field 'backend' should be one of 'eager', 'onnxruntime', 'tensorrt'"),
-        (_set(["latent_input"], "noise"), "field 'latent_input' names 'noise', which is not one of the inputs"),
-        (_set(["batch_dims", "timestep"], 3), "field 'batch_dims.timestep' does not point at a batch dimension"),
+        (_set(["capture", "latent_input"], "noise"),
+         "field 'capture.latent_input' names 'noise', which is not one of the inputs"),
+        (_set(["program", "meta", "batch_dims", "timestep"], 3),
+         "field 'program.meta.batch_dims.timestep' does not point at a batch dimension"),
         (_set(["files", "../outside.bin"], {"sha256": "0" * 64, "bytes": 1}),
          "field 'files.../outside.bin' is not a file inside the artifact directory"),
         (_set(["files", "model.pt2", "sha256"], "abc"), "field 'files.model.pt2.sha256' should be a SHA-256 hex digest"),
@@ -197,22 +205,23 @@ def test_malformed_manifest_fields_are_named(mutate, fragment, eager_artifact, t
     assert "is malformed" in message
 
 
-@pytest.mark.parametrize("field, where", [("policy", "program.meta.policy"), ("segments", "program.segments"),
-                                          ("batch_dims", "program.meta.batch_dims"), ("output", "program.values")])
-def test_manifest_that_disagrees_with_its_program_description(field, where, eager_artifact, tmp_path, capsys):
-    value = {"policy": "fora:3", "segments": {}, "batch_dims": {}, "output": {"name": "x", "shape": [], "dtype": "int8"}}
-    art = _edit(_copy(eager_artifact, tmp_path), _set([field], value[field]))
-    _rejected(art, f"field {field!r} disagrees with {where}: the manifest was edited or mixes two artifacts", capsys,
-              "manifest.json")
+def test_manifest_records_the_program_once(eager_artifact):
+    """Schema 2: the program (policy, segments, variants, values, batch settings) is described once,
+    under ``program``; the schema-1 top-level copies, which could disagree with it, are gone."""
+    manifest = json.loads((eager_artifact / "manifest.json").read_text())
+    mirrored = {"policy", "segments", "variants", "caches", "inputs", "output", "blocks", "signal", "batch_dims",
+                "max_batch", "none_flops_per_sample"}
+    assert not mirrored & set(manifest)
+    assert {"policy", "blocks", "batch_dims", "max_batch"} <= set(manifest["program"]["meta"])
 
 
 def test_settings_the_planner_cannot_use_are_named(eager_artifact, tmp_path, capsys):
-    art = _edit(_copy(eager_artifact, tmp_path), _set(["stream_inputs"], []))
+    art = _edit(_copy(eager_artifact, tmp_path), _set(["capture", "stream_inputs"], []))
     _rejected(art, "the program cannot be rebuilt from model.pt2 with the manifest's settings (", capsys,
               "manifest.json")
 
     def delta(m):
-        m["policy"] = m["program"]["meta"]["policy"] = "delta:2"  # needs blocks=a-b on a 2-block model
+        m["program"]["meta"]["policy"] = "delta:2"  # needs blocks=a-b on a 2-block model
 
     art = _edit(_copy(eager_artifact, tmp_path, "b"), delta)
     _rejected(art, "its policy 'delta:2' cannot be planned on model.pt2 (delta needs blocks=a-b", capsys,
@@ -222,10 +231,9 @@ def test_settings_the_planner_cannot_use_are_named(eager_artifact, tmp_path, cap
 
 
 def test_manifest_that_disagrees_with_the_program_file(eager_artifact, tmp_path, capsys):
-    art = _edit(_copy(eager_artifact, tmp_path), _set(["inputs", "hidden_states", "shape"], ["B", 4, 16, 16]))
+    art = _edit(_copy(eager_artifact, tmp_path), _set(["program", "values", "hidden_states", "shape"], ["B", 4, 16, 16]))
     _rejected(art, "differ from those of model.pt2", capsys, "manifest.json")
     def reverse(m):
-        m["variants"]["reuse"].reverse()
         m["program"]["variants"]["reuse"].reverse()
 
     art = _edit(_copy(eager_artifact, tmp_path, "b"), reverse)
@@ -240,7 +248,7 @@ def test_newer_cachec_is_refused_unless_allowed(eager_artifact, tmp_path, capsys
     art = _edit(_copy(eager_artifact, tmp_path), _set(["versions", "cachec"], "0.2.0"))
     _rejected(art, f"was written by cachec 0.2.0, newer than the installed cachec {cachec.__version__}", capsys)
     program, _ = load_program(art, allow_version_mismatch=True)
-    assert set(program.paths) == {"full", "reuse"}
+    assert set(program.variants) == {"full", "reuse"}
     _edit(art, _set(["versions", "cachec"], "0.1.9"))  # a newer patch release writes the same artifacts
     load_program(art)
 
@@ -251,7 +259,7 @@ def test_eager_artifact_from_another_torch_is_refused_unless_allowed(eager_artif
                         capsys, "model.pt2")
     assert "--allow-version-mismatch" in message
     program, _ = load_program(art, allow_version_mismatch=True)
-    assert set(program.paths) == {"full", "reuse"}
+    assert set(program.variants) == {"full", "reuse"}
     # the opt-out as users reach it: cachec.load and the CLI flag
     assert cachec.load(art, allow_version_mismatch=True).policy.spec == "fora:2"
     assert main(["inspect", str(art), "--allow-version-mismatch"]) == 0
@@ -263,7 +271,7 @@ def test_eager_artifact_from_another_torch_is_refused_unless_allowed(eager_artif
 def test_lowered_artifact_does_not_depend_on_torch_version(lowered_artifact, tmp_path):
     art = _edit(_copy(lowered_artifact, tmp_path), _set(["versions", "torch"], "1.13.0"))
     program, manifest = load_program(art)
-    assert manifest["backend"] == LOWERED and set(program.paths) == {"full", "reuse"}
+    assert manifest["backend"] == LOWERED and set(program.variants) == {"full", "reuse"}
 
 
 @pytest.mark.skipif(LOWERED != "tensorrt", reason="TensorRT bindings not installed")
@@ -516,7 +524,7 @@ def test_fuzz_eager_manifest_loads_or_raises_artifact_error(eager_fuzz, data):
 def test_fuzz_random_json_documents(eager_fuzz, doc, header):
     art, _ = eager_fuzz
     if header and isinstance(doc, dict):  # get past the format/schema gate into the field checks
-        doc = {"format": "cachec-artifact", "schema": 1, **doc}
+        doc = {"format": "cachec-artifact", "schema": 2, **doc}
     _load_or_artifact_error(art, doc)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cachec import bench
+from cachec import bench, figures
 from cachec.cli import main
 from cachec.metrics import ssim
 
@@ -116,7 +116,7 @@ def test_table_json_and_plots(result, tmp_path):
     data = json.loads((tmp_path / "b.json").read_text())
     assert [r["policy"] for r in data["policies"]] == ["none", "fora:2", "fbcache:0.05"]
     assert data["steps"] == STEPS and data["seeds"] == list(range(SEEDS))
-    paths = bench.write_plots(result, str(tmp_path / "plots"))
+    paths = figures.write_plots(result, str(tmp_path / "plots"))
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["schedule.png", "error_curve.png", "pareto.png"]
     for p in paths:
         im = Image.open(p).convert("RGB")
@@ -127,7 +127,7 @@ def test_table_json_and_plots(result, tmp_path):
 def test_schedule_strip_colours_follow_the_schedule(result, tmp_path):
     """Pixel check of the strip: fora:2's cells alternate dark (full) and light (cached)."""
     path = tmp_path / "s.png"
-    bench.plot_schedule(result, path)
+    figures.plot_schedule(result, path)
     im = Image.open(path).convert("L")
     row = [r["policy"] for r in result.rows].index("fora:2")
     y = 45 + 30 * row + 11
@@ -147,7 +147,7 @@ def test_schedule_strip_colours_follow_the_schedule(result, tmp_path):
 
 def test_pareto_front():
     pts = [(10, 30.0), (13, 28.0), (10, 22.0), (5, 20.0), (20, 40.0)]
-    assert bench.pareto_front(pts) == [3, 0, 4]
+    assert figures.pareto_front(pts) == [3, 0, 4]
 
 
 def test_split_policies_keeps_policy_arguments_together():

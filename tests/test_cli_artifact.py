@@ -24,9 +24,9 @@ def artifact_dir(model_dir, tmp_path_factory):
 
 def test_compile_writes_a_verified_artifact(artifact_dir):
     manifest = json.loads((artifact_dir / "manifest.json").read_text())
-    assert manifest["policy"] == "fora:2"
-    assert set(manifest["variants"]) == {"full", "reuse"}
-    assert manifest["inputs"]["hidden_states"] == {"shape": ["B", 4, 8, 8], "dtype": "float32"}
+    assert manifest["program"]["meta"]["policy"] == "fora:2"
+    assert set(manifest["program"]["variants"]) == {"full", "reuse"}
+    assert manifest["program"]["values"]["hidden_states"] == {"shape": ["B", 4, 8, 8], "dtype": "float32"}
     assert manifest["files"]["model.pt2"]["sha256"]
     assert not [p for p in artifact_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
@@ -57,7 +57,7 @@ def test_onnxruntime_artifact_loads_on_its_own_backend(model_dir, tmp_path):
     for f in copy.iterdir():  # the artifact must not need the weights files
         f.unlink()
     loaded = cachec.load(out, num_steps=4)
-    assert loaded.backend.__name__ == "cachec.backends.onnxruntime"
+    assert loaded.backend.name == "onnxruntime"
     direct = cachec.compile(model, example_inputs(model, 2), "fora:2", num_steps=4)
     x = torch.randn(2, 4, 8, 8)
     for t in (900, 600, 300, 100):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cachec.forecast import FoCa, ForecastTracker, Hermite, Taylor
-from passes.residual_delta import linear_mix
+from cachec.planner.segments import linear_mix
 
 
 def run_schedule(method, schedule: str, feature):

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachec.errors import PolicyError
-from cachec.policy import POLICIES, describe_policies, parse_policy, teacache_coefficients
+from cachec.methods.teacache import teacache_coefficients
+from cachec.policy import POLICIES, describe_policies, parse_policy
 
 
 def test_main_value_and_keys():

@@ -6,6 +6,7 @@ from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, UNet2DCondi
 
 import cachec
 from cachec.models import example_inputs
+from cachec.program import Load, Run, Store
 
 
 def _dit():
@@ -28,10 +29,10 @@ def test_dit_regions_and_flops_by_hand():
     assert regions["transformer_blocks.0.attn1"]["flops_per_sample"] == attn
     assert regions["transformer_blocks.1.ff"]["flops_per_sample"] == ff
     # the reuse path runs no region segment and reads every region output from a cache
-    reuse = program.paths["reuse"]
-    assert not any(op[0] == "run" and ("attn1" in op[1] or op[1].endswith("_ff")) for op in reuse)
-    assert sum(op[0] == "load" for op in reuse) == 4
-    assert sum(op[0] == "store" for op in program.paths["full"]) == 4
+    reuse = program.variants["reuse"]
+    assert not any(isinstance(op, Run) and ("attn1" in op.segment or op.segment.endswith("_ff")) for op in reuse)
+    assert sum(isinstance(op, Load) for op in reuse) == 4
+    assert sum(isinstance(op, Store) for op in program.variants["full"]) == 4
 
 
 def test_adaln_is_hoisted_and_every_parameter_has_one_segment():

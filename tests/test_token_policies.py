@@ -24,10 +24,10 @@ import cachec
 from cachec.capture import capture, flatten_exported
 from cachec.cli import main
 from cachec.graph_keys import OUTPUTS_KEY
+from cachec.methods.tokenwise import TokenController, n_eff
 from cachec.models import ModelBundle, example_inputs
-from cachec.passes.gather_scatter import TokenwiseError, token_variant
+from cachec.passes.gather_scatter import GatherScatter, TokenwiseError
 from cachec.planner import Planner, compile_program
-from cachec.token_policy import TokenController, n_eff
 
 T = 12
 BATCH = 2
@@ -97,7 +97,7 @@ def test_scatter_equals_module_on_all_tokens_then_selected_rows(short, module):
     seg = pl.segments[region.segment]
     out = seg.outputs[0]
     n = int(pl.meta[out].shape[1])
-    gm = token_variant(seg.module, n, "idx", {out: "cache"})
+    gm = GatherScatter(n, "idx", {out: "cache"})(seg.module).graph_module
     g = torch.Generator().manual_seed(3)
     inputs = {name: torch.randn(3, *pl.meta[name].shape[1:], generator=g) for name in seg.inputs}
     hidden = next(v for v in inputs.values() if v.shape[1] == n)
@@ -277,7 +277,7 @@ def test_partial_step_flops_match_the_token_share():
     # the partial step runs no attention (reused), so torch's counter sees all its FLOPs (on CPU it
     # does not count scaled_dot_product_attention, which only the full step runs)
     assert rt.stats.step_flops[1] == pytest.approx(measured[1], rel=0.03)
-    reuse = runtime(short, "fora:3").program.path_flops("reuse") * BATCH
+    reuse = runtime(short, "fora:3").program.variant_flops("reuse") * BATCH
     mlp = sum(r["flops_per_sample"] for r in rt.program.meta["regions"] if r["kind"] == "mlp") * BATCH
     share = (measured[1] - reuse) / mlp
     assert share == pytest.approx(4 / 16, rel=0.03)
@@ -333,17 +333,17 @@ def test_ops_that_mix_tokens_are_refused_by_name(fn, message):
     gm = make_fx(lambda x, w: (fn(x, w),), tracing_mode="fake")(torch.randn(2, 16, 8), torch.randn(8, 8))
     gm.meta[OUTPUTS_KEY] = ["out"]
     with pytest.raises(TokenwiseError, match=message):
-        token_variant(gm, 16, "idx", {"out": "cache"})
+        GatherScatter(16, "idx", {"out": "cache"})(gm)
 
 
 def test_region_that_is_not_token_wise_is_named_by_the_planner(monkeypatch):
     """The planner turns the pass's refusal into a ModelError naming the region and the way out."""
-    import cachec.token_planner as tp
+    import cachec.methods.tokenwise as tp
 
     def refuse(*args, **kwargs):
         raise TokenwiseError("cat_7: aten.cat.default works along the token axis")
 
-    monkeypatch.setattr(tp, "token_variant", refuse)
+    monkeypatch.setattr(tp.GatherScatter, "call", refuse)
     with pytest.raises(cachec.ModelError, match=r"transformer_blocks\.0\.attn1 \(attn\) cannot be computed on a subset"
                                                 r".*try attn=reuse"):
         fresh_planner("dit").plan(cachec.parse_policy("toca:3,attn=sdpa"))
@@ -404,7 +404,7 @@ def test_r0_with_reused_self_attention_equals_reusing_only_self_attention(short)
 def test_grid_bonus_and_staleness_in_the_score():
     """ToCa's s3/s4 terms, against a loop: the top token of each g×g cell gets bonus·max, and a
     large staleness weight makes the least recently computed tokens win."""
-    from cachec.token_runtime import TokenState, grid_bonus, select
+    from cachec.methods.tokenwise import TokenState, grid_bonus, select
 
     g = torch.Generator().manual_seed(0)
     score = torch.rand(2, 16, generator=g)

@@ -1,14 +1,21 @@
-"""From a captured graph and a policy to a :class:`~cachec.program.Program`.
+"""From a captured graph and a method to a :class:`~cachec.program.Program`.
 
-The planner runs the structural passes once (strip export scaffolding → hoist conditioning →
-assign segments), splits the graph into segments, and then asks the policy's granularity for
-its paths:
+The planner runs the structural passes once (strip export scaffolding → remove no-ops → hoist
+conditioning → assign segments), splits the graph into segments, and offers the *planning
+primitives* methods build their variants from (:meth:`Method.plan <cachec.methods.base.Method.plan>`
+calls them; the planner knows no method):
 
-* ``module`` (FORA): the reuse path skips every attention/MLP region segment and loads its
-  outputs from caches; the full path stores them.
-* ``step`` / ``block`` (static, Δ-DiT, FBCache, TeaCache): a weightless residual-delta segment
-  writes ``out − in`` of a block range on full steps and applies ``in + delta`` on cached ones.
-* dynamic policies split a step into a *head* (up to the probe) and two *tails*.
+* :meth:`Planner.module_reuse` (FORA): the reuse variant skips every attention/MLP region segment
+  and loads its outputs from caches; the full variant stores them.
+* :meth:`Planner.range_reuse` (static, Δ-DiT, budget): a weightless residual-delta segment writes
+  ``out − in`` of a block range on full steps and applies ``in + delta`` on cached ones.
+* :meth:`Planner.probe_skip` (FBCache, DBCache): a step split into a *head* (up to the probe) and
+  two *tails*; :meth:`Planner.split_head` is the split itself (TeaCache).
+* :meth:`Planner.forecast` (TaylorSeer, HiCache, FoCa): state updates on full steps, forecasts on
+  cached ones.
+
+The segment factories these use are in :mod:`cachec.planner.segments`; fusing and coalescing
+variants in :mod:`cachec.planner.fuse` and :mod:`cachec.planner.coalesce`.
 """
 
 from __future__ import annotations
@@ -19,21 +26,20 @@ import torch
 from torch import fx
 
 from cachec.graph_keys import COND_KEY
-from cachec.passes import AssignSegments, HoistConditioning, PassManager, StripExportArtifacts
-from cachec.passes.coalesce import coalesce
-from cachec.passes.probes import easycache_write, latent_step_probe, rel_l1_probe
-from cachec.passes.remove_noops import RemoveNoOps
-from cachec.passes.residual_delta import StreamPair, copy_values, delta_apply, delta_write, linear_mix
+from cachec.passes import AssignSegments, HoistConditioning, PassManager, RemoveNoOps, StripExportArtifacts
 
-from .capture import Captured
-from .errors import ModelError
-from .flops import graph_flops
-from .forecast import PREDICT, UPDATE, ForecastMethod
-from .policy import DeltaPolicy, Policy
-from .program import (
+from ..capture import Captured
+from ..errors import ModelError
+from ..flops import graph_flops
+from ..forecast import PREDICT, UPDATE, ForecastMethod
+from ..program import (
     CACHE_PREFIX,
+    Load,
+    Op,
     Program,
+    Run,
     Segment,
+    Store,
     ValueSpec,
     batch_symbol,
     cache_name,
@@ -41,8 +47,9 @@ from .program import (
     split,
     value_spec,
 )
-from .regions import find_blocks, module_regions
-from .token_planner import plan_tokens
+from ..regions import find_blocks, module_regions
+from .coalesce import coalesce
+from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
 
 _STRUCTURAL = {
     torch.ops.aten.add.Tensor, torch.ops.aten.cat.default, torch.ops.aten.slice.Tensor, torch.ops.aten.view.default,
@@ -82,16 +89,17 @@ class Planner:
         self.bsym = batch_symbol(gm, captured.latent_input)
         self.region_segment = {r.name: r.segment for r in self.regions}
         self.block_segments = [[s for s in self.order if s.startswith(f"b{i}_")] for i in range(len(self.blocks))]
-        self._latent_dependent = self._latent_closure()
+        self.latent_dependent = self._latent_closure()
         total = sum(s.flops for s in self.segments.values())
         for r in self.regions:
             r.flops = self.segments[self.region_segment[r.name]].flops
             r.share = r.flops / total if total else 0.0
         self.extra: dict[str, Segment] = {}
-        self.paths: dict[str, list[tuple]] = {"full": [("run", s) for s in self.order]}
-        self.signal: str | None = None
+        self.variants: dict[str, list[Op]] = {"full": [Run(s) for s in self.order]}
+        self.signal: str | None = None  # the probe value a dynamic method's controller reads
         self.feedback: list[str] = []  # scalars a tail hands back to the controller (EasyCache)
         self.step_inputs: list[str] = []  # host-computed inputs of a step (forecast coefficients)
+        self.method_meta: dict = {}  # what a method's controller reads from the program (token regions)
 
     # -- structure ------------------------------------------------------------------------------
     def _role(self, name: str) -> str:
@@ -118,7 +126,7 @@ class Planner:
         inputs = []
         for s in segs:
             for name in self.segments[s].inputs:
-                if name not in made and name not in inputs and self._is_stream(name):
+                if name not in made and name not in inputs and self.is_stream(name):
                     inputs.append(name)
         outputs = []
         for s in after:
@@ -127,7 +135,7 @@ class Planner:
                     outputs.append(name)
         return inputs, outputs
 
-    def _is_stream(self, name: str) -> bool:
+    def is_stream(self, name: str) -> bool:
         node = self.nodes.get(name)
         if node is None:
             return False
@@ -171,13 +179,21 @@ class Planner:
         node = None if name == self.captured.output_name else self.nodes.get(name)
         return value_spec(node if node is not None else self.meta.get(name), self.bsym)
 
-    # -- building blocks of paths --------------------------------------------------------------
+    # -- building blocks of variants ------------------------------------------------------------
     def add_segment(self, name: str, module: fx.GraphModule, role: str) -> str:
         seg = Segment(name, module, graph_flops(module, self.batch), role)
         self.extra[name] = seg
         return name
 
-    def range_delta(self, a: int, b: int, tag: str) -> tuple[list[tuple], list[tuple], list[StreamPair]]:
+    def segment(self, name: str) -> Segment:
+        """A segment of the base program or one a method added."""
+        return self.extra.get(name) or self.segments[name]
+
+    def region_by_segment(self) -> dict:
+        """Region segment name -> its :class:`~cachec.regions.Region`."""
+        return {self.region_segment[r.name]: r for r in self.regions}
+
+    def range_delta(self, a: int, b: int, tag: str) -> tuple[list[Op], list[Op], list[StreamPair]]:
         """Ops that write the delta of blocks a..b on full steps, and ops that apply it instead."""
         segs = self.range_segments(a, b)
         inputs, outputs = self.range_io(segs)
@@ -186,15 +202,15 @@ class Planner:
             self.meta[p.cache] = self.meta[p.output]
         w = self.add_segment(f"{tag}_write", delta_write(pairs, self.meta), "cache")
         r = self.add_segment(f"{tag}_apply", delta_apply(pairs, self.meta), "cache")
-        write_ops = [("run", w)] + [("store", p.cache, p.cache) for p in pairs]
-        apply_ops = [("load", p.cache, p.cache) for p in pairs] + [("run", r)]
+        write_ops = [Run(w)] + [Store(p.cache, p.cache) for p in pairs]
+        apply_ops = [Load(p.cache, p.cache) for p in pairs] + [Run(r)]
         return write_ops, apply_ops, pairs
 
-    def _replace(self, segs: list[str], ops: list[tuple]) -> list[tuple]:
-        """The full path with the run of ``segs`` replaced by ``ops``."""
+    def replace(self, segs: list[str], ops: list[Op], variant: list[Op] | None = None) -> list[Op]:
+        """``variant`` (default: the full one) with the run of ``segs`` replaced by ``ops``."""
         out, done = [], False
-        for op in self.paths["full"]:
-            if op[1] in segs:
+        for op in self.variants["full"] if variant is None else variant:
+            if isinstance(op, Run) and op.segment in segs:
                 if not done:
                     out.extend(ops)
                     done = True
@@ -202,70 +218,45 @@ class Planner:
             out.append(op)
         return out
 
-    def _insert_after(self, path: list[tuple], seg: str, ops: list[tuple]) -> list[tuple]:
-        i = next(k for k, op in enumerate(path) if op == ("run", seg))
-        return path[: i + 1] + ops + path[i + 1 :]
+    @staticmethod
+    def insert_after(variant: list[Op], seg: str, ops: list[Op]) -> list[Op]:
+        i = variant.index(Run(seg))
+        return variant[: i + 1] + ops + variant[i + 1 :]
 
-    # -- policies -------------------------------------------------------------------------------
-    def plan(self, policy: Policy) -> Program:
-        g = policy.plan_granularity()
-        if policy.needs_data and policy.data is None:
-            policy.data = policy.load_data()  # calibration problems surface at compile time
-        L = len(self.blocks)
-        method = policy.forecast_method()
-        if policy.name == "none":
-            pass
-        elif method is not None:
-            self._plan_forecast(method, policy.streams())
-        elif g == "module":
-            self._plan_module_reuse()
-        elif g == "token":  # ToCa / DuCa: gather/scatter variants (cachec/token_planner.py)
-            plan_tokens(self, policy)
-        elif policy.name == "fbcache":
-            self._plan_probe_skip(1, 0, "fbcache", "fb_b0", "fb_tail")
-        elif policy.name == "dbcache":
-            p = policy.params
-            if p["F"] + p["B"] >= L:
-                raise ModelError(f"dbcache: F={p['F']} probe blocks plus B={p['B']} tail blocks leave no block of "
-                                 f"the model's {L} to cache; use F + B < {L}")
-            self._plan_probe_skip(p["F"], p["B"], "dbcache", "db_probe", "db_mid")
-        elif policy.name == "easycache":
-            self._plan_easycache()
-        elif policy.name == "teacache":
-            self._plan_teacache()
-        elif isinstance(policy, DeltaPolicy):
-            a, b = policy.block_range(L)
-            self._plan_range(a, b, f"delta_b{a}_{b}")
-        else:
-            self._plan_range(0, L - 1, "stack")
-        return self.program(policy)
-
-    def _plan_range(self, a: int, b: int, tag: str) -> None:
+    # -- planning primitives (what methods build their variants from) ----------------------------
+    def range_reuse(self, a: int, b: int, tag: str) -> None:
+        """full stores the delta of blocks a..b; reuse applies it instead of running them."""
         write, apply, _ = self.range_delta(a, b, tag)
         segs = self.range_segments(a, b)
-        reuse = self._replace(segs, apply)
-        self.paths["full"] = self._insert_after(self.paths["full"], segs[-1], write)
-        self.paths["reuse"] = reuse
+        reuse = self.replace(segs, apply)
+        self.variants["full"] = self.insert_after(self.variants["full"], segs[-1], write)
+        self.variants["reuse"] = reuse
 
-    def _plan_module_reuse(self) -> None:
+    def module_reuse(self) -> None:
+        """full stores every attention/MLP region's outputs; reuse loads them instead of running it."""
         full, reuse = [], []
-        by_seg = {self.region_segment[r.name]: r for r in self.regions}
-        for op in self.paths["full"]:
-            region = by_seg.get(op[1])
-            if region is None:
+        by_seg = self.region_by_segment()
+        for op in self.variants["full"]:
+            if op.segment not in by_seg:
                 full.append(op)
                 reuse.append(op)
                 continue
-            outs = self.segments[op[1]].outputs
-            caches = [cache_name(op[1], str(k)) for k in range(len(outs))]
+            outs = self.segments[op.segment].outputs
+            caches = [cache_name(op.segment, str(k)) for k in range(len(outs))]
             for o, c in zip(outs, caches, strict=True):
                 self.meta[c] = self.meta[o]
             full.append(op)
-            full.extend(("store", o, c) for o, c in zip(outs, caches, strict=True))
-            reuse.extend(("load", c, o) for o, c in zip(outs, caches, strict=True))
-        self.paths["full"], self.paths["reuse"] = full, reuse
+            full.extend(Store(o, c) for o, c in zip(outs, caches, strict=True))
+            reuse.extend(Load(c, o) for o, c in zip(outs, caches, strict=True))
+        self.variants["full"], self.variants["reuse"] = full, reuse
 
-    def _plan_probe_skip(self, first: int, last: int, tag: str, probe_tag: str, mid_tag: str) -> None:
+    def split_head(self, head_segs: list[str]) -> tuple[list[Op], list[Op]]:
+        """The full variant split into the runs of ``head_segs`` (a dynamic step's head) and the rest."""
+        head = [op for op in self.variants["full"] if op.segment in head_segs]
+        tail = [op for op in self.variants["full"] if op.segment not in head_segs]
+        return head, tail
+
+    def probe_skip(self, first: int, last: int, tag: str, probe_tag: str, mid_tag: str) -> None:
         """First-Block Cache / DBCache: blocks ``0..first-1`` always run and their residual is the
         probe; the middle blocks are skipped by their delta; the ``last`` blocks always run."""
         L = len(self.blocks)
@@ -274,7 +265,7 @@ class Planner:
         probe_segs = self.range_segments(0, first - 1)
         ins0, outs0 = self.range_io(probe_segs)
         pairs0 = self.pair_streams(ins0, outs0, probe_tag)
-        main = next((p for p in pairs0 if p.base is not None and p.base in self._latent_dependent), None)
+        main = next((p for p in pairs0 if p.base is not None and p.base in self.latent_dependent), None)
         if main is None:
             raise ModelError(f"{tag}: blocks 0..{first - 1} have no residual stream (an output with the shape of "
                              "their input)")
@@ -290,21 +281,14 @@ class Planner:
         commit = self.add_segment(f"{tag}_commit", copy_values({r1: ref}, self.meta), "cache")
         mid_segs = self.range_segments(first, L - 1 - last)
         write, apply, _ = self.range_delta(first, L - 1 - last, mid_tag)
-        head_segs = ["prologue"] + probe_segs
-        head = [op for op in self.paths["full"] if op[1] in head_segs] + [("load", ref, ref), ("run", probe)]
-        tail = [op for op in self.paths["full"] if op[1] not in head_segs]
-        tail_full = self._insert_after(tail, mid_segs[-1], write + [("run", commit), ("store", ref, ref)])
-        tail_reuse = []
-        for op in tail:
-            if op[1] in mid_segs:
-                if op[1] == mid_segs[0]:
-                    tail_reuse.extend(apply)
-                continue
-            tail_reuse.append(op)
-        self.paths = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.paths["full"]}
+        head, tail = self.split_head(["prologue"] + probe_segs)
+        head += [Load(ref, ref), Run(probe)]
+        tail_full = self.insert_after(tail, mid_segs[-1], write + [Run(commit), Store(ref, ref)])
+        tail_reuse = self.replace(mid_segs, apply, tail)
+        self.variants = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.variants["full"]}
         self.signal = signal
 
-    def _plan_forecast(self, method: ForecastMethod, streams: str) -> None:
+    def forecast(self, method: ForecastMethod, streams: str) -> None:
         """TaylorSeer / HiCache / FoCa: full steps update each stream's forecast state, cached steps
         replace the stream by its forecast (see :mod:`cachec.forecast`).
 
@@ -312,18 +296,18 @@ class Planner:
         residuals of the whole block stack (one per residual stream), FreqCa's memory saving.
         """
         if streams == "module":
-            by_seg = {self.region_segment[r.name]: r for r in self.regions}
+            by_seg = self.region_by_segment()
             full, reuse = [], []
-            for op in self.paths["full"]:
-                if op[1] not in by_seg:
+            for op in self.variants["full"]:
+                if op.segment not in by_seg:
                     full.append(op)
                     reuse.append(op)
                     continue
-                update, forecast = self._forecast_ops(op[1], self.segments[op[1]].outputs, method)
+                update, forecast = self.forecast_ops(op.segment, self.segments[op.segment].outputs, method)
                 full.append(op)
                 full.extend(update)
                 reuse.extend(forecast)
-            self.paths["full"], self.paths["reuse"] = full, reuse
+            self.variants["full"], self.variants["reuse"] = full, reuse
             return
         L = len(self.blocks)
         segs = self.range_segments(0, L - 1)
@@ -334,11 +318,11 @@ class Planner:
             self.meta[p.cache] = self.meta[p.output]
         write = self.add_segment("fc_stack_delta", delta_write(pairs, self.meta), "cache")
         apply = self.add_segment("fc_stack_apply", delta_apply(pairs, self.meta), "cache")
-        update, forecast = self._forecast_ops("fc_stack", [p.cache for p in pairs], method)
-        self.paths["reuse"] = self._replace(segs, forecast + [("run", apply)])
-        self.paths["full"] = self._insert_after(self.paths["full"], segs[-1], [("run", write)] + update)
+        update, forecast = self.forecast_ops("fc_stack", [p.cache for p in pairs], method)
+        self.variants["reuse"] = self.replace(segs, forecast + [Run(apply)])
+        self.variants["full"] = self.insert_after(self.variants["full"], segs[-1], [Run(write)] + update)
 
-    def _forecast_ops(self, tag: str, streams: list[str], method: ForecastMethod) -> tuple[list[tuple], list[tuple]]:
+    def forecast_ops(self, tag: str, streams: list[str], method: ForecastMethod) -> tuple[list[Op], list[Op]]:
         """Ops that fold fresh ``streams`` into their forecast state, and ops that forecast them."""
         dtype = self.meta[streams[0]].dtype
         self.meta[UPDATE] = torch.empty((method.state, 1 + method.state), dtype=dtype)
@@ -350,104 +334,49 @@ class Planner:
         for k, value in enumerate(streams):
             state = [cache_name(tag, str(k), s) for s in method.state_names()]
             for c in state:
-                self.meta[c] = self.meta[_next(c)] = self.meta[value]
-                loads.append(("load", c, c))
-            update_groups.append(([value] + state, [_next(c) for c in state]))
-            stores_full.extend(("store", _next(c), c) for c in state)
+                self.meta[c] = self.meta[next_value(c)] = self.meta[value]
+                loads.append(Load(c, c))
+            update_groups.append(([value] + state, [next_value(c) for c in state]))
+            stores_full.extend(Store(next_value(c), c) for c in state)
             written = [state[i] for i in method.predict_writes]
-            predict_groups.append((state, [value] + [_next(c) for c in written]))
-            stores_reuse.extend(("store", _next(c), c) for c in written)
+            predict_groups.append((state, [value] + [next_value(c) for c in written]))
+            stores_reuse.extend(Store(next_value(c), c) for c in written)
         upd = self.add_segment(f"{tag}_fc_update", linear_mix(update_groups, UPDATE, self.meta), "cache")
         pred = self.add_segment(f"{tag}_fc_predict", linear_mix(predict_groups, PREDICT, self.meta), "cache")
-        return loads + [("run", upd)] + stores_full, loads + [("run", pred)] + stores_reuse
+        return loads + [Run(upd)] + stores_full, loads + [Run(pred)] + stores_reuse
 
-    def _plan_easycache(self) -> None:
-        """EasyCache at the raw-latent level: ``v ≈ x + Δ`` with ``Δ = v − x`` of the last full step.
-
-        The head is only a probe on the latent input (``d = mean|x − x_prev|``); the full tail runs
-        the model and hands the controller the transformation rate ``k`` and ``mean|v|``.
-        """
-        x, v = self.captured.latent_input, self.captured.output_name
-        if self.spec(x) != self.spec(v):
-            raise ModelError(f"easycache reuses the output as latent + Δ, so the output must have the latent's "
-                             f"shape; {x} is {self.spec(x).shape} and the output {self.spec(v).shape} "
-                             "(a learned-sigma DiT doubles the channels)")
-        x_prev, x_pf, v_pf, delta = (cache_name("easycache", n) for n in ("x_prev", "x_full", "v_full", "delta"))
-        d, k, vnorm = "easycache__d", "easycache__k", "easycache__vnorm"
-        for c in (x_prev, x_pf, v_pf, delta, "easycache__x", _next(x_pf), _next(v_pf)):
-            self.meta[c] = self.meta[x]
-        for c in (d, k, vnorm):
-            self.meta[c] = torch.empty(())
-        probe = self.add_segment("easycache_probe", latent_step_probe(x, x_prev, d, "easycache__x", self.meta), "probe")
-        write = self.add_segment(
-            "easycache_write", easycache_write(x, v, x_pf, v_pf, delta, k, vnorm, _next(x_pf), _next(v_pf), self.meta),
-            "cache")
-        apply = self.add_segment("easycache_apply", delta_apply([StreamPair(v, x, delta)], self.meta), "cache")
-        head = [("load", x_prev, x_prev), ("run", probe), ("store", "easycache__x", x_prev)]
-        tail_full = list(self.paths["full"]) + [("load", x_pf, x_pf), ("load", v_pf, v_pf), ("run", write),
-                                                ("store", _next(x_pf), x_pf), ("store", _next(v_pf), v_pf),
-                                                ("store", delta, delta)]
-        tail_reuse = [("load", delta, delta), ("run", apply)]
-        self.paths = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.paths["full"]}
-        self.signal, self.feedback = d, [k, vnorm]
-
-    def _plan_teacache(self) -> None:
-        attn = next((r for r in self.regions if r.block == 0 and r.kind in ("attn", "mlp")), None)
-        if attn is None:
-            raise ModelError("teacache needs an attention or MLP region in the first block to probe its input")
-        seg_attn = self.region_segment[attn.name]
-        first = self.block_segments[0]
-        head_block = first[: first.index(seg_attn)]
-        m = next((i for i in self.segments[seg_attn].inputs if i in self._latent_dependent and self._is_stream(i)), None)
-        if m is None or not head_block:
-            raise ModelError("teacache: the first block has no modulated input ahead of its first attention")
-        prev, signal = cache_name("teacache", "prev"), "teacache__signal"
-        self.meta[prev] = self.meta[m]
-        self.meta["teacache__m"] = self.meta[m]
-        self.meta[signal] = torch.empty(())
-        probe = self.add_segment(
-            "teacache_probe", rel_l1_probe(m, prev, signal, self.meta, emit_current_as="teacache__m"), "probe"
-        )
-        L = len(self.blocks)
-        write, apply, _ = self.range_delta(0, L - 1, "stack")
-        head_segs = ["prologue"] + head_block
-        head = [op for op in self.paths["full"] if op[1] in head_segs]
-        head += [("load", prev, prev), ("run", probe), ("store", "teacache__m", prev)]
-        tail = [op for op in self.paths["full"] if op[1] not in head_segs]
-        stack = self.range_segments(0, L - 1)
-        tail_full = self._insert_after(tail, stack[-1], write)
-        tail_reuse = []
-        for op in tail:
-            if op[1] in stack:
-                if op[1] == next(s for s in stack if s not in head_segs):
-                    tail_reuse.extend(apply)
-                continue
-            tail_reuse.append(op)
-        self.paths = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.paths["full"]}
-        self.signal = signal
+    # -- result ---------------------------------------------------------------------------------
+    def plan(self, policy) -> Program:
+        """The program of ``policy`` (a :class:`~cachec.methods.base.Method`): it plans its variants
+        with the primitives above, then the planner checks it built the ones its controller runs."""
+        if policy.needs_data and policy.data is None:
+            policy.data = policy.load_data()  # calibration problems surface at compile time
+        policy.plan(self)
+        missing = sorted(policy.required_variants() - set(self.variants))
+        if missing:
+            raise ModelError(f"{policy.spec}: its plan built no {missing[0]!r} variant (a bug in the method)")
+        return self.program(policy)
 
     def base_flops(self) -> float:
         """Per-sample FLOPs of the uncached model (every base segment once)."""
         return sum(s.flops for s in self.segments.values())
 
-    # -- result ---------------------------------------------------------------------------------
-    def program(self, policy: Policy) -> Program:
+    def program(self, policy) -> Program:
         segments = dict(self.segments)
         segments.update(self.extra)
-        used = {op[1] for path in self.paths.values() for op in path if op[0] == "run"}
+        used = {op.segment for ops in self.variants.values() for op in ops if isinstance(op, Run)}
         segments = {k: v for k, v in segments.items() if k in used}
         values: dict[str, ValueSpec] = {}
-        for path in self.paths.values():
-            for op in path:
-                names = self.segments_io(segments, op)
-                for n in names:
+        for ops in self.variants.values():
+            for op in ops:
+                for n in self.op_values(segments, op):
                     if n not in values:
                         spec = self.spec(n)
                         if spec is not None:
                             values[n] = spec
         program = Program(
             segments=segments,
-            paths=dict(self.paths),
+            variants=dict(self.variants),
             inputs=list(self.captured.input_names),
             output=self.captured.output_name,
             values=values,
@@ -464,7 +393,7 @@ class Planner:
                 "base_path": [s for s in self.order],
                 "batch_dims": self.captured.batch_dims,
                 "max_batch": self.captured.max_batch,
-                **({"tokens": self.token_meta} if getattr(self, "token_meta", None) else {}),
+                **self.method_meta,
             },
         )
         coalesce(program)
@@ -472,19 +401,19 @@ class Planner:
         return program
 
     @staticmethod
-    def segments_io(segments: dict[str, Segment], op: tuple) -> list[str]:
-        if op[0] == "run":
-            seg = segments[op[1]]
+    def op_values(segments: dict[str, Segment], op: Op) -> list[str]:
+        if isinstance(op, Run):
+            seg = segments[op.segment]
             return seg.inputs + seg.outputs
-        return [op[1], op[2]]
+        return [op.cache, op.value]
 
 
-def _next(cache: str) -> str:
+def next_value(cache: str) -> str:
     """The value a path computes as a cache's next content (not itself a cache buffer)."""
     return "next__" + cache[len(CACHE_PREFIX):]
 
 
-def compile_program(captured: Captured, policy: Policy) -> Program:
+def compile_program(captured: Captured, policy) -> Program:
     """Plan ``policy`` on ``captured`` (whose graph the passes rewrite in place: pass a copy to
     keep it) and record the uncached step's FLOPs, the NFE unit every runtime counts in.
 

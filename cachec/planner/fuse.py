@@ -1,4 +1,4 @@
-"""Fuse a path (a sequence of segments with cache loads and stores) into one graph.
+"""Fuse a variant (a sequence of segment runs with cache loads and stores) into one graph.
 
 This is the *variant* graph of DESIGN.md: the cache reads of the path become placeholders
 named after their cache buffers, the cache writes become extra outputs, and the segments in
@@ -17,10 +17,11 @@ import torch
 from torch import fx
 
 from cachec.graph_keys import OUTPUTS_KEY
+from cachec.program import Load, Op, Run, Store
 
 
 @dataclass
-class FusedPath:
+class FusedVariant:
     module: fx.GraphModule
     inputs: list[str]  # value names: model inputs and values produced by an earlier path of the step
     cache_inputs: list[str]  # cache buffers read (placeholders after ``inputs``)
@@ -29,17 +30,17 @@ class FusedPath:
     flops: float
 
 
-def path_io(segments: dict, ops: list[tuple]) -> tuple[list[str], list[str]]:
-    """Values a path reads from outside (in first-use order) and the caches it loads."""
+def variant_io(segments: dict, ops: list[Op]) -> tuple[list[str], list[str]]:
+    """Values a variant reads from outside (in first-use order) and the caches it loads."""
     made: set[str] = set()
     inputs: list[str] = []
     loads: list[str] = []
     for op in ops:
-        if op[0] == "load":
-            loads.append(op[1])
-            made.add(op[2])
-        elif op[0] == "run":
-            seg = segments[op[1]]
+        if isinstance(op, Load):
+            loads.append(op.cache)
+            made.add(op.value)
+        elif isinstance(op, Run):
+            seg = segments[op.segment]
             for name in seg.inputs:
                 if name not in made and name not in inputs:
                     inputs.append(name)
@@ -47,20 +48,20 @@ def path_io(segments: dict, ops: list[tuple]) -> tuple[list[str], list[str]]:
     return inputs, loads
 
 
-def fuse_path(segments: dict, ops: list[tuple], keep: set[str]) -> FusedPath:
+def fuse_variant(segments: dict, ops: list[Op], keep: set[str]) -> FusedVariant:
     """Inline ``ops`` into one GraphModule.
 
     ``keep`` names the values that must be returned besides cache writes (the model output,
     and for a probe head the values its tails read plus the probe signal). Placeholders are the
     path's outside inputs, named ``in__<value>``, then its cache reads, named after the cache.
     """
-    inputs, loads = path_io(segments, ops)
+    inputs, loads = variant_io(segments, ops)
     g = fx.Graph()
     env: dict[str, fx.Node] = {}
     placeholder_meta = {}
     for op in ops:
-        if op[0] == "run":
-            for n in segments[op[1]].module.graph.nodes:
+        if isinstance(op, Run):
+            for n in segments[op.segment].module.graph.nodes:
                 if n.op == "placeholder":
                     placeholder_meta.setdefault(n.name, n.meta)
     for name in inputs:
@@ -73,12 +74,12 @@ def fuse_path(segments: dict, ops: list[tuple], keep: set[str]) -> FusedPath:
     attrs: dict[str, torch.Tensor] = {}
     flops = 0.0
     for op in ops:
-        if op[0] == "load":
-            env[op[2]] = cache_nodes[op[1]]
-        elif op[0] == "store":
-            cache_outputs[op[2]] = op[1]
+        if isinstance(op, Load):
+            env[op.value] = cache_nodes[op.cache]
+        elif isinstance(op, Store):
+            cache_outputs[op.cache] = op.value
         else:
-            seg = segments[op[1]]
+            seg = segments[op.segment]
             flops += seg.flops
             sub = seg.module
             local: dict[fx.Node, fx.Node] = {}
@@ -100,5 +101,5 @@ def fuse_path(segments: dict, ops: list[tuple], keep: set[str]) -> FusedPath:
     g.output(tuple(results))
     g.eliminate_dead_code()
     module = fx.GraphModule(attrs, g, class_name="Variant").eval()
-    return FusedPath(module, inputs, list(dict.fromkeys(loads)), out_names, list(cache_outputs), flops)
+    return FusedVariant(module, inputs, list(dict.fromkeys(loads)), out_names, list(cache_outputs), flops)
 

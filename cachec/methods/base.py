@@ -1,0 +1,298 @@
+"""What every cache method is made of: typed parameters, a controller, a plan.
+
+A method module (one per method under :mod:`cachec.methods`) defines
+
+* ``Params`` — a frozen dataclass of its parameters, each declared with :func:`param` (default,
+  one-line doc, range). The spec parser (:mod:`cachec.policy`) converts and range-checks spec
+  values from it and ``cachec policies`` prints it, so a parameter is declared exactly once.
+  Every method has ``warmup`` and ``final`` (first / last K steps always full).
+* a :class:`Method` subclass — the parsed, immutable policy: which variants the program needs
+  (``variants``; :meth:`Method.plan` builds them from the planner's shared primitives), which
+  parameters the compiled variants depend on (:meth:`Method.plan_key`), and its controller.
+* a :class:`Controller` — the small per-trajectory state machine of the *step protocol*: for each
+  step it yields :class:`Action` s (which variant to run, the host-side inputs of the step, the
+  values it wants read back), and the runtime runs them. Probing methods yield a probe variant
+  first and decide on the value it hands back. The runtime knows no method: it runs actions.
+
+Why a controller sees only the step index, the trajectory length and host scalars (plus, for
+token methods, the cache buffers of its scores): the runtime stays model-agnostic and every
+schedule rule is testable against the papers without a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+
+from ..errors import PolicyError
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter, as the parser and ``cachec policies`` see it."""
+
+    name: str
+    kind: type  # int | float | str
+    default: object
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+
+
+def param(default, doc: str, lo: float | None = None, hi: float | None = None):
+    """A dataclass field of a method's ``Params``: its default, one-line doc and accepted range."""
+    return field(default=default, metadata={"doc": doc, "lo": lo, "hi": hi})
+
+
+_KINDS = {"int": int, "float": float, "str": str}
+COMMON = ("warmup", "final")
+
+
+@dataclass(frozen=True)
+class Params(Mapping):
+    """Base of every method's parameters. A subclass redeclares ``warmup``/``final`` to change
+    their defaults. Also a read-only mapping ``name -> value``, which is what specs, manifests
+    and reports are written from."""
+
+    warmup: int = param(0, "first K steps always full", 0)
+    final: int = param(0, "last K steps always full", 0)
+
+    @classmethod
+    def schema(cls) -> tuple[Param, ...]:
+        """The declared parameters: the method's own in declaration order, then warmup and final."""
+        fields = dataclasses.fields(cls)
+        ordered = [f for f in fields if f.name not in COMMON] + [f for f in fields if f.name in COMMON]
+        return tuple(Param(f.name, _KINDS[f.type] if isinstance(f.type, str) else f.type, f.default,
+                           f.metadata["doc"], f.metadata["lo"], f.metadata["hi"]) for f in ordered)
+
+    def __getitem__(self, key: str):
+        if key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return (p.name for p in self.schema())
+
+    def __len__(self) -> int:
+        return len(dataclasses.fields(self))
+
+
+# ---------------------------------------------------------------------------------------------
+# the step protocol
+
+
+@dataclass
+class Action:
+    """One thing the runtime does in a step, as a controller asks for it.
+
+    ``variant`` names a variant of the program. ``letter`` is the step's schedule letter
+    (``F`` full, ``R`` reuse, ``P`` partial) when this action concludes the step, and empty for a
+    probe that comes before the decision. ``inputs`` are host-side step inputs: coefficient
+    matrices (nested lists, made tensors of the program's dtype) or tensors (token positions).
+    ``read`` names values to hand back to the controller, as host floats, after the variant ran
+    (the probe signal, a tail's feedback): each is one device→host sync. ``flops_delta`` corrects
+    the variant's per-sample FLOPs (a partial step runs fewer tokens than the graph was counted at).
+    """
+
+    variant: str
+    letter: str = ""
+    inputs: dict = field(default_factory=dict)
+    read: tuple[str, ...] = ()
+    flops_delta: float = 0.0
+
+
+@dataclass
+class StepContext:
+    """What a controller may look at besides the step index: the program's ``meta`` (probe signal
+    name, feedback names, token regions), the branch's cache buffers (token scores), the batch
+    size and the device of the step's tensors."""
+
+    meta: dict
+    caches: dict
+    batch: int
+    device: object
+
+
+Actions = Generator[Action, dict, None]
+
+
+class Controller:
+    """Per-trajectory decision state. ``decide`` returns True for a full step; ``actions`` turns a
+    decision into the step's actions (the step protocol). Methods override ``rule`` (a simple
+    interval or threshold), ``decide`` (stateful accumulators) or ``actions`` (token methods)."""
+
+    def __init__(self, policy: Method, num_steps: int | None):
+        self.policy = policy
+        self.num_steps = num_steps
+        self.last_full: int | None = None
+
+    def forced(self, step: int) -> bool:
+        p = self.policy.params
+        if step == 0 or self.last_full is None or step < p.warmup:
+            return True
+        return self.num_steps is not None and step >= self.num_steps - p.final
+
+    def decide(self, step: int, signal: float | None = None) -> bool:
+        full = self.forced(step) or self.rule(step, signal)
+        if full:
+            self.last_full = step
+        return full
+
+    def rule(self, step: int, signal: float | None) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def step_inputs(self, step: int, full: bool) -> dict[str, list]:
+        """Small host-computed inputs of the step's variant (forecast coefficients); none by default."""
+        return {}
+
+    def observe(self, values: dict[str, float]) -> None:
+        """Scalars a variant handed back after it ran (EasyCache's transformation rate); ignored by default."""
+
+    def actions(self, step: int, ctx: StepContext) -> Actions:
+        """A step with one decision: probe first if the program has a probe (dynamic methods), decide,
+        then run the full or the cached variant, and hand the full variant's feedback back."""
+        signal = None
+        if self.policy.dynamic:
+            name = ctx.meta["signal"]
+            values = yield Action("head", read=(name,))
+            signal = values[name]
+        full = self.decide(step, signal)
+        variant = ("tail_full" if full else "tail_reuse") if self.policy.dynamic else ("full" if full else "reuse")
+        feedback = tuple(ctx.meta.get("feedback") or ()) if full and self.policy.dynamic else ()
+        values = yield Action(variant, "F" if full else "R", self.step_inputs(step, full), read=feedback)
+        if feedback:
+            self.observe(values)
+
+
+class Always(Controller):
+    """Every step full (the reference, and any program run as ``none``)."""
+
+    def rule(self, step, signal):
+        return True
+
+
+class Interval(Controller):
+    """A full step every N steps (FORA's schedule)."""
+
+    def rule(self, step, signal):
+        return step - self.last_full >= self.policy.params.N
+
+
+# ---------------------------------------------------------------------------------------------
+# methods
+
+
+class Method:
+    """Base of every cache method; subclasses set ``name``, ``doc``, ``Params``, ``main`` and the
+    class attributes below, implement :meth:`plan`, and register with :func:`cachec.methods.register`."""
+
+    name = ""
+    doc = ""
+    granularity = "step"  # what `cachec policies` prints: step | block | module | token | ...
+    dynamic = False  # decides per step from a probe (head / tail_full / tail_reuse variants)
+    main: str | None = None  # the bare value of a spec (fora:4 ≡ fora:N=4)
+    positional: tuple[str, ...] = ()  # keys that may be given as bare leading values (toca:3,0.9); default (main,)
+    Params: type[Params] = Params
+    controller_cls: type[Controller] = Always
+    variants: tuple[str, ...] = ("full", "reuse")  # what the runtime runs; the planner checks them
+    needs_data = False  # reads calibration data or published constants (MagCache ratios, budget schedule)
+    needs: frozenset[str] = frozenset()  # backend capabilities its variants need (cachec.backends.Backend)
+    rank = 1000  # position in `cachec policies` (new methods list after the built-in ones)
+
+    def __init__(self, params: Params):
+        self.params = params
+        self.data: dict | None = None
+
+    # -- the spec ---------------------------------------------------------------------------------
+    @classmethod
+    def all_params(cls) -> tuple[Param, ...]:
+        return cls.Params.schema()
+
+    def validate(self) -> None:
+        """Check parameters against each other (ranges are checked by the parser)."""
+
+    @property
+    def spec(self) -> str:
+        parts = []
+        for p in self.all_params():
+            v = self.params[p.name]
+            if p.name == self.main:
+                parts.insert(0, str(v))  # the main value is always written, bare and first
+            elif v != p.default:
+                parts.append(f"{p.name}={v}")
+        return self.name + (":" + ",".join(parts) if parts else "")
+
+    def __repr__(self) -> str:
+        return f"Policy({self.spec})"
+
+    # -- data -------------------------------------------------------------------------------------
+    def data_source(self) -> str:
+        """What the method's data comes from (a constants key or a calibration file); '' if none."""
+        return ""
+
+    def load_data(self) -> dict:  # pragma: no cover - only methods with needs_data
+        raise NotImplementedError
+
+    # -- run time ---------------------------------------------------------------------------------
+    def controller(self, num_steps: int | None) -> Controller:
+        if self.needs_data and self.data is None:
+            self.data = self.load_data()
+        return self.controller_cls(self, num_steps)
+
+    # -- compile time -----------------------------------------------------------------------------
+    def plan_key(self, num_blocks: int) -> tuple:
+        """The parameters the compiled variants depend on (the rest may change at run time)."""
+        return (self.name,)
+
+    def plan_granularity(self) -> str:
+        """The granularity of this instance's variants (a parameter may choose it)."""
+        return self.granularity
+
+    def forecast_method(self):
+        """The :class:`~cachec.forecast.ForecastMethod` of a forecasting method, else None."""
+        return None
+
+    def streams(self) -> str:
+        return self.params.get("streams", "module")
+
+    def plan(self, planner) -> None:
+        """Set ``planner.variants`` (and the planner's signal/feedback/step inputs) for this method,
+        from the planner's primitives (:class:`cachec.planner.Planner`)."""
+        raise NotImplementedError
+
+    def unsupported(self, backend: str, capable: list[str]) -> str:
+        """The message for a backend that lacks a capability in ``needs`` (``capable``: backends that have them)."""
+        return f"{self.name} needs {', '.join(sorted(self.needs))}, which the {backend} backend lacks; use --backend " \
+               f"{' or '.join(capable)}"
+
+    def required_variants(self) -> set[str]:
+        return set(self.variants)
+
+    def check_program(self, variants, meta: dict, values) -> tuple[str, str] | None:
+        """Whether a program description can run this method: ``(field, problem)`` or None."""
+        missing = sorted(self.required_variants() - set(variants))
+        if missing:
+            return "variants", f"has no {missing[0]!r} variant, which policy {self.spec} runs"
+        if self.dynamic and meta.get("signal") not in values:
+            from ..schema import show_value
+
+            return "meta.signal", f"should name the probe value a dynamic policy reads, got {show_value(meta.get('signal'))}"
+        return None
+
+
+def method_constants() -> dict:
+    """Published constants shipped inside the package (copied from shared/data)."""
+    text = resources.files("cachec").joinpath("constants/method_constants.json").read_text()
+    return json.loads(text)
+
+
+def choice(policy: str, key: str, value: str, accepted: tuple[str, ...]) -> None:
+    """A string parameter that takes one of a few words."""
+    if value not in accepted:
+        raise PolicyError(f"{policy}: unknown {key}={value!r}; accepted: {', '.join(accepted)}")

@@ -1,0 +1,111 @@
+"""``teacache:t`` — TeaCache (Liu et al., 2025): the relative L1 change of block 0's modulated
+input, rescaled by a per-model polynomial, is accumulated over cached steps; while the sum stays
+below t the residual of the whole block stack is reused, and a full step resets it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ModelError, PolicyError
+from ..planner.segments import rel_l1_probe
+from ..program import Load, Run, Store, cache_name
+from . import register
+from .base import Controller, Method, Params, method_constants, param
+
+log = logging.getLogger("cachec")
+
+
+def teacache_coefficients() -> dict[str, list[float]]:
+    return method_constants()["teacache_coefficients"]
+
+
+@dataclass(frozen=True)
+class TeaCacheParams(Params):
+    t: float = param(0.25, "threshold on the accumulated rescaled distance", 0.0, 100.0)
+    coeffs: str = param("", "rescale polynomial from method_constants.json (e.g. flux.1-dev); empty: identity")
+    final: int = param(1, "last K steps always full", 0)
+
+
+class TeaCacheController(Controller):
+    def __init__(self, policy, num_steps):
+        super().__init__(policy, num_steps)
+        self.acc = 0.0
+        self.poly = policy.polynomial()
+
+    def decide(self, step, signal=None):
+        if self.forced(step):
+            self.acc = 0.0
+            self.last_full = step
+            return True
+        self.acc += self.poly(signal)
+        if self.acc < self.policy.params.t:
+            return False
+        self.acc = 0.0
+        self.last_full = step
+        return True
+
+
+@register
+class TeaCachePolicy(Method):
+    name = "teacache"
+    doc = "TeaCache: rescaled relative L1 of block 0's modulated input, accumulated; reuse the stack residual below t"
+    dynamic = True
+    main = "t"
+    Params = TeaCacheParams
+    controller_cls = TeaCacheController
+    variants = ("full", "head", "tail_full", "tail_reuse")
+    rank = 5
+
+    def validate(self):
+        name = self.params.coeffs
+        if name and name not in teacache_coefficients():
+            raise PolicyError(
+                f"teacache: unknown coeffs={name!r}; known: {', '.join(sorted(teacache_coefficients()))}"
+            )
+
+    def polynomial(self):
+        name = self.params.coeffs
+        if not name:
+            log.info("teacache: no coeffs= given, the rescale polynomial is the identity")
+            return lambda x: x
+        c = teacache_coefficients()[name]
+
+        def poly(x: float) -> float:
+            acc = 0.0
+            for a in c:  # highest degree first (numpy.poly1d order)
+                acc = acc * x + a
+            return acc
+
+        return poly
+
+    def plan(self, planner) -> None:
+        """Head: the prologue and block 0 up to its first attention/MLP, then the probe on that
+        region's modulated input; tails: the rest, with the stack delta written or applied."""
+        attn = next((r for r in planner.regions if r.block == 0 and r.kind in ("attn", "mlp")), None)
+        if attn is None:
+            raise ModelError("teacache needs an attention or MLP region in the first block to probe its input")
+        seg_attn = planner.region_segment[attn.name]
+        first = planner.block_segments[0]
+        head_block = first[: first.index(seg_attn)]
+        m = next((i for i in planner.segments[seg_attn].inputs
+                  if i in planner.latent_dependent and planner.is_stream(i)), None)
+        if m is None or not head_block:
+            raise ModelError("teacache: the first block has no modulated input ahead of its first attention")
+        prev, signal = cache_name("teacache", "prev"), "teacache__signal"
+        planner.meta[prev] = planner.meta[m]
+        planner.meta["teacache__m"] = planner.meta[m]
+        planner.meta[signal] = torch.empty(())
+        probe = planner.add_segment(
+            "teacache_probe", rel_l1_probe(m, prev, signal, planner.meta, emit_current_as="teacache__m"), "probe"
+        )
+        L = len(planner.blocks)
+        write, apply, _ = planner.range_delta(0, L - 1, "stack")
+        head, tail = planner.split_head(["prologue"] + head_block)
+        head += [Load(prev, prev), Run(probe), Store("teacache__m", prev)]
+        stack = planner.range_segments(0, L - 1)
+        planner.variants = {"head": head, "tail_full": planner.insert_after(tail, stack[-1], write),
+                            "tail_reuse": planner.replace(stack, apply, tail), "full": planner.variants["full"]}
+        planner.signal = signal
