@@ -1,7 +1,7 @@
 """ONNX Runtime backend: one ``InferenceSession`` per segment, run through IOBinding.
 
 Inputs are bound by pointer to the runtime's tensors (the cache buffers included), and outputs
-are bound to tensors allocated from the program's value specs — an output that the path stores
+are bound to tensors allocated from the program's value specs — an output that the variant stores
 into a cache is bound straight to that cache buffer, so cache writes cost no copy. CPU here; the
 CUDA execution provider is used when onnxruntime-gpu is installed and the inputs are on a GPU.
 """

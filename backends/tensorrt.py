@@ -4,7 +4,7 @@ One code path for TensorRT (``tensorrt``) and TensorRT-RTX (``tensorrt_rtx``, or
 ``tensorrt_rtx_bindings``): Builder → OnnxParser → an optimization profile for the dynamic batch
 → ``build_serialized_network``. Networks are strongly typed, so precision is whatever the
 exported ONNX says. Engines are built per *segment*, never per variant: the full and cached
-paths pick different sequences of the same engines, so weights are never duplicated. Built
+variants pick different sequences of the same engines, so weights are never duplicated. Built
 plans are cached on disk under a key of the ONNX bytes and the builder settings.
 
 Running needs a CUDA GPU the library supports (TensorRT-RTX does not run on Hopper, compute

@@ -381,7 +381,7 @@ def _rematerialise(graph: fx.Graph, sym: fx.Node, tensors: list[fx.Node]) -> fx.
 
 
 def check_weight_ownership(program: Program) -> None:
-    """Every parameter tensor is held by exactly one segment (no duplication across paths)."""
+    """Every parameter tensor is held by exactly one segment (no duplication across variants)."""
     seen: dict[int, str] = {}
     for seg in program.segments.values():
         for name, t in seg.parameters().items():

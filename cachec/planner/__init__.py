@@ -59,7 +59,7 @@ _STRUCTURAL = {
 
 
 class Planner:
-    """Holds the segmented base program and builds policy paths on top of it."""
+    """Holds the segmented base program and the primitives methods build their variants with."""
 
     def __init__(self, captured: Captured):
         self.captured = captured
@@ -409,7 +409,7 @@ class Planner:
 
 
 def next_value(cache: str) -> str:
-    """The value a path computes as a cache's next content (not itself a cache buffer)."""
+    """The value a variant computes as a cache's next content (not itself a cache buffer)."""
     return "next__" + cache[len(CACHE_PREFIX):]
 
 

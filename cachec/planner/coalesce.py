@@ -1,8 +1,8 @@
 """Coalesce segments that always run back to back into one segment.
 
-A segment boundary is only useful where some variant of the program diverges: where one path
+A segment boundary is only useful where some variant of the program diverges: where one variant
 skips, replaces or probes a segment that another runs. Where two segments run one right after
-the other in *every* path that runs either (no load or store between them), they are merged
+the other in *every* variant that runs either (no load or store between them), they are merged
 with :func:`~cachec.planner.fuse.fuse_variant`. A step-level policy then lowers its whole
 block stack as one engine, and a module-level one keeps just the boundaries around each
 attention and MLP: fewer engines, fewer launches, and no per-engine overhead on the artifact.

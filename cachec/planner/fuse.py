@@ -1,6 +1,6 @@
 """Fuse a variant (a sequence of segment runs with cache loads and stores) into one graph.
 
-This is the *variant* graph of DESIGN.md: the cache reads of the path become placeholders
+This is the *variant* graph of DESIGN.md: the cache reads of the variant become placeholders
 named after their cache buffers, the cache writes become extra outputs, and the segments in
 between are inlined in order. Parameters stay the very tensors the segments hold (get_attr on
 shared tensors, never copies), so fusing costs no memory. Backends that compile whole graphs
@@ -23,7 +23,7 @@ from cachec.program import Load, Op, Run, Store
 @dataclass
 class FusedVariant:
     module: fx.GraphModule
-    inputs: list[str]  # value names: model inputs and values produced by an earlier path of the step
+    inputs: list[str]  # value names: model inputs and values produced by an earlier variant of the step
     cache_inputs: list[str]  # cache buffers read (placeholders after ``inputs``)
     outputs: list[str]  # values the rest of the step needs
     cache_outputs: list[str]  # cache buffers written (outputs after ``outputs``)
@@ -53,7 +53,7 @@ def fuse_variant(segments: dict, ops: list[Op], keep: set[str]) -> FusedVariant:
 
     ``keep`` names the values that must be returned besides cache writes (the model output,
     and for a probe head the values its tails read plus the probe signal). Placeholders are the
-    path's outside inputs, named ``in__<value>``, then its cache reads, named after the cache.
+    variant's outside inputs, named ``in__<value>``, then its cache reads, named after the cache.
     """
     inputs, loads = variant_io(segments, ops)
     g = fx.Graph()

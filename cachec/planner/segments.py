@@ -3,11 +3,11 @@
 These build *new* small graphs (they rewrite nothing, so they are not passes) from value names
 and the example values in ``meta``; the planner adds them as segments between the model's own.
 
-Δ-Cache: for a range of blocks with inputs ``x`` and outputs ``y``, the full path stores
-``delta = y − x`` and the cached path computes ``y = x + delta`` with the *current* ``x``.
+Δ-Cache: for a range of blocks with inputs ``x`` and outputs ``y``, the full variant stores
+``delta = y − x`` and the cached variant computes ``y = x + delta`` with the *current* ``x``.
 Outputs with no residual partner (U-Net skip features, say) are cached raw: ``y = cached``
 (DeepCache style). These graphs hold no parameters, which is what keeps weights unduplicated
-when the cached path replaces a block range.
+when the cached variant replaces a block range.
 
 Probes: ``rel_l1(a, ref) = mean|a − ref| / mean|ref|`` is the distance of TeaCache (on the
 modulated input of block 0) and of First-Block-Cache (on block 0's residual). A probe returns a
