@@ -22,6 +22,8 @@ def register(cls: type[Method]) -> type[Method]:
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"two cache methods are named {cls.name!r}")
     _REGISTRY[cls.name] = cls
+    if "METHODS" in globals():  # registered after discovery (a plugin, a test): known from now on
+        METHODS[cls.name] = cls
     return cls
 
 
