@@ -13,7 +13,7 @@ from diffusers import DiTTransformer2DModel
 
 import cachec
 from cachec.errors import PolicyError
-from cachec.methods import METHODS, _REGISTRY, register
+from cachec.methods import _REGISTRY, METHODS, register
 from cachec.methods.base import Controller, Method, Params, param
 from cachec.models import example_inputs
 from cachec.policy import describe_policies, parse_policy
