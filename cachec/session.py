@@ -31,18 +31,19 @@ class Session:
     backend: str | None = None
     options: dict = field(default_factory=dict)
     artifact_policy: str | None = None
-    _plan: object = None
-    _programs: dict = field(default_factory=dict)
+    plan: object = field(default=None, repr=False)  # spec -> (program, the capture it rewrote or None)
+    planned: dict = field(default_factory=dict, repr=False)
 
     def program(self, spec: str):
-        if spec not in self._programs:
-            self._programs[spec] = self._plan(spec)
-        return self._programs[spec][0]
+        """The program of policy ``spec``, planned on first request."""
+        if spec not in self.planned:
+            self.planned[spec] = self.plan(spec)
+        return self.planned[spec][0]
 
     def captured(self, spec: str):
         """The (planned, rewritten) capture a program was built from: what an artifact saves."""
         self.program(spec)
-        cap = self._programs[spec][1]
+        cap = self.planned[spec][1]
         if cap is None:
             raise ModelError("this model was opened from a compiled artifact; compile a model spec or directory")
         return cap

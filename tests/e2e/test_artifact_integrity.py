@@ -503,6 +503,7 @@ def lowered_fuzz(lowered_artifact, tmp_path_factory):
     return _fuzz_dir(lowered_artifact, tmp_path_factory)
 
 
+@pytest.mark.slow  # fuzzing reloads the artifact hundreds of times
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                     HealthCheck.too_slow])
 @given(data=st.data())
@@ -511,6 +512,7 @@ def test_fuzz_lowered_manifest_loads_or_raises_artifact_error(lowered_fuzz, data
     _load_or_artifact_error(art, data.draw(mutated(manifest)))
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(data=st.data())
@@ -519,6 +521,7 @@ def test_fuzz_eager_manifest_loads_or_raises_artifact_error(eager_fuzz, data):
     _load_or_artifact_error(art, data.draw(mutated(manifest)))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=JSON, header=st.booleans())
 def test_fuzz_random_json_documents(eager_fuzz, doc, header):

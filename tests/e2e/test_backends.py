@@ -14,6 +14,8 @@ from cachec.cli import main
 from cachec.errors import BackendError
 from cachec.models import example_inputs
 
+pytestmark = pytest.mark.slow  # ONNX export and ONNX Runtime trajectories on five models (tests/README.md)
+
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
 

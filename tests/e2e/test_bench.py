@@ -18,6 +18,8 @@ from cachec import bench, figures
 from cachec.cli import main
 from cachec.metrics import ssim
 
+pytestmark = pytest.mark.slow  # a bench run of several policies and seeds (tests/README.md)
+
 STEPS, SEEDS, BATCH, REPEATS = 8, 2, 2, 2
 POLICIES = "fora:2,fbcache:0.05"
 

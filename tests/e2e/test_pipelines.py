@@ -23,6 +23,8 @@ from small_models import make
 import cachec
 import cachec.cli
 
+pytestmark = pytest.mark.slow  # whole diffusers pipelines (tests/README.md)
+
 STEPS = 6
 
 

@@ -13,6 +13,8 @@ from cachec.metrics import psnr, ssim, to_unit
 from cachec.models import resolve
 from cachec.sampling import sample
 
+pytestmark = pytest.mark.slow  # sampling the bundled model (tests/README.md)
+
 STEPS = 50
 # measured on 2026-11-23 (CPU, fp32): fora:2 37.68 dB / 0.9895, fora:3 33.67 dB / 0.9818;
 # floor = measured - 1.2 dB / - 0.006 SSIM

@@ -15,6 +15,8 @@ from small_models import make
 import cachec
 import cachec.cli
 
+pytestmark = pytest.mark.slow  # many trajectories per branch and thread (tests/README.md)
+
 STEPS = 8
 TIMESTEPS = [int(t) for t in torch.linspace(950, 50, STEPS)]
 

@@ -78,7 +78,8 @@ def _ids(cases):
     return [f"{short}-{spec}" for short, spec in cases]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+pytestmark = [pytest.mark.usefixtures("one_thread"),  # tests/conftest.py
+              pytest.mark.slow]  # whole trajectories of every policy on several models (tests/README.md)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -47,7 +47,8 @@ DELTA = {"dit": "delta:2,blocks=1-2", "pixart": "delta:2,blocks=1-1", "flux": "d
 STATIC = "static:FRRFRFRRRFFRRFRRFRRF"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+pytestmark = [pytest.mark.usefixtures("one_thread"),  # tests/conftest.py
+              pytest.mark.slow]  # whole trajectories of every policy on several models (tests/README.md)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -159,6 +159,7 @@ def _psnr(tiny, spec, seed):
 _REFERENCE: dict[int, torch.Tensor] = {}
 
 
+@pytest.mark.slow  # a calibration and trajectories of the bundled model
 @pytest.mark.parametrize("base, fixed", [("module", "fora:4"), ("forecast", "taylorseer:4,O=1,warmup=0")])
 def test_calibrated_budget_is_at_least_as_good_as_the_fixed_interval(tiny, calibration, base, fixed):
     data, path = calibration
@@ -173,6 +174,7 @@ def test_calibrated_budget_is_at_least_as_good_as_the_fixed_interval(tiny, calib
         assert got >= want - 0.3, (seed, got, want, schedule)
 
 
+@pytest.mark.slow
 def test_magcache_runs_on_calibrated_ratios(tiny, calibration):
     data, path = calibration
     assert data["ratios"][0] == 1.0 and all(r > 0 for r in data["ratios"])
@@ -180,6 +182,7 @@ def test_magcache_runs_on_calibrated_ratios(tiny, calibration):
     assert "R" in stats.schedule and stats.schedule.count("F") > 1
 
 
+@pytest.mark.slow
 def test_compiled_budget_carries_its_schedule_without_the_calibration_file(calibration, tmp_path):
     import cachec
 
