@@ -38,7 +38,8 @@ class Backend:
     * ``token_variants`` — runs ToCa/DuCa gather/scatter variants (needs ``dynamic_variants`` and,
       for ``select=attn``, a materialised attention map);
     * ``cuda_graphs`` — can capture a variant as a CUDA graph (static shapes, fixed buffers);
-    * ``devices`` — where it runs;
+    * ``devices`` — where it runs; ``movable`` — its lowered variants are torch modules that can
+      move to another device after lowering (``CacheRuntime.to``);
     * ``writes_artifacts`` — ``cachec compile --backend NAME`` can write it; ``holds_graphs`` —
       its artifact keeps the captured graph (any backend can lower it), else only lowered files.
     """
@@ -48,6 +49,7 @@ class Backend:
     token_variants = False
     cuda_graphs = False
     devices: tuple[str, ...] = ("cpu",)
+    movable = False
     writes_artifacts = False
     holds_graphs = False
     lowered_key: str | None = None  # manifest["lowered"] key listing one file per segment

@@ -29,14 +29,23 @@ def store(caches: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> No
         buf.copy_(value)
 
 
+# The variants a step may run after another within the same call: a dynamic policy's probe head
+# hands its values to one of its tails; every other variant is the whole step.
+FOLLOWERS = {"head": ("tail_full", "tail_reuse")}
+
+
 def values_needed_after(program: Program, path: str) -> set[str]:
-    """Values a variant must hand on: the model output, the probe signal, and other variants' inputs."""
+    """Values a variant must hand on: the model output, the values the runtime reads on the host,
+    and the inputs of the variants that may follow it in the same step.
+
+    Only a variant's *followers* count, not every other variant: a cached variant that kept the
+    values the full variant's skipped modules read (their layer norms, shifts and scales) would
+    compute them for nobody. Everything else is dead in the fused graph and eliminated.
+    """
     keep = {program.output}
     keep.update(program.host_reads())
-    for name, ops in program.variants.items():
-        if name == path:
-            continue
-        for op in ops:
+    for name in FOLLOWERS.get(path, ()):
+        for op in program.variants.get(name, ()):
             if isinstance(op, Run):
                 keep.update(program.segments[op.segment].inputs)
     return keep
@@ -69,6 +78,7 @@ class EagerBackend(Backend):
     dynamic_variants = True  # a fused FX graph runs any shape its ops accept
     token_variants = True
     devices = ("cpu", "cuda")
+    movable = True
     writes_artifacts = True
     holds_graphs = True
 

@@ -61,6 +61,7 @@ class InductorBackend(Backend):
     name = "inductor"
     cuda_graphs = True  # mode="reduce-overhead"
     devices = ("cpu", "cuda")
+    movable = True
 
     def lower(self, program, **options) -> dict:
         return lower(program, **options)

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .devices import DTYPES, default_device
 from .errors import CachecError, ModelError
 from .progress import stage
 from .session import open_model
@@ -26,7 +27,7 @@ def cmd_compile(args) -> int:
 
     get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
     policy = parse_policy(args.policy).spec
-    session = open_model(args.model, args.batch)
+    session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype)
     if session.is_artifact:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
     program = session.program(policy)
@@ -49,7 +50,7 @@ def cmd_run(args) -> int:
     from .runtime import CacheRuntime
     from .sampling import sample
 
-    session = open_model(args.model, args.batch, args.backend, args.allow_version_mismatch)
+    session = open_model(args.model, args.batch, args.backend, args.allow_version_mismatch, args.device, args.dtype)
     bundle = session.bundle
     policy = parse_policy(args.policy or session.artifact_policy or "none").spec
     backend = args.backend or session.backend or "eager"
@@ -57,7 +58,7 @@ def cmd_run(args) -> int:
     results = {}
     for pol in dict.fromkeys(["none", policy]):
         rt = CacheRuntime(session.program(pol), pol, backend=backend, num_steps=args.steps,
-                          signature=session.signature, backend_options=session.options)
+                          signature=session.signature, backend_options=session.options, device=session.device)
         sample(rt, bundle, min(2, args.steps), args.seed, args.batch)  # warm-up (allocations, first-call costs)
         rt.reset(args.steps)
         traj = sample(rt, bundle, args.steps, args.seed, args.batch, progress=sys.stderr.isatty())
@@ -107,7 +108,8 @@ def cmd_inspect(args) -> int:
     policy = parse_policy(args.policy).spec
     from .program import Load, Run, Store, cache_bytes
 
-    session = open_model(args.model, 2, allow_version_mismatch=args.allow_version_mismatch)
+    session = open_model(args.model, 2, allow_version_mismatch=args.allow_version_mismatch, device=args.device,
+                         dtype=args.dtype)
     program = session.program(policy)
     meta = program.meta
 
@@ -162,7 +164,7 @@ def cmd_calibrate(args) -> int:
 
     if args.samples < 1:
         raise CachecError(f"--samples must be at least 1; got {args.samples}")
-    session = open_model(args.model, max(args.samples, 2))
+    session = open_model(args.model, max(args.samples, 2), device=args.device, dtype=args.dtype)
     if session.is_artifact:
         raise ModelError(f"{args.model} is a compiled artifact; calibrate the model it was compiled from")
     bundle, program_for = session.bundle, session.program
@@ -217,10 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     # accepted after the subcommand too; SUPPRESS keeps a subparser from resetting `cachec --debug CMD`
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    # where the model runs: every command that builds or runs one takes these
+    target = argparse.ArgumentParser(add_help=False)
+    target.add_argument("--device", default=default_device(),
+                        help=f"cpu, cuda or cuda:N (default here: {default_device()}: the GPU when there is one)")
+    target.add_argument("--dtype", default=None, choices=list(DTYPES),
+                        help="weights and activations: fp32, bf16, fp16 (default: fp32; an artifact keeps its own)")
     sub = p.add_subparsers(dest="command", required=True)
     model_help = "builtin:tiny-dit, arch:NAME (dit-xl-2, pixart-alpha, flux.1-dev, sd3-medium, wan2.1-1.3b, sd1.5-unet), or a local diffusers model dir"
 
-    c = sub.add_parser("compile", parents=[common], help="compile MODEL with a policy into an artifact directory")
+    c = sub.add_parser("compile", parents=[common, target], help="compile MODEL with a policy into an artifact directory")
     c.add_argument("model", help=model_help)
     c.add_argument("--policy", default="none", help="policy spec, e.g. fora:3 (see `cachec policies`)")
     c.add_argument("--backend", default="eager", help="lowering target: eager, onnxruntime, tensorrt")
@@ -229,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(fn=cmd_compile)
 
-    r = sub.add_parser("run", parents=[common], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
+    r = sub.add_parser("run", parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
     r.add_argument("model", help=model_help + ", or an artifact directory")
     r.add_argument("--policy", default=None, help="policy spec (default: the artifact's, or none)")
     r.add_argument("--steps", type=int, default=50)
@@ -242,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     r.set_defaults(fn=cmd_run)
 
-    i = sub.add_parser("inspect", parents=[common], help="regions, segments and the cache nodes of each variant")
+    i = sub.add_parser("inspect", parents=[common, target], help="regions, segments and the cache nodes of each variant")
     i.add_argument("model", help=model_help + ", or an artifact directory")
     i.add_argument("--policy", default="fora:3")
     i.add_argument("--json", action="store_true")
@@ -250,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     i.set_defaults(fn=cmd_inspect)
 
-    b = sub.add_parser("bench", parents=[common],
+    b = sub.add_parser("bench", parents=[common, target],
                        help="several policies vs `none` in one run: NFE, TFLOPs, latency, speedup, PSNR/SSIM, cache bytes")
     b.add_argument("model", help=model_help + ", or an artifact directory")
     b.add_argument("--policies", required=True, action="append",
@@ -265,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plots", default=None, metavar="DIR", help="write schedule.png, error_curve.png, pareto.png to DIR")
     b.set_defaults(fn=cmd_bench)
 
-    cal = sub.add_parser("calibrate", parents=[common],
+    cal = sub.add_parser("calibrate", parents=[common, target],
                          help="measure reuse errors for NFE budgets (budget:K,calib=FILE) and MagCache ratios, "
                               "or map a dynamic policy's thresholds to NFE")
     cal.add_argument("model", help=model_help)

@@ -31,6 +31,7 @@ class Session:
     backend: str | None = None
     options: dict = field(default_factory=dict)
     artifact_policy: str | None = None
+    device: object = None  # where the model was built, and where runtimes must go (--device)
     plan: object = field(default=None, repr=False)  # spec -> (program, the capture it rewrote or None)
     planned: dict = field(default_factory=dict, repr=False)
 
@@ -53,19 +54,25 @@ class Session:
         return self.artifact_policy is not None
 
 
-def open_model(model_spec: str, batch: int, backend: str | None = None,
-               allow_version_mismatch: bool = False) -> Session:
-    """Resolve MODEL (a model spec, a diffusers directory, or an artifact directory)."""
+def open_model(model_spec: str, batch: int, backend: str | None = None, allow_version_mismatch: bool = False,
+               device=None, dtype=None) -> Session:
+    """Resolve MODEL (a model spec, a diffusers directory, or an artifact directory).
+
+    ``device``/``dtype`` (names or torch objects; default: the GPU if there is one, fp32) say where
+    the model is built and run; ``Session.device`` tells the caller where runtimes must go.
+    """
     from . import artifact
+    from .devices import resolve_device, resolve_dtype
     from .models import ModelBundle, builtin_dir, resolve
 
+    device = resolve_device(device)
     path = Path(model_spec)
     if path.is_dir() and (path / "manifest.json").exists():
         manifest = artifact.read_manifest(path)
         spec = manifest["model"]["spec"]
         sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
         bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=manifest["model"]["class"],
-                             config=manifest["model"]["config"])
+                             config=manifest["model"]["config"], device=device)
 
         own_policy = manifest["program"]["meta"]["policy"]
 
@@ -75,14 +82,14 @@ def open_model(model_spec: str, batch: int, backend: str | None = None,
             return program, None
 
         own, options = artifact.runtime_backend(path, manifest, backend)
-        return Session(bundle, manifest["signature"], own, options, own_policy, plan_artifact)
+        return Session(bundle, manifest["signature"], own, options, own_policy, device, plan_artifact)
     from .capture import capture
     from .planner import compile_program
     from .policy import parse_policy
     from .progress import busy
     from .runtime import signature_of
 
-    bundle = resolve(model_spec)
+    bundle = resolve(model_spec, dtype=resolve_dtype(dtype), device=device)
     with busy(f"exporting {bundle.class_name} ({model_spec})"):
         captured = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
                            latent_input=bundle.latent_input)
@@ -93,4 +100,4 @@ def open_model(model_spec: str, batch: int, backend: str | None = None,
             cap = captured.copy()
             return compile_program(cap, parse_policy(pol)), cap
 
-    return Session(bundle, signature_of(bundle.model), None, {}, None, plan)
+    return Session(bundle, signature_of(bundle.model), None, {}, None, device, plan)

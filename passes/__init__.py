@@ -6,6 +6,7 @@ broken rewrite is caught where it happens, not three passes later.
 """
 
 from .assign_segments import AssignSegments
+from .dedupe_conditioning import DedupeConditioning
 from .hoist_conditioning import HoistConditioning
 from .infra import Pass, PassManager, PassResult
 from .remove_noops import RemoveNoOps
@@ -19,4 +20,5 @@ __all__ = [
     "RemoveNoOps",
     "HoistConditioning",
     "AssignSegments",
+    "DedupeConditioning",
 ]

@@ -26,7 +26,14 @@ import torch
 from torch import fx
 
 from cachec.graph_keys import COND_KEY
-from cachec.passes import AssignSegments, HoistConditioning, PassManager, RemoveNoOps, StripExportArtifacts
+from cachec.passes import (
+    AssignSegments,
+    DedupeConditioning,
+    HoistConditioning,
+    PassManager,
+    RemoveNoOps,
+    StripExportArtifacts,
+)
 
 from ..capture import Captured
 from ..errors import ModelError
@@ -64,7 +71,8 @@ class Planner:
     def __init__(self, captured: Captured):
         self.captured = captured
         gm = captured.graph_module
-        PassManager([StripExportArtifacts(), RemoveNoOps(), HoistConditioning(captured.stream_inputs)])(gm)
+        PassManager([StripExportArtifacts(), RemoveNoOps(), HoistConditioning(captured.stream_inputs),
+                     DedupeConditioning()])(gm)
         self.blocks = find_blocks(gm)
         if not self.blocks:
             raise ModelError(
