@@ -268,6 +268,7 @@ def test_eager_artifact_from_another_torch_is_refused_unless_allowed(eager_artif
     load_program(art)
 
 
+@pytest.mark.slow  # lowers to ONNX
 def test_lowered_artifact_does_not_depend_on_torch_version(lowered_artifact, tmp_path):
     art = _edit(_copy(lowered_artifact, tmp_path), _set(["versions", "torch"], "1.13.0"))
     program, manifest = load_program(art)
@@ -298,6 +299,7 @@ def test_tensorrt_version_must_match_exactly(lowered_artifact, tmp_path, capsys)
 # lowered artifacts: segment files and the program description
 
 
+@pytest.mark.slow  # lowers to ONNX
 def test_missing_or_corrupt_segment_file(lowered_artifact, tmp_path, capsys):
     manifest = json.loads((lowered_artifact / "manifest.json").read_text())
     seg, rel = next(iter(manifest["lowered"][SEG_KEY].items()))
@@ -318,6 +320,7 @@ def test_missing_or_corrupt_segment_file(lowered_artifact, tmp_path, capsys):
     _rejected(art, f"field 'lowered.{SEG_KEY}' is missing", capsys, "manifest.json")
 
 
+@pytest.mark.slow  # lowers to ONNX
 @pytest.mark.parametrize(
     "mutate, fragment",
     [

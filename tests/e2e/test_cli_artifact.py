@@ -45,6 +45,7 @@ def test_artifact_runs_without_the_model_and_matches_in_memory_compile(artifact_
     assert loaded.stats.schedule == direct.stats.schedule == "FRFRFR"
 
 
+@pytest.mark.slow  # lowers to ONNX
 def test_onnxruntime_artifact_loads_on_its_own_backend(model_dir, tmp_path):
     pytest.importorskip("onnxruntime")
     copy = tmp_path / "model"
