@@ -327,7 +327,7 @@ def load_program(path: str | Path, policy: str | None = None, *,
     described = manifest["program"]
     own_policy = described["meta"]["policy"]
     if not artifact_backend(manifest["backend"]).holds_graphs:
-        program = Program.from_description(described)
+        program = Program.from_description(described, validated=True)  # read_manifest validated it
         program.meta.update(manifest["lowered"])
         if policy is not None:
             compiled = parse_policy(own_policy)

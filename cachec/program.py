@@ -191,14 +191,16 @@ class Program:
         }
 
     @classmethod
-    def from_description(cls, d: dict) -> Program:
+    def from_description(cls, d: dict, *, validated: bool = False) -> Program:
         """Rebuild a graph-less program (ONNX Runtime / TensorRT artifacts) from :meth:`describe`.
 
         The description is validated first (:func:`validate_description`), so a malformed one
         raises :class:`DescriptionError` naming the field instead of a KeyError/TypeError here or,
-        worse, in the middle of a denoising step.
+        worse, in the middle of a denoising step; ``validated=True`` says the caller already did
+        (an artifact's manifest is validated once, as a whole, when it is read).
         """
-        validate_description(d)
+        if not validated:
+            validate_description(d)
         segments = {
             n: Segment(n, None, s["flops_per_sample"], s["role"], (s["inputs"], s["outputs"]))
             for n, s in d["segments"].items()
