@@ -124,8 +124,12 @@ Actions = Generator[Action, dict, None]
 
 class Controller:
     """Per-trajectory decision state. ``decide`` returns True for a full step; ``actions`` turns a
-    decision into the step's actions (the step protocol). Methods override ``rule`` (a simple
-    interval or threshold), ``decide`` (stateful accumulators) or ``actions`` (token methods)."""
+    decision into the step's actions (the step protocol).
+
+    ``decide`` is written once: a step is full when it is ``forced`` (step 0, warmup, final — a
+    method may add its own: MagCache's retention) or when the method's ``rule`` says so; after a
+    full step ``on_full`` resets what the method accumulates between full steps. Methods override
+    those three, and ``actions`` only when a step is more than one decision (token methods)."""
 
     def __init__(self, policy: Method, num_steps: int | None):
         self.policy = policy
@@ -142,10 +146,15 @@ class Controller:
         full = self.forced(step) or self.rule(step, signal)
         if full:
             self.last_full = step
+            self.on_full(step)
         return full
 
     def rule(self, step: int, signal: float | None) -> bool:  # pragma: no cover - abstract
+        """Whether a step that is not forced is full (may accumulate state across cached steps)."""
         raise NotImplementedError
+
+    def on_full(self, step: int) -> None:
+        """Reset what the rule accumulates between full steps; nothing by default."""
 
     def step_inputs(self, step: int, full: bool) -> dict[str, list]:
         """Small host-computed inputs of the step's variant (forecast coefficients); none by default."""

@@ -27,13 +27,14 @@ class BudgetController(Controller):
         self.schedule = policy.schedule_for(num_steps)
         self.tracker = ForecastTracker(policy.forecast_method()) if policy.params.base == "forecast" else None
 
-    def decide(self, step, signal=None):
+    def forced(self, step):
+        """Nothing beyond the schedule: it was built with the forced steps in it."""
         if step >= len(self.schedule):
             raise PolicyError(f"{self.policy.spec}: its schedule has {len(self.schedule)} steps; step {step} is past its end")
-        full = self.schedule[step] == "F"
-        if full:
-            self.last_full = step
-        return full
+        return False
+
+    def rule(self, step, signal):
+        return self.schedule[step] == "F"
 
     def step_inputs(self, step, full):
         return self.tracker.step_inputs(step, full) if self.tracker is not None else {}

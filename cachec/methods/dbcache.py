@@ -27,17 +27,17 @@ class DBCacheController(Controller):
         self.cached = 0
         self.consecutive = 0
 
-    def decide(self, step, signal=None):
+    def rule(self, step, signal):
         p = self.policy.params
-        hit = (not self.forced(step) and step >= p.W and signal < p.t
+        hit = (step >= p.W and signal < p.t
                and (p.M < 0 or self.cached < p.M) and (p.MC < 0 or self.consecutive < p.MC))
         if hit:
             self.cached += 1
             self.consecutive += 1
-            return False
+        return not hit
+
+    def on_full(self, step):
         self.consecutive = 0
-        self.last_full = step
-        return True
 
 
 @register

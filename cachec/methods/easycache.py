@@ -31,16 +31,15 @@ class EasyCacheController(Controller):
         self.err = 0.0
         self.n_full = 0
 
-    def decide(self, step, signal=None):
-        if self.forced(step) or self.rate is None or not self.norm:
-            full = True
-        else:
-            self.err += self.rate * signal / self.norm
-            full = not (self.err < self.policy.params.tau)
-        if full:
-            self.err = 0.0
-            self.last_full = step
-        return full
+    def forced(self, step):
+        return super().forced(step) or self.rate is None or not self.norm  # k is known after two full steps
+
+    def rule(self, step, signal):
+        self.err += self.rate * signal / self.norm
+        return not (self.err < self.policy.params.tau)
+
+    def on_full(self, step):
+        self.err = 0.0
 
     def observe(self, values):
         if self.n_full > 0:

@@ -32,25 +32,20 @@ class MagCacheController(Controller):
         self.gamma = [ratios[round(s * (n - 1) / (num_steps - 1))] if num_steps > 1 else ratios[0]
                       for s in range(num_steps)]
         self.retain = round(policy.params.r * num_steps)
-        self._reset()
+        self.on_full(0)
 
-    def _reset(self):
-        self.Gamma, self.err, self.k = 1.0, 0.0, 0
+    def forced(self, step):
+        return super().forced(step) or step < self.retain
 
-    def decide(self, step, signal=None):
+    def rule(self, step, signal):
         p = self.policy.params
-        if self.forced(step) or step < self.retain:
-            self._reset()
-            self.last_full = step
-            return True
         self.Gamma *= self.gamma[step]
         self.k += 1
         self.err += abs(1.0 - self.Gamma)
-        if self.err <= p.t and self.k <= p.K:
-            return False
-        self._reset()
-        self.last_full = step
-        return True
+        return not (self.err <= p.t and self.k <= p.K)
+
+    def on_full(self, step):
+        self.Gamma, self.err, self.k = 1.0, 0.0, 0
 
 
 @register

@@ -35,17 +35,12 @@ class TeaCacheController(Controller):
         self.acc = 0.0
         self.poly = policy.polynomial()
 
-    def decide(self, step, signal=None):
-        if self.forced(step):
-            self.acc = 0.0
-            self.last_full = step
-            return True
+    def rule(self, step, signal):
         self.acc += self.poly(signal)
-        if self.acc < self.policy.params.t:
-            return False
+        return not (self.acc < self.policy.params.t)
+
+    def on_full(self, step):
         self.acc = 0.0
-        self.last_full = step
-        return True
 
 
 @register
