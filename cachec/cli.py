@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,28 @@ from .progress import stage
 from .session import open_model
 
 log = logging.getLogger("cachec")
+
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an output place that cannot be written before any minute is spent exporting."""
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise CachecError(f"cannot write {out}: its folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CachecError(f"cannot write {out}: its folder {parent} is not writable")
+    if out.exists() and not out.is_dir():
+        raise CachecError(f"cannot write {out}: it exists and is not a folder")
 
 
 def cmd_compile(args) -> int:
@@ -50,6 +73,8 @@ def cmd_run(args) -> int:
     from .runtime import CacheRuntime
     from .sampling import sample
 
+    if args.policy:
+        parse_policy(args.policy)  # a typo is reported before the export, not after it
     session = open_model(args.model, args.batch, args.backend, args.allow_version_mismatch, args.device, args.dtype)
     bundle = session.bundle
     policy = parse_policy(args.policy or session.artifact_policy or "none").spec
@@ -213,7 +238,8 @@ def cmd_policies(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cachec", description="Diffusion feature caching as a compiler pass.")
+    p = argparse.ArgumentParser(prog="cachec", description="Diffusion feature caching as a compiler pass.",
+                                formatter_class=_DefaultsShown)
     debug_help = "show the full traceback of an error (default: one message, exit code 2)"
     p.add_argument("--debug", action="store_true", help=debug_help)
     # accepted after the subcommand too; SUPPRESS keeps a subparser from resetting `cachec --debug CMD`
@@ -228,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     model_help = "builtin:tiny-dit, arch:NAME (dit-xl-2, pixart-alpha, flux.1-dev, sd3-medium, wan2.1-1.3b, sd1.5-unet), or a local diffusers model dir"
 
-    c = sub.add_parser("compile", parents=[common, target], help="compile MODEL with a policy into an artifact directory")
+    c = sub.add_parser("compile", formatter_class=_DefaultsShown, parents=[common, target], help="compile MODEL with a policy into an artifact directory")
     c.add_argument("model", help=model_help)
     c.add_argument("--policy", default="none", help="policy spec, e.g. fora:3 (see `cachec policies`)")
     c.add_argument("--backend", default="eager", help="lowering target: eager, onnxruntime, tensorrt")
@@ -237,12 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(fn=cmd_compile)
 
-    r = sub.add_parser("run", parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
+    r = sub.add_parser("run", formatter_class=_DefaultsShown, parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
     r.add_argument("model", help=model_help + ", or an artifact directory")
     r.add_argument("--policy", default=None, help="policy spec (default: the artifact's, or none)")
-    r.add_argument("--steps", type=int, default=50)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--steps", type=int, default=50, help="denoising steps of each trajectory")
+    r.add_argument("--seed", type=int, default=0, help="seed of the starting noise and conditioning")
+    r.add_argument("--batch", type=int, default=8, help="images per trajectory (1 works: single-image generation)")
     r.add_argument("--backend", default=None, help="eager, onnxruntime (default: the artifact's, or eager)")
     r.add_argument("--out", default="cachec-run", help="directory for the sample PNGs")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -250,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     r.set_defaults(fn=cmd_run)
 
-    i = sub.add_parser("inspect", parents=[common, target], help="regions, segments and the cache nodes of each variant")
+    i = sub.add_parser("inspect", formatter_class=_DefaultsShown, parents=[common, target], help="regions, segments and the cache nodes of each variant")
     i.add_argument("model", help=model_help + ", or an artifact directory")
     i.add_argument("--policy", default="fora:3")
     i.add_argument("--json", action="store_true")
@@ -258,14 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     i.set_defaults(fn=cmd_inspect)
 
-    b = sub.add_parser("bench", parents=[common, target],
+    b = sub.add_parser("bench", formatter_class=_DefaultsShown, parents=[common, target],
                        help="several policies vs `none` in one run: NFE, TFLOPs, latency, speedup, PSNR/SSIM, cache bytes")
     b.add_argument("model", help=model_help + ", or an artifact directory")
     b.add_argument("--policies", required=True, action="append",
                    help="comma-separated policy specs, e.g. fora:2,delta:2,blocks=1-4,fbcache:0.05 (none is always added)")
-    b.add_argument("--steps", type=int, default=50)
+    b.add_argument("--steps", type=int, default=50, help="denoising steps of each trajectory")
     b.add_argument("--seeds", type=int, default=2, help="number of seeds (0 .. S-1); fidelity is averaged over them")
-    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--batch", type=int, default=4, help="images per trajectory")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats per (policy, seed), interleaved round-robin")
     b.add_argument("--backend", default=None, help="eager, onnxruntime (default: the artifact's, or eager)")
     b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -273,11 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plots", default=None, metavar="DIR", help="write schedule.png, error_curve.png, pareto.png to DIR")
     b.set_defaults(fn=cmd_bench)
 
-    cal = sub.add_parser("calibrate", parents=[common, target],
+    cal = sub.add_parser("calibrate", formatter_class=_DefaultsShown, parents=[common, target],
                          help="measure reuse errors for NFE budgets (budget:K,calib=FILE) and MagCache ratios, "
                               "or map a dynamic policy's thresholds to NFE")
     cal.add_argument("model", help=model_help)
-    cal.add_argument("--steps", type=int, default=50)
+    cal.add_argument("--steps", type=int, default=50, help="denoising steps of the calibrated trajectory")
     cal.add_argument("--samples", type=int, default=4, help="calibration inputs (one batch); seeds for --threshold-map")
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--bases", default="module,step,forecast",
@@ -291,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--json", action="store_true", help="print the threshold map as JSON")
     cal.set_defaults(fn=cmd_calibrate)
 
-    pol = sub.add_parser("policies", parents=[common], help="list every policy with its parameters and defaults")
+    pol = sub.add_parser("policies", formatter_class=_DefaultsShown, parents=[common], help="list every policy with its parameters and defaults")
     pol.set_defaults(fn=cmd_policies)
     return p
 
@@ -301,10 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.debug:
         logging.getLogger("cachec").setLevel(logging.DEBUG)
-    if getattr(args, "steps", 1) is not None and getattr(args, "steps", 1) < 1:
-        print("cachec: error: --steps must be at least 1", file=sys.stderr)
-        return 2
+    for flag in ("steps", "batch", "seeds", "repeats", "samples"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            print(f"cachec: error: --{flag} must be at least 1; got {value}", file=sys.stderr)
+            return 2
     try:
+        if getattr(args, "out", None) is not None and args.command in ("compile", "run", "calibrate"):
+            _check_writable(Path(args.out))
         return args.fn(args)
     except CachecError as exc:
         if args.debug:

@@ -12,6 +12,8 @@ Grammar (DESIGN.md)::
 
 from __future__ import annotations
 
+import math
+
 from .errors import PolicyError
 from .methods import METHODS
 from .methods.base import Method, Param
@@ -27,6 +29,8 @@ def _convert(policy: str, p: Param, raw: str):
         value = p.kind(raw)
     except ValueError:
         raise PolicyError(f"{policy}: {p.name}={raw!r} is not a{'n' if p.kind is int else ''} {p.kind.__name__}") from None
+    if p.kind is float and not math.isfinite(value):  # nan compares false with every bound: it would pass
+        raise PolicyError(f"{policy}: {p.name}={raw} is not a finite number")
     if (p.lo is not None and value < p.lo) or (p.hi is not None and value > p.hi):
         lo = "-inf" if p.lo is None else p.lo
         hi = "inf" if p.hi is None else p.hi

@@ -252,6 +252,12 @@ class Method:
     def controller(self, num_steps: int | None) -> Controller:
         if self.needs_data and self.data is None:
             self.data = self.load_data()
+        forced = self.params.warmup + self.params.final
+        if num_steps is not None and self.name != "none" and forced >= num_steps:
+            # every step would be full, silently: say so instead
+            raise PolicyError(f"{self.spec}: warmup={self.params.warmup} and final={self.params.final} "
+                              f"force all {num_steps} steps of the trajectory to be full, so nothing would be cached; "
+                              "lower them or run more steps")
         return self.controller_cls(self, num_steps)
 
     # -- compile time -----------------------------------------------------------------------------

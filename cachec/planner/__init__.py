@@ -52,6 +52,7 @@ from ..program import (
     cache_name,
     check_weight_ownership,
     split,
+    split_segment,
     value_spec,
 )
 from ..regions import find_blocks, module_regions
@@ -353,6 +354,36 @@ class Planner:
         pred = self.add_segment(f"{tag}_fc_predict", linear_mix(predict_groups, PREDICT, self.meta), "cache")
         return loads + [Run(upd)] + stores_full, loads + [Run(pred)] + stores_reuse
 
+    def _split_prologue_for_tails(self) -> None:
+        """A dynamic method's probe head runs the prologue, which holds every hoisted conditioning
+        value: the adaLN modulation of *every* block, RoPE tables, the final layer's shift/scale.
+        A cached step needs only what the head and the reuse tail read, so the rest moves into a
+        segment that only the full tail (and the full variant) runs: a cached FLUX step no longer
+        computes 57 blocks' modulations it never uses."""
+        head = self.variants.get("head")
+        if not head or Run("prologue") not in head or "prologue" not in self.segments:
+            return
+        segs = {**self.segments, **self.extra}
+        needed = {self.captured.output_name, *self.feedback}
+        if self.signal:
+            needed.add(self.signal)
+        for name in ("head", "tail_reuse"):
+            for op in self.variants[name]:
+                if isinstance(op, Run) and op.segment != "prologue":
+                    needed.update(segs[op.segment].inputs)
+                elif isinstance(op, Store):
+                    needed.add(op.value)
+        first, rest = split_segment(self.segments["prologue"], needed, "prologue_full")
+        if rest is None:
+            return
+        for seg in (first, rest):
+            seg.flops = graph_flops(seg.module, self.batch)
+        self.segments["prologue"] = first
+        self.extra[rest.name] = rest
+        run_rest = Run(rest.name)
+        self.variants["tail_full"] = [run_rest] + self.variants["tail_full"]
+        self.variants["full"] = self.insert_after(self.variants["full"], "prologue", [run_rest])
+
     # -- result ---------------------------------------------------------------------------------
     def plan(self, policy) -> Program:
         """The program of ``policy`` (a :class:`~cachec.methods.base.Method`): it plans its variants
@@ -370,6 +401,7 @@ class Planner:
         return sum(s.flops for s in self.segments.values())
 
     def program(self, policy) -> Program:
+        self._split_prologue_for_tails()
         segments = dict(self.segments)
         segments.update(self.extra)
         used = {op.segment for ops in self.variants.values() for op in ops if isinstance(op, Run)}
