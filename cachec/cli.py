@@ -33,12 +33,19 @@ class _DefaultsShown(argparse.HelpFormatter):
 
 
 def _check_writable(out: Path) -> None:
-    """Refuse an output place that cannot be written before any minute is spent exporting."""
+    """Refuse an output place that cannot be written before any minute is spent exporting.
+
+    Folders that do not exist yet are fine (the artifact writer creates them): what must be
+    writable is the nearest one that exists.
+    """
     parent = out.resolve().parent
-    if not parent.is_dir():
-        raise CachecError(f"cannot write {out}: its folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise CachecError(f"cannot write {out}: its folder {parent} is not writable")
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CachecError(f"cannot write {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise CachecError(f"cannot write {out}: its folder {existing} is not writable")
     if out.exists() and not out.is_dir():
         raise CachecError(f"cannot write {out}: it exists and is not a folder")
 
