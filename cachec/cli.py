@@ -16,7 +16,7 @@ from pathlib import Path
 from .devices import DTYPES, default_device
 from .errors import CachecError, ModelError
 from .progress import stage
-from .session import open_model
+from .session import open_model, with_mode
 
 log = logging.getLogger("cachec")
 
@@ -86,6 +86,7 @@ def cmd_run(args) -> int:
     bundle = session.bundle
     policy = parse_policy(args.policy or session.artifact_policy or "none").spec
     backend = args.backend or session.backend or "eager"
+    session.options = with_mode(session.options, backend, args.mode)
     pixel = bundle.name.startswith("builtin:")
     results = {}
     for pol in dict.fromkeys(["none", policy]):
@@ -103,8 +104,11 @@ def cmd_run(args) -> int:
     if not pixel:
         ref_img = to_unit(ref_traj.sample, pixel, ref=ref_traj.sample)
     out_dir = Path(args.out)
-    save_grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png")
-    save_grid(ref_img, out_dir / "samples_none.png")
+    save_grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png",
+              f"{bundle.name}  {policy}  ({backend}, {args.steps} steps, seed {args.seed})\n"
+              f"NFE {stats.nfe:.2f}  PSNR {psnr(img, ref_img):.2f} dB  SSIM {ssim(img, ref_img):.4f} vs none")
+    save_grid(ref_img, out_dir / "samples_none.png",
+              f"{bundle.name}  none  ({backend}, {args.steps} steps, seed {args.seed})\nthe uncached reference")
     report = {
         "model": bundle.name,
         "policy": policy,
@@ -140,8 +144,10 @@ def cmd_inspect(args) -> int:
     policy = parse_policy(args.policy).spec
     from .program import Load, Run, Store, cache_bytes
 
-    session = open_model(args.model, 2, allow_version_mismatch=args.allow_version_mismatch, device=args.device,
-                         dtype=args.dtype)
+    session = open_model(args.model, args.batch, allow_version_mismatch=args.allow_version_mismatch,
+                         device=args.device, dtype=args.dtype, image_size=args.image_size,
+                         text_tokens=args.text_tokens)
+    bundle = session.bundle
     program = session.program(policy)
     meta = program.meta
 
@@ -151,10 +157,17 @@ def cmd_inspect(args) -> int:
         for streams in ("module", "step"):
             alt = session.program(parse_policy(f"{policy},streams={streams}").spec)
             choices[streams] = {"buffers": len(alt.caches()), "bytes_per_item": cache_bytes(alt, 1)}
+    from .variant_costs import variant_costs
+
+    costs = variant_costs(program, batch=1)
+    none_flops = program.meta.get("none_flops") or program.variant_flops("full")
+    trajectory = {"steps": args.steps, "none_tflops_per_sample": none_flops * args.steps / 1e12}
     if args.json:
-        print(json.dumps({"regions": meta["regions"], "segments": {
+        print(json.dumps({"model": bundle.name, "inputs": {k: list(v.shape) for k, v in _example_shapes(bundle, args.batch)},
+                          "regions": meta["regions"], "segments": {
             n: {"role": s.role, "flops_per_sample": s.flops, "inputs": s.inputs, "outputs": s.outputs}
             for n, s in program.segments.items()}, "variants": program.describe()["variants"],
+            "variant_costs": costs, "trajectory": trajectory,
             "cache_buffers": len(program.caches()), "cache_bytes_per_item": cache_bytes(program, 1),
             "stream_choices": choices}, indent=1, default=str))
         return 0
@@ -176,10 +189,23 @@ def cmd_inspect(args) -> int:
         for c in dict.fromkeys(loads + stores):
             kinds = ("read" if c in loads else "") + ("/write" if c in stores else "")
             print(f"      {kinds.strip('/'):<10} {c}")
+    print("\nvariant costs per step (batch 1; ops: dispatched ATen ops, views excluded, ~ eager GPU kernel launches):")
+    for name, c in costs.items():
+        ops = c["dispatched_ops"] if c["dispatched_ops"] is not None else c.get("note", "-")
+        print(f"  {name:<11} {c['flops_per_sample'] / 1e9:14.3f} GFLOPs  {ops} ops")
+    print(f"  uncached trajectory of {args.steps} steps: {trajectory['none_tflops_per_sample']:.4g} TFLOPs per sample")
     print(f"\ncache buffers: {len(program.caches())}, {cache_bytes(program, 1) / 1e6:.3f} MB per batch item")
     for streams, c in choices.items():
         print(f"  streams={streams:<7} {c['buffers']:>4} buffers, {c['bytes_per_item'] / 1e6:.3f} MB per batch item")
     return 0
+
+
+def _example_shapes(bundle, batch: int):
+    if bundle.model is None and bundle.config is None:
+        return []
+    import torch
+
+    return [(k, v) for k, v in bundle.example_inputs(batch=batch).items() if isinstance(v, torch.Tensor)]
 
 
 def cmd_bench(args) -> int:
@@ -276,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, default=50, help="denoising steps of each trajectory")
     r.add_argument("--seed", type=int, default=0, help="seed of the starting noise and conditioning")
     r.add_argument("--batch", type=int, default=8, help="images per trajectory (1 works: single-image generation)")
-    r.add_argument("--backend", default=None, help="eager, onnxruntime (default: the artifact's, or eager)")
+    r.add_argument("--backend", default=None,
+                   help="eager, inductor, onnxruntime, tensorrt (default: the artifact's, or eager)")
+    r.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                   help="inductor only: reduce-overhead replays each variant as a CUDA graph on a GPU")
     r.add_argument("--out", default="cachec-run", help="directory for the sample PNGs")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--allow-version-mismatch", action="store_true",
@@ -286,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", formatter_class=_DefaultsShown, parents=[common, target], help="regions, segments and the cache nodes of each variant")
     i.add_argument("model", help=model_help + ", or an artifact directory")
     i.add_argument("--policy", default="fora:3")
+    i.add_argument("--batch", type=int, default=2, help="example batch (FLOPs are reported per sample)")
+    i.add_argument("--image-size", type=int, default=None,
+                   help="image side in pixels, e.g. 1024 (default: the config's sample size, or a small one)")
+    i.add_argument("--text-tokens", type=int, default=None, help="prompt tokens of a text-conditioned model, e.g. 512")
+    i.add_argument("--steps", type=int, default=50, help="trajectory length for the per-trajectory FLOPs")
     i.add_argument("--json", action="store_true")
     i.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
@@ -300,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=2, help="number of seeds (0 .. S-1); fidelity is averaged over them")
     b.add_argument("--batch", type=int, default=4, help="images per trajectory")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats per (policy, seed), interleaved round-robin")
-    b.add_argument("--backend", default=None, help="eager, onnxruntime (default: the artifact's, or eager)")
+    b.add_argument("--backend", default=None,
+                   help="eager, inductor, onnxruntime, tensorrt (default: the artifact's, or eager)")
+    b.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                   help="inductor only: reduce-overhead replays each variant as a CUDA graph on a GPU")
     b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     b.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON to FILE (- for stdout only)")
     b.add_argument("--plots", default=None, metavar="DIR", help="write schedule.png, error_curve.png, pareto.png to DIR")

@@ -13,9 +13,12 @@ from pathlib import Path
 import torch
 
 
-def save_grid(images: torch.Tensor, path: Path) -> None:
-    """Images ``[N, C, H, W]`` in [0, 1] as one PNG grid (8 a row), upscaled to about 128 px."""
-    from PIL import Image
+def save_grid(images: torch.Tensor, path: Path, label: str = "") -> None:
+    """Save ``images`` ``[N, C, H, W]`` in [0, 1] as one PNG grid (8 a row, upscaled to about 128 px),
+    with ``label`` written above it; says so when it replaces a file."""
+    from PIL import Image, ImageDraw
+
+    from .progress import stage
 
     n, c, h, w = images.shape
     img = images[:, :3] if c >= 3 else images[:, :1].repeat(1, 3, 1, 1)
@@ -27,9 +30,17 @@ def save_grid(images: torch.Tensor, path: Path) -> None:
         r, q = divmod(i, cols)
         canvas[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = img[i]
     arr = (canvas.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    im = Image.fromarray(arr)
-    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    grid = Image.fromarray(arr)
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    im = grid
+    if label:
+        band = 22 * (label.count("\n") + 1)
+        im = Image.new("RGB", (max(grid.width, 480), grid.height + band), "white")
+        ImageDraw.Draw(im).multiline_text((4, 3), label, fill="black", font=_font(14))
+        im.paste(grid, (0, band))
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        stage(f"replacing {path}")
     im.save(path)
 
 

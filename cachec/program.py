@@ -409,11 +409,18 @@ def split_segment(seg: Segment, needed: set[str], rest_name: str) -> tuple[Segme
         if value in needed:
             pull(node)
     changed = True
-    while changed:  # a weight read in the first part takes all its readers along
+    while changed:
         changed = False
-        for attr in (n for n in gm.graph.nodes if n.op == "get_attr"):
-            users = [u for u in attr.users if u.op == "call_function"]
-            if any(u in first for u in users) and not all(u in first for u in users):
+        for n in gm.graph.nodes:
+            if n.op == "get_attr":  # a weight read in the first part takes all its readers along
+                users = [u for u in n.users if u.op == "call_function"]
+                anchored = any(u in first for u in users)
+            elif n in first and isinstance(n.meta.get("val"), (list, tuple)):
+                users = list(n.users)  # a multi-output op (chunk) keeps its getitems: a tuple is no segment value
+                anchored = True
+            else:
+                continue
+            if anchored and not all(u in first for u in users):
                 for u in users:
                     pull(u)
                 changed = True
@@ -485,7 +492,9 @@ def check_weight_ownership(program: Program) -> None:
     seen: dict[int, str] = {}
     for seg in program.segments.values():
         for name, t in seg.parameters().items():
-            key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+            # storage address: views of one buffer are one weight; meta tensors (a model planned without
+            # its weights) all sit at address 0, so there the tensor object stands for itself
+            key = t.untyped_storage().data_ptr() if t.numel() and not t.is_meta else id(t)
             if key in seen and seen[key] != seg.name:
                 raise ModelError(f"parameter {name} is held by segments {seen[key]} and {seg.name}")
             seen[key] = seg.name

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import CachecError, ModelError
 
 
 @dataclass
@@ -55,11 +55,12 @@ class Session:
 
 
 def open_model(model_spec: str, batch: int, backend: str | None = None, allow_version_mismatch: bool = False,
-               device=None, dtype=None) -> Session:
+               device=None, dtype=None, image_size: int | None = None, text_tokens: int | None = None) -> Session:
     """Resolve MODEL (a model spec, a diffusers directory, or an artifact directory).
 
     ``device``/``dtype`` (names or torch objects; default: the GPU if there is one, fp32) say where
     the model is built and run; ``Session.device`` tells the caller where runtimes must go.
+    ``image_size`` (pixels) and ``text_tokens`` set the example inputs the model is captured with.
     """
     from . import artifact
     from .devices import resolve_device, resolve_dtype
@@ -90,6 +91,14 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
     from .runtime import signature_of
 
     bundle = resolve(model_spec, dtype=resolve_dtype(dtype), device=device)
+    if image_size is not None:
+        if image_size < 8 or image_size % 8:
+            raise CachecError(f"--image-size {image_size}: give the image side in pixels, a multiple of 8 (e.g. 1024)")
+        bundle.resolution = image_size // 8  # the latent side: every supported model decodes with an 8x VAE
+    if text_tokens is not None:
+        if text_tokens < 1:
+            raise CachecError(f"--text-tokens must be at least 1; got {text_tokens}")
+        bundle.text_tokens = text_tokens
     with busy(f"exporting {bundle.class_name} ({model_spec})"):
         captured = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
                            latent_input=bundle.latent_input)
@@ -101,3 +110,12 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
             return compile_program(cap, parse_policy(pol)), cap
 
     return Session(bundle, signature_of(bundle.model), None, {}, None, device, plan)
+
+
+def with_mode(options: dict, backend: str, mode: str | None) -> dict:
+    """Backend options with ``--mode``, which only the inductor backend takes."""
+    if mode is None:
+        return options
+    if backend != "inductor":
+        raise CachecError(f"--mode {mode} applies to the inductor backend only; this run uses {backend}")
+    return {**options, "mode": mode}
