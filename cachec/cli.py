@@ -35,15 +35,17 @@ class _DefaultsShown(argparse.HelpFormatter):
 def _check_writable(out: Path) -> None:
     """Refuse an output place that cannot be written before any minute is spent exporting.
 
-    Folders that do not exist yet are fine (the artifact writer creates them): what must be
-    writable is the nearest one that exists.
+    The output's own folder may be missing (it is created, as the artifact writer always did),
+    but not a whole missing path above it, which is far more likely a typo than a wish.
     """
     parent = out.resolve().parent
     existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise CachecError(f"cannot write {out}: {existing} is not a folder")
+    if not parent.is_dir():
+        if parent.exists():
+            raise CachecError(f"cannot write {out}: {parent} is not a folder")
+        if not parent.parent.is_dir():
+            raise CachecError(f"cannot write {out}: its folder {parent} does not exist")
+        existing = parent.parent
     if not os.access(existing, os.W_OK):
         raise CachecError(f"cannot write {out}: its folder {existing} is not writable")
     if out.exists() and not out.is_dir():
