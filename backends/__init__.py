@@ -28,3 +28,12 @@ def get_backend(name: str):
     if check is not None:
         check()
     return module
+
+
+def with_mode(options: dict, backend: str, mode: str | None) -> dict:
+    """Backend options with ``--mode``, which only the inductor backend takes."""
+    if mode is None:
+        return options
+    if backend != "inductor":
+        raise BackendError(f"--mode {mode} applies to the inductor backend only; this run uses {backend}")
+    return {**options, "mode": mode}

@@ -27,8 +27,11 @@ from pathlib import Path
 
 import torch
 
+from cachec.backends import with_mode
+
 from .errors import CachecError
 from .policy import POLICIES, parse_policy
+from .sample_grids import label_font
 
 
 class BenchError(CachecError, ValueError):
@@ -163,9 +166,7 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
     bundle, make, _ = _bundle_and_program(model, "none", batch, backend, device=device, dtype=dtype)
     backend = backend or make.backend or "eager"
     if mode is not None:
-        from .cli import _with_mode
-
-        make.options = _with_mode(make.options, backend, mode)
+        make.options = with_mode(make.options, backend, mode)
     runtimes: dict[str, CacheRuntime] = {}
     runs: dict[str, PolicyRun] = {}
     for pol in specs:
@@ -314,15 +315,6 @@ _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
-def _font(size: int = 14):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed bitmap font
-        return ImageFont.load_default()
-
-
 class _Axes:
     """A minimal plot area: maps data to pixels, draws frame, ticks and labels."""
 
@@ -374,7 +366,7 @@ def plot_schedule(result: BenchResult, path: Path) -> None:
     full step there (dynamic policies may differ per seed)."""
     from PIL import Image, ImageDraw
 
-    font = _font(14)
+    font = label_font(14)
     title = (f"schedule per step (dark = full, light = cached), {result.steps} steps, "
              f"{len(result.seeds)} seed(s)")
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -405,7 +397,7 @@ def plot_error_curve(result: BenchResult, path: Path) -> None:
     """Relative L2 of the latent against ``none`` after each step, log scale (exact zeros sit on the floor)."""
     from PIL import Image, ImageDraw
 
-    font = _font(14)
+    font = label_font(14)
     rows = [r for r in result.rows if r["policy"] != "none"]
     im = Image.new("RGB", (900, 520), "white")
     d = ImageDraw.Draw(im)
@@ -448,7 +440,7 @@ def plot_pareto(result: BenchResult, path: Path) -> None:
     """NFE (x) against PSNR to ``none`` (y); the non-dominated policies are joined (``none`` is at ∞ dB)."""
     from PIL import Image, ImageDraw
 
-    font = _font(14)
+    font = label_font(14)
     rows = [r for r in result.rows if r["psnr_vs_none"] is not None]
     im = Image.new("RGB", (900, 560), "white")
     d = ImageDraw.Draw(im)

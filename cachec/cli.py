@@ -15,8 +15,11 @@ from pathlib import Path
 
 import torch
 
+from .backends import with_mode
 from .devices import DTYPES, default_device
 from .errors import CachecError, ModelError
+from .progress import stage
+from .sample_grids import grid
 
 log = logging.getLogger("cachec")
 
@@ -32,15 +35,6 @@ class _DefaultsShown(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def _with_mode(options: dict, backend: str, mode: str | None) -> dict:
-    """Backend options with ``--mode``, which only the inductor backend takes."""
-    if mode is None:
-        return options
-    if backend != "inductor":
-        raise CachecError(f"--mode {mode} applies to the inductor backend only; this run uses {backend}")
-    return {**options, "mode": mode}
-
-
 def _check_writable(out: Path) -> None:
     """Refuse an output place that cannot be written before any minute is spent exporting."""
     parent = out.resolve().parent
@@ -53,7 +47,7 @@ def _check_writable(out: Path) -> None:
 
 
 def _stage(msg: str) -> None:
-    print(f"[cachec] {msg}", file=sys.stderr, flush=True)
+    stage(msg)
 
 
 def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str | None = None,
@@ -147,63 +141,6 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def _grid(images: torch.Tensor, path: Path, label: str) -> None:
-    """Save ``images`` as one PNG grid with ``label`` written above it; says so when it replaces a file."""
-    from PIL import Image, ImageDraw
-
-    from .bench import _font
-
-    n, c, h, w = images.shape
-    img = images[:, :3] if c >= 3 else images[:, :1].repeat(1, 3, 1, 1)
-    cols = min(n, 8)
-    rows = (n + cols - 1) // cols
-    scale = max(1, 128 // max(h, w))
-    canvas = torch.ones(3, rows * (h + 2), cols * (w + 2))
-    for i in range(n):
-        r, q = divmod(i, cols)
-        canvas[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = img[i]
-    arr = (canvas.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    grid = Image.fromarray(arr)
-    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
-    font = _font(14)
-    band = 22 * (label.count("\n") + 1)
-    im = Image.new("RGB", (max(grid.width, 480), grid.height + band), "white")
-    ImageDraw.Draw(im).multiline_text((4, 3), label, fill="black", font=font)
-    im.paste(grid, (0, band))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _stage(f"replacing {path}")
-    im.save(path)
-
-
-def _grid_side_by_side(columns: list[torch.Tensor], labels: list[str], path: Path, title: str) -> None:
-    """Images of several runs side by side (one column each, one row per image), a label above each
-    column and a title above all; says so when it replaces a file."""
-    from PIL import Image, ImageDraw
-
-    from .bench import _font
-
-    font = _font(14)
-    n, _, h, w = columns[0].shape
-    scale = max(1, 128 // max(h, w))
-    cell_w, cell_h = w * scale + 8, h * scale + 8
-    band = 46
-    col_w = max(cell_w, 420)
-    im = Image.new("RGB", (col_w * len(columns), 24 + band + n * cell_h), "white")
-    draw = ImageDraw.Draw(im)
-    draw.text((4, 3), title, fill="black", font=font)
-    for c, (images, label) in enumerate(zip(columns, labels, strict=True)):
-        draw.multiline_text((c * col_w + 4, 24), label, fill="black", font=font)
-        for i in range(n):
-            arr = (images[i, :3].permute(1, 2, 0).float().numpy() * 255).round().astype("uint8")
-            tile = Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST)
-            im.paste(tile, (c * col_w + 4, 24 + band + i * cell_h))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _stage(f"replacing {path}")
-    im.save(path)
-
-
 def cmd_run(args) -> int:
     from .metrics import psnr, ssim, to_unit
     from .policy import parse_policy
@@ -220,7 +157,7 @@ def cmd_run(args) -> int:
                                                         args.allow_version_mismatch, args.device, args.dtype)
     policy = parse_policy(args.policy or artifact_policy or "none").spec
     backend = args.backend or make.backend or "eager"
-    make.options = _with_mode(make.options, backend, args.mode)
+    make.options = with_mode(make.options, backend, args.mode)
     pixel = bundle.name.startswith("builtin:")
     results = {}
     for pol in dict.fromkeys(["none", policy]):
@@ -239,10 +176,10 @@ def cmd_run(args) -> int:
     if not pixel:
         ref_img = to_unit(ref_traj.sample, pixel, ref=ref_traj.sample)
     out_dir = Path(args.out)
-    _grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png",
+    grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png",
           f"{bundle.name}  {policy}  ({backend}, {args.steps} steps, seed {args.seed})\n"
           f"NFE {stats.nfe:.2f}  PSNR {psnr(img, ref_img):.2f} dB  SSIM {ssim(img, ref_img):.4f} vs none")
-    _grid(ref_img, out_dir / "samples_none.png",
+    grid(ref_img, out_dir / "samples_none.png",
           f"{bundle.name}  none  ({backend}, {args.steps} steps, seed {args.seed})\nthe uncached reference")
     report = {
         "model": bundle.name,

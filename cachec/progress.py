@@ -40,3 +40,8 @@ def busy(desc: str):
             ticker.join()
             bar.close()
     print(f"[cachec] {desc}: done in {time.perf_counter() - start:.1f} s", file=stream, flush=True)  # success only
+
+
+def stage(msg: str) -> None:
+    """One line about what cachec is doing, on stderr (stdout stays for results and --json)."""
+    print(f"[cachec] {msg}", file=sys.stderr, flush=True)

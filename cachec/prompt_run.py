@@ -20,6 +20,8 @@ import torch
 
 from .devices import resolve_device, resolve_dtype
 from .errors import CachecError, ModelError
+from .progress import stage
+from .sample_grids import side_by_side
 
 
 def is_pipeline_dir(path: str | Path) -> bool:
@@ -67,7 +69,6 @@ def _call(pipe, kw: dict, steps: int, seed: int, device: torch.device):
 def run_prompt(args) -> int:
     """The ``cachec run`` path for a pipeline directory and a prompt (argparse namespace from the CLI)."""
     from . import disable, enable
-    from .cli import _grid_side_by_side, _stage
     from .metrics import psnr, ssim
     from .pipeline import denoiser_attr
     from .policy import parse_policy
@@ -77,7 +78,7 @@ def run_prompt(args) -> int:
     if not is_pipeline_dir(args.model):
         raise CachecError(f"--prompt needs a local diffusers pipeline directory (with model_index.json); "
                           f"{args.model} is not one")
-    _stage(f"loading the pipeline from {args.model} ({device}, {dtype})")
+    stage(f"loading the pipeline from {args.model} ({device}, {dtype})")
     pipe = load_pipeline(args.model, device, dtype)
     kw = {"prompt": args.prompt}
     if "clean_caption" in inspect.signature(pipe.__call__).parameters:
@@ -86,7 +87,7 @@ def run_prompt(args) -> int:
         kw["height"] = kw["width"] = args.image_size
     _call(pipe, kw, 2, args.seed, device)  # warm-up at the run's shapes
     ref, ref_s = _call(pipe, kw, args.steps, args.seed, device)
-    _stage(f"plain pipeline: {ref_s:.3f} s")
+    stage(f"plain pipeline: {ref_s:.3f} s")
     enable(pipe, policy)
     try:
         den = getattr(pipe, denoiser_attr(pipe))
@@ -106,7 +107,7 @@ def run_prompt(args) -> int:
     }
     out = Path(args.out) / f"prompt_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png"
     nfe_text = ", ".join(f"{k} {v:.2f}" for k, v in report["nfe"].items())
-    _grid_side_by_side(
+    side_by_side(
         [ref, img],
         [f"plain {report['pipeline']}\n{args.steps} steps, {ref_s:.2f} s",
          f"cachec {policy}: NFE {nfe_text}\n{img_s:.2f} s ({report['speedup']}x), PSNR {report['psnr_vs_plain']} dB, "

@@ -128,8 +128,8 @@ def _unexportable_resolve(monkeypatch):
 
     real = models.resolve
 
-    def resolve(spec):
-        bundle = real(spec)
+    def resolve(spec, **kwargs):  # device=, dtype= pass through
+        bundle = real(spec, **kwargs)
         bundle.model.forward = _DataDependentForward(bundle.model)
         return bundle
 

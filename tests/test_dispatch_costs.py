@@ -60,6 +60,7 @@ class Model:
         self.first = self.module.get_submodule(first)
         self.last = self.module.get_submodule(last or first)
         self.plain, self.parts = self._plain_counts()
+        self._runtimes = {}
 
     def timestep(self, i):
         t = self.kw["timestep"]
@@ -92,6 +93,12 @@ class Model:
         return counter.ops, parts
 
     def runtime(self, policy):
+        """One runtime per policy for the module (planning full-depth FLUX takes seconds); trajectories reset it."""
+        if policy not in self._runtimes:
+            self._runtimes[policy] = self._plan(policy)
+        return self._runtimes[policy]
+
+    def _plan(self, policy):
         planner = Planner(self.captured.copy())
         program = planner.plan(parse_policy(policy))
         program.meta["none_flops"] = sum(s.flops for s in planner.segments.values())
