@@ -1,0 +1,171 @@
+"""``cachec serve``: a compiled artifact (or a local pipeline) as a Ray Serve application.
+
+Ray Serve is the engine: it runs the replicas (each loads the artifact once), routes HTTP and
+handle calls to them, restarts a replica that dies, and batches concurrent requests
+(``@serve.batch``). This module only wires a :mod:`cachec.serve_worker` worker into a Serve
+deployment:
+
+* ``POST /generate`` takes a :class:`~cachec.serve_schema.GenerateRequest` and returns a
+  :class:`~cachec.serve_schema.GenerateReply`; a request the worker rejects is a 422 with
+  ``{"detail": message}``, a sampling failure a 500 naming the replica;
+* ``GET /info`` says what the served model accepts; ``GET /docs`` and ``/openapi.json`` are the
+  schema FastAPI derives from the same models;
+* in-cluster callers use a handle: ``serve.get_app_handle("cachec").sample.remote(request_dict)``
+  (a rejected request raises :class:`~cachec.errors.RequestError`).
+
+Requests are validated on arrival, before they reach the batch queue, so a bad request never
+enters a batch; the batch runs in one worker thread per replica, so the replica's event loop keeps
+accepting requests while a trajectory runs.
+"""
+
+
+# no `from __future__ import annotations`: FastAPI reads the route annotations as classes
+import asyncio
+import logging
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from .errors import CachecError, RequestError
+from .serve_schema import GenerateReply, GenerateRequest, validation_message
+
+log = logging.getLogger("cachec")
+
+APP_NAME = "cachec"
+http_api = FastAPI(title="cachec serve", description="Diffusion sampling with feature caching (cachec) on Ray Serve. "
+                   "One request is one whole sampling job; see docs/serving.md.")
+
+
+@http_api.exception_handler(RequestValidationError)
+async def _invalid_request(_request, exc: RequestValidationError) -> JSONResponse:
+    """Schema violations (missing or unknown fields, out-of-range values) as one readable 422 message,
+    the same shape as the worker's own rejections: ``{"detail": "steps: Input should be ..."}``."""
+    return JSONResponse(status_code=422, content={"detail": validation_message(exc.errors())})
+
+
+@serve.deployment(name="CachecServer")
+@serve.ingress(http_api)
+class CachecServer:
+    """One replica: a worker (artifact or pipeline) behind Serve's batching and HTTP ingress."""
+
+    def __init__(self, target: str, options: dict, batch_wait_s: float = 0.02):
+        from .serve_worker import make_worker
+
+        self.worker = make_worker(target, **options)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachec-sampling")
+        self._run_batch.set_max_batch_size(self.worker.max_batch)
+        self._run_batch.set_batch_wait_timeout_s(batch_wait_s)
+
+    @http_api.get("/info")
+    def info(self) -> dict:
+        """What the served model accepts: conditioning fields and shapes, steps range, policy, batch."""
+        return self.worker.info()
+
+    @http_api.post("/generate", response_model=GenerateReply, response_model_exclude_none=True,
+                   responses={422: {"description": "the request was rejected: {\"detail\": message}"},
+                              500: {"description": "sampling failed on the replica: {\"detail\": message}"}})
+    async def generate(self, request: GenerateRequest) -> dict:
+        """Run one sampling job and return its PNG, NFE, schedule and latency."""
+        try:
+            return await self.sample(request)
+        except RequestError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        except SamplingError as exc:
+            raise HTTPException(status_code=500, detail=str(exc)) from None
+
+    async def sample(self, request) -> dict:
+        """The handle entry point: a request dict (or GenerateRequest) in, a reply dict out."""
+        job = self.worker.prepare(request)  # RequestError before the job is queued
+        result = await self._run_batch(job)
+        if isinstance(result, Exception):
+            raise SamplingError(str(result))
+        return result
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    async def _run_batch(self, jobs: list) -> list:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.worker.run, jobs)
+
+
+class SamplingError(RuntimeError):
+    """A trajectory failed on the replica (HTTP 500); other requests are unaffected."""
+
+
+def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str | None = None,
+              max_steps: int = 1000, pad: bool = True, policy: str | None = None, batch_wait_s: float = 0.02,
+              cpus_per_replica: float = 1.0, autoscale: tuple[int, int] | None = None,
+              runtime_env: dict | None = None):
+    """The Serve application for ``target`` (artifact or pipeline directory), ready for ``serve.run``.
+
+    On a GPU device each replica reserves one GPU (one replica per GPU); ``autoscale=(min, max)``
+    lets Serve scale the replicas on the number of ongoing requests (target: one full batch each).
+    """
+    from .serve_worker import default_device, target_kind
+
+    target_kind(target)  # a wrong path fails here, before any replica starts
+    device = device or default_device()
+    options = {"device": device, "max_batch": max_batch, "max_steps": max_steps, "pad": pad}
+    if policy is not None:
+        options["policy"] = policy
+    actor = {"num_cpus": cpus_per_replica}
+    if device.startswith("cuda"):
+        actor["num_gpus"] = 1
+    if runtime_env:
+        actor["runtime_env"] = runtime_env
+    config = {"ray_actor_options": actor, "max_ongoing_requests": max(2 * max_batch, 4)}
+    if autoscale:
+        lo, hi = autoscale
+        config["autoscaling_config"] = {"min_replicas": lo, "max_replicas": hi,
+                                        "target_ongoing_requests": max_batch}
+    else:
+        config["num_replicas"] = replicas
+    return CachecServer.options(**config).bind(target, options, batch_wait_s)
+
+
+def start(target: str, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
+          name: str = APP_NAME, route_prefix: str = "/", **app_options):
+    """Start (or join) Ray, start Serve's HTTP proxy on ``host:port`` and deploy the app; returns its handle."""
+    import ray
+
+    app = build_app(target, **app_options)  # validates the target before Ray starts
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(app, name=name, route_prefix=route_prefix)
+
+
+def main(args) -> int:
+    """``cachec serve``: start the app and block until interrupted."""
+    autoscale = None
+    if args.autoscale:
+        try:
+            lo, hi = (int(x) for x in args.autoscale.split("-"))
+        except ValueError:
+            raise CachecError(f"--autoscale takes MIN-MAX replicas, e.g. 1-4; got {args.autoscale!r}") from None
+        if not 0 <= lo <= hi or hi < 1:
+            raise CachecError(f"--autoscale {args.autoscale}: need 0 <= MIN <= MAX, MAX >= 1")
+        autoscale = (lo, hi)
+    if args.replicas < 1:
+        raise CachecError(f"--replicas must be at least 1; got {args.replicas}")
+    if args.max_batch < 1:
+        raise CachecError(f"--max-batch must be at least 1; got {args.max_batch}")
+    start(args.target, host=args.host, port=args.port, address=args.address, replicas=args.replicas,
+          max_batch=args.max_batch, device=args.device, max_steps=args.max_steps, pad=not args.no_pad,
+          policy=args.policy, batch_wait_s=args.batch_wait_ms / 1000.0, cpus_per_replica=args.cpus_per_replica,
+          autoscale=autoscale)
+    print(f"cachec serve: {args.target} on http://{args.host}:{args.port}/generate "
+          f"({'autoscaling ' + args.autoscale if autoscale else f'{args.replicas} replica(s)'}, "
+          f"max batch {args.max_batch}); GET /info, /docs; Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("cachec serve: shutting down", file=sys.stderr)
+    finally:
+        serve.shutdown()
+    return 0
