@@ -169,3 +169,17 @@ def main(args) -> int:
     finally:
         serve.shutdown()
     return 0
+
+
+def app(args: dict):
+    """Application builder for Serve config files and ``serve run``:
+    ``serve run cachec.serve:app target=DIR max_batch=8 device=cuda replicas=4``."""
+    args = dict(args)
+    target = args.pop("target")
+    casts = {"replicas": int, "max_batch": int, "max_steps": int, "batch_wait_s": float, "cpus_per_replica": float,
+             "pad": lambda v: str(v).lower() not in ("0", "false", "no")}
+    unknown = set(args) - set(casts) - {"device", "policy"}
+    if unknown:
+        raise CachecError(f"cachec.serve:app: unknown arguments {sorted(unknown)}; known: target, device, policy, "
+                          f"{', '.join(casts)}")
+    return build_app(target, **{k: casts[k](v) if k in casts else v for k, v in args.items()})
