@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "results then depend on the batch size by float rounding)")
     sv.add_argument("--policy", default=None, help="policy for a pipeline directory (default fora:3); artifacts serve "
                                                    "their compiled policy")
+    sv.add_argument("--retries", type=int, default=1,
+                    help="resend a request whose replica died this many times before answering 503")
     sv.add_argument("--autoscale", default=None, metavar="MIN-MAX", help="autoscale replicas on queue length")
     sv.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves per replica")
     sv.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto); default: start a local Ray")

@@ -2,20 +2,22 @@
 
 Ray Serve is the engine: it runs the replicas (each loads the artifact once), routes HTTP and
 handle calls to them, restarts a replica that dies, and batches concurrent requests
-(``@serve.batch``). This module only wires a :mod:`cachec.serve_worker` worker into a Serve
-deployment:
+(``@serve.batch``). This module only wires a :mod:`cachec.serve_worker` worker into two Serve
+deployments:
 
-* ``POST /generate`` takes a :class:`~cachec.serve_schema.GenerateRequest` and returns a
-  :class:`~cachec.serve_schema.GenerateReply`; a request the worker rejects is a 422 with
-  ``{"detail": message}``, a sampling failure a 500 naming the replica;
-* ``GET /info`` says what the served model accepts; ``GET /docs`` and ``/openapi.json`` are the
-  schema FastAPI derives from the same models;
-* in-cluster callers use a handle: ``serve.get_app_handle("cachec").sample.remote(request_dict)``
-  (a rejected request raises :class:`~cachec.errors.RequestError`).
-
-Requests are validated on arrival, before they reach the batch queue, so a bad request never
-enters a batch; the batch runs in one worker thread per replica, so the replica's event loop keeps
-accepting requests while a trajectory runs.
+* ``CachecIngress`` (no model, no CPU reserved): the HTTP routes and the handle entry point.
+  ``POST /generate`` takes a :class:`~cachec.serve_schema.GenerateRequest` and returns a
+  :class:`~cachec.serve_schema.GenerateReply`; a rejected request is a 422 with
+  ``{"detail": message}``, a failed trajectory a 500 naming the replica, and a request whose
+  replica died is resent (``retries``) or answered with a 503 saying so. ``GET /info`` says what
+  the served model accepts; ``GET /docs`` and ``/openapi.json`` are the schema FastAPI derives
+  from the same models. In-cluster callers use a handle:
+  ``serve.get_app_handle("cachec").sample.remote(request_dict)`` (a rejected request raises
+  :class:`~cachec.errors.RequestError`).
+* ``CachecServer`` (``--replicas``, one GPU each on CUDA): loads the model once, validates each
+  request on arrival, before it reaches the batch queue (so a bad request never enters a batch),
+  and runs Serve's batches in one worker thread, so its event loop keeps accepting requests while
+  a trajectory runs.
 """
 
 
@@ -48,10 +50,25 @@ async def _invalid_request(_request, exc: RequestValidationError) -> JSONRespons
     return JSONResponse(status_code=422, content={"detail": validation_message(exc.errors())})
 
 
+# defined before the deployments: Serve serialises the deployment classes when they are declared
+def _cause(exc: BaseException) -> BaseException:
+    """The exception a replica raised, without Ray's task-error wrapping (whose text is a traceback)."""
+    while getattr(exc, "cause", None) is not None and exc.cause is not exc:
+        exc = exc.cause
+    return exc
+
+
+class SamplingError(RuntimeError):
+    """A trajectory failed on the replica (HTTP 500); other requests are unaffected."""
+
+
+class ReplicaLostError(RuntimeError):
+    """The replica running a request died, on every attempt (HTTP 503)."""
+
+
 @serve.deployment(name="CachecServer")
-@serve.ingress(http_api)
 class CachecServer:
-    """One replica: a worker (artifact or pipeline) behind Serve's batching and HTTP ingress."""
+    """One sampling replica: a worker (artifact or pipeline) behind Serve's batching."""
 
     def __init__(self, target: str, options: dict, batch_wait_s: float = 0.02):
         from .serve_worker import make_worker
@@ -61,25 +78,10 @@ class CachecServer:
         self._run_batch.set_max_batch_size(self.worker.max_batch)
         self._run_batch.set_batch_wait_timeout_s(batch_wait_s)
 
-    @http_api.get("/info")
     def info(self) -> dict:
-        """What the served model accepts: conditioning fields and shapes, steps range, policy, batch."""
         return self.worker.info()
 
-    @http_api.post("/generate", response_model=GenerateReply, response_model_exclude_none=True,
-                   responses={422: {"description": "the request was rejected: {\"detail\": message}"},
-                              500: {"description": "sampling failed on the replica: {\"detail\": message}"}})
-    async def generate(self, request: GenerateRequest) -> dict:
-        """Run one sampling job and return its PNG, NFE, schedule and latency."""
-        try:
-            return await self.sample(request)
-        except RequestError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
-        except SamplingError as exc:
-            raise HTTPException(status_code=500, detail=str(exc)) from None
-
     async def sample(self, request) -> dict:
-        """The handle entry point: a request dict (or GenerateRequest) in, a reply dict out."""
         job = self.worker.prepare(request)  # RequestError before the job is queued
         result = await self._run_batch(job)
         if isinstance(result, Exception):
@@ -92,18 +94,72 @@ class CachecServer:
         return await loop.run_in_executor(self._pool, self.worker.run, jobs)
 
 
-class SamplingError(RuntimeError):
-    """A trajectory failed on the replica (HTTP 500); other requests are unaffected."""
+@serve.deployment(name="CachecIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+@serve.ingress(http_api)
+class CachecIngress:
+    """HTTP routes and the handle entry point, in front of the sampling replicas.
+
+    It holds no model: it forwards each request to a :class:`CachecServer` replica through a
+    Serve handle, so that when a sampling replica dies mid-request it can say so clearly (or retry
+    the request on a live replica: a request is a pure function of its fields) instead of the
+    proxy's bare "Internal Server Error".
+    """
+
+    def __init__(self, server, retries: int = 1):
+        self.server = server
+        self.retries = retries
+
+    @http_api.get("/info")
+    async def info(self) -> dict:
+        """What the served model accepts: conditioning fields and shapes, steps range, policy, batch."""
+        return await self.server.info.remote()
+
+    @http_api.post("/generate", response_model=GenerateReply, response_model_exclude_none=True,
+                   responses={422: {"description": "the request was rejected: {\"detail\": message}"},
+                              500: {"description": "sampling failed on the replica: {\"detail\": message}"},
+                              503: {"description": "the replica died and retries failed: {\"detail\": message}"}})
+    async def generate(self, request: GenerateRequest) -> dict:
+        """Run one sampling job and return its PNG, NFE, schedule and latency."""
+        try:
+            return await self.sample(request)
+        except RequestError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        except SamplingError as exc:
+            raise HTTPException(status_code=500, detail=str(exc)) from None
+        except ReplicaLostError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from None
+
+    async def sample(self, request) -> dict:
+        """The handle entry point: a request dict (or GenerateRequest) in, a reply dict out.
+        Raises RequestError (rejected), SamplingError (failed) or ReplicaLostError (replica died)."""
+        from ray.exceptions import RayActorError
+
+        from .serve_schema import parse_request
+
+        request = parse_request(request)  # schema errors here, before any replica is involved
+        for attempt in range(self.retries + 1):
+            try:
+                return await self.server.sample.remote(request)
+            except (RequestError, SamplingError) as exc:  # the replica's own exception, wrapped by Ray
+                raise type(_cause(exc))(str(_cause(exc))) from None
+            except RayActorError as exc:
+                log.warning("cachec serve: the replica died during a request (%s); attempt %d of %d",
+                            type(exc).__name__, attempt + 1, self.retries + 1)
+                lost = exc
+        raise ReplicaLostError(
+            f"the sampling replica died while running this request ({type(lost).__name__}), "
+            f"{self.retries + 1} time(s); Serve restarts replicas: retry later") from None
 
 
 def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str | None = None,
               max_steps: int = 1000, pad: bool = True, policy: str | None = None, batch_wait_s: float = 0.02,
               cpus_per_replica: float = 1.0, autoscale: tuple[int, int] | None = None,
-              runtime_env: dict | None = None):
+              runtime_env: dict | None = None, retries: int = 1, ingress_replicas: int = 1):
     """The Serve application for ``target`` (artifact or pipeline directory), ready for ``serve.run``.
 
     On a GPU device each replica reserves one GPU (one replica per GPU); ``autoscale=(min, max)``
     lets Serve scale the replicas on the number of ongoing requests (target: one full batch each).
+    ``retries``: how often the ingress resends a request whose replica died (0: fail at once, 503).
     """
     from .serve_worker import default_device, target_kind
 
@@ -124,7 +180,8 @@ def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str
                                         "target_ongoing_requests": max_batch}
     else:
         config["num_replicas"] = replicas
-    return CachecServer.options(**config).bind(target, options, batch_wait_s)
+    server = CachecServer.options(**config).bind(target, options, batch_wait_s)
+    return CachecIngress.options(num_replicas=ingress_replicas).bind(server, retries)
 
 
 def start(target: str, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
@@ -152,12 +209,14 @@ def main(args) -> int:
         autoscale = (lo, hi)
     if args.replicas < 1:
         raise CachecError(f"--replicas must be at least 1; got {args.replicas}")
+    if args.retries < 0:
+        raise CachecError(f"--retries must be at least 0; got {args.retries}")
     if args.max_batch < 1:
         raise CachecError(f"--max-batch must be at least 1; got {args.max_batch}")
     start(args.target, host=args.host, port=args.port, address=args.address, replicas=args.replicas,
           max_batch=args.max_batch, device=args.device, max_steps=args.max_steps, pad=not args.no_pad,
           policy=args.policy, batch_wait_s=args.batch_wait_ms / 1000.0, cpus_per_replica=args.cpus_per_replica,
-          autoscale=autoscale)
+          autoscale=autoscale, retries=args.retries)
     print(f"cachec serve: {args.target} on http://{args.host}:{args.port}/generate "
           f"({'autoscaling ' + args.autoscale if autoscale else f'{args.replicas} replica(s)'}, "
           f"max batch {args.max_batch}); GET /info, /docs; Ctrl-C stops", flush=True)
@@ -177,7 +236,7 @@ def app(args: dict):
     args = dict(args)
     target = args.pop("target")
     casts = {"replicas": int, "max_batch": int, "max_steps": int, "batch_wait_s": float, "cpus_per_replica": float,
-             "pad": lambda v: str(v).lower() not in ("0", "false", "no")}
+             "retries": int, "ingress_replicas": int, "pad": lambda v: str(v).lower() not in ("0", "false", "no")}
     unknown = set(args) - set(casts) - {"device", "policy"}
     if unknown:
         raise CachecError(f"cachec.serve:app: unknown arguments {sorted(unknown)}; known: target, device, policy, "
