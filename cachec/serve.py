@@ -161,10 +161,10 @@ def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str
     lets Serve scale the replicas on the number of ongoing requests (target: one full batch each).
     ``retries``: how often the ingress resends a request whose replica died (0: fail at once, 503).
     """
-    from .serve_worker import default_device, target_kind
+    from .serve_worker import check_device, default_device, target_kind
 
-    target_kind(target)  # a wrong path fails here, before any replica starts
-    device = device or default_device()
+    target_kind(target)  # a wrong path or device fails here, before any replica starts
+    device = check_device(device or default_device())
     options = {"device": device, "max_batch": max_batch, "max_steps": max_steps, "pad": pad}
     if policy is not None:
         options["policy"] = policy

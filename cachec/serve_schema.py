@@ -85,7 +85,8 @@ class GenerateRequest(BaseModel):
     steps: int = Field(50, ge=1, description="denoising steps (the server's maximum: GET /info)")
     policy: str | None = Field(None, description="policy override, e.g. fora:4: run-time parameters of the "
                                                  "served policy only (or none); default: the served policy")
-    return_latent: bool = Field(False, description="also return the final sample as an exact fp32 tensor")
+    return_latent: bool = Field(False, description="also return the final sample as an exact float32 tensor "
+                                                   "(a served pipeline: the decoded image in [0, 1])")
 
 
 class GenerateReply(BaseModel):
@@ -101,7 +102,8 @@ class GenerateReply(BaseModel):
     batch_size: int = Field(description="requests that shared this request's trajectory")
     batch_rows: int = Field(description="rows the trajectory ran with (padding included)")
     replica: str = Field(description="the replica that served the request")
-    latent: TensorData | None = Field(None, description="the final sample (with return_latent)")
+    latent: TensorData | None = Field(None, description="the final sample, float32 (with return_latent; a served "
+                                                        "pipeline: the decoded image [1, C, H, W] in [0, 1])")
 
 
 def parse_request(body) -> GenerateRequest:

@@ -110,14 +110,26 @@ def check_policy(spec: str, compiled_spec: str, blocks: int, steps: int, policy_
     return p
 
 
+def check_device(device: str) -> str:
+    """A device this cachec can load artifacts on (checked before any replica starts)."""
+    import cachec
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise CachecError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:N): {exc}") from None
+    if dev.type != "cpu" and "device" not in inspect.signature(cachec.load).parameters:
+        raise CachecError(f"this cachec loads artifacts on the CPU only; --device {device} is not available")
+    return device
+
+
 def _load(path, policy: str | None, device: str):
     """``cachec.load`` on ``device`` (older cachec without ``device=``: CPU only)."""
     import cachec
 
     if "device" in inspect.signature(cachec.load).parameters:
         return cachec.load(path, policy=policy, device=device)
-    if torch.device(device).type != "cpu":
-        raise CachecError(f"this cachec loads artifacts on the CPU only; --device {device} is not available")
+    check_device(device)
     return cachec.load(path, policy=policy)
 
 

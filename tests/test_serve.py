@@ -213,6 +213,17 @@ def test_cli_rejects_a_bad_target_before_starting_ray(tmp_path, capsys):
     assert "--max-batch must be at least 1" in capsys.readouterr().err
 
 
+def test_serve_config_builder_and_device_checks(artifacts):
+    pytest.importorskip("ray", reason="cachec[serve] is not installed")  # CI installs it
+    from cachec import serve as cserve
+
+    assert cserve.app({"target": artifacts["fora"], "max_batch": "2", "pad": "false", "device": "cpu"}) is not None
+    with pytest.raises(cachec.CachecError, match="unknown arguments"):
+        cserve.app({"target": artifacts["fora"], "batch": 2})
+    with pytest.raises(cachec.CachecError, match="not a torch device"):
+        cserve.build_app(artifacts["fora"], device="gpu7")
+
+
 def test_worker_rejects_a_batch_beyond_the_artifact(artifacts):
     with pytest.raises(cachec.CachecError, match="--max-batch must be 1..1024"):
         ArtifactWorker(artifacts["fora"], device="cpu", max_batch=4096)
