@@ -163,7 +163,13 @@ def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str
     """
     from .serve_worker import check_device, default_device, target_kind
 
-    target_kind(target)  # a wrong path or device fails here, before any replica starts
+    # a wrong path, device or batch fails here, before any replica starts
+    if target_kind(target) == "artifact":
+        from .artifact import read_manifest
+
+        limit = read_manifest(target)["max_batch"]
+        if not 1 <= max_batch <= limit:
+            raise CachecError(f"--max-batch must be 1..{limit} for this artifact; got {max_batch}")
     device = check_device(device or default_device())
     options = {"device": device, "max_batch": max_batch, "max_steps": max_steps, "pad": pad}
     if policy is not None:

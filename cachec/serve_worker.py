@@ -85,6 +85,32 @@ def png_base64(img: torch.Tensor) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+ROW_ALIGN = 64  # bytes: the SIMD alignment at which CPU kernels treat every batch row alike
+
+
+def unaligned_rows(values: dict) -> list[str]:
+    """Floating-point values of a program whose per-sample row is not a multiple of ``ROW_ALIGN`` bytes.
+
+    CPU GEMM kernels vectorise along a row; a row that starts off the alignment of row 0 (a
+    ``[B, 6]`` float32 input has 24-byte rows) takes a different peel/remainder path and can round
+    differently, so the same sample would give other bits at row 1 than at row 0. Measured on this
+    project's CPU with a small SD3 (6-wide pooled projection: rows differ by 2e-7; 16-wide: exact).
+    Values with one element per row (timesteps, scalars) are used elementwise and do not count.
+    """
+    out = []
+    for name, spec in values.items():
+        shape, dtype = spec["shape"], spec["dtype"]
+        if "B" not in shape or not dtype.startswith(("float", "bfloat")):
+            continue
+        numel = 1
+        for d in shape:
+            if d != "B":
+                numel *= d
+        if numel > 1 and (numel * torch.empty((), dtype=getattr(torch, dtype)).element_size()) % ROW_ALIGN:
+            out.append(name)
+    return out
+
+
 def check_policy(spec: str, compiled_spec: str, blocks: int, steps: int, policy_data=None):
     """Parse a policy override and check that the compiled variants run it for ``steps`` steps."""
     from .policy import parse_policy
@@ -165,6 +191,12 @@ class ArtifactWorker:
         from .capture import flatten_inputs
 
         self.defaults = {n: t for n, t in flatten_inputs(example).items() if n not in self.batch_dims}
+        # a model with unaligned rows cannot batch exactly (see unaligned_rows): its requests run alone
+        self.unaligned = unaligned_rows(m["program"]["values"])
+        if self.unaligned:
+            log.warning("cachec serve: %s has per-sample rows that are not multiples of %d bytes (%s); requests "
+                        "run alone so that each equals the request run alone bit for bit", self.path, ROW_ALIGN,
+                        ", ".join(self.unaligned[:3]))
         self._runtimes: OrderedDict[tuple, object] = OrderedDict()
         rt = self.runtime(self.policy, max_batch)  # load once at start: a broken artifact fails here
         self.policy_data = rt.program.meta.get("policy_data")
@@ -176,6 +208,7 @@ class ArtifactWorker:
             "kind": "artifact", "path": str(self.path), "model": self.manifest["model"]["spec"],
             "model_class": self.bundle.class_name, "policy": self.policy, "backend": self.manifest["backend"],
             "device": self.device, "max_batch": self.max_batch, "pad": self.pad, "steps": [1, self.max_steps],
+            "batching": self._batching(),
             "latent": {"name": self.latent_name, "shape": [1, *self.inputs[self.latent_name]["shape"][1:]],
                        "dtype": self.inputs[self.latent_name]["dtype"]},
             "conditioning": {
@@ -184,6 +217,17 @@ class ArtifactWorker:
                 for n in self.cond_names},
             "num_classes": self.bundle.config.get("num_embeds_ada_norm"),
         }
+
+    def _batching(self) -> str:
+        from .policy import parse_policy
+
+        p = parse_policy(self.policy)
+        if self.unaligned:
+            return (f"alone: per-sample rows of {', '.join(self.unaligned[:3])} are not multiples of {ROW_ALIGN} bytes, "
+                    "so batched rows could round differently")
+        if p.dynamic or p.granularity == "token":
+            return "alone: the policy takes one decision per step for the whole batch"
+        return f"up to {self.max_batch} requests with the same policy and steps per trajectory"
 
     def _want_shape(self, name: str) -> list[int]:
         return [1 if d == "B" else d for d in self.inputs[name]["shape"]]
@@ -215,7 +259,7 @@ class ArtifactWorker:
         spec = self.inputs[self.latent_name]
         g = torch.Generator().manual_seed(req.seed)
         latent = torch.randn(self._want_shape(self.latent_name), generator=g).to(getattr(torch, spec["dtype"]))
-        alone = p.dynamic or p.granularity == "token"
+        alone = p.dynamic or p.granularity == "token" or bool(self.unaligned)
         digest = hashlib.sha256()
         for n, t in sorted(shared.items()):
             digest.update(n.encode())

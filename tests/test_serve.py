@@ -30,7 +30,7 @@ import cachec.cli
 from cachec.errors import RequestError
 from cachec.models import builtin_dir, resolve
 from cachec.serve_schema import decode_tensor, encode_tensor
-from cachec.serve_worker import ArtifactWorker, PipelineWorker
+from cachec.serve_worker import ArtifactWorker, PipelineWorker, unaligned_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -164,6 +164,56 @@ def test_bad_requests_are_rejected_with_a_clear_message(fora_worker, body, messa
     assert message in str(info.value)
 
 
+def test_text_conditioned_artifact_takes_prompt_embeddings(tmp_path):
+    """SD3 (small, random weights): prompt_embeds and pooled_prompt_embeds as exact tensors.
+
+    Its 6-wide pooled projection has 24-byte rows: on the CPU a sample's bits then depend on its
+    row in the batch (measured: 2e-7), so the worker runs such a model's requests alone, and each
+    equals the request run alone bit for bit."""
+    from small_models import make
+
+    make("sd3").save_pretrained(tmp_path / "sd3")
+    art = str(tmp_path / "sd3-fora2")
+    assert cachec.cli.main(["compile", str(tmp_path / "sd3"), "--policy", "fora:2", "--out", art]) == 0
+    w = ArtifactWorker(art, device="cpu", max_batch=2)
+    info = w.info()
+    assert info["conditioning"]["encoder_hidden_states"]["shape"] == [1, 8, 12]
+    assert info["conditioning"]["pooled_projections"]["shape"] == [1, 6]
+    assert info["batching"].startswith("alone: per-sample rows of") and "pooled_projections" in w.unaligned
+    g = torch.Generator().manual_seed(0)
+    embeds = [(torch.randn(1, 8, 12, generator=g), torch.randn(1, 6, generator=g)) for _ in range(2)]
+    reqs = [{"seed": 40 + i, "steps": 6, "return_latent": True, "prompt_embeds": encode_tensor(e),
+             "pooled_prompt_embeds": encode_tensor(p)} for i, (e, p) in enumerate(embeds)]
+    replies = w.run([w.prepare(r) for r in reqs])
+    rt = cachec.load(art)
+    for r, (e, p), reply in zip(reqs, embeds, replies, strict=True):
+        assert reply["batch_size"] == 1 and reply["schedule"] == "FRFRFR"
+        sched = diffusers.FlowMatchEulerDiscreteScheduler()
+        sched.set_timesteps(6)
+        x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(r["seed"]))
+        rt.reset(6)
+        with torch.no_grad():
+            for t in sched.timesteps:
+                out = rt(hidden_states=x, timestep=t.expand(1).float(), encoder_hidden_states=e, pooled_projections=p,
+                         return_dict=False)[0]
+                x = sched.step(out, t, x, return_dict=False)[0]
+        assert torch.equal(latent(reply), x)
+    bad = dict(reqs[0], prompt_embeds=encode_tensor(torch.zeros(1, 7, 12)))
+    with pytest.raises(RequestError, match=r"shape \[1, 7, 12\] float32 is not accepted; this model takes \[1, 8, 12\]"):
+        w.prepare(bad)
+    with pytest.raises(RequestError, match="missing field pooled_prompt_embeds"):
+        w.prepare({k: v for k, v in reqs[0].items() if k != "pooled_prompt_embeds"})
+    with pytest.raises(RequestError, match="takes no class_labels"):
+        w.prepare(dict(reqs[0], class_label=1))
+
+
+def test_row_alignment_rule():
+    values = {"x": {"shape": ["B", 3, 16, 16], "dtype": "float32"}, "t": {"shape": ["B"], "dtype": "float32"},
+              "y": {"shape": ["B"], "dtype": "int64"}, "p": {"shape": ["B", 6], "dtype": "float32"},
+              "h": {"shape": ["B", 6], "dtype": "float16"}, "w": {"shape": [6, 6], "dtype": "float32"}}
+    assert unaligned_rows(values) == ["p", "h"]
+
+
 def test_a_failing_trajectory_fails_only_its_own_requests(fora_worker, artifacts, monkeypatch):
     real = fora_worker.runtime
 
@@ -222,6 +272,8 @@ def test_serve_config_builder_and_device_checks(artifacts):
         cserve.app({"target": artifacts["fora"], "batch": 2})
     with pytest.raises(cachec.CachecError, match="not a torch device"):
         cserve.build_app(artifacts["fora"], device="gpu7")
+    with pytest.raises(cachec.CachecError, match="--max-batch must be 1..1024"):
+        cserve.build_app(artifacts["fora"], max_batch=2000)
 
 
 def test_worker_rejects_a_batch_beyond_the_artifact(artifacts):

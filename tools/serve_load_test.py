@@ -102,7 +102,7 @@ def rows_for(info: dict, policy: str) -> int:
 def run_load(url: str, policy: str, concurrency: int, count: int, steps: int, num_classes: int, refs: dict,
              timeout: float, deadline: float) -> dict:
     """``count`` requests from ``concurrency`` threads; latencies, exactness, failures, losses."""
-    latencies, failed, mismatched, batch_sizes = [], [], 0, []
+    latencies, failed, mismatched, batch_sizes, max_diff = [], [], 0, [], 0.0
     answered = 0
     lock = threading.Lock()
     sent = 0
@@ -135,8 +135,10 @@ def run_load(url: str, policy: str, concurrency: int, count: int, steps: int, nu
                     continue
                 latencies.append(seconds)
                 batch_sizes.append(reply["batch_size"])
-                if not torch.equal(latent_of(reply), refs[(policy, i % DISTINCT)]):
+                got, ref = latent_of(reply), refs[(policy, i % DISTINCT)]
+                if not torch.equal(got, ref):
                     mismatched += 1
+                    max_diff = max(max_diff, float((got - ref).abs().max()))
     wall = time.perf_counter() - start
     lat = sorted(latencies)
 
@@ -146,7 +148,8 @@ def run_load(url: str, policy: str, concurrency: int, count: int, steps: int, nu
     return {"policy": policy, "concurrency": concurrency, "sent": sent, "ok": len(latencies), "failed": len(failed),
             "lost": sent - answered, "mismatched": mismatched, "throughput_rps": len(latencies) / wall if wall else 0.0,
             "p50_s": pct(0.50), "p99_s": pct(0.99),
-            "mean_batch": statistics.mean(batch_sizes) if batch_sizes else 0.0, "errors": failed[:3]}
+            "mean_batch": statistics.mean(batch_sizes) if batch_sizes else 0.0, "max_abs_diff": max_diff,
+            "errors": failed[:3]}
 
 
 def load_test(url: str, artifact: str, policies: list[str], concurrencies: list[int], requests: int, steps: int,
@@ -170,13 +173,14 @@ def load_test(url: str, artifact: str, policies: list[str], concurrencies: list[
             r = run_load(url, policy, c, requests, steps, num_classes, refs, timeout, deadline)
             log(f"  {policy:<10} concurrency {c:>3}: {r['ok']}/{r['sent']} ok, {r['throughput_rps']:.2f} req/s, "
                 f"p50 {r['p50_s']:.3f} s, p99 {r['p99_s']:.3f} s, mean batch {r['mean_batch']:.2f}, "
-                f"mismatched {r['mismatched']}, failed {r['failed']}, lost {r['lost']}")
+                f"mismatched {r['mismatched']} (max diff {r['max_abs_diff']:.2g}), failed {r['failed']}, lost {r['lost']}")
             rows.append(r)
     return rows
 
 
 def table(rows: list[dict], steps: int, info: dict) -> str:
-    out = [f"steps {steps}, max batch {info['max_batch']}, device {info['device']}, policy served {info['policy']}",
+    out = [f"steps {steps}, max batch {info['max_batch']} ({'padded' if info['pad'] else 'not padded'}), "
+           f"device {info['device']}, policy served {info['policy']}",
            "| policy | concurrency | requests ok/sent | req/s | p50 (s) | p99 (s) | mean batch | equal to reference | lost |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -197,6 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--cpus-per-replica", type=float, default=1.0)
+    ap.add_argument("--no-pad", action="store_true", help="start the server with --no-pad (replies then may differ "
+                                                          "from the batch-1 reference by rounding)")
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take before it counts as lost")
     ap.add_argument("--time-limit", type=float, default=900.0, help="no new requests after this many seconds")
@@ -213,7 +219,7 @@ def main(argv=None) -> int:
         from cachec import serve as cserve
 
         cserve.start(artifact, port=args.port, replicas=args.replicas, max_batch=args.max_batch,
-                     cpus_per_replica=args.cpus_per_replica)
+                     cpus_per_replica=args.cpus_per_replica, pad=not args.no_pad)
         url = f"http://127.0.0.1:{args.port}"
     if urlparse(url).hostname not in ("127.0.0.1", "localhost"):
         print("serve_load_test: loopback only (127.0.0.1)", file=sys.stderr)
