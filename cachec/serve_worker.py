@@ -166,6 +166,7 @@ class ArtifactWorker:
                  pad: bool = True):
         from . import artifact
         from .models import ModelBundle, builtin_dir, synth_inputs
+        from .policy import parse_policy
 
         self.path = Path(path)
         self.device = device or default_device()
@@ -198,7 +199,10 @@ class ArtifactWorker:
                         "run alone so that each equals the request run alone bit for bit", self.path, ROW_ALIGN,
                         ", ".join(self.unaligned[:3]))
         self._runtimes: OrderedDict[tuple, object] = OrderedDict()
-        rt = self.runtime(self.policy, max_batch)  # load once at start: a broken artifact fails here
+        batched = not (self.unaligned or parse_policy(self.policy).dynamic
+                       or parse_policy(self.policy).granularity == "token")
+        # load once at start, with the rows most requests will run with: a broken artifact fails here
+        rt = self.runtime(self.policy, max_batch if batched and pad else 1)
         self.policy_data = rt.program.meta.get("policy_data")
 
     # -- what the server accepts ------------------------------------------------------------------
@@ -245,15 +249,16 @@ class ArtifactWorker:
         cond, shared = {}, {}
         for name in self.cond_names:
             spec = self.inputs[name]
+            field_name = {v: k for k, v in ALIASES.items()}.get(name, f"inputs.{name}")
             if name not in given:
-                if name in self.batch_dims:
-                    field_name = {v: k for k, v in ALIASES.items()}.get(name, f"inputs.{name}")
+                if name in self.batch_dims or name not in self.defaults:
                     raise RequestError(f"missing field {field_name}: this model needs input {name} of shape "
                                        f"{self._want_shape(name)} ({spec['dtype']})")
                 given[name] = self.defaults[name]
             t = given[name]
             if list(t.shape) != self._want_shape(name) or str(t.dtype).replace("torch.", "") != spec["dtype"]:
-                raise RequestError(f"{name}: shape {list(t.shape)} {str(t.dtype).replace('torch.', '')} is not "
+                label = field_name if field_name.endswith(name) else f"{field_name} ({name})"
+                raise RequestError(f"{label}: shape {list(t.shape)} {str(t.dtype).replace('torch.', '')} is not "
                                    f"accepted; this model takes {self._want_shape(name)} {spec['dtype']}")
             (cond if name in self.batch_dims else shared)[name] = t
         spec = self.inputs[self.latent_name]

@@ -199,7 +199,7 @@ def test_text_conditioned_artifact_takes_prompt_embeddings(tmp_path):
                 x = sched.step(out, t, x, return_dict=False)[0]
         assert torch.equal(latent(reply), x)
     bad = dict(reqs[0], prompt_embeds=encode_tensor(torch.zeros(1, 7, 12)))
-    with pytest.raises(RequestError, match=r"shape \[1, 7, 12\] float32 is not accepted; this model takes \[1, 8, 12\]"):
+    with pytest.raises(RequestError, match=r"prompt_embeds \(encoder_hidden_states\): shape \[1, 7, 12\] float32 is not accepted; this model takes \[1, 8, 12\]"):
         w.prepare(bad)
     with pytest.raises(RequestError, match="missing field pooled_prompt_embeds"):
         w.prepare({k: v for k, v in reqs[0].items() if k != "pooled_prompt_embeds"})
@@ -377,11 +377,14 @@ def test_http_concurrent_requests_batched_and_bad_ones_rejected(served):
 
 @pytest.mark.slow
 def test_python_handle(served):
-    reply = served["handle"].sample.remote(req(label=2, seed=7, policy="fora:2")).result(timeout_s=120)
+    from ray import serve
+
+    handle = serve.get_app_handle("cachec")  # what an in-cluster caller does
+    reply = handle.sample.remote(req(label=2, seed=7, policy="fora:2")).result(timeout_s=120)
     assert reply["schedule"] == "FRFRFRFRFRFR"
     assert torch.equal(latent(reply), reference(served["artifact"], "fora:2", 7, 2, STEPS, MAX_BATCH))
-    with pytest.raises(RequestError, match="out of range"):
-        served["handle"].sample.remote(req(label=12)).result(timeout_s=120)
+    with pytest.raises(RequestError, match="class_label: 12 is out of range"):
+        handle.sample.remote(req(label=12)).result(timeout_s=120)
 
 
 @pytest.mark.slow
