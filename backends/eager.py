@@ -29,14 +29,23 @@ def batch_of(program: Program, env: dict) -> int:
     return int(first.shape[0]) if first.dim() else 1
 
 
+# The paths a step may run after another within the same call: a dynamic policy's probe head
+# hands its values to one of its tails; every other path is the whole step.
+FOLLOWERS = {"head": ("tail_full", "tail_reuse")}
+
+
 def values_needed_after(program: Program, path: str) -> set[str]:
-    """Values a path must hand on: the model output, the probe signal, and other paths' inputs."""
+    """Values a path must hand on: the model output, the values the runtime reads on the host,
+    and the inputs of the paths that may follow it in the same step.
+
+    Only a path's *followers* count, not every other path: a cached variant that kept the values
+    the full variant's skipped modules read (their layer norms, shifts and scales) would compute
+    them for nobody. Everything else is dead in the fused graph and eliminated.
+    """
     keep = {program.output}
     keep.update(program.host_reads())
-    for name, ops in program.paths.items():
-        if name == path:
-            continue
-        for op in ops:
+    for name in FOLLOWERS.get(path, ()):
+        for op in program.paths.get(name, ()):
             if op[0] == "run":
                 keep.update(program.segments[op[1]].inputs)
     return keep

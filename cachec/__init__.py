@@ -41,12 +41,13 @@ def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, back
 
 
 def load(path, *, backend: str | None = None, num_steps: int | None = None, policy: str | None = None,
-         allow_version_mismatch: bool = False) -> CacheRuntime:
+         allow_version_mismatch: bool = False, device=None) -> CacheRuntime:
     """Load a compiled artifact directory (``cachec compile --out DIR``) as a runtime.
 
     The artifact is verified (checksums, schema, variants) and needs neither the model's Python
     class nor its weight files. It runs on the backend it was compiled for (an eager artifact may
-    also be lowered to another ``backend``). ``policy`` may change a threshold of the compiled
+    also be lowered to another ``backend``). ``device`` (``"cuda"``, ``"cpu"``…) is where an eager or
+    Inductor artifact's weights go; default: where they were saved from. ``policy`` may change a threshold of the compiled
     policy (``fbcache:0.12`` for an artifact compiled with ``fbcache:0.08``), not its kind.
     An artifact written by a newer cachec, or an eager one by another torch, is refused unless
     ``allow_version_mismatch`` (TensorRT engines must always match the installed TensorRT).
@@ -56,7 +57,7 @@ def load(path, *, backend: str | None = None, num_steps: int | None = None, poli
     program, manifest = load_program(path, allow_version_mismatch=allow_version_mismatch)
     backend, options = runtime_backend(path, manifest, backend)
     return CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=manifest["signature"],
-                        backend_options=options, config=manifest["model"]["config"])
+                        backend_options=options, config=manifest["model"]["config"], device=device)
 
 
 def reset(model, num_steps: int | None = None) -> None:

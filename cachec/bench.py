@@ -143,7 +143,7 @@ class BenchResult:
 
 
 def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch: int = 4, repeats: int = 3,
-              backend: str | None = None, progress=None) -> BenchResult:
+              backend: str | None = None, progress=None, device=None, dtype=None) -> BenchResult:
     """Sample every policy (``none`` included) for every seed and repeat; compute the table rows.
 
     ``seeds`` is a count: seeds ``0 .. seeds-1``. Each (policy, seed) trajectory of the first
@@ -160,7 +160,7 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
     specs = split_policies(policies)
     say = progress or (lambda msg: None)
 
-    bundle, make, _ = _bundle_and_program(model, "none", batch, backend)
+    bundle, make, _ = _bundle_and_program(model, "none", batch, backend, device=device, dtype=dtype)
     backend = backend or make.backend or "eager"
     runtimes: dict[str, CacheRuntime] = {}
     runs: dict[str, PolicyRun] = {}
@@ -168,7 +168,7 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
         say(f"compiling {pol}")
         program, signature = make(pol)
         rt = CacheRuntime(program, pol, backend=backend, num_steps=steps, signature=signature,
-                          backend_options=make.options)
+                          backend_options=make.options, device=make.device)
         sample(rt, bundle, min(2, steps), 0, batch)  # warm-up (allocations, first-call costs)
         runtimes[pol] = rt
         runs[pol] = PolicyRun(pol, cache_bytes=cache_bytes(program, batch), runtime=rt)
@@ -494,7 +494,8 @@ def main(args) -> int:
         # (seen here: 20 ms vs 780 ms a step on 2 busy cores); the choice is printed with the table
         torch.set_num_threads(args.threads)
     result = run_bench(args.model, args.policies, steps=args.steps, seeds=args.seeds, batch=args.batch,
-                       repeats=args.repeats, backend=args.backend, progress=_stage)
+                       repeats=args.repeats, backend=args.backend, progress=_stage, device=args.device,
+                       dtype=args.dtype)
     if args.plots:
         write_plots(result, args.plots)
     if args.json == "-":

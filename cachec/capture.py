@@ -180,9 +180,17 @@ def capture_module(
     cross_attention: set[str] | None = None,
     dynamic_batch: bool = True,
 ) -> Captured:
-    """Export a module whose forward takes ``tensors`` by name and returns ``(output,)``."""
+    """Export a module whose forward takes ``tensors`` by name and returns ``(output,)``.
+
+    A dynamic batch cannot be captured from a batch of 1: export specialises a size-1 dimension
+    to the constant 1 and then reports the requested ``Dim("batch")`` as violated. Single-image
+    generation (FLUX runs at batch 1) is the common case, so a batch-1 example is captured as a
+    batch of 2 (each batched input repeated); the program still serves batch 1.
+    """
     batch = tensors[latent_input].shape[0]
     batch_dims = _batch_dims(tensors, batch) if dynamic_batch else {}
+    if dynamic_batch and batch == 1:
+        tensors = {k: torch.cat([v, v]) if k in batch_dims else v for k, v in tensors.items()}
     try:
         ep, max_batch = _export(wrapper, tensors, batch_dims, dynamic_batch)
     except Exception as exc:  # noqa: BLE001 - re-raised with the construct that failed

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import DTYPES, default_device
 from .errors import CachecError, ModelError
 
 log = logging.getLogger("cachec")
@@ -24,10 +25,17 @@ def _stage(msg: str) -> None:
 
 
 def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str | None = None,
-                        allow_version_mismatch: bool = False):
-    """Resolve MODEL (spec or artifact dir) into a sampling bundle and a compiled runtime factory."""
+                        allow_version_mismatch: bool = False, device=None, dtype=None):
+    """Resolve MODEL (spec or artifact dir) into a sampling bundle and a compiled runtime factory.
+
+    ``device``/``dtype`` (names or torch objects; default: the GPU if there is one, fp32) say where
+    the model is built and run; ``make.device`` tells the caller where runtimes must go.
+    """
     from . import artifact
+    from .devices import resolve_device, resolve_dtype
     from .models import ModelBundle, builtin_dir, resolve
+
+    device = resolve_device(device)
 
     path = Path(model_spec)
     if path.is_dir() and (path / "manifest.json").exists():
@@ -37,7 +45,7 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str |
         if spec.startswith("builtin:"):
             sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler"
         bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=manifest["model"]["class"],
-                             config=manifest["model"]["config"])
+                             config=manifest["model"]["config"], device=device)
 
         def make(pol):
             program, _ = artifact.load_program(path, None if pol == manifest["policy"] else pol,
@@ -45,8 +53,9 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str |
             return program, manifest["signature"]
 
         make.backend, make.options = artifact.runtime_backend(path, manifest, backend)
+        make.device = device
         return bundle, make, manifest["policy"]
-    bundle = resolve(model_spec)
+    bundle = resolve(model_spec, dtype=resolve_dtype(dtype), device=device)
     from .capture import capture
     from .planner import Planner
     from .policy import parse_policy
@@ -70,7 +79,7 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str |
         return cache[pol][0], signature_of(bundle.model)
 
     make.captured = lambda pol: cache[pol][1]
-    make.backend, make.options = None, {}
+    make.backend, make.options, make.device = None, {}, device
     return bundle, make, None
 
 
@@ -81,7 +90,7 @@ def cmd_compile(args) -> int:
 
     get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
     policy = parse_policy(args.policy).spec
-    bundle, make, _ = _bundle_and_program(args.model, policy, args.batch)
+    bundle, make, _ = _bundle_and_program(args.model, policy, args.batch, device=args.device, dtype=args.dtype)
     if bundle.model is None:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
     program, signature = make(policy)
@@ -123,7 +132,7 @@ def cmd_run(args) -> int:
     from .sampling import sample
 
     bundle, make, artifact_policy = _bundle_and_program(args.model, "none", args.batch, args.backend,
-                                                                  args.allow_version_mismatch)
+                                                        args.allow_version_mismatch, args.device, args.dtype)
     policy = parse_policy(args.policy or artifact_policy or "none").spec
     backend = args.backend or make.backend or "eager"
     pixel = bundle.name.startswith("builtin:")
@@ -131,7 +140,7 @@ def cmd_run(args) -> int:
     for pol in dict.fromkeys(["none", policy]):
         program, signature = make(pol)
         rt = CacheRuntime(program, pol, backend=backend, num_steps=args.steps, signature=signature,
-                          backend_options=make.options)
+                          backend_options=make.options, device=make.device)
         sample(rt, bundle, min(2, args.steps), args.seed, args.batch)  # warm-up (allocations, first-call costs)
         rt.reset(args.steps)
         traj = sample(rt, bundle, args.steps, args.seed, args.batch, progress=sys.stderr.isatty())
@@ -179,7 +188,8 @@ def cmd_inspect(args) -> int:
     from .policy import parse_policy
 
     policy = parse_policy(args.policy).spec
-    bundle, make, _ = _bundle_and_program(args.model, policy, 2, allow_version_mismatch=args.allow_version_mismatch)
+    bundle, make, _ = _bundle_and_program(args.model, policy, 2, allow_version_mismatch=args.allow_version_mismatch,
+                                          device=args.device, dtype=args.dtype)
     program, _ = make(policy)
     meta = program.meta
     from .bench import cache_bytes
@@ -234,7 +244,8 @@ def cmd_calibrate(args) -> int:
 
     if args.samples < 1:
         raise CachecError(f"--samples must be at least 1; got {args.samples}")
-    bundle, make, _ = _bundle_and_program(args.model, "none", max(args.samples, 2))
+    bundle, make, _ = _bundle_and_program(args.model, "none", max(args.samples, 2), device=args.device,
+                                          dtype=args.dtype)
     if bundle.model is None:
         raise ModelError(f"{args.model} is a compiled artifact; calibrate the model it was compiled from")
 
@@ -299,10 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     # accepted after the subcommand too; SUPPRESS keeps a subparser from resetting `cachec --debug CMD`
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    # where the model runs: every command that builds or runs one takes these
+    target = argparse.ArgumentParser(add_help=False)
+    target.add_argument("--device", default=default_device(),
+                        help=f"cpu, cuda or cuda:N (default here: {default_device()}: the GPU when there is one)")
+    target.add_argument("--dtype", default=None, choices=list(DTYPES),
+                        help="weights and activations: fp32, bf16, fp16 (default: fp32; an artifact keeps its own)")
     sub = p.add_subparsers(dest="command", required=True)
     model_help = "builtin:tiny-dit, arch:NAME (dit-xl-2, pixart-alpha, flux.1-dev, sd3-medium, wan2.1-1.3b, sd1.5-unet), or a local diffusers model dir"
 
-    c = sub.add_parser("compile", parents=[common], help="compile MODEL with a policy into an artifact directory")
+    c = sub.add_parser("compile", parents=[common, target], help="compile MODEL with a policy into an artifact directory")
     c.add_argument("model", help=model_help)
     c.add_argument("--policy", default="none", help="policy spec, e.g. fora:3 (see `cachec policies`)")
     c.add_argument("--backend", default="eager", help="lowering target: eager, onnxruntime, tensorrt")
@@ -311,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(fn=cmd_compile)
 
-    r = sub.add_parser("run", parents=[common], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
+    r = sub.add_parser("run", parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
     r.add_argument("model", help=model_help + ", or an artifact directory")
     r.add_argument("--policy", default=None, help="policy spec (default: the artifact's, or none)")
     r.add_argument("--steps", type=int, default=50)
@@ -324,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     r.set_defaults(fn=cmd_run)
 
-    i = sub.add_parser("inspect", parents=[common], help="regions, segments and the cache nodes of each variant")
+    i = sub.add_parser("inspect", parents=[common, target], help="regions, segments and the cache nodes of each variant")
     i.add_argument("model", help=model_help + ", or an artifact directory")
     i.add_argument("--policy", default="fora:3")
     i.add_argument("--json", action="store_true")
@@ -332,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     i.set_defaults(fn=cmd_inspect)
 
-    b = sub.add_parser("bench", parents=[common],
+    b = sub.add_parser("bench", parents=[common, target],
                        help="several policies vs `none` in one run: NFE, TFLOPs, latency, speedup, PSNR/SSIM, cache bytes")
     b.add_argument("model", help=model_help + ", or an artifact directory")
     b.add_argument("--policies", required=True, action="append",
@@ -347,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plots", default=None, metavar="DIR", help="write schedule.png, error_curve.png, pareto.png to DIR")
     b.set_defaults(fn=cmd_bench)
 
-    cal = sub.add_parser("calibrate", parents=[common],
+    cal = sub.add_parser("calibrate", parents=[common, target],
                          help="measure reuse errors for NFE budgets (budget:K,calib=FILE) and MagCache ratios, "
                               "or map a dynamic policy's thresholds to NFE")
     cal.add_argument("model", help=model_help)

@@ -70,6 +70,7 @@ class ModelBundle:
     frames: int = 1
     cls_name: str = ""
     config: dict | None = None
+    device: torch.device | None = None  # where inputs go when there is no module to ask (an artifact)
 
     def __post_init__(self):
         if self.model is not None:
@@ -89,9 +90,13 @@ class ModelBundle:
         return [self.latent_input, "encoder_hidden_states"]
 
     def example_inputs(self, batch: int = 2, seed: int = 0, resolution: int | None = None) -> dict:
-        dtype = next(self.model.parameters()).dtype if self.model is not None else torch.float32
-        return synth_inputs(self.cls_name, self.config, batch, seed, text_tokens=self.text_tokens,
-                            resolution=resolution, frames=self.frames, dtype=dtype)
+        """Inputs on the model's device and in its dtype (seeded on the CPU, so every device sees the same values)."""
+        param = next(self.model.parameters()) if self.model is not None else None
+        dtype = param.dtype if param is not None else torch.float32
+        inputs = synth_inputs(self.cls_name, self.config, batch, seed, text_tokens=self.text_tokens,
+                              resolution=resolution, frames=self.frames, dtype=dtype)
+        device = param.device if param is not None else self.device
+        return to_device(inputs, device) if device is not None else inputs
 
     def scheduler(self):
         import diffusers
@@ -117,6 +122,19 @@ def example_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0, *, tex
     dtype = next(model.parameters()).dtype
     return synth_inputs(type(model).__name__, dict(model.config), batch, seed, text_tokens=text_tokens,
                         resolution=resolution, frames=frames, dtype=dtype)
+
+
+def to_device(inputs: dict, device) -> dict:
+    """Move a (possibly nested) dict of model keyword inputs to ``device``."""
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device)
+        elif isinstance(v, dict):
+            out[k] = to_device(v, device)
+        else:
+            out[k] = v
+    return out
 
 
 class _Config(dict):
@@ -187,8 +205,15 @@ def builtin_dir(name: str) -> Path:
 BUILTINS = ("tiny-dit",)
 
 
-def resolve(spec: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> ModelBundle:
-    """Turn ``builtin:NAME``, ``arch:NAME`` or a local directory into a :class:`ModelBundle`."""
+def resolve(spec: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, device=None) -> ModelBundle:
+    """Turn ``builtin:NAME``, ``arch:NAME`` or a local directory into a :class:`ModelBundle`.
+
+    ``device`` is where the weights live. ``arch:`` models are built on it directly (FLUX.1-dev's
+    12 B parameters never pass through host memory on the way to a GPU); ``device="meta"`` builds
+    them without any weights at all, which is enough for capture, planning, FLOPs and op counts
+    (``cachec inspect arch:flux.1-dev`` on a machine with less memory than the model).
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         if name not in BUILTINS:
@@ -196,7 +221,7 @@ def resolve(spec: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
         d = builtin_dir(name)
         if not (d / "config.json").exists():
             raise ModelError(f"builtin model {name} is missing its checkpoint at {d}; retrain with tools/train_tiny_dit.py")
-        model = _load_dir(d, dtype)
+        model = _load_dir(d, dtype).to(device)
         return ModelBundle(spec, model, scheduler_dir=d / "scheduler")
     if spec.startswith("arch:"):
         name = spec.split(":", 1)[1]
@@ -204,12 +229,14 @@ def resolve(spec: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
             raise ModelError(f"unknown architecture {name!r}; known: {', '.join(ARCH_CONFIGS)}")
         cls_name, cfg = ARCH_CONFIGS[name]
         torch.manual_seed(seed)
-        with torch.device("cpu"):
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        with torch.device(device):
             model = _cls(cls_name)(**cfg).to(dtype).eval()
         return ModelBundle(spec, model)
     path = Path(spec)
     if path.is_dir():
-        return ModelBundle(spec, _load_dir(path, dtype))
+        return ModelBundle(spec, _load_dir(path, dtype).to(device))
     raise ModelError(
         f"cannot resolve model {spec!r}: use builtin:NAME ({', '.join(BUILTINS)}), arch:NAME "
         f"({', '.join(ARCH_CONFIGS)}), or a local diffusers model directory with config.json and weights"

@@ -21,6 +21,7 @@ from torch import fx
 from cachec.graph_keys import COND_KEY
 from cachec.passes import AssignSegments, HoistConditioning, PassManager, StripExportArtifacts
 from cachec.passes.coalesce import coalesce
+from cachec.passes.dedupe_conditioning import DedupeConditioning
 from cachec.passes.probes import easycache_write, latent_step_probe, rel_l1_probe
 from cachec.passes.remove_noops import RemoveNoOps
 from cachec.passes.residual_delta import StreamPair, copy_values, delta_apply, delta_write, linear_mix
@@ -57,7 +58,8 @@ class Planner:
     def __init__(self, captured: Captured):
         self.captured = captured
         gm = captured.graph_module
-        PassManager([StripExportArtifacts(), RemoveNoOps(), HoistConditioning(captured.stream_inputs)])(gm)
+        PassManager([StripExportArtifacts(), RemoveNoOps(), HoistConditioning(captured.stream_inputs),
+                     DedupeConditioning()])(gm)
         self.blocks = find_blocks(gm, captured.model_class)
         if not self.blocks:
             raise ModelError(

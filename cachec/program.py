@@ -71,6 +71,21 @@ class Segment:
     def parameters(self) -> dict[str, torch.Tensor]:
         return {} if self.module is None else dict(_attrs(self.module).items())
 
+    def to(self, device: torch.device) -> None:
+        """Move every tensor the graph reads (parameters, buffers and plain tensor constants) in place.
+
+        ``Module.to`` alone would leave constants that export attached as plain attributes behind.
+        Parameters keep their identity (their data moves), so graphs that share them share the move.
+        """
+        if self.module is None:
+            return
+        self.module.to(device)
+        for target, tensor in _attrs(self.module).items():
+            if tensor.device != device:
+                owner, _, attr = target.rpartition(".")
+                holder = operator.attrgetter(owner)(self.module) if owner else self.module
+                setattr(holder, attr, tensor.to(device))
+
     def __call__(self, env: dict) -> None:
         try:
             args = [env[n] for n in self.inputs]

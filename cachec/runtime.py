@@ -25,6 +25,7 @@ from cachec.backends import get_backend
 from cachec.backends.eager import batch_of
 
 from .capture import flatten_inputs
+from .devices import resolve_device
 from .errors import PolicyError, ShapeError
 from .policy import Policy, parse_policy
 from .program import Program
@@ -85,6 +86,8 @@ class BranchState:
 
 
 DEFAULT_BRANCH = "default"
+# backends whose lowered variants are torch modules, which can move between devices
+DEVICE_MOVABLE = ("eager", "inductor")
 
 
 class CacheRuntime(torch.nn.Module):
@@ -109,6 +112,7 @@ class CacheRuntime(torch.nn.Module):
         full_step_flops: float | None = None,
         backend_options: dict | None = None,
         config: dict | None = None,
+        device: str | torch.device | None = None,
     ):
         super().__init__()
         self.program = program
@@ -129,7 +133,11 @@ class CacheRuntime(torch.nn.Module):
         if self.policy.granularity == "token":  # ToCa / DuCa (cachec/token_planner.py, token_runtime.py)
             check_token_backend(backend, self.policy)
         self.backend = get_backend(backend)
-        self.paths = self.backend.lower(program, **(backend_options or {}))
+        self.backend_name = backend
+        self.backend_options = dict(backend_options or {})
+        if device is not None:
+            self._move_segments(resolve_device(device))
+        self.paths = self.backend.lower(program, **self.backend_options)
         self.num_steps = num_steps
         self.signature = signature or list(program.inputs)
         self.full_step_flops = full_step_flops or program.meta.get("none_flops") or program.path_flops("full")
@@ -137,7 +145,8 @@ class CacheRuntime(torch.nn.Module):
         self.branches: dict[str, BranchState] = {}
         self._context: str | None = None  # set by cache_context()
         self._context_step: int | None = None
-        self._last_call: tuple | None = None  # (timestep, shapes, auto-branch index) of the last call
+        self._last_call: tuple | None = None  # (timestep or None, shapes, auto-branch index) of the last call
+        self._calls_per_step: int | None = None  # learned from the timesteps while the length is unknown
         self._current = DEFAULT_BRANCH
 
     # -- what pipelines read -------------------------------------------------------------------
@@ -153,6 +162,37 @@ class CacheRuntime(torch.nn.Module):
                 return p.device
         buffers = [t for b in self.branches.values() for t in b.caches.values()]
         return buffers[0].device if buffers else torch.device("cpu")
+
+    def to(self, *args, **kwargs):
+        """Move the compiled program to another device (``pipe.to("cuda")`` calls this).
+
+        Weights move in place and the variants are lowered again; cache buffers are dropped and
+        allocated anew on the next call (a trajectory never continues across devices). A dtype
+        cannot change: the graphs were captured for one.
+        """
+        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is not None and dtype != self.dtype:
+            raise ShapeError(f"this program was compiled for {self.dtype}; it cannot run in {dtype} "
+                             "(compile it again with that dtype)")
+        if device is None or torch.device(device) == self.device:
+            return self
+        if self.backend_name not in DEVICE_MOVABLE:
+            raise ShapeError(f"the {self.backend_name} backend runs where it was lowered; move an eager or inductor "
+                             "runtime, or load the artifact with device=...")
+        self._move_segments(resolve_device(device))
+        self.paths = self.backend.lower(self.program, **self.backend_options)
+        for branch in self.branches.values():
+            branch.caches.clear()
+            branch.shape_key = None
+            branch.controller = None  # the next call starts a new trajectory
+        return self
+
+    def _move_segments(self, device: torch.device) -> None:
+        if self.backend_name not in DEVICE_MOVABLE and device.type != "cpu":
+            raise ShapeError(f"the {self.backend_name} backend runs on the CPU here; device {device} needs the eager "
+                             "or inductor backend")
+        for seg in self.program.segments.values():
+            seg.to(device)
 
     @contextlib.contextmanager
     def cache_context(self, name: str, step_index: int | None = None, num_inference_steps: int | None = None,
@@ -178,6 +218,7 @@ class CacheRuntime(torch.nn.Module):
         for name in list(self.branches) or [DEFAULT_BRANCH]:
             self._reset_branch(self._branch(name), num_steps)
         self._last_call = None
+        self._calls_per_step = None
 
     def _branch(self, name: str) -> BranchState:
         if name not in self.branches:
@@ -245,25 +286,43 @@ class CacheRuntime(torch.nn.Module):
         return inputs
 
     def _timestep(self, inputs) -> float | None:
+        """The call's timestep on the host: one device→host sync on a GPU, so read only when needed."""
         t = inputs.get("timestep")
         if t is None:
             return None
         return float(t.reshape(-1)[0]) if t.numel() else None
 
-    def _branch_of_call(self, t: float | None, key: tuple) -> str:
-        """The branch this call belongs to: the pipeline's named context, or else the call's index
-        among consecutive calls with the same timestep and input shapes (the first call of a step
-        is the default branch; sequential CFG's second call is ``call1``)."""
+    def _branch_of_call(self, inputs, key: tuple) -> tuple[str, float | None]:
+        """The branch this call belongs to, and the call's timestep if it had to be read.
+
+        A pipeline's named context decides without reading anything. Otherwise the branch is the
+        call's index among consecutive calls with the same timestep and input shapes (the first
+        call of a step is the default branch; sequential CFG's second call is ``call1``). Telling
+        that apart needs the timestep's value, a device→host sync on a GPU, so when the trajectory
+        length is known the runtime reads it only until it has seen how many calls a step makes
+        (the first step of a trajectory and the first call of the next), and then counts calls.
+        """
         if self._context is not None:
             self._last_call = None
-            return self._context
-        same_step = self._last_call is not None and t is not None and (t, key) == self._last_call[:2]
-        index = self._last_call[2] + 1 if same_step else 0
+            return self._context, None
+        known_length = self.num_steps is not None or self._branch(DEFAULT_BRANCH).num_steps is not None
+        pattern = self._calls_per_step
+        if known_length and pattern is not None and self._last_call is not None and key == self._last_call[1]:
+            index = (self._last_call[2] + 1) % pattern
+            t = None
+        else:
+            t = self._timestep(inputs)
+            same_step = self._last_call is not None and t is not None and (t, key) == self._last_call[:2]
+            index = self._last_call[2] + 1 if same_step else 0
+            if index == 0 and self._last_call is not None and self._last_call[1] == key:
+                self._calls_per_step = self._last_call[2] + 1  # the previous step's calls, now complete
         self._last_call = (t, key, index)
-        return DEFAULT_BRANCH if index == 0 else f"call{index}"
+        return (DEFAULT_BRANCH if index == 0 else f"call{index}"), t
 
     def _maybe_new_trajectory(self, branch: BranchState, key: tuple, inputs, t: float | None) -> None:
         num_steps = branch.num_steps or self.num_steps
+        if t is None and num_steps is None and not (self._context is not None and self._context_step is not None):
+            t = self._timestep(inputs)  # no other way to see where a trajectory ends
         reason = None
         if branch.controller is None:
             reason = "first call"
@@ -279,6 +338,8 @@ class CacheRuntime(torch.nn.Module):
         if reason is not None:
             log.debug("cachec: new trajectory (%s)", reason)
             self._reset_branch(branch)
+            if self._context is None and branch is self.branches.get(DEFAULT_BRANCH):
+                self._calls_per_step = None  # a new trajectory may call differently: learn it again
         if key != branch.shape_key:
             self._allocate_caches(branch, inputs)
         branch.shape_key = key
@@ -301,9 +362,8 @@ class CacheRuntime(torch.nn.Module):
     def forward(self, *args, **kwargs):
         return_dict = kwargs.pop("return_dict", True)  # as diffusers models: an output object, indexable by [0]
         inputs = self._bind(args, kwargs)
-        t = self._timestep(inputs)
         key = tuple((n, tuple(v.shape)) for n, v in inputs.items())
-        self._current = self._branch_of_call(t, key)
+        self._current, t = self._branch_of_call(inputs, key)
         branch = self._branch(self._current)
         self._maybe_new_trajectory(branch, key, inputs, t)
         env: dict[str, torch.Tensor] = dict(inputs)

@@ -29,7 +29,7 @@ def initial_inputs(bundle: ModelBundle, batch: int, seed: int) -> dict:
     kw = bundle.example_inputs(batch=batch, seed=seed)
     if "class_labels" in kw:
         n = bundle.config["num_embeds_ada_norm"]
-        kw["class_labels"] = torch.arange(batch) % n
+        kw["class_labels"] = (torch.arange(batch) % n).to(kw["class_labels"].device)
     return kw
 
 
@@ -66,7 +66,7 @@ def denoise(denoiser, bundle: ModelBundle, x: torch.Tensor, kw: dict, steps: int
         for i, t in enumerate(timesteps):
             t0 = time.perf_counter()
             ref_t = kw["timestep"]
-            tt = (t / 1000.0 if is_flux else t).to(ref_t.dtype)
+            tt = (t / 1000.0 if is_flux else t).to(ref_t.device, ref_t.dtype)
             tt = tt.expand(ref_t.shape) if ref_t.dim() else tt.reshape(())
             out = denoiser(**{latent_name: x, **kw, "timestep": tt}, return_dict=False)[0]
             out = scheduler_output(out, x)
