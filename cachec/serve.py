@@ -154,14 +154,17 @@ class CachecIngress:
 def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str | None = None,
               max_steps: int = 1000, pad: bool = True, policy: str | None = None, batch_wait_s: float = 0.02,
               cpus_per_replica: float = 1.0, autoscale: tuple[int, int] | None = None,
-              runtime_env: dict | None = None, retries: int = 1, ingress_replicas: int = 1):
+              runtime_env: dict | None = None, retries: int = 1, ingress_replicas: int = 1,
+              ray_cluster: bool = False):
     """The Serve application for ``target`` (artifact or pipeline directory), ready for ``serve.run``.
 
     On a GPU device each replica reserves one GPU (one replica per GPU); ``autoscale=(min, max)``
     lets Serve scale the replicas on the number of ongoing requests (target: one full batch each).
     ``retries``: how often the ingress resends a request whose replica died (0: fail at once, 503).
+    ``ray_cluster``: the replicas run on other nodes, so a GPU device is not looked for on this one.
     """
-    from .serve_worker import check_device, default_device, target_kind
+    from .devices import default_device
+    from .serve_worker import check_device, target_kind
 
     # a wrong path, device or batch fails here, before any replica starts
     if target_kind(target) == "artifact":
@@ -170,7 +173,7 @@ def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str
         limit = read_manifest(target)["max_batch"]
         if not 1 <= max_batch <= limit:
             raise CachecError(f"--max-batch must be 1..{limit} for this artifact; got {max_batch}")
-    device = check_device(device or default_device())
+    device = check_device(device or default_device(), here=not ray_cluster)
     options = {"device": device, "max_batch": max_batch, "max_steps": max_steps, "pad": pad}
     if policy is not None:
         options["policy"] = policy
@@ -195,7 +198,7 @@ def start(target: str, *, host: str = "127.0.0.1", port: int = 8000, address: st
     """Start (or join) Ray, start Serve's HTTP proxy on ``host:port`` and deploy the app; returns its handle."""
     import ray
 
-    app = build_app(target, **app_options)  # validates the target before Ray starts
+    app = build_app(target, ray_cluster=address is not None, **app_options)  # validated before Ray starts
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})

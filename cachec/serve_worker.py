@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import default_device
 from .errors import CachecError, PolicyError, RequestError
 from .serve_schema import GenerateRequest, decode_tensor, encode_tensor, parse_request
 
@@ -61,10 +62,6 @@ class Job:
     cond: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample inputs, batch 1
     shared: dict[str, torch.Tensor] = field(default_factory=dict)  # inputs without a batch dimension
     arrived: float = field(default_factory=time.perf_counter)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def replica_name() -> str:
@@ -136,27 +133,17 @@ def check_policy(spec: str, compiled_spec: str, blocks: int, steps: int, policy_
     return p
 
 
-def check_device(device: str) -> str:
-    """A device this cachec can load artifacts on (checked before any replica starts)."""
-    import cachec
+def check_device(device: str, *, here: bool = True) -> str:
+    """A device name cachec accepts; with ``here``, one this machine has (a cluster's driver may have no GPU)."""
+    from .devices import resolve_device
 
+    if here:
+        return str(resolve_device(device))
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise CachecError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:N): {exc}") from None
-    if dev.type != "cpu" and "device" not in inspect.signature(cachec.load).parameters:
-        raise CachecError(f"this cachec loads artifacts on the CPU only; --device {device} is not available")
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CachecError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N") from None
     return device
-
-
-def _load(path, policy: str | None, device: str):
-    """``cachec.load`` on ``device`` (older cachec without ``device=``: CPU only)."""
-    import cachec
-
-    if "device" in inspect.signature(cachec.load).parameters:
-        return cachec.load(path, policy=policy, device=device)
-    check_device(device)
-    return cachec.load(path, policy=policy)
 
 
 class ArtifactWorker:
@@ -169,7 +156,7 @@ class ArtifactWorker:
         from .policy import parse_policy
 
         self.path = Path(path)
-        self.device = device or default_device()
+        self.device = check_device(device or default_device())
         self.manifest = m = artifact.read_manifest(self.path)
         spec = m["model"]["spec"]
         sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
@@ -302,7 +289,10 @@ class ArtifactWorker:
         """The runtime for ``policy`` at ``rows`` rows (one shape per runtime: caches never re-allocate)."""
         key = (policy, rows)
         if key not in self._runtimes:
-            self._runtimes[key] = _load(self.path, None if policy == self.policy else policy, self.device)
+            import cachec
+
+            self._runtimes[key] = cachec.load(self.path, policy=None if policy == self.policy else policy,
+                                              device=self.device)
             while len(self._runtimes) > RUNTIME_CACHE:
                 self._runtimes.popitem(last=False)
         self._runtimes.move_to_end(key)
@@ -347,7 +337,8 @@ class ArtifactWorker:
         kw = {name: torch.cat([group[i].cond[name] for i in pick]).to(self.device) for name in first.cond}
         kw.update({name: t.to(self.device) for name, t in first.shared.items()})
         ts = self.inputs["timestep"]
-        kw["timestep"] = torch.zeros([rows if d == "B" else d for d in ts["shape"]], dtype=getattr(torch, ts["dtype"]))
+        kw["timestep"] = torch.zeros([rows if d == "B" else d for d in ts["shape"]], dtype=getattr(torch, ts["dtype"]),
+                                     device=self.device)
         rt = self.runtime(first.policy, rows)
         rt.reset(first.steps)
         traj = denoise(rt, self.bundle, x, kw, first.steps)
@@ -378,7 +369,7 @@ class PipelineWorker:
         from .policy import parse_policy
 
         self.path = Path(path)
-        self.device = device or default_device()
+        self.device = check_device(device or default_device())
         try:
             self.pipe = diffusers.DiffusionPipeline.from_pretrained(str(self.path)).to(self.device)
         except Exception as exc:  # noqa: BLE001 - any loading failure is reported with the path

@@ -270,8 +270,12 @@ def test_serve_config_builder_and_device_checks(artifacts):
     assert cserve.app({"target": artifacts["fora"], "max_batch": "2", "pad": "false", "device": "cpu"}) is not None
     with pytest.raises(cachec.CachecError, match="unknown arguments"):
         cserve.app({"target": artifacts["fora"], "batch": 2})
-    with pytest.raises(cachec.CachecError, match="not a torch device"):
+    with pytest.raises(cachec.CachecError, match="unknown device .gpu7."):
         cserve.build_app(artifacts["fora"], device="gpu7")
+    if not torch.cuda.is_available():  # a GPU this machine lacks is refused here, not in a replica
+        with pytest.raises(cachec.CachecError, match="no CUDA GPU"):
+            cserve.build_app(artifacts["fora"], device="cuda")
+        assert cserve.build_app(artifacts["fora"], device="cuda", ray_cluster=True) is not None
     with pytest.raises(cachec.CachecError, match="--max-batch must be 1..1024"):
         cserve.build_app(artifacts["fora"], max_batch=2000)
 
