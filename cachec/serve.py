@@ -24,9 +24,11 @@ deployments:
 # no `from __future__ import annotations`: FastAPI reads the route annotations as classes
 import asyncio
 import logging
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
@@ -166,6 +168,7 @@ def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str
     from .devices import default_device
     from .serve_worker import check_device, target_kind
 
+    target = str(Path(target).resolve())  # replicas may run elsewhere (another cwd, another node)
     # a wrong path, device or batch fails here, before any replica starts
     if target_kind(target) == "artifact":
         from .artifact import read_manifest
@@ -229,13 +232,18 @@ def main(args) -> int:
     print(f"cachec serve: {args.target} on http://{args.host}:{args.port}/generate "
           f"({'autoscaling ' + args.autoscale if autoscale else f'{args.replicas} replica(s)'}, "
           f"max batch {args.max_batch}); GET /info, /docs; Ctrl-C stops", flush=True)
+    # Ctrl-C, or SIGTERM from a process manager (systemd, Kubernetes, docker stop): shut Serve and Ray down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        print("cachec serve: shutting down", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):
+        print("cachec serve: shutting down", file=sys.stderr, flush=True)
     finally:
+        import ray
+
         serve.shutdown()
+        ray.shutdown()
     return 0
 
 

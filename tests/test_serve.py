@@ -288,7 +288,7 @@ def test_worker_rejects_a_batch_beyond_the_artifact(artifacts):
 # -- Ray Serve ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cachec_serve_command(artifacts):
-    """The console command as a user runs it: starts Ray and Serve, answers on loopback, stops on Ctrl-C."""
+    """The console command as a user runs it: starts Ray and Serve, answers on loopback, stops on SIGTERM."""
     import signal
     import subprocess
 
@@ -305,7 +305,7 @@ def test_cachec_serve_command(artifacts):
         assert code == 200 and reply["schedule"] == "FRRF" and reply["batch_rows"] == 2
         assert torch.equal(latent(reply), reference(artifacts["fora"], None, 3, 6, 4, 2))
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
