@@ -8,8 +8,10 @@ the batch dimension is dynamic wherever the program's value spec says ``B``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,6 +37,29 @@ def example_value(shape: list, dtype: str, batch: int = EXAMPLE_BATCH) -> torch.
     return torch.zeros(size, dtype=dt)
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Keep the exporter's per-segment chatter off the terminal (a compile printed 180 lines).
+
+    Every segment export warned that torchvision is missing, that the axis name ``batch`` is
+    shared, and that a pytree class is deprecated: nothing a cachec user can act on. They are
+    shown with ``--debug`` (cachec's logger at DEBUG). Errors still raise.
+    """
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    onnx_log = logging.getLogger("torch.onnx")
+    old = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        onnx_log.setLevel(old)
+
+
 def export_segment(program: Program, name: str, path: Path, max_batch: int = 1024) -> None:
     try:
         import onnxscript  # noqa: F401 - the dynamo exporter needs it
@@ -46,7 +71,7 @@ def export_segment(program: Program, name: str, path: Path, max_batch: int = 102
     batch = Dim("batch", min=1, max=max_batch)
     dynamic = tuple({i: batch for i, d in enumerate(s.shape) if d == "B"} or None for s in specs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         torch.onnx.export(
             seg.module, args, str(path),
             input_names=[io_name(n) for n in seg.inputs], output_names=[io_name(n) for n in seg.outputs],

@@ -143,7 +143,7 @@ class BenchResult:
 
 
 def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch: int = 4, repeats: int = 3,
-              backend: str | None = None, progress=None, device=None, dtype=None) -> BenchResult:
+              backend: str | None = None, progress=None, device=None, dtype=None, mode=None) -> BenchResult:
     """Sample every policy (``none`` included) for every seed and repeat; compute the table rows.
 
     ``seeds`` is a count: seeds ``0 .. seeds-1``. Each (policy, seed) trajectory of the first
@@ -162,6 +162,10 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
 
     bundle, make, _ = _bundle_and_program(model, "none", batch, backend, device=device, dtype=dtype)
     backend = backend or make.backend or "eager"
+    if mode is not None:
+        from .cli import _with_mode
+
+        make.options = _with_mode(make.options, backend, mode)
     runtimes: dict[str, CacheRuntime] = {}
     runs: dict[str, PolicyRun] = {}
     for pol in specs:
@@ -285,6 +289,9 @@ def format_table(result: BenchResult) -> str:
     out = [head, fmt(cols), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)]
     out.append("speedup = median latency of none / of the policy, same backend, same run; meas/ideal = speedup / "
                "(NFE(none) / NFE); PSNR/SSIM vs none with the same seed, mean over seeds")
+    out.append("meas/ideal above 1: the policy's steps cost less per FLOP than none's (NFE counts matmul/attention "
+               "FLOPs only, so skipped element-wise work, kernel launches and host overhead are extra savings; "
+               "on a small or shared CPU, also timing noise)")
     out.append("schedules (seed 0): " + "  ".join(f"{r['policy']}={r['schedules'][str(result.seeds[0])]}"
                                                   for r in result.rows))
     return "\n".join(out)
@@ -495,7 +502,7 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     result = run_bench(args.model, args.policies, steps=args.steps, seeds=args.seeds, batch=args.batch,
                        repeats=args.repeats, backend=args.backend, progress=_stage, device=args.device,
-                       dtype=args.dtype)
+                       dtype=args.dtype, mode=args.mode)
     if args.plots:
         write_plots(result, args.plots)
     if args.json == "-":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,12 +21,44 @@ from .errors import CachecError, ModelError
 log = logging.getLogger("cachec")
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _with_mode(options: dict, backend: str, mode: str | None) -> dict:
+    """Backend options with ``--mode``, which only the inductor backend takes."""
+    if mode is None:
+        return options
+    if backend != "inductor":
+        raise CachecError(f"--mode {mode} applies to the inductor backend only; this run uses {backend}")
+    return {**options, "mode": mode}
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an output place that cannot be written before any minute is spent exporting."""
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise CachecError(f"cannot write {out}: its folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CachecError(f"cannot write {out}: its folder {parent} is not writable")
+    if out.exists() and not out.is_dir():
+        raise CachecError(f"cannot write {out}: it exists and is not a folder")
+
+
 def _stage(msg: str) -> None:
     print(f"[cachec] {msg}", file=sys.stderr, flush=True)
 
 
 def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str | None = None,
-                        allow_version_mismatch: bool = False, device=None, dtype=None):
+                        allow_version_mismatch: bool = False, device=None, dtype=None,
+                        image_size: int | None = None, text_tokens: int | None = None):
     """Resolve MODEL (spec or artifact dir) into a sampling bundle and a compiled runtime factory.
 
     ``device``/``dtype`` (names or torch objects; default: the GPU if there is one, fp32) say where
@@ -56,6 +89,14 @@ def _bundle_and_program(model_spec: str, policy: str, batch: int, backend: str |
         make.device = device
         return bundle, make, manifest["policy"]
     bundle = resolve(model_spec, dtype=resolve_dtype(dtype), device=device)
+    if image_size is not None:
+        if image_size < 8 or image_size % 8:
+            raise CachecError(f"--image-size {image_size}: give the image side in pixels, a multiple of 8 (e.g. 1024)")
+        bundle.resolution = image_size // 8  # the latent side: every supported model decodes with an 8x VAE
+    if text_tokens is not None:
+        if text_tokens < 1:
+            raise CachecError(f"--text-tokens must be at least 1; got {text_tokens}")
+        bundle.text_tokens = text_tokens
     from .capture import capture
     from .planner import Planner
     from .policy import parse_policy
@@ -106,8 +147,11 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def _grid(images: torch.Tensor, path: Path) -> None:
-    from PIL import Image
+def _grid(images: torch.Tensor, path: Path, label: str) -> None:
+    """Save ``images`` as one PNG grid with ``label`` written above it; says so when it replaces a file."""
+    from PIL import Image, ImageDraw
+
+    from .bench import _font
 
     n, c, h, w = images.shape
     img = images[:, :3] if c >= 3 else images[:, :1].repeat(1, 3, 1, 1)
@@ -119,9 +163,16 @@ def _grid(images: torch.Tensor, path: Path) -> None:
         r, q = divmod(i, cols)
         canvas[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = img[i]
     arr = (canvas.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    im = Image.fromarray(arr)
-    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    grid = Image.fromarray(arr)
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    font = _font(14)
+    band = 22 * (label.count("\n") + 1)
+    im = Image.new("RGB", (max(grid.width, 480), grid.height + band), "white")
+    ImageDraw.Draw(im).multiline_text((4, 3), label, fill="black", font=font)
+    im.paste(grid, (0, band))
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _stage(f"replacing {path}")
     im.save(path)
 
 
@@ -131,10 +182,13 @@ def cmd_run(args) -> int:
     from .runtime import CacheRuntime
     from .sampling import sample
 
+    if args.policy:
+        parse_policy(args.policy)  # a typo is reported before the export, not after it
     bundle, make, artifact_policy = _bundle_and_program(args.model, "none", args.batch, args.backend,
                                                         args.allow_version_mismatch, args.device, args.dtype)
     policy = parse_policy(args.policy or artifact_policy or "none").spec
     backend = args.backend or make.backend or "eager"
+    make.options = _with_mode(make.options, backend, args.mode)
     pixel = bundle.name.startswith("builtin:")
     results = {}
     for pol in dict.fromkeys(["none", policy]):
@@ -153,8 +207,11 @@ def cmd_run(args) -> int:
     if not pixel:
         ref_img = to_unit(ref_traj.sample, pixel, ref=ref_traj.sample)
     out_dir = Path(args.out)
-    _grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png")
-    _grid(ref_img, out_dir / "samples_none.png")
+    _grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png",
+          f"{bundle.name}  {policy}  ({backend}, {args.steps} steps, seed {args.seed})\n"
+          f"NFE {stats.nfe:.2f}  PSNR {psnr(img, ref_img):.2f} dB  SSIM {ssim(img, ref_img):.4f} vs none")
+    _grid(ref_img, out_dir / "samples_none.png",
+          f"{bundle.name}  none  ({backend}, {args.steps} steps, seed {args.seed})\nthe uncached reference")
     report = {
         "model": bundle.name,
         "policy": policy,
@@ -188,8 +245,9 @@ def cmd_inspect(args) -> int:
     from .policy import parse_policy
 
     policy = parse_policy(args.policy).spec
-    bundle, make, _ = _bundle_and_program(args.model, policy, 2, allow_version_mismatch=args.allow_version_mismatch,
-                                          device=args.device, dtype=args.dtype)
+    bundle, make, _ = _bundle_and_program(args.model, policy, args.batch, allow_version_mismatch=args.allow_version_mismatch,
+                                          device=args.device, dtype=args.dtype, image_size=args.image_size,
+                                          text_tokens=args.text_tokens)
     program, _ = make(policy)
     meta = program.meta
     from .bench import cache_bytes
@@ -200,10 +258,17 @@ def cmd_inspect(args) -> int:
         for streams in ("module", "step"):
             alt = make(parse_policy(f"{policy},streams={streams}").spec)[0]
             choices[streams] = {"buffers": len(alt.caches()), "bytes_per_item": cache_bytes(alt, 1)}
+    from .variant_costs import variant_costs
+
+    costs = variant_costs(program, batch=1)
+    none_flops = program.meta.get("none_flops") or program.path_flops("full")
+    trajectory = {"steps": args.steps, "none_tflops_per_sample": none_flops * args.steps / 1e12}
     if args.json:
-        print(json.dumps({"regions": meta["regions"], "segments": {
+        print(json.dumps({"model": bundle.name, "inputs": {k: list(v.shape) for k, v in _example_shapes(bundle, args.batch)},
+                          "regions": meta["regions"], "segments": {
             n: {"role": s.role, "flops_per_sample": s.flops, "inputs": s.inputs, "outputs": s.outputs}
-            for n, s in program.segments.items()}, "variants": program.paths,
+            for n, s in program.segments.items()}, "variants": program.paths, "variant_costs": costs,
+            "trajectory": trajectory,
             "cache_buffers": len(program.caches()), "cache_bytes_per_item": cache_bytes(program, 1),
             "stream_choices": choices}, indent=1, default=str))
         return 0
@@ -225,10 +290,21 @@ def cmd_inspect(args) -> int:
         for c in dict.fromkeys(loads + stores):
             kinds = ("read" if c in loads else "") + ("/write" if c in stores else "")
             print(f"      {kinds.strip('/'):<10} {c}")
+    print("\nvariant costs per step (batch 1; ops: dispatched ATen ops, views excluded, ~ eager GPU kernel launches):")
+    for name, c in costs.items():
+        ops = c["dispatched_ops"] if c["dispatched_ops"] is not None else c.get("note", "-")
+        print(f"  {name:<11} {c['flops_per_sample'] / 1e9:14.3f} GFLOPs  {ops} ops")
+    print(f"  uncached trajectory of {args.steps} steps: {trajectory['none_tflops_per_sample']:.4g} TFLOPs per sample")
     print(f"\ncache buffers: {len(program.caches())}, {cache_bytes(program, 1) / 1e6:.3f} MB per batch item")
     for streams, c in choices.items():
         print(f"  streams={streams:<7} {c['buffers']:>4} buffers, {c['bytes_per_item'] / 1e6:.3f} MB per batch item")
     return 0
+
+
+def _example_shapes(bundle, batch: int):
+    if bundle.model is None and bundle.config is None:
+        return []
+    return [(k, v) for k, v in bundle.example_inputs(batch=batch).items() if isinstance(v, torch.Tensor)]
 
 
 def cmd_bench(args) -> int:
@@ -304,7 +380,8 @@ def cmd_policies(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cachec", description="Diffusion feature caching as a compiler pass.")
+    p = argparse.ArgumentParser(prog="cachec", description="Diffusion feature caching as a compiler pass.",
+                                formatter_class=_DefaultsShown)
     debug_help = "show the full traceback of an error (default: one message, exit code 2)"
     p.add_argument("--debug", action="store_true", help=debug_help)
     # accepted after the subcommand too; SUPPRESS keeps a subparser from resetting `cachec --debug CMD`
@@ -319,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     model_help = "builtin:tiny-dit, arch:NAME (dit-xl-2, pixart-alpha, flux.1-dev, sd3-medium, wan2.1-1.3b, sd1.5-unet), or a local diffusers model dir"
 
-    c = sub.add_parser("compile", parents=[common, target], help="compile MODEL with a policy into an artifact directory")
+    c = sub.add_parser("compile", formatter_class=_DefaultsShown, parents=[common, target], help="compile MODEL with a policy into an artifact directory")
     c.add_argument("model", help=model_help)
     c.add_argument("--policy", default="none", help="policy spec, e.g. fora:3 (see `cachec policies`)")
     c.add_argument("--backend", default="eager", help="lowering target: eager, onnxruntime, tensorrt")
@@ -328,47 +405,58 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(fn=cmd_compile)
 
-    r = sub.add_parser("run", parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
+    r = sub.add_parser("run", formatter_class=_DefaultsShown, parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
     r.add_argument("model", help=model_help + ", or an artifact directory")
     r.add_argument("--policy", default=None, help="policy spec (default: the artifact's, or none)")
-    r.add_argument("--steps", type=int, default=50)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--batch", type=int, default=8)
-    r.add_argument("--backend", default=None, help="eager, onnxruntime (default: the artifact's, or eager)")
+    r.add_argument("--steps", type=int, default=50, help="denoising steps of each trajectory")
+    r.add_argument("--seed", type=int, default=0, help="seed of the starting noise and conditioning")
+    r.add_argument("--batch", type=int, default=8, help="images per trajectory (1 works: single-image generation)")
+    r.add_argument("--backend", default=None,
+                   help="eager, inductor, onnxruntime, tensorrt (default: the artifact's, or eager)")
+    r.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                   help="inductor only: reduce-overhead replays each variant as a CUDA graph on a GPU")
     r.add_argument("--out", default="cachec-run", help="directory for the sample PNGs")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     r.set_defaults(fn=cmd_run)
 
-    i = sub.add_parser("inspect", parents=[common, target], help="regions, segments and the cache nodes of each variant")
+    i = sub.add_parser("inspect", formatter_class=_DefaultsShown, parents=[common, target], help="regions, segments and the cache nodes of each variant")
     i.add_argument("model", help=model_help + ", or an artifact directory")
     i.add_argument("--policy", default="fora:3")
+    i.add_argument("--batch", type=int, default=2, help="example batch (FLOPs are reported per sample)")
+    i.add_argument("--image-size", type=int, default=None,
+                   help="image side in pixels, e.g. 1024 (default: the config's sample size, or a small one)")
+    i.add_argument("--text-tokens", type=int, default=None, help="prompt tokens of a text-conditioned model, e.g. 512")
+    i.add_argument("--steps", type=int, default=50, help="trajectory length for the per-trajectory FLOPs")
     i.add_argument("--json", action="store_true")
     i.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     i.set_defaults(fn=cmd_inspect)
 
-    b = sub.add_parser("bench", parents=[common, target],
+    b = sub.add_parser("bench", formatter_class=_DefaultsShown, parents=[common, target],
                        help="several policies vs `none` in one run: NFE, TFLOPs, latency, speedup, PSNR/SSIM, cache bytes")
     b.add_argument("model", help=model_help + ", or an artifact directory")
     b.add_argument("--policies", required=True, action="append",
                    help="comma-separated policy specs, e.g. fora:2,delta:2,blocks=1-4,fbcache:0.05 (none is always added)")
-    b.add_argument("--steps", type=int, default=50)
+    b.add_argument("--steps", type=int, default=50, help="denoising steps of each trajectory")
     b.add_argument("--seeds", type=int, default=2, help="number of seeds (0 .. S-1); fidelity is averaged over them")
-    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--batch", type=int, default=4, help="images per trajectory")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats per (policy, seed), interleaved round-robin")
-    b.add_argument("--backend", default=None, help="eager, onnxruntime (default: the artifact's, or eager)")
+    b.add_argument("--backend", default=None,
+                   help="eager, inductor, onnxruntime, tensorrt (default: the artifact's, or eager)")
+    b.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                   help="inductor only: reduce-overhead replays each variant as a CUDA graph on a GPU")
     b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     b.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON to FILE (- for stdout only)")
     b.add_argument("--plots", default=None, metavar="DIR", help="write schedule.png, error_curve.png, pareto.png to DIR")
     b.set_defaults(fn=cmd_bench)
 
-    cal = sub.add_parser("calibrate", parents=[common, target],
+    cal = sub.add_parser("calibrate", formatter_class=_DefaultsShown, parents=[common, target],
                          help="measure reuse errors for NFE budgets (budget:K,calib=FILE) and MagCache ratios, "
                               "or map a dynamic policy's thresholds to NFE")
     cal.add_argument("model", help=model_help)
-    cal.add_argument("--steps", type=int, default=50)
+    cal.add_argument("--steps", type=int, default=50, help="denoising steps of the calibrated trajectory")
     cal.add_argument("--samples", type=int, default=4, help="calibration inputs (one batch); seeds for --threshold-map")
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--bases", default="module,step,forecast",
@@ -382,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--json", action="store_true", help="print the threshold map as JSON")
     cal.set_defaults(fn=cmd_calibrate)
 
-    sv = sub.add_parser("serve", parents=[common],
+    sv = sub.add_parser("serve", formatter_class=_DefaultsShown, parents=[common],
                         help="serve an artifact (or a local pipeline dir) on Ray Serve: batched, one request = one sampling job")
     sv.add_argument("target", help="artifact directory (cachec compile --out DIR) or diffusers pipeline directory")
     sv.add_argument("--replicas", type=int, default=1, help="replicas (each loads the model once; one per GPU on cuda)")
@@ -404,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto); default: start a local Ray")
     sv.set_defaults(fn=cmd_serve)
 
-    pol = sub.add_parser("policies", parents=[common], help="list every policy with its parameters and defaults")
+    pol = sub.add_parser("policies", formatter_class=_DefaultsShown, parents=[common], help="list every policy with its parameters and defaults")
     pol.set_defaults(fn=cmd_policies)
     return p
 
@@ -414,10 +502,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.debug:
         logging.getLogger("cachec").setLevel(logging.DEBUG)
-    if getattr(args, "steps", 1) is not None and getattr(args, "steps", 1) < 1:
-        print("cachec: error: --steps must be at least 1", file=sys.stderr)
-        return 2
+    for flag in ("steps", "batch", "seeds", "repeats", "samples"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            print(f"cachec: error: --{flag} must be at least 1; got {value}", file=sys.stderr)
+            return 2
     try:
+        if getattr(args, "out", None) is not None and args.command in ("compile", "run", "calibrate"):
+            _check_writable(Path(args.out))
         return args.fn(args)
     except CachecError as exc:
         if args.debug:

@@ -40,6 +40,8 @@ def node_flops(node: fx.Node) -> float:
         return 0.0
     t = node.target
     out = _shape(node)
+    if not out:  # no recorded shape: a weightless op cachec built itself (the forecast mix), not counted
+        return 0.0
     if t is aten.linear.default:
         w = _shape(node.args[1])
         return 2.0 * math.prod(out) * w[1]

@@ -71,6 +71,7 @@ class ModelBundle:
     cls_name: str = ""
     config: dict | None = None
     device: torch.device | None = None  # where inputs go when there is no module to ask (an artifact)
+    resolution: int | None = None  # latent side for example inputs (None: the config's sample size)
 
     def __post_init__(self):
         if self.model is not None:
@@ -94,7 +95,7 @@ class ModelBundle:
         param = next(self.model.parameters()) if self.model is not None else None
         dtype = param.dtype if param is not None else torch.float32
         inputs = synth_inputs(self.cls_name, self.config, batch, seed, text_tokens=self.text_tokens,
-                              resolution=resolution, frames=self.frames, dtype=dtype)
+                              resolution=resolution or self.resolution, frames=self.frames, dtype=dtype)
         device = param.device if param is not None else self.device
         return to_device(inputs, device) if device is not None else inputs
 

@@ -40,6 +40,7 @@ from .program import (
     cache_name,
     check_weight_ownership,
     split,
+    split_segment,
     value_spec,
 )
 from .regions import find_blocks, module_regions
@@ -428,8 +429,41 @@ class Planner:
         self.paths = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.paths["full"]}
         self.signal = signal
 
+    def _split_prologue_for_tails(self) -> None:
+        """A dynamic policy's probe head runs the prologue, which holds every hoisted conditioning
+        value: the adaLN modulation of *every* block, RoPE tables, the final layer's shift/scale.
+        A cached step needs only what the head and the reuse tail read, so the rest moves into a
+        segment that only the full tail (and the full path) runs: a cached FLUX step no longer
+        computes 57 blocks' modulations it never uses."""
+        head = self.paths.get("head")
+        if not head or ("run", "prologue") not in head or "prologue" not in self.segments:
+            return
+        segs = {**self.segments, **self.extra}
+        needed = {self.captured.output_name, *self.feedback}
+        if self.signal:
+            needed.add(self.signal)
+        for name in ("head", "tail_reuse"):
+            for op in self.paths[name]:
+                if op[0] == "run" and op[1] != "prologue":
+                    needed.update(segs[op[1]].inputs)
+                elif op[0] == "store":
+                    needed.add(op[1])
+        first, rest = split_segment(self.segments["prologue"], needed, "prologue_full")
+        if rest is None:
+            return
+        for seg in (first, rest):
+            seg.flops = graph_flops(seg.module, self.batch)
+        self.segments["prologue"] = first
+        self.extra[rest.name] = rest
+        run_rest = ("run", rest.name)
+        self.paths["tail_full"] = [run_rest] + self.paths["tail_full"]
+        full = self.paths["full"]
+        at = full.index(("run", "prologue")) + 1
+        self.paths["full"] = full[:at] + [run_rest] + full[at:]
+
     # -- result ---------------------------------------------------------------------------------
     def program(self, policy: Policy) -> Program:
+        self._split_prologue_for_tails()
         segments = dict(self.segments)
         segments.update(self.extra)
         used = {op[1] for path in self.paths.values() for op in path if op[0] == "run"}

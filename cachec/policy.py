@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from importlib import resources
 
@@ -119,6 +120,12 @@ class Policy:
     def controller(self, num_steps: int | None) -> Controller:
         if self.needs_data and self.data is None:
             self.data = self.load_data()
+        forced = self.params.get("warmup", 0) + self.params.get("final", 0)
+        if num_steps is not None and self.name != "none" and forced >= num_steps:
+            # every step would be full, silently: say so instead
+            raise PolicyError(f"{self.spec}: warmup={self.params.get('warmup', 0)} and final={self.params.get('final', 0)} "
+                              f"force all {num_steps} steps of the trajectory to be full, so nothing would be cached; "
+                              "lower them or run more steps")
         return self.controller_cls(self, num_steps)
 
     def plan_key(self, num_blocks: int) -> tuple:
@@ -645,6 +652,8 @@ def _convert(policy: str, p: Param, raw: str):
         value = p.kind(raw)
     except ValueError:
         raise PolicyError(f"{policy}: {p.name}={raw!r} is not a{'n' if p.kind is int else ''} {p.kind.__name__}") from None
+    if p.kind is float and not math.isfinite(value):  # nan compares false with every bound: it would pass
+        raise PolicyError(f"{policy}: {p.name}={raw} is not a finite number")
     if (p.lo is not None and value < p.lo) or (p.hi is not None and value > p.hi):
         lo = "-inf" if p.lo is None else p.lo
         hi = "inf" if p.hi is None else p.hi

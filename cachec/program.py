@@ -339,6 +339,96 @@ def split(gm: fx.GraphModule, order: list[str], output_name: str) -> dict[str, S
 
 
 
+def split_segment(seg: Segment, needed: set[str], rest_name: str) -> tuple[Segment, Segment | None]:
+    """Cut ``seg`` in two: what computes the values in ``needed``, and everything else.
+
+    The first part keeps the segment's name and computes ``needed`` (plus whatever the second part
+    reads from it); the second, ``rest_name``, computes the segment's other outputs. A weight read
+    by both parts stays in the first (with the nodes that read it), so weights keep one owner. A
+    batch size the second part reads is re-read from one of its own tensor inputs. Returns
+    ``(seg, None)`` when nothing would move.
+    """
+    gm = seg.module
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    produced = dict(zip(out_node.args[0], seg.outputs, strict=True))  # node -> value name
+    compute = [n for n in gm.graph.nodes if n.op == "call_function"]
+    first: set[fx.Node] = set()
+
+    def pull(node: fx.Node) -> None:
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if n.op != "call_function" or n in first:
+                continue
+            first.add(n)
+            stack.extend(n.all_input_nodes)
+
+    for node, value in produced.items():
+        if value in needed:
+            pull(node)
+    changed = True
+    while changed:
+        changed = False
+        for n in gm.graph.nodes:
+            if n.op == "get_attr":  # a weight read in the first part takes all its readers along
+                users = [u for u in n.users if u.op == "call_function"]
+                anchored = any(u in first for u in users)
+            elif n in first and isinstance(n.meta.get("val"), (list, tuple)):
+                users = list(n.users)  # a multi-output op (chunk) keeps its getitems: a tuple is no segment value
+                anchored = True
+            else:
+                continue
+            if anchored and not all(u in first for u in users):
+                for u in users:
+                    pull(u)
+                changed = True
+    rest = [n for n in compute if n not in first and not _is_symint(n)]
+    if not rest:
+        return seg, None
+    handoff = [n for n in compute if n in first and not _is_symint(n) and any(u in rest for u in n.users)]
+    head_outputs = [(produced[n], n) for n in compute if n in first and n in produced] + \
+        [(n.name, n) for n in handoff if n not in produced]
+    tail_outputs = [(produced[n], n) for n in compute if n in rest and n in produced]
+    head = Segment(seg.name, _subgraph(gm, [n for n in compute if n in first], head_outputs, seg.name), role=seg.role)
+    tail = Segment(rest_name, _subgraph(gm, rest, tail_outputs, rest_name), role=seg.role)
+    return head, tail
+
+
+def _subgraph(gm: fx.GraphModule, nodes: list[fx.Node], outputs: list[tuple[str, fx.Node]], name: str) -> fx.GraphModule:
+    """A segment module computing ``nodes`` of ``gm``; values from outside arrive as placeholders
+    named by value (a graph input keeps its name, a handed-over node its node name)."""
+    inside = set(nodes)
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    attrs: dict[str, torch.Tensor] = {}
+    tensors: list[fx.Node] = []
+    symints: list[fx.Node] = []
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a in inside or a in env:
+                continue
+            if a.op == "get_attr":
+                attrs[str(a.target)] = operator.attrgetter(str(a.target))(gm)
+                env[a] = graph.get_attr(str(a.target))
+                env[a].meta = dict(a.meta)
+            elif _is_symint(a):
+                symints.append(a)
+                env[a] = None
+            else:
+                ph = graph.placeholder(a.name)
+                ph.meta = dict(a.meta)
+                env[a] = ph
+                tensors.append(ph)
+    for a in symints:
+        env[a] = _rematerialise(graph, a, tensors)
+    for n in nodes:
+        env[n] = graph.node_copy(n, env.__getitem__)
+    graph.output(tuple(env[n] for _, n in outputs))
+    module = fx.GraphModule(attrs, graph, class_name=f"Segment_{name}").eval()
+    module.meta[OUTPUTS_KEY] = [value for value, _ in outputs]
+    return module
+
+
 def _rematerialise(graph: fx.Graph, sym: fx.Node, tensors: list[fx.Node]) -> fx.Node:
     """Re-read a SymInt (the batch size) from a tensor placeholder that has it as a dimension."""
     want = str(sym.meta["val"])
@@ -360,7 +450,9 @@ def check_weight_ownership(program: Program) -> None:
     seen: dict[int, str] = {}
     for seg in program.segments.values():
         for name, t in seg.parameters().items():
-            key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+            # storage address: views of one buffer are one weight; meta tensors (a model planned without
+            # its weights) all sit at address 0, so there the tensor object stands for itself
+            key = t.untyped_storage().data_ptr() if t.numel() and not t.is_meta else id(t)
             if key in seen and seen[key] != seg.name:
                 raise ModelError(f"parameter {name} is held by segments {seen[key]} and {seg.name}")
             seen[key] = seg.name

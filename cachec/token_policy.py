@@ -11,7 +11,7 @@ A step is one of three actions:
 
 ``R`` (the policy key) is, as in the papers, the fraction of tokens **cached** in a partial step:
 ``R=0.9`` computes 10 %. A region's fresh ratio is ``r = clamp((1 − R)·f_step·f_layer·f_module, 0, 1)``
-with METHODS.md's factors (``factors=``), and it computes ``k = floor(r·N)`` of its ``N`` tokens.
+with docs/methods.md's factors (``factors=``), and it computes ``k = floor(r·N)`` of its ``N`` tokens.
 
 Schedules (``schedule=``):
 
@@ -70,7 +70,7 @@ def n_eff(N: int, s: int, T: int) -> int:
 
 def ratio_factors(factor_set: str, model_class: str, kind: str, layer: int, layers: int, step: int, T: int | None,
                   attn_mode: str) -> float:
-    """``f_step · f_layer · f_module`` of METHODS.md for one region (1 for ``uniform``)."""
+    """``f_step · f_layer · f_module`` of docs/methods.md for one region (1 for ``uniform``)."""
     if factor_set == "auto":
         factor_set = {"DiTTransformer2DModel": "dit", "PixArtTransformer2DModel": "pixart"}.get(model_class, "uniform")
     if factor_set == "uniform":
@@ -145,7 +145,7 @@ class _TokenPolicy(Policy):
             Param("stale", float, 0.25, "score bonus per step since a token's refresh, over N (ToCa s3); not for random", 0.0, 100.0),
             Param("grid", int, 0, "ToCa s4: in each grid×grid cell the top token gets bonus·max (0: off)", 0, 64),
             Param("bonus", float, 0.6, "ToCa s4 bonus", 0.0, 100.0),
-            Param("factors", str, "auto", "ratio factors: auto | uniform | dit | pixart (METHODS.md)"),
+            Param("factors", str, "auto", "ratio factors: auto | uniform | dit | pixart (docs/methods.md)"),
             Param("schedule", str, "toca", "toca (N_eff, DiT code) | interval (full every N)"),
         )
 

@@ -103,7 +103,14 @@ def linear_mix(groups: list[tuple[list[str], list[str]]], coefficients: str, met
 
     The forecast segment of TaylorSeer / HiCache / FoCa (see :mod:`cachec.forecast`): the method
     lives in the runtime-supplied coefficient matrix ``C``, so the same weightless graph serves
-    every method and every step, and exports to ONNX as a few gathers, multiplies and adds.
+    every method and every step, and exports to ONNX unchanged.
+
+    Each group is one matrix product: its inputs are stacked into ``[n_in, -1]`` and ``C @ X``
+    gives every output at once — two kernels (``cat``, ``mm``) per stream instead of a multiply
+    and an add per coefficient, which made a TaylorSeer full step launch almost twice the model's
+    kernels. ``C`` has the streams' dtype (the planner makes it so), so a bf16 model mixes in bf16
+    with fp32 accumulation. A stream with more than one symbolic dimension, which a flat view
+    cannot rebuild, keeps the per-coefficient form.
     """
     g = fx.Graph()
     ph: dict[str, fx.Node] = {}
@@ -112,24 +119,53 @@ def linear_mix(groups: list[tuple[list[str], list[str]]], coefficients: str, met
             if name not in ph:
                 ph[name] = _placeholder(g, name, meta)
     coeff = _placeholder(g, coefficients, meta)
-    scalar = torch.empty((), dtype=getattr(meta.get(coefficients), "dtype", torch.float32))
+    outs = []
+    for inputs, outputs in groups:
+        shape = _flat_view_shape(meta.get(inputs[0]))
+        if shape is None:
+            outs.extend(_mix_by_terms(g, ph, coeff, inputs, outputs, meta[coefficients]))
+            continue
+        stacked = g.call_function(aten.cat.default, ([g.call_function(aten.unsqueeze.default, (ph[n], 0))
+                                                      for n in inputs], 0))
+        flat = g.call_function(aten.view.default, (stacked, [len(inputs), -1]))
+        rows = coeff
+        if meta[coefficients].shape[0] != len(outputs) or meta[coefficients].shape[1] != len(inputs):
+            rows = g.call_function(aten.slice.Tensor, (coeff, 0, 0, len(outputs)))
+            rows = g.call_function(aten.slice.Tensor, (rows, 1, 0, len(inputs)))
+        mixed = g.call_function(aten.mm.default, (rows, flat))
+        for j, out_name in enumerate(outputs):
+            row = g.call_function(aten.select.int, (mixed, 0, j))
+            outs.append((out_name, g.call_function(aten.view.default, (row, shape))))
+    return _module(g, outs, "LinearMix")
+
+
+def _flat_view_shape(val) -> list[int] | None:
+    """The stream's shape with its one symbolic dimension (the batch) as ``-1``; None if not expressible."""
+    if val is None or not hasattr(val, "shape"):
+        return None
+    shape = [d if isinstance(d, int) else -1 for d in val.shape]
+    return shape if shape.count(-1) <= 1 else None
+
+
+def _mix_by_terms(g: fx.Graph, ph: dict, coeff: fx.Node, inputs: list[str], outputs: list[str], c_val) -> list:
+    """``out_j = Σ_i C[j, i] · in_i`` as one multiply and one add per coefficient (any shapes)."""
+    scalar = torch.empty((), dtype=getattr(c_val, "dtype", torch.float32))
     entries: dict[tuple[int, int], fx.Node] = {}
 
     def entry(row: int, col: int) -> fx.Node:
         if (row, col) not in entries:
             r = g.call_function(aten.select.int, (coeff, 0, row))
-            r.meta["val"] = torch.empty(meta[coefficients].shape[1:], dtype=scalar.dtype)
+            r.meta["val"] = torch.empty(c_val.shape[1:], dtype=scalar.dtype)
             e = g.call_function(aten.select.int, (r, 0, col))
             e.meta["val"] = scalar
             entries[(row, col)] = e
         return entries[(row, col)]
 
     outs = []
-    for inputs, outputs in groups:
-        for row, out_name in enumerate(outputs):
-            acc = None
-            for col, name in enumerate(inputs):
-                term = _binary(g, aten.mul.Tensor, ph[name], entry(row, col))
-                acc = term if acc is None else _binary(g, aten.add.Tensor, acc, term)
-            outs.append((out_name, acc))
-    return _module(g, outs, "LinearMix")
+    for row, out_name in enumerate(outputs):
+        acc = None
+        for col, name in enumerate(inputs):
+            term = _binary(g, aten.mul.Tensor, ph[name], entry(row, col))
+            acc = term if acc is None else _binary(g, aten.add.Tensor, acc, term)
+        outs.append((out_name, acc))
+    return outs

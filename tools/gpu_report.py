@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import statistics
 import sys
 import time
@@ -179,11 +180,14 @@ class Report:
         self.failed: list[dict] = []
         self.notes: list[str] = []
         self.on_change = None  # called after every method: partial results survive a killed run
+        self.match: str | None = None  # a regex on "case method": run only those
 
     def left(self) -> float:
         return self.budget_s - (time.perf_counter() - self.t0)
 
     def attempt(self, case: str, label: str, need_s: float, fn):
+        if self.match is not None and not re.search(self.match, f"{case} {label}"):
+            return None
         if self.left() < need_s:
             self.skipped.append({"case": case, "method": label, "why": f"time budget ({self.left():.0f} s left, "
                                                                          f"needs about {need_s:.0f} s)"})
@@ -393,11 +397,14 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=480, help="stop starting sections after this (default 480)")
     ap.add_argument("--no-inductor", action="store_true", help="eager sections only")
     ap.add_argument("--tiny", action="store_true", help="tiny configs of the same classes (a CPU check of the flow)")
+    ap.add_argument("--match", default=None, metavar="REGEX",
+                    help='run only the methods whose "case method" label matches, e.g. "inductor|DiT.*eager"')
     ap.add_argument("--out", default="gpu-report.json")
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
     report = Report(args.budget_s, args.device)
     report.on_change = lambda: _write(report, args)
+    report.match = args.match
     for name in args.models.split(","):
         if name not in CASES:
             ap.error(f"unknown model {name!r}; known: {', '.join(CASES)}")
