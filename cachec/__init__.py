@@ -34,10 +34,15 @@ def build_program(model: torch.nn.Module, example_inputs: dict, policy="none"):
 
 
 def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, backend: str = "eager",
-            num_steps: int | None = None) -> CacheRuntime:  # noqa: A001 - the verb users expect
-    """Compile ``model`` with a cache ``policy`` into a runtime called like the model."""
+            num_steps: int | None = None, backend_options: dict | None = None) -> CacheRuntime:  # noqa: A001
+    """Compile ``model`` with a cache ``policy`` into a runtime called like the model.
+
+    ``backend_options`` go to the backend's lowering, e.g. ``{"mode": "reduce-overhead"}`` for
+    ``backend="inductor"`` (one CUDA graph per variant on a GPU).
+    """
     program = build_program(model, example_inputs, policy)
-    return CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=signature_of(model))
+    return CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=signature_of(model),
+                        backend_options=backend_options)
 
 
 def load(path, *, backend: str | None = None, num_steps: int | None = None, policy: str | None = None,

@@ -1,0 +1,155 @@
+"""The GPU path, checked where a CPU can check it: batch 1, device/dtype options and their errors,
+moving a runtime, the conditioning dedupe pass against a hand-built graph, and FLUX.1-dev planned on
+the meta device against the published FLOPs. Tests that need a GPU skip with the reason."""
+
+import json
+
+import pytest
+import torch
+from torch import fx
+
+import cachec
+from cachec.cli import main
+from cachec.devices import resolve_device, resolve_dtype
+from cachec.graph_keys import COND_KEY
+from cachec.models import resolve
+from cachec.passes.dedupe_conditioning import DedupeConditioning
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+aten = torch.ops.aten
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return resolve("builtin:tiny-dit")
+
+
+def test_batch_one_compiles_and_equals_the_plain_model(tiny):
+    """torch.export specialises a size-1 batch; cachec captures it as batch 2 and serves batch 1."""
+    kw = tiny.example_inputs(batch=1)
+    rt = cachec.compile(tiny.model, kw, "fora:3", num_steps=4)
+    with torch.no_grad():
+        ref = tiny.model(**kw, return_dict=False)[0]
+    torch.testing.assert_close(rt(**kw).sample, ref, rtol=0, atol=0)  # a first step is full
+    two = tiny.example_inputs(batch=2)
+    assert rt(**two).sample.shape[0] == 2  # the batch stays dynamic
+
+
+def test_cli_runs_at_batch_one(model_dir, tmp_path, capsys):
+    assert main(["run", str(model_dir), "--policy", "fora:2", "--steps", "4", "--batch", "1", "--json",
+                 "--out", str(tmp_path / "s")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["batch"] == 1 and report["schedule"] == "FRFR"
+    assert (tmp_path / "s" / "samples_fora_2.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "MODEL", "--batch", "0"], "--batch must be at least 1"),
+        (["run", "MODEL", "--batch", "-1"], "--batch must be at least 1"),
+        (["compile", "MODEL", "--out", "/nonexistent/dir/out"], "does not exist"),
+        (["run", "MODEL", "--out", "/nonexistent/dir/out"], "does not exist"),
+        (["run", "MODEL", "--policy", "fbcache:nan"], "not a finite number"),
+        (["run", "MODEL", "--policy", "fora:3,warmup=10", "--steps", "8"], "nothing would be cached"),
+        (["run", "MODEL", "--device", "tpu"], "unknown device"),
+        (["run", "MODEL", "--mode", "reduce-overhead"], "applies to the inductor backend only"),
+        (["inspect", "MODEL", "--image-size", "100"], "multiple of 8"),
+    ],
+)
+def test_bad_input_is_named(argv, message, model_dir, tmp_path, capsys):
+    argv = [str(model_dir) if a == "MODEL" else a for a in argv]
+    if "--out" not in argv and argv[0] == "run":
+        argv += ["--out", str(tmp_path / "s")]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_on_a_machine_without_one_is_refused(model_dir, capsys):
+    assert main(["run", str(model_dir), "--device", "cuda", "--steps", "2"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_device_and_dtype_names():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_dtype("bf16") is torch.bfloat16
+    with pytest.raises(cachec.CachecError, match="accepted: fp32, bf16, fp16"):
+        resolve_dtype("fp8")
+
+
+def test_runtime_moves_and_refuses_another_dtype(tiny):
+    kw = tiny.example_inputs(batch=2)
+    rt = cachec.compile(tiny.model, kw, "fora:3", num_steps=4)
+    out = rt(**kw).sample
+    assert rt.to("cpu") is rt and rt.device == torch.device("cpu")
+    with pytest.raises(cachec.ShapeError, match="compiled for torch.float32"):
+        rt.to(torch.float16)
+    torch.testing.assert_close(rt(**kw).sample, out)
+
+
+def test_eager_artifact_loads_on_a_named_device(model_dir, tmp_path):
+    out = tmp_path / "a"
+    assert main(["compile", str(model_dir), "--policy", "fora:2", "--out", str(out)]) == 0
+    rt = cachec.load(out, device="cpu", num_steps=4)
+    assert rt.device == torch.device("cpu")
+
+
+def _graph_with_duplicates() -> fx.GraphModule:
+    """Two identical sinusoid chains on the timestep (mergeable) and two ``arange(4).div_(2)`` tables
+    built in place (not mergeable: one shared tensor would be divided twice)."""
+    g = fx.Graph()
+    t = g.placeholder("timestep")
+    outs = []
+    for _ in range(2):
+        freqs = g.call_function(aten.arange.default, (4,), {"dtype": torch.float32})
+        arg = g.call_function(aten.mul.Tensor, (g.call_function(aten.unsqueeze.default, (t, 1)), freqs))
+        outs.append(g.call_function(aten.sin.default, (arg,)))
+        table = g.call_function(aten.arange.default, (4,), {"dtype": torch.float32})
+        outs.append(g.call_function(aten.div_.Tensor, (table, 2.0)))
+    g.output(tuple(outs))
+    for n in g.nodes:
+        if n.op == "call_function":
+            n.meta[COND_KEY] = True
+    return fx.GraphModule(torch.nn.Module(), g)
+
+
+def test_dedupe_merges_identical_conditioning_but_never_a_value_changed_in_place():
+    gm = _graph_with_duplicates()
+    t = torch.tensor([3.0, 5.0])
+    before = gm(t)
+    result = DedupeConditioning()(gm)
+    gm.recompile()
+    assert result.modified
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(aten.sin.default) == 1  # the sinusoid chain is computed once
+    assert targets.count(aten.div_.Tensor) == 2 and targets.count(aten.arange.default) == 3  # the in-place tables stay two
+    for a, b in zip(gm(t), before, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_flux_planned_on_meta_matches_the_published_flops(capsys):
+    """FLUX.1-dev (12 B parameters) planned without weights on this machine; an uncached 50-step
+    trajectory at 1024² with 512 prompt tokens is 3719.5 TFLOPs in DuCa's Table II."""
+    assert main(["inspect", "arch:flux.1-dev", "--device", "meta", "--dtype", "bf16", "--policy", "fora:3",
+                 "--image-size", "1024", "--text-tokens", "512", "--batch", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["trajectory"]["none_tflops_per_sample"] == pytest.approx(3719.5, rel=0.01)
+    costs = report["variant_costs"]
+    assert costs["reuse"]["dispatched_ops"] < 0.25 * costs["full"]["dispatched_ops"]
+    assert costs["reuse"]["flops_per_sample"] < 0.01 * costs["full"]["flops_per_sample"]
+
+
+@needs_gpu
+def test_cuda_graph_variants_equal_eager_on_a_gpu(tiny):
+    model = resolve("builtin:tiny-dit", device="cuda").model
+    kw = {k: v.cuda() for k, v in tiny.example_inputs(batch=2).items()}
+    eager = cachec.compile(model, kw, "fora:3", num_steps=6)
+    graphs = cachec.compile(model, kw, "fora:3", num_steps=6, backend="inductor",
+                            backend_options={"mode": "reduce-overhead"})
+    for i in range(6):
+        step = {**kw, "timestep": torch.full_like(kw["timestep"], 900 - 100 * i)}
+        torch.testing.assert_close(graphs(**step).sample, eager(**step).sample, rtol=1e-4, atol=1e-4)
+    assert graphs.stats.schedule == "FRRFRR"
