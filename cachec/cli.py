@@ -176,12 +176,44 @@ def _grid(images: torch.Tensor, path: Path, label: str) -> None:
     im.save(path)
 
 
+def _grid_side_by_side(columns: list[torch.Tensor], labels: list[str], path: Path, title: str) -> None:
+    """Images of several runs side by side (one column each, one row per image), a label above each
+    column and a title above all; says so when it replaces a file."""
+    from PIL import Image, ImageDraw
+
+    from .bench import _font
+
+    font = _font(14)
+    n, _, h, w = columns[0].shape
+    scale = max(1, 128 // max(h, w))
+    cell_w, cell_h = w * scale + 8, h * scale + 8
+    band = 46
+    col_w = max(cell_w, 420)
+    im = Image.new("RGB", (col_w * len(columns), 24 + band + n * cell_h), "white")
+    draw = ImageDraw.Draw(im)
+    draw.text((4, 3), title, fill="black", font=font)
+    for c, (images, label) in enumerate(zip(columns, labels, strict=True)):
+        draw.multiline_text((c * col_w + 4, 24), label, fill="black", font=font)
+        for i in range(n):
+            arr = (images[i, :3].permute(1, 2, 0).float().numpy() * 255).round().astype("uint8")
+            tile = Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST)
+            im.paste(tile, (c * col_w + 4, 24 + band + i * cell_h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _stage(f"replacing {path}")
+    im.save(path)
+
+
 def cmd_run(args) -> int:
     from .metrics import psnr, ssim, to_unit
     from .policy import parse_policy
     from .runtime import CacheRuntime
     from .sampling import sample
 
+    if args.prompt is not None:
+        from .prompt_run import run_prompt
+
+        return run_prompt(args)
     if args.policy:
         parse_policy(args.policy)  # a typo is reported before the export, not after it
     bundle, make, artifact_policy = _bundle_and_program(args.model, "none", args.batch, args.backend,
@@ -416,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                    help="inductor only: reduce-overhead replays each variant as a CUDA graph on a GPU")
     r.add_argument("--out", default="cachec-run", help="directory for the sample PNGs")
+    r.add_argument("--prompt", default=None,
+                   help="MODEL is a local diffusers pipeline dir: generate this prompt plain and with cachec, side by side")
+    r.add_argument("--image-size", type=int, default=None, help="--prompt runs: image height and width in pixels")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
