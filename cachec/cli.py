@@ -1,4 +1,4 @@
-"""The ``cachec`` command line: compile, run, inspect, bench, calibrate, policies.
+"""The ``cachec`` command line: compile, run, inspect, bench, calibrate, serve, policies.
 
 Every user error (bad policy, model, shape, artifact, missing backend) is a
 :class:`~cachec.errors.CachecError`: printed as one message, exit code 2.
@@ -333,6 +333,14 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from . import serve
+    except ImportError as exc:
+        raise CachecError(f"cachec serve needs Ray Serve ({exc}); install it with: pip install 'cachec[serve]'") from None
+    return serve.main(args)
+
+
 def cmd_policies(args) -> int:
     from .policy import describe_policies
 
@@ -433,6 +441,28 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--params", default=None, help="other parameters of the --threshold-map policy, e.g. ratios=calibration.json")
     cal.add_argument("--json", action="store_true", help="print the threshold map as JSON")
     cal.set_defaults(fn=cmd_calibrate)
+
+    sv = sub.add_parser("serve", formatter_class=_DefaultsShown, parents=[common],
+                        help="serve an artifact (or a local pipeline dir) on Ray Serve: batched, one request = one sampling job")
+    sv.add_argument("target", help="artifact directory (cachec compile --out DIR) or diffusers pipeline directory")
+    sv.add_argument("--replicas", type=int, default=1, help="replicas (each loads the model once; one per GPU on cuda)")
+    sv.add_argument("--max-batch", type=int, default=4, help="requests batched into one trajectory (Ray Serve batching)")
+    sv.add_argument("--port", type=int, default=8000, help="HTTP port")
+    sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback; 0.0.0.0 to listen on all)")
+    sv.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+    sv.add_argument("--max-steps", type=int, default=1000, help="largest steps a request may ask for")
+    sv.add_argument("--batch-wait-ms", type=float, default=20.0, help="how long a batch waits to fill")
+    sv.add_argument("--no-pad", action="store_true",
+                    help="run a batch with as many rows as requests instead of --max-batch rows (faster at low load; "
+                         "results then depend on the batch size by float rounding)")
+    sv.add_argument("--policy", default=None, help="policy for a pipeline directory (default fora:3); artifacts serve "
+                                                   "their compiled policy")
+    sv.add_argument("--retries", type=int, default=1,
+                    help="resend a request whose replica died this many times before answering 503")
+    sv.add_argument("--autoscale", default=None, metavar="MIN-MAX", help="autoscale replicas on queue length")
+    sv.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves per replica")
+    sv.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto); default: start a local Ray")
+    sv.set_defaults(fn=cmd_serve)
 
     pol = sub.add_parser("policies", formatter_class=_DefaultsShown, parents=[common], help="list every policy with its parameters and defaults")
     pol.set_defaults(fn=cmd_policies)
