@@ -141,3 +141,12 @@ def major_minor(text: str) -> tuple[int, int] | None:
 
     m = re.match(r"\s*v?(\d+)\.(\d+)", text)
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def with_mode(options: dict, backend: str, mode: str | None) -> dict:
+    """Backend options with ``--mode``, which only the inductor backend takes."""
+    if mode is None:
+        return options
+    if backend != "inductor":
+        raise BackendError(f"--mode {mode} applies to the inductor backend only; this run uses {backend}")
+    return {**options, "mode": mode}

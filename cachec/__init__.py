@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ArtifactError, BackendError, CachecError, ModelError, PolicyError, ShapeError
+from .errors import ArtifactError, BackendError, CachecError, ModelError, PolicyError, RequestError, ShapeError
 from .pipeline import CachedDenoiser, disable, enable
 from .policy import parse_policy
 from .runtime import CacheRuntime, signature_of
@@ -81,6 +81,6 @@ def reset(model, num_steps: int | None = None) -> None:
 
 
 __all__ = [
-    "ArtifactError", "BackendError", "CacheRuntime", "CachecError", "CachedDenoiser", "ModelError", "PolicyError",
+    "ArtifactError", "BackendError", "CacheRuntime", "CachecError", "CachedDenoiser", "ModelError", "PolicyError", "RequestError",
     "ShapeError", "build_program", "compile", "disable", "enable", "load", "parse_policy", "reset", "__version__",
 ]

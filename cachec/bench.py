@@ -27,12 +27,14 @@ from pathlib import Path
 
 import torch
 
+from cachec.backends import with_mode
+
 from .errors import CachecError
 from .figures import write_plots
 from .policy import POLICIES, parse_policy
 from .program import cache_bytes
 from .progress import stage
-from .session import open_model, with_mode
+from .session import open_model
 
 
 class BenchError(CachecError, ValueError):

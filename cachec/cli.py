@@ -1,4 +1,4 @@
-"""The ``cachec`` command line: compile, run, inspect, bench, calibrate, policies.
+"""The ``cachec`` command line: compile, run, inspect, bench, calibrate, serve, policies.
 
 Every user error (bad policy, model, shape, artifact, missing backend) is a
 :class:`~cachec.errors.CachecError`: printed as one message, exit code 2.
@@ -13,10 +13,12 @@ import os
 import sys
 from pathlib import Path
 
+from .backends import with_mode
 from .devices import DTYPES, default_device
 from .errors import CachecError, ModelError
 from .progress import stage
-from .session import open_model, with_mode
+from .sample_grids import grid
+from .session import open_model
 
 log = logging.getLogger("cachec")
 
@@ -76,12 +78,15 @@ def cmd_compile(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .figures import save_grid
     from .metrics import psnr, ssim, to_unit
     from .policy import parse_policy
     from .runtime import CacheRuntime
     from .sampling import sample
 
+    if args.prompt is not None:
+        from .prompt_run import run_prompt
+
+        return run_prompt(args)
     if args.policy:
         parse_policy(args.policy)  # a typo is reported before the export, not after it
     session = open_model(args.model, args.batch, args.backend, args.allow_version_mismatch, args.device, args.dtype)
@@ -106,11 +111,11 @@ def cmd_run(args) -> int:
     if not pixel:
         ref_img = to_unit(ref_traj.sample, pixel, ref=ref_traj.sample)
     out_dir = Path(args.out)
-    save_grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png",
-              f"{bundle.name}  {policy}  ({backend}, {args.steps} steps, seed {args.seed})\n"
-              f"NFE {stats.nfe:.2f}  PSNR {psnr(img, ref_img):.2f} dB  SSIM {ssim(img, ref_img):.4f} vs none")
-    save_grid(ref_img, out_dir / "samples_none.png",
-              f"{bundle.name}  none  ({backend}, {args.steps} steps, seed {args.seed})\nthe uncached reference")
+    grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png",
+          f"{bundle.name}  {policy}  ({backend}, {args.steps} steps, seed {args.seed})\n"
+          f"NFE {stats.nfe:.2f}  PSNR {psnr(img, ref_img):.2f} dB  SSIM {ssim(img, ref_img):.4f} vs none")
+    grid(ref_img, out_dir / "samples_none.png",
+          f"{bundle.name}  none  ({backend}, {args.steps} steps, seed {args.seed})\nthe uncached reference")
     report = {
         "model": bundle.name,
         "policy": policy,
@@ -265,6 +270,14 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from . import serve
+    except ImportError as exc:
+        raise CachecError(f"cachec serve needs Ray Serve ({exc}); install it with: pip install 'cachec[serve]'") from None
+    return serve.main(args)
+
+
 def cmd_policies(args) -> int:
     from .policy import describe_policies
 
@@ -309,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                    help="inductor only: reduce-overhead replays each variant as a CUDA graph on a GPU")
     r.add_argument("--out", default="cachec-run", help="directory for the sample PNGs")
+    r.add_argument("--prompt", default=None,
+                   help="MODEL is a local diffusers pipeline dir: generate this prompt plain and with cachec, side by side")
+    r.add_argument("--image-size", type=int, default=None, help="--prompt runs: image height and width in pixels")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
@@ -362,6 +378,28 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--params", default=None, help="other parameters of the --threshold-map policy, e.g. ratios=calibration.json")
     cal.add_argument("--json", action="store_true", help="print the threshold map as JSON")
     cal.set_defaults(fn=cmd_calibrate)
+
+    sv = sub.add_parser("serve", formatter_class=_DefaultsShown, parents=[common],
+                        help="serve an artifact (or a local pipeline dir) on Ray Serve: batched, one request = one sampling job")
+    sv.add_argument("target", help="artifact directory (cachec compile --out DIR) or diffusers pipeline directory")
+    sv.add_argument("--replicas", type=int, default=1, help="replicas (each loads the model once; one per GPU on cuda)")
+    sv.add_argument("--max-batch", type=int, default=4, help="requests batched into one trajectory (Ray Serve batching)")
+    sv.add_argument("--port", type=int, default=8000, help="HTTP port")
+    sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback; 0.0.0.0 to listen on all)")
+    sv.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+    sv.add_argument("--max-steps", type=int, default=1000, help="largest steps a request may ask for")
+    sv.add_argument("--batch-wait-ms", type=float, default=20.0, help="how long a batch waits to fill")
+    sv.add_argument("--no-pad", action="store_true",
+                    help="run a batch with as many rows as requests instead of --max-batch rows (faster at low load; "
+                         "results then depend on the batch size by float rounding)")
+    sv.add_argument("--policy", default=None, help="policy for a pipeline directory (default fora:3); artifacts serve "
+                                                   "their compiled policy")
+    sv.add_argument("--retries", type=int, default=1,
+                    help="resend a request whose replica died this many times before answering 503")
+    sv.add_argument("--autoscale", default=None, metavar="MIN-MAX", help="autoscale replicas on queue length")
+    sv.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves per replica")
+    sv.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto); default: start a local Ray")
+    sv.set_defaults(fn=cmd_serve)
 
     pol = sub.add_parser("policies", formatter_class=_DefaultsShown, parents=[common], help="list every policy with its parameters and defaults")
     pol.set_defaults(fn=cmd_policies)

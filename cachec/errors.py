@@ -28,3 +28,7 @@ class ArtifactError(CachecError):
 
 class BackendError(CachecError):
     """A backend that is unknown or whose package is not installed."""
+
+
+class RequestError(CachecError, ValueError):
+    """A serving request the server rejects before running it (``cachec serve``: HTTP 422)."""

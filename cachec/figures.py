@@ -1,4 +1,5 @@
-"""Figures: images of samples and the plots of ``cachec bench --plots``, drawn with Pillow only.
+"""Figures: the plots of ``cachec bench --plots``, drawn with Pillow only (sample grids are
+:mod:`cachec.sample_grids`).
 
 Kept out of the measuring code (:mod:`cachec.bench`, :mod:`cachec.cli`) so that measuring never
 imports a drawing library's fonts, and figures can be redrawn from a bench result alone.
@@ -10,51 +11,10 @@ import math
 import statistics
 from pathlib import Path
 
-import torch
-
-
-def save_grid(images: torch.Tensor, path: Path, label: str = "") -> None:
-    """Save ``images`` ``[N, C, H, W]`` in [0, 1] as one PNG grid (8 a row, upscaled to about 128 px),
-    with ``label`` written above it; says so when it replaces a file."""
-    from PIL import Image, ImageDraw
-
-    from .progress import stage
-
-    n, c, h, w = images.shape
-    img = images[:, :3] if c >= 3 else images[:, :1].repeat(1, 3, 1, 1)
-    cols = min(n, 8)
-    rows = (n + cols - 1) // cols
-    scale = max(1, 128 // max(h, w))
-    canvas = torch.ones(3, rows * (h + 2), cols * (w + 2))
-    for i in range(n):
-        r, q = divmod(i, cols)
-        canvas[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = img[i]
-    arr = (canvas.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    grid = Image.fromarray(arr)
-    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
-    im = grid
-    if label:
-        band = 22 * (label.count("\n") + 1)
-        im = Image.new("RGB", (max(grid.width, 480), grid.height + band), "white")
-        ImageDraw.Draw(im).multiline_text((4, 3), label, fill="black", font=_font(14))
-        im.paste(grid, (0, band))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        stage(f"replacing {path}")
-    im.save(path)
-
+from .sample_grids import label_font
 
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
-def _font(size: int = 14):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed bitmap font
-        return ImageFont.load_default()
 
 
 class _Axes:
@@ -108,7 +68,7 @@ def plot_schedule(result, path: Path) -> None:
     full step there (dynamic policies may differ per seed)."""
     from PIL import Image, ImageDraw
 
-    font = _font(14)
+    font = label_font(14)
     title = (f"schedule per step (dark = full, light = cached), {result.steps} steps, "
              f"{len(result.seeds)} seed(s)")
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -139,7 +99,7 @@ def plot_error_curve(result, path: Path) -> None:
     """Relative L2 of the latent against ``none`` after each step, log scale (exact zeros sit on the floor)."""
     from PIL import Image, ImageDraw
 
-    font = _font(14)
+    font = label_font(14)
     rows = [r for r in result.rows if r["policy"] != "none"]
     im = Image.new("RGB", (900, 520), "white")
     d = ImageDraw.Draw(im)
@@ -182,7 +142,7 @@ def plot_pareto(result, path: Path) -> None:
     """NFE (x) against PSNR to ``none`` (y); the non-dominated policies are joined (``none`` is at ∞ dB)."""
     from PIL import Image, ImageDraw
 
-    font = _font(14)
+    font = label_font(14)
     rows = [r for r in result.rows if r["psnr_vs_none"] is not None]
     im = Image.new("RGB", (900, 560), "white")
     d = ImageDraw.Draw(im)

@@ -43,5 +43,5 @@ def busy(desc: str):
 
 
 def stage(msg: str) -> None:
-    """One progress line of a command (``[cachec] msg`` on stderr, so stdout stays the result)."""
+    """One line about what cachec is doing, on stderr (stdout stays for results and --json)."""
     print(f"[cachec] {msg}", file=sys.stderr, flush=True)

@@ -336,7 +336,12 @@ class CacheRuntime(torch.nn.Module):
             log.debug("cachec: new trajectory (%s)", reason)
             self._reset_branch(branch)
             if self._context is None and branch is self.branches.get(DEFAULT_BRANCH):
-                self._calls_per_step = None  # a new trajectory may call differently: learn it again
+                # a new trajectory may call differently: learn it again, from this call's timestep
+                # (a call counted without reading it would not match the next call's)
+                self._calls_per_step = None
+                if t is None:
+                    t = self._timestep(inputs)
+                self._last_call = (t, key, 0)
         if key != branch.shape_key:
             branch.caches.clear()
             branch.caches.update(self.new_caches(inputs))

@@ -41,8 +41,17 @@ def sample(denoiser, bundle: ModelBundle, steps: int, seed: int, batch: int, pro
     it runs inside the timed loop, so keep it as cheap as a list append.
     """
     kw = initial_inputs(bundle, batch, seed)
+    x = kw.pop(bundle.latent_input)
+    return denoise(denoiser, bundle, x, kw, steps, progress=progress, callback=callback)
+
+
+def denoise(denoiser, bundle: ModelBundle, x: torch.Tensor, kw: dict, steps: int, progress: bool = False,
+            callback: Callable[[int, torch.Tensor], None] | None = None) -> Trajectory:
+    """The sampling loop from a given starting latent ``x`` and conditioning ``kw`` (every other
+    input of the denoiser; ``kw["timestep"]`` gives the timestep's shape and dtype). ``cachec serve``
+    calls it with the requests' own latents and conditioning."""
+    kw = dict(kw)
     latent_name = bundle.latent_input
-    x = kw.pop(latent_name)
     scheduler = bundle.scheduler()
     scheduler.set_timesteps(steps)
     is_flux = bundle.class_name == "FluxTransformer2DModel"

@@ -110,12 +110,3 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
             return compile_program(cap, parse_policy(pol)), cap
 
     return Session(bundle, signature_of(bundle.model), None, {}, None, device, plan)
-
-
-def with_mode(options: dict, backend: str, mode: str | None) -> dict:
-    """Backend options with ``--mode``, which only the inductor backend takes."""
-    if mode is None:
-        return options
-    if backend != "inductor":
-        raise CachecError(f"--mode {mode} applies to the inductor backend only; this run uses {backend}")
-    return {**options, "mode": mode}

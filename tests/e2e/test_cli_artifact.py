@@ -129,7 +129,7 @@ def _unexportable_resolve(monkeypatch):
 
     real = models.resolve
 
-    def resolve(spec, **kwargs):  # resolve takes device=/dtype= since the GPU path
+    def resolve(spec, **kwargs):  # device=, dtype= pass through
         bundle = real(spec, **kwargs)
         bundle.model.forward = _DataDependentForward(bundle.model)
         return bundle

@@ -60,6 +60,7 @@ class Model:
         self.first = self.module.get_submodule(first)
         self.last = self.module.get_submodule(last or first)
         self.plain, self.parts = self._plain_counts()
+        self._runtimes = {}
 
     def timestep(self, i):
         t = self.kw["timestep"]
@@ -92,6 +93,12 @@ class Model:
         return counter.ops, parts
 
     def runtime(self, policy):
+        """One runtime per policy for the module (planning full-depth FLUX takes seconds); trajectories reset it."""
+        if policy not in self._runtimes:
+            self._runtimes[policy] = self._plan(policy)
+        return self._runtimes[policy]
+
+    def _plan(self, policy):
         program = compile_program(self.captured.copy(), parse_policy(policy))
         return CacheRuntime(program, policy, num_steps=STEPS, signature=signature_of(self.module))
 

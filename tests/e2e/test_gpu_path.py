@@ -72,6 +72,24 @@ def test_cuda_on_a_machine_without_one_is_refused(model_dir, capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
+def test_sequential_cfg_branches_stay_apart_over_trajectories_without_reading_every_timestep(tiny):
+    """Two calls per step at the same timestep (sequential CFG, no cache_context), trajectory length
+    known: after learning the pattern the runtime counts calls instead of reading timesteps, and
+    every later trajectory still gives each branch its own steps (each equal to that branch run alone)."""
+    steps = 4
+    cond, uncond = tiny.example_inputs(batch=2, seed=1), tiny.example_inputs(batch=2, seed=2)
+    rt = cachec.compile(tiny.model, cond, "fora:2", num_steps=steps)
+    alone = {name: cachec.compile(tiny.model, cond, "fora:2", num_steps=steps) for name in ("cond", "uncond")}
+    for _ in range(3):
+        for i in range(steps):
+            t = torch.full((2,), 900 - 200 * i)
+            for name, kw in (("cond", cond), ("uncond", uncond)):
+                got = rt(**{**kw, "timestep": t}).sample
+                torch.testing.assert_close(got, alone[name](**{**kw, "timestep": t}).sample, rtol=0, atol=0)
+    assert set(rt.branches) == {"default", "call1"}
+    assert [h.schedule for h in rt.branches["call1"].history] == ["FRFR"] * 3
+
+
 def test_device_and_dtype_names():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_dtype("bf16") is torch.bfloat16

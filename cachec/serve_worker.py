@@ -1,0 +1,482 @@
+"""What one ``cachec serve`` replica does, without Ray: validate requests, run them in batches.
+
+:class:`ArtifactWorker` serves a compiled artifact (``cachec.load``), :class:`PipelineWorker` a
+local diffusers pipeline directory (``cachec.enable``). Both have the same two steps, which the
+Ray Serve deployment (:mod:`cachec.serve`) calls:
+
+* :meth:`prepare` turns a request into a :class:`Job` or raises :class:`RequestError` (HTTP 422)
+  before the request is queued, so a bad request never enters a batch;
+* :meth:`run` runs the jobs Ray Serve batched together and returns one reply or one exception per
+  job, so a failure is confined to the jobs that share its trajectory.
+
+**Batching is exact.** Jobs with the same policy, steps and shared inputs run as one batched
+trajectory: caches are per batch row (cachec's runtime), and a static policy's decisions do not
+depend on the batch's contents. What could still couple rows is the choice of kernel: CPU and GPU
+matmul/convolution libraries pick algorithms by problem size (on this project's CPU, batch 1 and 2
+round differently from batch 4), so a row's bits would depend on how many requests it shared a
+trajectory with. The worker therefore runs every batched trajectory with exactly ``max_batch`` rows,
+padding with copies of the first request: a request's result is then bit for bit the same alone or
+in any batch, and equal to the same request run through ``cachec.load`` at ``max_batch`` rows
+(``pad=False`` trades that for less work at low load). Dynamic policies (FBCache, TeaCache, …) take
+one decision per step from a probe over the whole batch, and token policies select tokens from
+it, so their jobs are never batched: each runs alone at batch 1, exactly as a single request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import inspect
+import io
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .devices import default_device
+from .errors import CachecError, PolicyError, RequestError
+from .serve_schema import GenerateRequest, decode_tensor, encode_tensor, parse_request
+
+log = logging.getLogger("cachec")
+
+# request field -> the denoiser input it feeds
+ALIASES = {"class_label": "class_labels", "prompt_embeds": "encoder_hidden_states",
+           "pooled_prompt_embeds": "pooled_projections"}
+RUNTIME_CACHE = 8  # (policy, rows) runtimes a replica keeps loaded
+
+
+@dataclass
+class Job:
+    """A validated request, ready to run."""
+
+    request: GenerateRequest
+    policy: str
+    steps: int
+    alone: bool  # never batched (dynamic or token policy, or a pipeline)
+    key: tuple = ()  # jobs with equal keys may share a trajectory
+    latent: torch.Tensor | None = None  # starting noise, batch 1
+    cond: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample inputs, batch 1
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)  # inputs without a batch dimension
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+def replica_name() -> str:
+    return f"{os.uname().nodename}:{os.getpid()}"
+
+
+def png_base64(img: torch.Tensor) -> str:
+    """A [C, H, W] image in [0, 1] as base64 PNG (RGB from the first three channels, else grey)."""
+    from PIL import Image
+
+    arr = (img.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    if arr.shape[0] >= 3:
+        im = Image.fromarray(arr[:3].permute(1, 2, 0).numpy(), "RGB")
+    else:
+        im = Image.fromarray(arr[0].numpy(), "L")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+ROW_ALIGN = 64  # bytes: the SIMD alignment at which CPU kernels treat every batch row alike
+
+
+def unaligned_rows(values: dict) -> list[str]:
+    """Floating-point values of a program whose per-sample row is not a multiple of ``ROW_ALIGN`` bytes.
+
+    CPU GEMM kernels vectorise along a row; a row that starts off the alignment of row 0 (a
+    ``[B, 6]`` float32 input has 24-byte rows) takes a different peel/remainder path and can round
+    differently, so the same sample would give other bits at row 1 than at row 0. Measured on this
+    project's CPU with a small SD3 (6-wide pooled projection: rows differ by 2e-7; 16-wide: exact).
+    Values with one element per row (timesteps, scalars) are used elementwise and do not count.
+    """
+    out = []
+    for name, spec in values.items():
+        shape, dtype = spec["shape"], spec["dtype"]
+        if "B" not in shape or not dtype.startswith(("float", "bfloat")):
+            continue
+        numel = 1
+        for d in shape:
+            if d != "B":
+                numel *= d
+        if numel > 1 and (numel * torch.empty((), dtype=getattr(torch, dtype)).element_size()) % ROW_ALIGN:
+            out.append(name)
+    return out
+
+
+def check_policy(spec: str, compiled_spec: str, blocks: int, steps: int, policy_data=None):
+    """Parse a policy override and check that the compiled variants run it for ``steps`` steps."""
+    from .policy import parse_policy
+
+    try:
+        p = parse_policy(spec)
+    except PolicyError as exc:
+        raise RequestError(f"policy: {exc}") from None
+    compiled = parse_policy(compiled_spec)
+    try:
+        if p.name != "none" and p.plan_key(blocks) != compiled.plan_key(blocks):
+            raise RequestError(
+                f"policy: the served model was compiled for {compiled.spec!r}; {p.spec!r} needs other variants. "
+                f"Allowed: 'none' or {compiled.name} with other run-time parameters (intervals, thresholds, "
+                f"warmup/final), e.g. {compiled.spec!r}")
+        if p.needs_data and p.data is None and policy_data is not None and p.data_source() == compiled.data_source():
+            p.data = policy_data
+        p.controller(steps)  # a schedule of the wrong length, a missing calibration, ...
+    except RequestError:
+        raise
+    except (CachecError, ValueError, OSError) as exc:
+        raise RequestError(f"policy: {p.spec!r} cannot run {steps} steps here: {exc}") from None
+    return p
+
+
+def check_device(device: str, *, here: bool = True) -> str:
+    """A device name cachec accepts; with ``here``, one this machine has (a cluster's driver may have no GPU)."""
+    from .devices import resolve_device
+
+    if here:
+        return str(resolve_device(device))
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CachecError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N") from None
+    return device
+
+
+class ArtifactWorker:
+    """Serves one compiled artifact. See the module docstring for what is batched and how."""
+
+    def __init__(self, path, *, device: str | None = None, max_batch: int = 4, max_steps: int = 1000,
+                 pad: bool = True):
+        from . import artifact
+        from .models import ModelBundle, builtin_dir, synth_inputs
+        from .policy import parse_policy
+
+        self.path = Path(path)
+        self.device = check_device(device or default_device())
+        self.manifest = m = artifact.read_manifest(self.path)
+        spec = m["model"]["spec"]
+        sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
+        self.bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=m["model"]["class"],
+                                  config=m["model"]["config"])
+        self.pixel = spec.startswith("builtin:")
+        if max_batch < 1 or max_batch > m["max_batch"]:
+            raise CachecError(f"--max-batch must be 1..{m['max_batch']} for this artifact; got {max_batch}")
+        self.max_batch = max_batch
+        self.pad = pad
+        train_steps = int(self.bundle.scheduler().config.num_train_timesteps)
+        self.max_steps = min(max_steps, train_steps)
+        self.policy = m["policy"]
+        self.blocks = len(m["blocks"])
+        self.inputs = m["inputs"]
+        self.batch_dims = m["batch_dims"]
+        self.latent_name = m["latent_input"]
+        self.cond_names = [n for n in self.inputs if n not in (self.latent_name, "timestep")]
+        example = synth_inputs(self.bundle.class_name, m["model"]["config"], batch=1, seed=0)
+        from .capture import flatten_inputs
+
+        self.defaults = {n: t for n, t in flatten_inputs(example).items() if n not in self.batch_dims}
+        # a model with unaligned rows cannot batch exactly (see unaligned_rows): its requests run alone
+        self.unaligned = unaligned_rows(m["program"]["values"])
+        if self.unaligned:
+            log.warning("cachec serve: %s has per-sample rows that are not multiples of %d bytes (%s); requests "
+                        "run alone so that each equals the request run alone bit for bit", self.path, ROW_ALIGN,
+                        ", ".join(self.unaligned[:3]))
+        self._runtimes: OrderedDict[tuple, object] = OrderedDict()
+        batched = not (self.unaligned or parse_policy(self.policy).dynamic
+                       or parse_policy(self.policy).granularity == "token")
+        # load once at start, with the rows most requests will run with: a broken artifact fails here
+        rt = self.runtime(self.policy, max_batch if batched and pad else 1)
+        self.policy_data = rt.program.meta.get("policy_data")
+
+    # -- what the server accepts ------------------------------------------------------------------
+    def info(self) -> dict:
+        fields = {v: k for k, v in ALIASES.items()}
+        return {
+            "kind": "artifact", "path": str(self.path), "model": self.manifest["model"]["spec"],
+            "model_class": self.bundle.class_name, "policy": self.policy, "backend": self.manifest["backend"],
+            "device": self.device, "max_batch": self.max_batch, "pad": self.pad, "steps": [1, self.max_steps],
+            "batching": self._batching(),
+            "latent": {"name": self.latent_name, "shape": [1, *self.inputs[self.latent_name]["shape"][1:]],
+                       "dtype": self.inputs[self.latent_name]["dtype"]},
+            "conditioning": {
+                n: {"field": fields.get(n, f"inputs.{n}"), "required": n in self.batch_dims,
+                    "shape": self._want_shape(n), "dtype": self.inputs[n]["dtype"]}
+                for n in self.cond_names},
+            "num_classes": self.bundle.config.get("num_embeds_ada_norm"),
+        }
+
+    def _batching(self) -> str:
+        from .policy import parse_policy
+
+        p = parse_policy(self.policy)
+        if self.unaligned:
+            return (f"alone: per-sample rows of {', '.join(self.unaligned[:3])} are not multiples of {ROW_ALIGN} bytes, "
+                    "so batched rows could round differently")
+        if p.dynamic or p.granularity == "token":
+            return "alone: the policy takes one decision per step for the whole batch"
+        return f"up to {self.max_batch} requests with the same policy and steps per trajectory"
+
+    def _want_shape(self, name: str) -> list[int]:
+        return [1 if d == "B" else d for d in self.inputs[name]["shape"]]
+
+    # -- prepare ----------------------------------------------------------------------------------
+    def prepare(self, body) -> Job:
+        req = parse_request(body)
+        if req.prompt is not None:
+            raise RequestError("prompt: a compiled artifact has no text encoder; send prompt_embeds (see GET /info), "
+                               "or serve a pipeline directory")
+        if req.steps > self.max_steps:
+            raise RequestError(f"steps: {req.steps} is out of range; this server runs 1..{self.max_steps} steps")
+        p = check_policy(req.policy or self.policy, self.policy, self.blocks, req.steps, self.policy_data)
+        given = self._given(req)
+        cond, shared = {}, {}
+        for name in self.cond_names:
+            spec = self.inputs[name]
+            field_name = {v: k for k, v in ALIASES.items()}.get(name, f"inputs.{name}")
+            if name not in given:
+                if name in self.batch_dims or name not in self.defaults:
+                    raise RequestError(f"missing field {field_name}: this model needs input {name} of shape "
+                                       f"{self._want_shape(name)} ({spec['dtype']})")
+                given[name] = self.defaults[name]
+            t = given[name]
+            if list(t.shape) != self._want_shape(name) or str(t.dtype).replace("torch.", "") != spec["dtype"]:
+                label = field_name if field_name.endswith(name) else f"{field_name} ({name})"
+                raise RequestError(f"{label}: shape {list(t.shape)} {str(t.dtype).replace('torch.', '')} is not "
+                                   f"accepted; this model takes {self._want_shape(name)} {spec['dtype']}")
+            (cond if name in self.batch_dims else shared)[name] = t
+        spec = self.inputs[self.latent_name]
+        g = torch.Generator().manual_seed(req.seed)
+        latent = torch.randn(self._want_shape(self.latent_name), generator=g).to(getattr(torch, spec["dtype"]))
+        alone = p.dynamic or p.granularity == "token" or bool(self.unaligned)
+        digest = hashlib.sha256()
+        for n, t in sorted(shared.items()):
+            digest.update(n.encode())
+            digest.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.dim() else repr(t.item()).encode())
+        key = (p.spec, req.steps, digest.hexdigest())
+        return Job(req, p.spec, req.steps, alone, key, latent, cond, shared)
+
+    def _given(self, req: GenerateRequest) -> dict[str, torch.Tensor]:
+        given = {}
+        for fname, input_name in ALIASES.items():
+            value = getattr(req, fname)
+            if value is None:
+                continue
+            if input_name not in self.cond_names:
+                raise RequestError(f"{fname}: this model takes no {input_name}; its conditioning inputs are "
+                                   f"{self.cond_names or 'none'} (GET /info)")
+            if fname == "class_label":
+                n = self.bundle.config.get("num_embeds_ada_norm")
+                if n is not None and value >= n:
+                    raise RequestError(f"class_label: {value} is out of range; this model has classes 0..{n - 1}")
+                given[input_name] = torch.tensor([value], dtype=getattr(torch, self.inputs[input_name]["dtype"]))
+            else:
+                given[input_name] = decode_tensor(value, fname)
+        for name, value in req.inputs.items():
+            if name not in self.cond_names:
+                raise RequestError(f"inputs.{name}: not an input of this model; its conditioning inputs are "
+                                   f"{self.cond_names or 'none'}")
+            if name in given:
+                raise RequestError(f"inputs.{name}: given twice (also as a named field)")
+            given[name] = decode_tensor(value, f"inputs.{name}")
+        return given
+
+    # -- run --------------------------------------------------------------------------------------
+    def runtime(self, policy: str, rows: int):
+        """The runtime for ``policy`` at ``rows`` rows (one shape per runtime: caches never re-allocate)."""
+        key = (policy, rows)
+        if key not in self._runtimes:
+            import cachec
+
+            self._runtimes[key] = cachec.load(self.path, policy=None if policy == self.policy else policy,
+                                              device=self.device)
+            while len(self._runtimes) > RUNTIME_CACHE:
+                self._runtimes.popitem(last=False)
+        self._runtimes.move_to_end(key)
+        return self._runtimes[key]
+
+    def groups(self, jobs: list[Job]) -> list[list[int]]:
+        """Indices of jobs that share a trajectory: equal keys, at most ``max_batch``; alone jobs alone."""
+        out: dict[tuple, list[list[int]]] = {}
+        for i, job in enumerate(jobs):
+            if job.alone:
+                out[("alone", i)] = [[i]]
+                continue
+            chunks = out.setdefault(job.key, [[]])
+            if len(chunks[-1]) == self.max_batch:
+                chunks.append([])
+            chunks[-1].append(i)
+        return [c for chunks in out.values() for c in chunks]
+
+    def run(self, jobs: list[Job]) -> list[dict | Exception]:
+        """One reply dict or one exception per job, in order."""
+        results: list[dict | Exception | None] = [None] * len(jobs)
+        for group in self.groups(jobs):
+            try:
+                replies = self._run_group([jobs[i] for i in group])
+            except Exception as exc:  # noqa: BLE001 - confined to this group's jobs, reported to each
+                log.exception("cachec serve: a trajectory failed")
+                replies = [RuntimeError(f"sampling failed on replica {replica_name()}: {type(exc).__name__}: {exc}")
+                           ] * len(group)
+            for i, r in zip(group, replies, strict=True):
+                results[i] = r
+        return results
+
+    def _run_group(self, group: list[Job]) -> list[dict]:
+        from .metrics import to_unit
+        from .sampling import denoise
+
+        first = group[0]
+        n = len(group)
+        rows = n if first.alone or not self.pad else self.max_batch
+        pick = list(range(n)) + [0] * (rows - n)  # padding rows: copies of the first request
+        x = torch.cat([group[i].latent for i in pick]).to(self.device)
+        kw = {name: torch.cat([group[i].cond[name] for i in pick]).to(self.device) for name in first.cond}
+        kw.update({name: t.to(self.device) for name, t in first.shared.items()})
+        ts = self.inputs["timestep"]
+        kw["timestep"] = torch.zeros([rows if d == "B" else d for d in ts["shape"]], dtype=getattr(torch, ts["dtype"]),
+                                     device=self.device)
+        rt = self.runtime(first.policy, rows)
+        rt.reset(first.steps)
+        traj = denoise(rt, self.bundle, x, kw, first.steps)
+        stats = rt.stats
+        done = time.perf_counter()
+        replies = []
+        for i, job in enumerate(group):
+            sample = traj.sample[i:i + 1]
+            img = to_unit(sample, self.pixel)[0]
+            reply = {
+                "image_png": png_base64(img), "nfe": round(stats.nfe, 4), "schedule": stats.schedule,
+                "steps": job.steps, "policy": job.policy, "latency_s": round(done - job.arrived, 4),
+                "compute_s": round(traj.seconds, 4), "batch_size": n, "batch_rows": rows, "replica": replica_name(),
+                "latent": encode_tensor(sample.float()) if job.request.return_latent else None,
+            }
+            replies.append(reply)
+        return replies
+
+
+class PipelineWorker:
+    """Serves a local diffusers pipeline directory with ``cachec.enable``; each request runs alone
+    (the pipeline owns its sampling loop, so requests are not batched across each other)."""
+
+    def __init__(self, path, *, policy: str = "fora:3", device: str | None = None, max_steps: int = 1000):
+        import diffusers
+
+        from .pipeline import CachedDenoiser, denoiser_attr
+        from .policy import parse_policy
+
+        self.path = Path(path)
+        self.device = check_device(device or default_device())
+        try:
+            self.pipe = diffusers.DiffusionPipeline.from_pretrained(str(self.path)).to(self.device)
+        except Exception as exc:  # noqa: BLE001 - any loading failure is reported with the path
+            raise CachecError(f"could not load a diffusers pipeline from {self.path}: {exc}") from exc
+        self.policy = parse_policy(policy).spec
+        self.pipe.set_progress_bar_config(disable=True)
+        self.attr = denoiser_attr(self.pipe)
+        self.model = getattr(self.pipe, self.attr)
+        # blocks as cachec's regions count them (numbered children of the top-level block lists)
+        self.blocks = sum(len(c) for c in self.model.children() if isinstance(c, torch.nn.ModuleList)) or 1
+        self.max_batch = 1
+        self.max_steps = max_steps
+        self.params = set(inspect.signature(self.pipe.__call__).parameters)
+        self._denoisers: OrderedDict[str, CachedDenoiser] = OrderedDict()
+
+    def info(self) -> dict:
+        return {"kind": "pipeline", "path": str(self.path), "pipeline": type(self.pipe).__name__,
+                "policy": self.policy, "device": self.device, "max_batch": 1, "steps": [1, self.max_steps],
+                "fields": sorted(f for f in ("class_label", "prompt", "prompt_embeds", "pooled_prompt_embeds")
+                                 if self._param_of(f) in self.params)}
+
+    @staticmethod
+    def _param_of(fname: str) -> str:
+        return {"class_label": "class_labels", "pooled_prompt_embeds": "pooled_prompt_embeds"}.get(fname, fname)
+
+    def prepare(self, body) -> Job:
+        req = parse_request(body)
+        if req.steps > self.max_steps:
+            raise RequestError(f"steps: {req.steps} is out of range; this server runs 1..{self.max_steps} steps")
+        p = check_policy(req.policy or self.policy, self.policy, self.blocks, req.steps)
+        if req.inputs:
+            raise RequestError(f"inputs: a served pipeline takes {', '.join(self.info()['fields'])}, not inputs")
+        cond = {}
+        for fname in ("class_label", "prompt", "prompt_embeds", "pooled_prompt_embeds"):
+            value = getattr(req, fname)
+            if value is None:
+                continue
+            param = self._param_of(fname)
+            if param not in self.params:
+                raise RequestError(f"{fname}: {type(self.pipe).__name__} does not take {param}; it takes "
+                                   f"{', '.join(self.info()['fields'])}")
+            cond[param] = [value] if fname == "class_label" else value if fname == "prompt" \
+                else decode_tensor(value, fname).to(self.device)
+        if not cond:
+            raise RequestError(f"missing field: give one of {', '.join(self.info()['fields'])}")
+        job = Job(req, p.spec, req.steps, alone=True)
+        job.cond = cond
+        return job
+
+    def denoiser(self, policy: str):
+        from .pipeline import CachedDenoiser
+
+        if policy not in self._denoisers:
+            self._denoisers[policy] = CachedDenoiser(self.model, policy)
+            while len(self._denoisers) > RUNTIME_CACHE:
+                self._denoisers.popitem(last=False)
+        return self._denoisers[policy]
+
+    def run(self, jobs: list[Job]) -> list[dict | Exception]:
+        results = []
+        for job in jobs:
+            try:
+                results.append(self._run_one(job))
+            except Exception as exc:  # noqa: BLE001 - confined to this job
+                log.exception("cachec serve: a pipeline call failed")
+                results.append(RuntimeError(f"sampling failed on replica {replica_name()}: "
+                                            f"{type(exc).__name__}: {exc}"))
+        return results
+
+    def _run_one(self, job: Job) -> dict:
+        den = self.denoiser(job.policy)
+        setattr(self.pipe, self.attr, den)
+        den.reset(job.steps)
+        g = torch.Generator(self.device).manual_seed(job.request.seed)
+        t0 = time.perf_counter()
+        out = self.pipe(**job.cond, num_inference_steps=job.steps, generator=g, output_type="np")
+        seconds = time.perf_counter() - t0
+        images = out.images if hasattr(out, "images") else out[0]
+        img = torch.as_tensor(images[0]).permute(2, 0, 1)  # [H, W, C] in [0, 1] -> [C, H, W]
+        stats = den.current.stats if den.current is not None else None
+        done = time.perf_counter()
+        return {
+            "image_png": png_base64(img), "nfe": round(stats.nfe, 4) if stats else 0.0,
+            "schedule": stats.schedule if stats else "", "steps": job.steps, "policy": job.policy,
+            "latency_s": round(done - job.arrived, 4), "compute_s": round(seconds, 4), "batch_size": 1,
+            "batch_rows": 1, "replica": replica_name(),
+            "latent": encode_tensor(img[None].float()) if job.request.return_latent else None,
+        }
+
+
+def make_worker(target: str, *, device: str | None = None, max_batch: int = 4, max_steps: int = 1000,
+                pad: bool = True, policy: str | None = None):
+    """An :class:`ArtifactWorker` for an artifact directory, a :class:`PipelineWorker` for a pipeline one."""
+    kind = target_kind(target)
+    if kind == "artifact":
+        if policy is not None:
+            raise CachecError("--policy is for pipeline directories; an artifact serves the policy it was compiled "
+                              "with (requests may change its run-time parameters)")
+        return ArtifactWorker(target, device=device, max_batch=max_batch, max_steps=max_steps, pad=pad)
+    return PipelineWorker(target, policy=policy or "fora:3", device=device, max_steps=max_steps)
+
+
+def target_kind(target: str) -> str:
+    path = Path(target)
+    if (path / "manifest.json").exists():
+        return "artifact"
+    if (path / "model_index.json").exists():
+        return "pipeline"
+    raise CachecError(f"{target} is neither a cachec artifact (manifest.json: `cachec compile ... --out DIR`) nor a "
+                      "diffusers pipeline directory (model_index.json)")
