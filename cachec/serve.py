@@ -173,7 +173,7 @@ def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str
     if target_kind(target) == "artifact":
         from .artifact import read_manifest
 
-        limit = read_manifest(target)["max_batch"]
+        limit = read_manifest(target)["program"]["meta"]["max_batch"]
         if not 1 <= max_batch <= limit:
             raise CachecError(f"--max-batch must be 1..{limit} for this artifact; got {max_batch}")
     device = check_device(device or default_device(), here=not ray_cluster)

@@ -163,17 +163,18 @@ class ArtifactWorker:
         self.bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=m["model"]["class"],
                                   config=m["model"]["config"])
         self.pixel = spec.startswith("builtin:")
-        if max_batch < 1 or max_batch > m["max_batch"]:
-            raise CachecError(f"--max-batch must be 1..{m['max_batch']} for this artifact; got {max_batch}")
+        meta = m["program"]["meta"]  # manifest schema 2: the program is described once
+        if max_batch < 1 or max_batch > meta["max_batch"]:
+            raise CachecError(f"--max-batch must be 1..{meta['max_batch']} for this artifact; got {max_batch}")
         self.max_batch = max_batch
         self.pad = pad
         train_steps = int(self.bundle.scheduler().config.num_train_timesteps)
         self.max_steps = min(max_steps, train_steps)
-        self.policy = m["policy"]
-        self.blocks = len(m["blocks"])
-        self.inputs = m["inputs"]
-        self.batch_dims = m["batch_dims"]
-        self.latent_name = m["latent_input"]
+        self.policy = meta["policy"]
+        self.blocks = len(meta["blocks"])
+        self.inputs = {n: m["program"]["values"][n] for n in m["program"]["inputs"]}
+        self.batch_dims = meta["batch_dims"]
+        self.latent_name = m["capture"]["latent_input"]
         self.cond_names = [n for n in self.inputs if n not in (self.latent_name, "timestep")]
         example = synth_inputs(self.bundle.class_name, m["model"]["config"], batch=1, seed=0)
         from .capture import flatten_inputs

@@ -182,9 +182,9 @@ def test_cli_bench_output(result, monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--policies", "fora:2,nosuch:1"], "unknown policy 'nosuch'"),
-    (["--policies", "fora:2", "--seeds", "0"], "--seeds must be a positive integer"),
-    (["--policies", "fora:2", "--repeats", "0"], "--repeats must be a positive integer"),
-    (["--policies", "fora:2", "--batch", "0"], "--batch must be a positive integer"),
+    (["--policies", "fora:2", "--seeds", "0"], "--seeds must be at least 1"),
+    (["--policies", "fora:2", "--repeats", "0"], "--repeats must be at least 1"),
+    (["--policies", "fora:2", "--batch", "0"], "--batch must be at least 1"),
     (["--policies", "fora:2,,fbcache"], "empty entry"),
     (["--policies", "fora:x"], "fora"),
 ])
