@@ -81,7 +81,8 @@ def reference(artifact: str, body: dict, rows: int, served_policy: str) -> torch
     if key not in cache:
         cache[key] = cachec.load(artifact, policy=None if body["policy"] == served_policy else body["policy"])
     rt = cache[key]
-    shape = [1 if d == "B" else d for d in m["inputs"][m["latent_input"]]["shape"]]
+    latent = m["capture"]["latent_input"]  # manifest schema 2: shapes are in the program description
+    shape = [1 if d == "B" else d for d in m["program"]["values"][latent]["shape"]]
     x = torch.randn(shape, generator=torch.Generator().manual_seed(body["seed"])).repeat(rows, *[1] * (len(shape) - 1))
     kw = {"class_labels": torch.full((rows,), body["class_label"], dtype=torch.long),
           "timestep": torch.zeros(rows, dtype=torch.long)}

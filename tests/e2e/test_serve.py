@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 12
 MAX_BATCH = 4
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (tests/e2e/ is two levels down)
 
 
 # -- fixtures and the independent reference ----------------------------------------------------------
