@@ -379,7 +379,7 @@ class Planner:
         for seg in (first, rest):
             seg.flops = graph_flops(seg.module, self.batch)
         self.segments["prologue"] = first
-        self.extra[rest.name] = rest
+        self.segments[rest.name] = rest  # still part of the uncached model: base_flops counts it
         run_rest = Run(rest.name)
         self.variants["tail_full"] = [run_rest] + self.variants["tail_full"]
         self.variants["full"] = self.insert_after(self.variants["full"], "prologue", [run_rest])
