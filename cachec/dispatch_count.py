@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 
-SYNC_OPS = {aten._local_scalar_dense.default, aten.item.default, aten.equal.default, aten.is_nonzero.default}
+SYNC_PACKETS = (aten._local_scalar_dense, aten.item, aten.equal, aten.is_nonzero)
 
 
 class DispatchCounter(TorchDispatchMode):
@@ -36,7 +36,7 @@ class DispatchCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         packet = func.overloadpacket
-        if func in SYNC_OPS or packet in (aten._local_scalar_dense, aten.item, aten.equal, aten.is_nonzero):
+        if packet in SYNC_PACKETS:
             self.syncs += 1
             self.sync_ops[str(packet)] += 1
         elif packet in (aten._to_copy, aten.copy_) and _leaves_device(args, kwargs):

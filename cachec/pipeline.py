@@ -98,26 +98,9 @@ class CachedDenoiser(torch.nn.Module):
         from . import build_program
         from .runtime import signature_of
 
-        program = build_program(self.model, _example_batch_of_two(kwargs, self._bundle.latent_input), self.policy)
+        program = build_program(self.model, kwargs, self.policy)  # capture takes a batch-1 call as a batch of 2
         return CacheRuntime(program, self.policy, backend=self.backend, num_steps=self.num_steps,
                             signature=signature_of(self.model), config=dict(self.model.config))
-
-
-def _example_batch_of_two(kwargs: dict, latent: str) -> dict:
-    """Export needs a batch of at least 2 to keep the batch dimension symbolic (sizes 0 and 1
-    are specialised); a batch-1 call is captured from its inputs repeated along the batch."""
-    batch = kwargs[latent].shape[0]
-    if batch != 1:
-        return kwargs
-
-    def grow(name, v):
-        if isinstance(v, dict):
-            return {k: grow(k, x) for k, x in v.items()}
-        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == 1 and not name.endswith("_ids"):
-            return v.repeat(2, *([1] * (v.dim() - 1)))
-        return v
-
-    return {k: grow(k, v) for k, v in kwargs.items()}
 
 
 def denoiser_attr(pipe) -> str:

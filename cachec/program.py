@@ -343,40 +343,13 @@ def split(gm: fx.GraphModule, order: list[str], output_name: str) -> dict[str, S
         if not nodes:
             continue
         inside = set(nodes)
-        graph = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
-        tensor_inputs: list[fx.Node] = []
-        symint_inputs: list[fx.Node] = []
-        attrs: dict[str, torch.Tensor] = {}
-        for n in nodes:
-            for a in n.all_input_nodes:
-                if a in inside or a in env:
-                    continue
-                if a.op == "get_attr":
-                    prev = owner.setdefault(str(a.target), seg)
-                    if prev != seg:
-                        raise ModelError(f"parameter {a.target} is used by segments {prev} and {seg}")
-                    attrs[str(a.target)] = operator.attrgetter(str(a.target))(gm)
-                    env[a] = graph.get_attr(str(a.target))
-                    env[a].meta = dict(a.meta)
-                elif _is_symint(a):
-                    symint_inputs.append(a)
-                    env[a] = None  # filled after the tensor placeholders exist
-                else:
-                    tensor_inputs.append(a)
-                    ph = graph.placeholder(a.name)
-                    ph.meta = dict(a.meta)
-                    env[a] = ph
-        for a in symint_inputs:
-            env[a] = _rematerialise(graph, a, [env[t] for t in tensor_inputs])
-        for n in nodes:
-            env[n] = graph.node_copy(n, env.__getitem__)
+        for a in {a for n in nodes for a in n.all_input_nodes if a.op == "get_attr"}:
+            prev = owner.setdefault(str(a.target), seg)
+            if prev != seg:
+                raise ModelError(f"parameter {a.target} is used by segments {prev} and {seg}")
         outputs = [n for n in nodes if n is final or any(u not in inside and u.op != "output" for u in n.users)]
-        outputs = [n for n in outputs if not _is_symint(n)]
-        graph.output(tuple(env[n] for n in outputs))
-        module = fx.GraphModule(attrs, graph, class_name=f"Segment_{seg}").eval()
-        module.meta[OUTPUTS_KEY] = [output_name if n is final else n.name for n in outputs]
-        segments[seg] = Segment(seg, module)
+        outputs = [(output_name if n is final else n.name, n) for n in outputs if not _is_symint(n)]
+        segments[seg] = Segment(seg, _subgraph(gm, nodes, outputs, seg))
     return segments
 
 

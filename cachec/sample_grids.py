@@ -43,10 +43,7 @@ def grid(images: torch.Tensor, path: Path, label: str) -> None:
     im = Image.new("RGB", (max(grid.width, 480), grid.height + band), "white")
     ImageDraw.Draw(im).multiline_text((4, 3), label, fill="black", font=font)
     im.paste(grid, (0, band))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        stage(f"replacing {path}")
-    im.save(path)
+    _save(im, path)
 
 
 def side_by_side(columns: list[torch.Tensor], labels: list[str], path: Path, title: str) -> None:
@@ -69,6 +66,11 @@ def side_by_side(columns: list[torch.Tensor], labels: list[str], path: Path, tit
             arr = (images[i, :3].permute(1, 2, 0).float().numpy() * 255).round().astype("uint8")
             tile = Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST)
             im.paste(tile, (c * col_w + 4, 24 + band + i * cell_h))
+    _save(im, path)
+
+
+def _save(im, path: Path) -> None:
+    """Write ``im``, saying so when it replaces an earlier file (sample grids are never silently overwritten)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         stage(f"replacing {path}")

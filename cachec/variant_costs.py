@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from cachec.backends.eager import lower
+from cachec.backends import get_backend
 
 from .dispatch_count import DispatchCounter
 from .program import Program
@@ -29,7 +29,7 @@ def variant_costs(program: Program, batch: int = 1) -> dict[str, dict]:
     """Per variant: ``flops_per_sample`` and ``dispatched_ops`` of one step at ``batch``."""
     device = weights_device(program)
     costs = {}
-    for name, run in lower(program).items():
+    for name, run in get_backend("eager").lower(program).items():  # fused variants: what eager dispatches
         fused = run.fused
         entry = {"flops_per_sample": program.variant_flops(name), "dispatched_ops": None}
         try:
