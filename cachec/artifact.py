@@ -8,7 +8,8 @@ Layout of an artifact directory::
                          :meth:`Program.describe <cachec.program.Program.describe>`), checksums
     model.pt2            eager: the captured denoiser (``torch.export.save``), weights included
     onnx/<segment>.onnx  onnxruntime: one ONNX file per segment
-    engines/<seg>.plan   tensorrt: one serialized engine per segment
+    engines/<seg>.plan   tensorrt: one serialized engine per segment (``.plan.z``: deflated, see
+                         ``backends.tensorrt.pack_plan``)
 
 Each backend writes and checks its own files (:class:`cachec.backends.Backend`); this module
 knows none by name.

@@ -147,6 +147,29 @@ def test_tensorrt_artifact_stores_each_weight_once(policy, tmp_path, monkeypatch
     assert all(name.startswith("engines/") or name == "manifest.json" for name in manifest["files"])
 
 
+def test_tensorrt_artifact_of_the_bundled_model_is_within_15_percent_of_its_weights(tmp_path, monkeypatch):
+    """The bundled model is small: an engine's fixed kernels and padding (~0.2 MB per segment)
+    made its artifact 2.3× its weights. Plans that are mostly overhead are stored deflated, and
+    each round-trips to the exact plan the builder produced."""
+    tensorrt = pytest.importorskip("cachec.backends.tensorrt")
+    try:
+        tensorrt.trt()
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setenv("CACHEC_TRT_CACHE", str(tmp_path / "trt-cache"))
+    out = tmp_path / "art"
+    assert main(["compile", "builtin:tiny-dit", "--policy", "fora:3", "--backend", "tensorrt", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    ratio = manifest["artifact_bytes"] / manifest["weight_bytes"]
+    assert ratio <= 1.15, ratio
+    files = manifest["lowered"]["engine_files"]
+    assert any(f.endswith(".plan.z") for f in files.values())
+    # the stored plans are the builder's plans (the build cache holds them as built)
+    built = {p.read_bytes() for p in (tmp_path / "trt-cache").glob("*.plan")}
+    assert {tensorrt.read_plan(out / f) for f in files.values()} <= built
+
+
 def _tensorrt_gpu_reason():
     if not torch.cuda.is_available():
         return "TensorRT engines run on a CUDA GPU; none here (the build is checked on CPU above)"
