@@ -23,6 +23,7 @@ BACKENDS = {
     "onnxruntime": "cachec.backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "cachec.backends.tensorrt:TensorRTBackend",
     "inductor": "cachec.backends.inductor:InductorBackend",
+    "aotinductor": "cachec.backends.aotinductor:AOTInductorBackend",
 }
 
 Runner = Callable[[dict, dict], float]

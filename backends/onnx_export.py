@@ -37,7 +37,7 @@ def example_value(shape: list, dtype: str, batch: int = EXAMPLE_BATCH) -> torch.
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
     """Keep the exporter's per-segment chatter off the terminal (a compile printed 180 lines).
 
     Every segment export warned that torchvision is missing, that the axis name ``batch`` is
@@ -70,7 +70,7 @@ def export_segment(program: Program, name: str, path: Path, max_batch: int = 102
     batch = Dim("batch", min=1, max=max_batch)
     dynamic = tuple({i: batch for i, d in enumerate(s.shape) if d == "B"} or None for s in specs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), _quiet_exporter():
+    with torch.no_grad(), quiet_exporter():
         torch.onnx.export(
             seg.module, args, str(path),
             input_names=[io_name(n) for n in seg.inputs], output_names=[io_name(n) for n in seg.outputs],

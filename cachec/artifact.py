@@ -8,6 +8,8 @@ Layout of an artifact directory::
                          :meth:`Program.describe <cachec.program.Program.describe>`), checksums
     model.pt2            eager: the captured denoiser (``torch.export.save``), weights included
     onnx/<segment>.onnx  onnxruntime: one ONNX file per segment
+    aoti/<variant>.pt2   aotinductor: one package per variant, compiled without its weights
+    weights.safetensors  aotinductor: every weight once, by its name in the captured model
     engines/<seg>.plan   tensorrt: one serialized engine per segment (``.plan.z``: deflated, see
                          ``backends.tensorrt.pack_plan``)
 
@@ -191,6 +193,9 @@ def read_manifest(path: str | Path) -> dict:
 
 FILE = sch.record({"sha256": sch.SHA, "bytes": sch.NAT})
 SEGMENT_FILES = sch.map_of(sch.NAME)
+AOTI_PACKAGE = sch.record({"file": sch.NAME, "inputs": sch.list_of(sch.NAME), "cache_inputs": sch.list_of(sch.NAME),
+                           "outputs": sch.list_of(sch.NAME), "cache_outputs": sch.list_of(sch.NAME), "flops": sch.NUM})
+AOTI_WEIGHTS = sch.record({"file": sch.NAME, "aliases": sch.map_of(sch.NAME)})
 
 
 def _manifest_schema():
@@ -204,7 +209,9 @@ def _manifest_schema():
         "capture": sch.record({"stream_inputs": sch.list_of(sch.NAME), "latent_input": sch.NAME,
                                "example_batch": sch.POS, "cross_attention": sch.nullable(sch.list_of(sch.STR))}),
         "backend": sch.one_of(*artifact_backends()),
-        "lowered": sch.record({}, {"onnx_files": SEGMENT_FILES, "engine_files": SEGMENT_FILES}),
+        "lowered": sch.record({}, {"onnx_files": SEGMENT_FILES, "engine_files": SEGMENT_FILES,
+                                   "aoti_packages": sch.map_of(AOTI_PACKAGE), "aoti_weights": AOTI_WEIGHTS,
+                                   "aoti_device": sch.STR}),
         "program": desc.description_schema(("policy", "blocks", "max_batch", "batch_dims")),
         "files": sch.map_of(FILE),
         "artifact_bytes": sch.NAT,

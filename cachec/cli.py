@@ -305,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", formatter_class=_DefaultsShown, parents=[common, target], help="compile MODEL with a policy into an artifact directory")
     c.add_argument("model", help=model_help)
     c.add_argument("--policy", default="none", help="policy spec, e.g. fora:3 (see `cachec policies`)")
-    c.add_argument("--backend", default="eager", help="lowering target: eager, onnxruntime, tensorrt")
+    c.add_argument("--backend", default="eager",
+                   help="lowering target: eager, onnxruntime, tensorrt, aotinductor (ahead-of-time packages for --device)")
     c.add_argument("--out", required=True, help="artifact directory to write")
     c.add_argument("--batch", type=int, default=2, help="example batch for export (the batch stays dynamic)")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -318,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the starting noise and conditioning")
     r.add_argument("--batch", type=int, default=8, help="images per trajectory (1 works: single-image generation)")
     r.add_argument("--backend", default=None,
-                   help="eager, inductor, onnxruntime, tensorrt (default: the artifact's, or eager)")
+                   help="eager, inductor, onnxruntime, tensorrt, aotinductor (default: the artifact's, or eager)")
     r.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                    help="inductor only: reduce-overhead replays each variant as a CUDA graph on a GPU")
     r.add_argument("--out", default="cachec-run", help="directory for the sample PNGs")
@@ -353,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=4, help="images per trajectory")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats per (policy, seed), interleaved round-robin")
     b.add_argument("--backend", default=None,
-                   help="eager, inductor, onnxruntime, tensorrt (default: the artifact's, or eager)")
+                   help="eager, inductor, onnxruntime, tensorrt, aotinductor (default: the artifact's, or eager)")
     b.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                    help="inductor only: reduce-overhead replays each variant as a CUDA graph on a GPU")
     b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
