@@ -3,7 +3,8 @@
 Inputs are bound by pointer to the runtime's tensors (the cache buffers included), and outputs
 are bound to tensors allocated from the program's value specs — an output that the variant stores
 into a cache is bound straight to that cache buffer, so cache writes cost no copy. CPU here; the
-CUDA execution provider is used when onnxruntime-gpu is installed and the inputs are on a GPU.
+CUDA execution provider is used when onnxruntime-gpu is installed and a GPU is present, on torch's
+current stream (:func:`default_providers`), so tensors on the GPU are bound where they are.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def sessions_for(program: Program, onnx_dir: Path | None = None, providers: list
         onnx_dir = scratch = Path(tempfile.mkdtemp(prefix="cachec-onnx-"))
         files = export_program(program, onnx_dir)
     if providers is None:
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        cuda = torch.cuda.is_available()
+        providers = default_providers(ort.get_available_providers(),
+                                      torch.cuda.current_device() if cuda else None,
+                                      torch.cuda.current_stream().cuda_stream if cuda else None)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
@@ -58,6 +61,29 @@ def sessions_for(program: Program, onnx_dir: Path | None = None, providers: list
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def default_providers(available: list[str], device: int | None, stream: int | None) -> list:
+    """CUDA first when both onnxruntime-gpu and a GPU are here, running on torch's current stream.
+
+    Why torch's stream: inputs and cache buffers are torch tensors written by torch kernels (the
+    previous step, the sampler), bound by address. On ORT's own stream a segment could read them
+    before those kernels finish, or the sampler read an output before ORT wrote it; sharing the
+    stream orders them with no device-wide synchronisation per segment.
+    """
+    providers: list = []
+    if "CUDAExecutionProvider" in available and device is not None:
+        providers.append(("CUDAExecutionProvider", {"device_id": str(device), "has_user_compute_stream": "1",
+                                                    "user_compute_stream": str(stream)}))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+def check_device(sess, device: torch.device) -> None:
+    """Refuse GPU inputs for a session that can only run on the CPU, saying what to install."""
+    if device.type == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+        raise BackendError("the inputs are on a GPU but this onnxruntime has no CUDA execution provider: "
+                           "pip install onnxruntime-gpu (instead of onnxruntime), or run on --device cpu")
 
 
 def _np_dtype(dtype: torch.dtype):
@@ -80,6 +106,8 @@ def _runner(program: Program, ops: list[Op], sessions: dict):
         stored = {o.value: o.cache for o in ops[i + 1 :] if isinstance(o, Store)}
         direct[i] = {v: c for v, c in stored.items() if v in seg.outputs and c not in seg.inputs}
 
+    checked: set[str] = set()
+
     def run(env: dict, caches: dict) -> float:
         flops = 0.0
         batch = program.batch_of(env)
@@ -92,6 +120,9 @@ def _runner(program: Program, ops: list[Op], sessions: dict):
             else:
                 seg = program.segments[op.segment]
                 sess = sessions[op.segment]
+                if op.segment not in checked:
+                    check_device(sess, env[seg.inputs[0]].device if seg.inputs else torch.device("cpu"))
+                    checked.add(op.segment)
                 io = sess.io_binding()
                 for n in seg.inputs:
                     t = env[n]

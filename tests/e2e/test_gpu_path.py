@@ -11,6 +11,7 @@ from torch import fx
 import cachec
 from cachec.cli import main
 from cachec.devices import resolve_device, resolve_dtype
+from cachec.errors import BackendError
 from cachec.graph_keys import COND_KEY
 from cachec.models import resolve
 from cachec.passes.dedupe_conditioning import DedupeConditioning
@@ -171,3 +172,28 @@ def test_cuda_graph_variants_equal_eager_on_a_gpu(tiny):
         step = {**kw, "timestep": torch.full_like(kw["timestep"], 900 - 100 * i)}
         torch.testing.assert_close(graphs(**step).sample, eager(**step).sample, rtol=1e-4, atol=1e-4)
     assert graphs.stats.schedule == "FRRFRR"
+
+
+def test_onnxruntime_runs_on_torchs_stream_when_it_can_and_names_what_to_install_when_it_cannot():
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from cachec.backends.onnxruntime import check_device, default_providers
+
+    # a GPU and onnxruntime-gpu: CUDA first, on torch's stream (the handle is passed through)
+    cuda = default_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], 0, 1234)
+    assert cuda[0] == ("CUDAExecutionProvider", {"device_id": "0", "has_user_compute_stream": "1",
+                                                 "user_compute_stream": "1234"})
+    assert cuda[1:] == ["CPUExecutionProvider"]
+    # onnxruntime-gpu without a GPU, or a GPU without onnxruntime-gpu: the CPU only
+    assert default_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], None, None) == ["CPUExecutionProvider"]
+    assert default_providers(["CPUExecutionProvider"], 0, 1234) == ["CPUExecutionProvider"]
+    # a real CPU session handed GPU inputs is refused with what to install
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    check_device(sess, torch.device("cpu"))
+    with pytest.raises(BackendError, match="pip install onnxruntime-gpu"):
+        check_device(sess, torch.device("cuda"))
