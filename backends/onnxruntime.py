@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from cachec.errors import BackendError
-from cachec.program import Load, Op, Program, Run, Store
+from cachec.program import Load, Op, Program, Store
 
-from . import Backend, onnx_export
+from . import Backend, onnx_export, outputs_bound_to_caches
 from .eager import store
 from .onnx_export import export_program, io_name
 
@@ -96,16 +96,7 @@ def lower(program: Program, onnx_dir: Path | None = None, providers: list[str] |
 
 
 def _runner(program: Program, ops: list[Op], sessions: dict):
-    # outputs that a later store in this variant writes to a cache the segment does not read:
-    # bind them straight to the cache buffer
-    direct: dict[int, dict[str, str]] = {}
-    for i, op in enumerate(ops):
-        if not isinstance(op, Run):
-            continue
-        seg = program.segments[op.segment]
-        stored = {o.value: o.cache for o in ops[i + 1 :] if isinstance(o, Store)}
-        direct[i] = {v: c for v, c in stored.items() if v in seg.outputs and c not in seg.inputs}
-
+    direct = outputs_bound_to_caches(program, ops)
     checked: set[str] = set()
 
     def run(env: dict, caches: dict) -> float:

@@ -8,9 +8,10 @@ variants pick different sequences of the same engines, so weights are never dupl
 plans are cached on disk under a key of the ONNX bytes and the builder settings.
 
 Running needs a CUDA GPU the library supports (TensorRT-RTX does not run on Hopper, compute
-capability 9.0). The runtime binds torch CUDA tensors by address, runs every engine on the
-current stream with ``execute_async_v3``, and shares one scratch buffer across all execution
-contexts, sized by the largest ``device_memory_size_v2``.
+capability 9.0). The runtime binds torch CUDA tensors by address (no host copies), runs every
+engine on torch's current stream with ``execute_async_v3``, binds an output that the variant
+stores into a cache straight to that cache buffer (as ONNX Runtime does), and shares one scratch
+buffer across all execution contexts, sized by the largest ``device_memory_size_v2``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from cachec.errors import ArtifactError, BackendError
 from cachec.program import Load, Op, Program, Store
 
-from . import Backend, onnx_export
+from . import Backend, onnx_export, outputs_bound_to_caches
 from .eager import store
 from .onnx_export import io_name
 
@@ -219,15 +220,18 @@ def lower(program: Program, engine_dir: Path | None = None) -> dict:
 
 
 def _runner(program: Program, ops: list[Op], contexts: dict, scratch: torch.Tensor):
+    direct = outputs_bound_to_caches(program, ops)
+
     def run(env: dict, caches: dict) -> float:
         flops = 0.0
         stream = torch.cuda.current_stream().cuda_stream
         batch = program.batch_of(env)
-        for op in ops:
+        for i, op in enumerate(ops):
             if isinstance(op, Load):
                 env[op.value] = caches[op.cache]
             elif isinstance(op, Store):
-                store(caches, op.cache, env[op.value])
+                if env[op.value] is not caches.get(op.cache):
+                    store(caches, op.cache, env[op.value])
             else:
                 seg = program.segments[op.segment]
                 ctx = contexts[op.segment]
@@ -238,7 +242,13 @@ def _runner(program: Program, ops: list[Op], contexts: dict, scratch: torch.Tens
                     ctx.set_tensor_address(io_name(n), x.data_ptr())
                 for n in seg.outputs:
                     spec = program.values[n]
-                    out = torch.empty(spec.concrete(batch), dtype=getattr(torch, spec.dtype), device="cuda")
+                    shape = spec.concrete(batch)
+                    cache = direct[i].get(n)
+                    out = caches.get(cache) if cache else None
+                    if out is None or tuple(out.shape) != shape:  # else the engine writes the cache in place
+                        out = torch.empty(shape, dtype=getattr(torch, spec.dtype), device="cuda")
+                        if cache:
+                            caches[cache] = out
                     ctx.set_tensor_address(io_name(n), out.data_ptr())
                     env[n] = out
                 if not ctx.execute_async_v3(stream):
