@@ -42,7 +42,9 @@ class Backend:
     * ``devices`` — where it runs; ``movable`` — its lowered variants are torch modules that can
       move to another device after lowering (``CacheRuntime.to``);
     * ``writes_artifacts`` — ``cachec compile --backend NAME`` can write it; ``holds_graphs`` —
-      its artifact keeps the captured graph (any backend can lower it), else only lowered files.
+      its artifact keeps the captured graph (any backend can lower it), else only lowered files;
+      ``default_max_batch`` — the largest batch its artifacts accept unless ``--max-batch`` says
+      otherwise (None: the exported limit).
     """
 
     name = ""
@@ -54,6 +56,7 @@ class Backend:
     writes_artifacts = False
     holds_graphs = False
     lowered_key: str | None = None  # manifest["lowered"] key listing one file per segment
+    default_max_batch: int | None = None  # cap on an artifact's batch when --max-batch is not given
 
     def check(self) -> None:
         """Fail early, naming the extra, when a package this backend needs is missing."""

@@ -226,6 +226,9 @@ def _runner(program: Program, ops: list[Op], contexts: dict, scratch: torch.Tens
         flops = 0.0
         stream = torch.cuda.current_stream().cuda_stream
         batch = program.batch_of(env)
+        if batch > program.meta.get("max_batch", batch):
+            raise BackendError(f"batch {batch} is above the {program.meta['max_batch']} these engines were built for; "
+                               "compile again with a larger --max-batch")
         for i, op in enumerate(ops):
             if isinstance(op, Load):
                 env[op.value] = caches[op.cache]
@@ -273,6 +276,10 @@ class TensorRTBackend(Backend):
     devices = ("cuda",)
     writes_artifacts = True
     lowered_key = "engine_files"
+    # An engine is optimised for, and reserves activation memory for, its profile's largest
+    # shape: at the exported limit (1024) a FLUX-shaped attention segment could not even be
+    # built (the builder asked for the attention of 1024 images). Serving batches are small.
+    default_max_batch = 16
 
     def check(self) -> None:
         check()

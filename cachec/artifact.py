@@ -115,12 +115,25 @@ def weight_bytes(captured: Captured) -> int:
 
 
 def save(out: str | Path, program: Program, captured: Captured, model_spec: str, signature: list[str],
-         force: bool = False, backend: str = "eager") -> Path:
-    """Write the artifact to ``out`` atomically (temporary directory, then rename)."""
+         force: bool = False, backend: str = "eager", max_batch: int | None = None) -> Path:
+    """Write the artifact to ``out`` atomically (temporary directory, then rename).
+
+    ``max_batch`` caps the batch the artifact accepts (default: the backend's
+    ``default_max_batch``, else the exported limit); it is recorded in the manifest and is the
+    largest batch of every lowered file (ONNX dynamic axis, TensorRT profile, AOTInductor).
+    """
     out = Path(out)
     if out.exists() and not force:
         raise ArtifactError(f"{out} already exists; choose another --out or pass --force to replace it")
     lowering = get_backend(backend)
+    limit = max_batch if max_batch is not None else lowering.default_max_batch
+    if limit is not None:
+        if limit < 1 or limit > MAX_BATCH:
+            raise ArtifactError(f"--max-batch must be 1..{MAX_BATCH}; got {limit}")
+        if limit < captured.example_batch:
+            raise ArtifactError(f"--max-batch {limit} is below the batch the model was exported at "
+                                f"({captured.example_batch}); pass a --max-batch of at least {captured.example_batch}")
+        program.meta["max_batch"] = min(program.meta["max_batch"], limit)
     lowering.check_policy(parse_policy(program.meta["policy"]))  # e.g. token variants run on some backends only
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

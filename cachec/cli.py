@@ -67,7 +67,7 @@ def cmd_compile(args) -> int:
     program = session.program(policy)
     stage(f"writing artifact to {args.out}")
     out = artifact.save(args.out, program, session.captured(policy), args.model, session.signature, force=args.force,
-                        backend=args.backend)
+                        backend=args.backend, max_batch=args.max_batch)
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"compiled {args.model} with policy {policy} for {args.backend}: {len(program.segments)} segments, "
           f"variants {', '.join(program.variants)} -> {out}")
@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lowering target: eager, onnxruntime, tensorrt, aotinductor (ahead-of-time packages for --device)")
     c.add_argument("--out", required=True, help="artifact directory to write")
     c.add_argument("--batch", type=int, default=2, help="example batch for export (the batch stays dynamic)")
+    c.add_argument("--max-batch", type=int, default=None,
+                   help="largest batch the artifact accepts (default: 16 for tensorrt, whose engines reserve "
+                        "activation memory for it; 1024 otherwise)")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(fn=cmd_compile)
 

@@ -226,3 +226,26 @@ def test_onnxruntime_runs_forecast_and_feedback_policies(policy, tmp_path_factor
     for seg in program.segments:
         plan, _ = tensorrt.build_engine(d / files[seg], max_batch=64)
         assert len(plan) > 0
+
+
+def test_max_batch_caps_the_artifact_and_tensorrt_defaults_to_a_serving_batch(tmp_path, monkeypatch, capsys):
+    """A TensorRT profile's largest shape sizes the engine (at 1024, a FLUX-shaped attention
+    segment could not be built); the cap is recorded and bad values are named."""
+    tensorrt = pytest.importorskip("cachec.backends.tensorrt")
+    try:
+        tensorrt.trt()
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setenv("CACHEC_TRT_CACHE", str(tmp_path / "trt-cache"))
+    out = tmp_path / "trt"
+    assert main(["compile", "builtin:tiny-dit", "--backend", "tensorrt", "--out", str(out), "--device", "cpu"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["program"]["meta"]["max_batch"] == 16
+    out = tmp_path / "eager"
+    assert main(["compile", "builtin:tiny-dit", "--out", str(out), "--max-batch", "4", "--device", "cpu"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["program"]["meta"]["max_batch"] == 4
+    capsys.readouterr()
+    for bad, message in (("0", "--max-batch must be 1..1024; got 0"), ("1", "below the batch the model was exported at")):
+        assert main(["compile", "builtin:tiny-dit", "--out", str(tmp_path / f"bad{bad}"), "--max-batch", bad,
+                     "--device", "cpu"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / f"bad{bad}").exists()
