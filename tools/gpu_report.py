@@ -8,7 +8,11 @@ For each model (DiT-XL/2 at 256², fp16, batch 2 as with CFG; FLUX.1-dev at 1024
 1. eager: the plain diffusers model; diffusers' own FirstBlockCache and TaylorSeer hooks; cachec
    ``none``, ``fora:3``, ``fbcache``, ``teacache`` and ``taylorseer`` on the eager backend;
 2. Inductor: plain ``torch.compile`` and cachec ``none`` / ``fora:3`` / ``fbcache`` on the
-   Inductor backend (``reduce-overhead``: CUDA graphs).
+   Inductor backend (``reduce-overhead``: CUDA graphs);
+3. deployable artifacts (``--deploy``): cachec ``none`` / ``fora:3`` compiled into an artifact for
+   AOTInductor, ONNX Runtime (CUDA execution provider) and TensorRT, loaded with ``cachec.load``
+   and timed the same way, with the artifact's size over the weights; a backend that cannot run
+   here (no onnxruntime-gpu, TensorRT-RTX on Hopper) is listed as skipped with the reason.
 
 Every method runs the same trajectory (same inputs, same timesteps, a fixed Euler-like update of
 the latent) after a warm-up trajectory (which is where Inductor compiles), and is timed with CUDA
@@ -211,7 +215,30 @@ class Report:
         return row
 
 
-def run_case(report: Report, case: Case, steps: int, tiny: bool, inductor: bool) -> None:
+def deploy_unavailable(backend: str, device: torch.device) -> str | None:
+    """Why a deployable backend cannot run here, or None."""
+    from cachec.errors import BackendError
+
+    try:
+        cachec.backends.get_backend(backend)
+    except BackendError as exc:
+        return str(exc)
+    if backend == "onnxruntime" and device.type == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "onnxruntime has no CUDA execution provider here (needs onnxruntime-gpu)"
+    if backend == "tensorrt":
+        if device.type != "cuda":
+            return "TensorRT engines run on a CUDA GPU"
+        from cachec.backends.tensorrt import trt
+
+        if "rtx" in trt().__name__ and torch.cuda.get_device_capability() == (9, 0):
+            return "TensorRT-RTX does not run on Hopper (compute capability 9.0); needs TensorRT proper"
+    return None
+
+
+def run_case(report: Report, case: Case, steps: int, tiny: bool, inductor: bool, deploy: tuple[str, ...] = ()) -> None:
     device = report.device
     dtype = DTYPES[case.dtype]
     clock = Clock(device)
@@ -342,6 +369,44 @@ def run_case(report: Report, case: Case, steps: int, tiny: bool, inductor: bool)
             need = 60 if case.arch == "dit-xl-2" else 150
             report.attempt(case.name, f"cachec {pol} (inductor)", need, cachec_rows(pol, "inductor", mode))
 
+    # -- 3. deployable artifacts (written with `cachec compile`'s code, loaded with cachec.load) --
+    def artifact_rows(policy, backend):
+        def go():
+            import tempfile
+            from pathlib import Path
+
+            from cachec import artifact
+
+            cap = capture_once().copy()
+            program = compile_program(cap, parse_policy(policy))
+            with tempfile.TemporaryDirectory(prefix="gpu-report-") as tmp:
+                t = time.perf_counter()
+                out = artifact.save(Path(tmp) / "art", program, cap, f"arch:{case.arch}", signature_of(model),
+                                    backend=backend)
+                build_s = time.perf_counter() - t
+                manifest = json.loads((out / "manifest.json").read_text())
+                rt = cachec.load(out, num_steps=steps)
+                with torch.no_grad():
+                    trajectory(rt, kw, latent, ts[:warm_steps], clock)
+                    rt.reset(steps)
+                    x, step_ms, wall, _ = trajectory(rt, kw, latent, ts, clock)
+            label = f"cachec {policy}"
+            finals[(label, backend)] = x
+            return summarise(label, backend, rt.stats.schedule, step_ms, wall, nfe=rt.stats.nfe,
+                             extra={"build_s": round(build_s, 1),
+                                    "artifact_over_weights": round(manifest["artifact_bytes"] / manifest["weight_bytes"], 3)})
+        return go
+
+    for backend in deploy:
+        why = deploy_unavailable(backend, device)
+        if why is not None:
+            report.skipped.append({"case": case.name, "method": f"cachec ({backend})", "why": why})
+            log(f"skip {backend}: {why}")
+            continue
+        for pol in ("none", "fora:3"):
+            need = 120 if case.arch == "dit-xl-2" else 400
+            report.attempt(case.name, f"cachec {pol} ({backend})", need, artifact_rows(pol, backend))
+
     # -- fidelity and ratios ------------------------------------------------------------------
     ref = finals.get(("plain", "eager"))
     base = {r["backend"]: r for r in report.rows if r["case"] == case.name and r["method"] == "cachec none"}
@@ -397,6 +462,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny configs of the same classes (a CPU check of the flow)")
     ap.add_argument("--match", default=None, metavar="REGEX",
                     help='run only the methods whose "case method" label matches, e.g. "inductor|DiT.*eager"')
+    ap.add_argument("--deploy", default="aotinductor,onnxruntime,tensorrt",
+                    help="deployable backends to compile, load and time (after the rest; '' for none); "
+                         "each is skipped with its reason where it cannot run")
     ap.add_argument("--out", default="gpu-report.json")
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
@@ -407,7 +475,8 @@ def main(argv=None) -> int:
         if name not in CASES:
             ap.error(f"unknown model {name!r}; known: {', '.join(CASES)}")
         try:
-            run_case(report, CASES[name], args.steps, args.tiny, not args.no_inductor)
+            run_case(report, CASES[name], args.steps, args.tiny, not args.no_inductor,
+                     tuple(b for b in args.deploy.split(",") if b))
         except Exception as exc:  # noqa: BLE001 - the other case still runs
             report.failed.append({"case": name, "method": "(setup)", "error": f"{type(exc).__name__}: {exc}"[:2000],
                                   "traceback": traceback.format_exc()[-3000:]})
