@@ -28,8 +28,8 @@ class PABParams(Params):
     S: int = param(2, "spatial (self-)attention computed every S steps inside the window (1: always)", 1, 1000)
     T: int = param(4, "temporal attention computed every T steps inside the window (1: always)", 1, 1000)
     C: int = param(6, "cross-attention computed every C steps inside the window (1: always)", 1, 1000)
-    lo: float = param(450.0, "window: broadcast only when lo < timestep < hi", -1e9, 1e9)
-    hi: float = param(930.0, "window upper end (exclusive)", -1e9, 1e9)
+    lo: float = param(450.0, "window: broadcast only when lo < timestep < hi")
+    hi: float = param(930.0, "window upper end (exclusive)")
 
 
 class PABController(Controller):

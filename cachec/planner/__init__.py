@@ -339,15 +339,18 @@ class Planner:
         self.variants = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.variants["full"]}
         self.signal = signal
 
-    def forecast(self, method: ForecastMethod, streams: str) -> None:
+    def forecast(self, method: ForecastMethod, streams: str, kinds: tuple[str, ...] | None = None) -> None:
         """TaylorSeer / HiCache / FoCa: full steps update each stream's forecast state, cached steps
         replace the stream by its forecast (see :mod:`cachec.forecast`).
 
-        ``module`` streams are the attention/MLP outputs FORA caches; ``step`` streams are the
-        residuals of the whole block stack (one per residual stream), FreqCa's memory saving.
+        ``module`` streams are the attention/MLP outputs FORA caches (``kinds``: only regions of
+        those kinds, FasterCache's self-attention); ``step`` streams are the residuals of the whole
+        block stack (one per residual stream), FreqCa's memory saving.
         """
         if streams == "module":
             by_seg = self.region_by_segment()
+            if kinds is not None:
+                by_seg = {s: r for s, r in by_seg.items() if r.kind in kinds}
             full, reuse = [], []
             for op in self.variants["full"]:
                 if op.segment not in by_seg:

@@ -1,4 +1,4 @@
-"""DeepCache, T-GATE and PAB on ONNX Runtime (and TensorRT where it can build): their variants are
+"""DeepCache, T-GATE, PAB and FasterCache on ONNX Runtime (and TensorRT where it can build): their variants are
 static, so every segment exports, and a trajectory on ONNX Runtime equals the eager one."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # ONNX e
 
 T = 12
 DRIVER = Driver(T, 2)
-POLICIES = {"deepcache:3": "unet", "tgate:5,sa=2": "unet", "pab:2,1,3,lo=100,hi=900": "unet"}
+POLICIES = {"deepcache:3": "unet", "tgate:5,sa=2": "unet", "pab:2,1,3,lo=100,hi=900": "unet",
+            "fastercache:2,lo=-1,hi=900": "pixart"}
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))

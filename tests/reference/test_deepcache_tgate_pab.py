@@ -192,3 +192,65 @@ def test_pab_errors():
         parse_policy("pab:2,lo=900,hi=100")
     with pytest.raises(PolicyError, match="C=0 is out of range"):
         parse_policy("pab:2,4,0")
+
+
+# ------------------------------------------------------------------------------------------------
+# FasterCache (attention part) against diffusers' hook, without a CFG batch
+
+
+def diffusers_fastercache(model, N: int, window: tuple[int, int], w: float):
+    from diffusers.hooks import FasterCacheConfig, apply_faster_cache
+
+    state = {"t": None}
+    config = FasterCacheConfig(
+        spatial_attention_block_skip_range=N, spatial_attention_timestep_skip_range=window,
+        is_guidance_distilled=True, tensor_format="BCHW", current_timestep_callback=lambda: state["t"],
+        attention_weight_callback=lambda _: w)
+    apply_faster_cache(model, config)
+
+    @torch.no_grad()
+    def call(**kw):
+        state["t"] = int(kw["timestep"].reshape(-1)[0])
+        return model(**kw, return_dict=False)[0]
+
+    return call
+
+
+@pytest.mark.parametrize("short", ["pixart", "dit"])
+def test_fastercache_matches_diffusers_hook(short):
+    rt = compiled(short, "fastercache:2,w=0.5,lo=-1,hi=900")
+    ours = DRIVER.run(rt, short)
+    from small_models import make
+
+    theirs = DRIVER.trajectory(diffusers_fastercache(make(short), 2, (-1, 900), 0.5), short)
+    # steps 0 (forced) and 1 (t=946, outside the window) compute; then every odd step extrapolates
+    assert rt.stats.schedule == "FF" + "FR" * 9
+    # not bit for bit: cachec's mix computes (1+w)·last − w·prev, the hook last + (last − prev)·w
+    assert_trajectories_match(ours, theirs)
+
+
+def test_fastercache_extrapolation_by_hand():
+    from cachec.methods.fastercache import Extrapolate
+
+    e = Extrapolate(0.5)
+    last, prev, a = 2.0, 1.0, 5.0
+    first, later = e.update(0, 1), e.update(1, 1)
+    assert [r[0] * a + r[1] * last + r[2] * prev for r in first] == [5.0, 5.0]  # both slots <- A
+    assert [r[0] * a + r[1] * last + r[2] * prev for r in later] == [5.0, 2.0]  # last <- A, prev <- last
+    est, new_last, new_prev = ([r[0] * last + r[1] * prev for r in e.predict(1, 1)])
+    assert (est, new_last, new_prev) == (2.5, 2.5, 2.0)  # 2 + 0.5 * (2 - 1)
+
+
+def test_fastercache_interval_1_is_none():
+    x_plain, _ = DRIVER.plain("pixart")
+    rt = compiled("pixart", "fastercache:1,lo=-1,hi=1000")
+    x, _ = DRIVER.run(rt, "pixart")
+    assert rt.stats.schedule == "F" * T
+    torch.testing.assert_close(x, x_plain, rtol=RTOL, atol=ATOL)
+
+
+def test_fastercache_errors():
+    with pytest.raises(PolicyError, match="lo < hi"):
+        parse_policy("fastercache:2,lo=700,hi=600")
+    with pytest.raises(PolicyError, match="w=-1 is out of range"):
+        parse_policy("fastercache:2,w=-1")
