@@ -61,8 +61,8 @@ from ..program import (
 )
 from ..regions import find_blocks, module_regions
 from .coalesce import coalesce
-from .skip_branch import deep_feature, skip_branch
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
+from .skip_branch import deep_feature, skip_branch
 
 _STRUCTURAL = {
     torch.ops.aten.add.Tensor, torch.ops.aten.cat.default, torch.ops.aten.slice.Tensor, torch.ops.aten.view.default,

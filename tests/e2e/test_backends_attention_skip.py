@@ -4,7 +4,6 @@ static, so every segment exports, and a trajectory on ONNX Runtime equals the ea
 from __future__ import annotations
 
 import pytest
-import torch
 from trajectories import Driver
 
 import cachec
