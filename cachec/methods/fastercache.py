@@ -68,7 +68,10 @@ class FasterCacheController(Controller):
         full = True
         if not self.forced(step):
             t = ctx.timestep() if ctx.timestep is not None else None
-            full = not (t is not None and p.lo < t < p.hi and step % p.N != 0)
+            if t is None:
+                raise PolicyError(f"{self.policy.spec}: the window lo < t < hi needs the step's timestep, and this "
+                                  "model's calls carry none (no 'timestep' input)")
+            full = not (p.lo < t < p.hi and step % p.N != 0)
         if full:
             self.last_full = step
         yield Action("full" if full else "reuse", "F" if full else "R", self.tracker.step_inputs(step, full))

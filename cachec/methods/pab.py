@@ -40,7 +40,10 @@ class PABController(Controller):
         reuse: tuple[str, ...] = ()
         if not self.forced(step):
             t = ctx.timestep() if ctx.timestep is not None else None
-            if t is not None and p.lo < t < p.hi:
+            if t is None:
+                raise PolicyError(f"{self.policy.spec}: the window lo < t < hi needs the step's timestep, and this "
+                                  "model's calls carry none (no 'timestep' input)")
+            if p.lo < t < p.hi:
                 ranges = {"spatial": p.S, "temporal": p.T, "cross": p.C}
                 reuse = tuple(g for g in GROUPS if step % ranges[g] != 0)
         if not reuse:
