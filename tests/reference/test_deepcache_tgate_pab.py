@@ -31,8 +31,13 @@ def compiled(short: str, spec: str) -> cachec.CacheRuntime:
     return cachec.compile(model, kw, spec, num_steps=T)
 
 
-def assert_trajectories_match(ours, ref, far_from_plain: str | None = None):
+def assert_trajectories_match(ours, ref, far_from_plain: str | None = None, bitwise: bool = False):
+    """Every step's output (and the final latent) equal within RTOL/ATOL, or bit for bit if ``bitwise``:
+    cachec's exported graph runs the same aten kernels in the same order as the eager model, so a
+    reference that substitutes the same cached tensors gets the same bits in fp32."""
     (x, outs), (x_ref, outs_ref) = ours, ref
+    if bitwise:
+        assert all(torch.equal(a, b) for a, b in zip(outs, outs_ref, strict=True))
     for s, (a, b) in enumerate(zip(outs, outs_ref, strict=True)):
         torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m, s=s: f"step {s}: {m}")
     torch.testing.assert_close(x, x_ref, rtol=RTOL, atol=ATOL)
@@ -53,7 +58,7 @@ def test_deepcache_matches_the_hook_reference(branch):
     with DeepCacheReference(model, N=3, k=branch) as ref:
         theirs = DRIVER.trajectory(ref, "unet")
     assert rt.stats.schedule == ref.schedule == "FRR" * 6 + "FR"
-    assert_trajectories_match(ours, theirs, far_from_plain="unet")
+    assert_trajectories_match(ours, theirs, far_from_plain="unet", bitwise=True)
     # a cached step runs only the shallow path: fewer FLOPs the shallower the branch
     assert rt.program.variant_flops("reuse") < 0.9 * rt.full_step_flops
 
@@ -110,7 +115,7 @@ def test_tgate_matches_the_hook_reference(short):
     # warm-up steps 0..2 and step 3 (3 % 3 == 0) compute; 4, 5 reuse self-attention; 6 computes;
     # the gate step 7 computes; from 8 on cross-attention is frozen
     assert rt.stats.schedule == ref.schedule == "FFFFRRFF" + "R" * 12
-    assert_trajectories_match(ours, theirs, far_from_plain=short)
+    assert_trajectories_match(ours, theirs, far_from_plain=short, bitwise=True)
 
 
 @pytest.mark.slow  # one more U-Net compile; the fast subset keeps one U-Net test per method
@@ -121,7 +126,7 @@ def test_tgate_after_gate_self_attention_interval():
     with TGateReference(model, gate=6, sa_interval=2, ca_interval=2) as ref:
         theirs = DRIVER.trajectory(ref, "unet")
     assert rt.stats.schedule == ref.schedule
-    assert_trajectories_match(ours, theirs, far_from_plain="unet")
+    assert_trajectories_match(ours, theirs, far_from_plain="unet", bitwise=True)
 
 
 @pytest.mark.slow  # one more U-Net compile; the fast subset keeps one U-Net test per method
@@ -175,9 +180,7 @@ def test_pab_matches_diffusers_hook(short):
     inside = [s for s, t in enumerate(DRIVER.timesteps(short, kw)) if 50 < float(t.reshape(-1)[0]) < 950]
     expected = "".join("R" if s in inside and (s % 3 or s % 4) else "F" for s in range(T))
     assert rt.stats.schedule == expected
-    assert_trajectories_match(ours, theirs, far_from_plain=short)
-    # the exported graph runs the same aten kernels in the same order as eager: bit for bit in fp32
-    assert all(torch.equal(a, b) for a, b in zip(ours[1], theirs[1], strict=True))
+    assert_trajectories_match(ours, theirs, far_from_plain=short, bitwise=True)
 
 
 @pytest.mark.slow  # one more U-Net compile; the fast subset keeps one U-Net test per method
