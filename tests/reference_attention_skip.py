@@ -43,7 +43,8 @@ class _Wrapped:
         self.close()
 
 
-def _layers(block, samplers: str) -> list[list[torch.nn.Module]]:
+def _layers(block, samplers: str) -> tuple[list[list[torch.nn.Module]], list[torch.nn.Module]]:
+    """A block's layers (a resnet with its attention, if any) and its down/upsamplers."""
     attns = list(getattr(block, "attentions", None) or [])
     layers = [[res] + ([attns[j]] if attns else []) for j, res in enumerate(block.resnets)]
     extra = list(getattr(block, samplers, None) or [])

@@ -26,7 +26,7 @@ class DeepCacheParams(Params):
     N: int = param(3, "cache interval: one full step, then N-1 shallow steps (uniform schedule)", 1, 1000)
     branch: int = param(0, "skip branch whose deep feature is cached, 0 = shallowest (cache_branch_id)", 0, 1000)
     schedule: str = param("uniform", "uniform (full when step % N == 0) | pow (denser early, as many full steps)")
-    p: float = param(1.2, "start exponent of the pow schedule (the reference lowers it until the steps differ)", 1.0, 10.0)
+    power: float = param(1.2, "start exponent of the pow schedule (the reference lowers it until the steps differ)", 1.0, 10.0)
 
 
 def pow_full_steps(num_steps: int, n_full: int, power: float) -> list[int]:
@@ -51,7 +51,7 @@ class DeepCacheController(Controller):
         if p.schedule == "pow":
             if num_steps is None:
                 raise PolicyError("deepcache: schedule=pow needs the trajectory length (num_steps)")
-            self.full_steps = set(pow_full_steps(num_steps, -(-num_steps // p.N), p.p))
+            self.full_steps = set(pow_full_steps(num_steps, -(-num_steps // p.N), p.power))
 
     def rule(self, step, signal):
         if self.full_steps is not None:
