@@ -357,6 +357,9 @@ def split(gm: fx.GraphModule, order: list[str], output_name: str) -> dict[str, S
 def split_segment(seg: Segment, needed: set[str], rest_name: str) -> tuple[Segment, Segment | None]:
     """Cut ``seg`` in two: what computes the values in ``needed``, and everything else.
 
+    ``needed`` names outputs of the segment or inner values (node names): DeepCache cuts a segment
+    at the deep feature it caches, which the rest of the segment then reads as an input.
+
     The first part keeps the segment's name and computes ``needed`` (plus whatever the second part
     reads from it); the second, ``rest_name``, computes the segment's other outputs. A weight read
     by both parts stays in the first (with the nodes that read it), so weights keep one owner. A
@@ -378,8 +381,8 @@ def split_segment(seg: Segment, needed: set[str], rest_name: str) -> tuple[Segme
             first.add(n)
             stack.extend(n.all_input_nodes)
 
-    for node, value in produced.items():
-        if value in needed:
+    for node in compute:
+        if produced.get(node) in needed or node.name in needed:  # an output, or an inner value (a cut point)
             pull(node)
     changed = True
     while changed:

@@ -389,7 +389,7 @@ class CacheRuntime(torch.nn.Module):
         """The step protocol: run the controller's actions until it has no more; returns the step's
         per-sample FLOPs, its schedule letter and the probe signal it read (if any)."""
         device = env[self.program.inputs[0]].device
-        ctx = StepContext(self.program.meta, branch.caches, batch, device)
+        ctx = StepContext(self.program.meta, branch.caches, batch, device, timestep=lambda: self._timestep(env))
         actions = branch.controller.actions(step, ctx)
         signal_name = self.program.meta.get("signal")
         flops, letter, signal = 0.0, "", None

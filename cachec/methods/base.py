@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -111,12 +111,15 @@ class Action:
 class StepContext:
     """What a controller may look at besides the step index: the program's ``meta`` (probe signal
     name, feedback names, token regions), the branch's cache buffers (token scores), the batch
-    size and the device of the step's tensors."""
+    size, the device of the step's tensors and (lazily) the step's timestep."""
 
     meta: dict
     caches: dict
     batch: int
     device: object
+    # the step's timestep on the host, read only when a controller calls it (one device->host sync):
+    # PAB and FasterCache gate their reuse on a timestep window, as their reference hooks do
+    timestep: Callable[[], float | None] | None = None
 
 
 Actions = Generator[Action, dict, None]

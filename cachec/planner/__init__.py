@@ -11,6 +11,10 @@ calls them; the planner knows no method):
   ``out − in`` of a block range on full steps and applies ``in + delta`` on cached ones.
 * :meth:`Planner.probe_skip` (FBCache, DBCache): a step split into a *head* (up to the probe) and
   two *tails*; :meth:`Planner.split_head` is the split itself (TeaCache).
+* :meth:`Planner.group_reuse` (PAB, T-GATE): module reuse decided per group of regions (self-,
+  cross-, temporal attention), one variant per subset of groups reused.
+* :meth:`Planner.skip_branch` (DeepCache): a U-Net's cached step loads one skip branch's deep
+  feature and runs only the shallow path.
 * :meth:`Planner.forecast` (TaylorSeer, HiCache, FoCa): state updates on full steps, forecasts on
   cached ones.
 
@@ -58,6 +62,7 @@ from ..program import (
 from ..regions import find_blocks, module_regions
 from .coalesce import coalesce
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
+from .skip_branch import deep_feature, skip_branch
 
 _STRUCTURAL = {
     torch.ops.aten.add.Tensor, torch.ops.aten.cat.default, torch.ops.aten.slice.Tensor, torch.ops.aten.view.default,
@@ -259,6 +264,43 @@ class Planner:
             reuse.extend(Load(c, o) for o, c in zip(outs, caches, strict=True))
         self.variants["full"], self.variants["reuse"] = full, reuse
 
+    def group_reuse(self, groups: dict[str, list[str]]) -> None:
+        """PAB / T-GATE: module reuse decided per *group* of regions (self-, cross-, temporal attention).
+
+        ``groups`` maps a group name to region segment names. Every variant runs the regions of the
+        groups it does not reuse and stores their outputs (the next reuse reads the latest computed
+        output, as the methods' hooks do); ``full`` runs them all, and ``reuse_<g1>_<g2>…`` (group
+        names in the given order) loads the outputs of the groups named instead of running them. A
+        variant is built for every non-empty subset, also for a group with no region in this model,
+        so the variant names depend on the policy only."""
+        group_of = {seg: g for g, segs in groups.items() for seg in segs}
+        names = list(groups)
+        subsets = [tuple(n for k, n in enumerate(names) if mask >> k & 1) for mask in range(1, 1 << len(names))]
+        built: dict[str, list[Op]] = {"full": []}
+        for subset in subsets:
+            built["reuse_" + "_".join(subset)] = []
+        for op in self.variants["full"]:
+            group = group_of.get(op.segment) if isinstance(op, Run) else None
+            if group is None:
+                for ops in built.values():
+                    ops.append(op)
+                continue
+            outs = self.segments[op.segment].outputs
+            caches = [cache_name(op.segment, str(k)) for k in range(len(outs))]
+            for o, c in zip(outs, caches, strict=True):
+                self.meta[c] = self.meta[o]
+            run = [op] + [Store(o, c) for o, c in zip(outs, caches, strict=True)]
+            load = [Load(c, o) for o, c in zip(outs, caches, strict=True)]
+            built["full"].extend(run)
+            for subset in subsets:
+                built["reuse_" + "_".join(subset)].extend(load if group in subset else run)
+        self.variants.update(built)
+
+    def skip_branch(self, branch: int, tag: str, policy: str) -> None:
+        """DeepCache: full stores the deep feature of U-Net skip branch ``branch``; reuse loads it and
+        runs only the shallow path (see :mod:`cachec.planner.skip_branch`)."""
+        skip_branch(self, deep_feature(self, branch, policy), tag)
+
     def split_head(self, head_segs: list[str]) -> tuple[list[Op], list[Op]]:
         """The full variant split into the runs of ``head_segs`` (a dynamic step's head) and the rest."""
         head = [op for op in self.variants["full"] if op.segment in head_segs]
@@ -297,15 +339,18 @@ class Planner:
         self.variants = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.variants["full"]}
         self.signal = signal
 
-    def forecast(self, method: ForecastMethod, streams: str) -> None:
+    def forecast(self, method: ForecastMethod, streams: str, kinds: tuple[str, ...] | None = None) -> None:
         """TaylorSeer / HiCache / FoCa: full steps update each stream's forecast state, cached steps
         replace the stream by its forecast (see :mod:`cachec.forecast`).
 
-        ``module`` streams are the attention/MLP outputs FORA caches; ``step`` streams are the
-        residuals of the whole block stack (one per residual stream), FreqCa's memory saving.
+        ``module`` streams are the attention/MLP outputs FORA caches (``kinds``: only regions of
+        those kinds, FasterCache's self-attention); ``step`` streams are the residuals of the whole
+        block stack (one per residual stream), FreqCa's memory saving.
         """
         if streams == "module":
             by_seg = self.region_by_segment()
+            if kinds is not None:
+                by_seg = {s: r for s, r in by_seg.items() if r.kind in kinds}
             full, reuse = [], []
             for op in self.variants["full"]:
                 if op.segment not in by_seg:
