@@ -183,9 +183,13 @@ class CacheRuntime(torch.nn.Module):
         return self
 
     def _move_segments(self, device: torch.device) -> None:
-        if not self.backend.movable and device.type != "cpu":
-            raise ShapeError(f"the {self.backend.name} backend runs on the CPU here; device {device} needs the eager "
-                             "or inductor backend")
+        if not self.backend.movable:
+            # its lowered files run where they were built for (an AOTInductor package checks its
+            # device when lowered); there is nothing to move, only a device it cannot run on to refuse
+            if device.type not in self.backend.devices:
+                raise ShapeError(f"the {self.backend.name} backend runs on {' or '.join(self.backend.devices)}, "
+                                 f"not {device}; use the eager or inductor backend there")
+            return
         for seg in self.program.segments.values():
             seg.to(device)
 
