@@ -112,21 +112,24 @@ class Backend:
 
 def outputs_bound_to_caches(program, ops: list) -> dict[int, dict[str, str]]:
     """For each ``Run`` op of a variant (by index): its outputs that a later ``Store`` of the same
-    variant writes to a cache the segment does not read, mapped to that cache.
+    variant writes to a cache the segment does not read (under its own name or loaded earlier as
+    another value), mapped to that cache.
 
     Why: a backend that binds outputs by address (ONNX Runtime, TensorRT) can write such an
     output straight into the cache buffer, so the cache write costs no copy; a cache the segment
     also reads cannot be its own output buffer.
     """
-    from cachec.program import Run, Store
+    from cachec.program import Load, Run, Store
 
     direct: dict[int, dict[str, str]] = {}
     for i, op in enumerate(ops):
         if not isinstance(op, Run):
             continue
         seg = program.segments[op.segment]
+        loaded = {o.value: o.cache for o in ops[:i] if isinstance(o, Load)}
+        reads = set(seg.inputs) | {loaded[n] for n in seg.inputs if n in loaded}
         stored = {o.value: o.cache for o in ops[i + 1 :] if isinstance(o, Store)}
-        direct[i] = {v: c for v, c in stored.items() if v in seg.outputs and c not in seg.inputs}
+        direct[i] = {v: c for v, c in stored.items() if v in seg.outputs and c not in reads}
     return direct
 
 
