@@ -35,7 +35,8 @@ from torch import fx
 
 from ..errors import ModelError, PolicyError
 from ..graph_keys import OUTPUTS_KEY
-from ..program import Load, Run, Store, cache_name
+from ..flops import graph_flops
+from ..program import Load, Run, Store, cache_name, split_segment
 from . import register
 from .base import Action, Controller, Method, Params, choice, param
 
@@ -109,6 +110,7 @@ class BlockCachePolicy(Method):
     doc = ("per-block adaptive caching (Block Caching / Foresight / AdaCache): each block reuses its delta while its "
            "predicted accumulated change stays below its threshold, refreshed at least every N steps")
     granularity = "block"
+    dynamic = True  # decides from measured changes: a batch shares its decisions (`cachec serve` runs it alone)
     main = "t"
     Params = BlockCacheParams
     controller_cls = BlockCacheController
@@ -121,6 +123,18 @@ class BlockCachePolicy(Method):
             raise PolicyError(f"{self.spec}: scale=warmup estimates each block's threshold from its change rate over "
                               f"the warm-up steps, which needs warmup >= 3 (a rate is known from a block's second run "
                               f"on); got warmup={self.params.warmup}")
+
+    def check_program(self, variants, meta: dict, values):
+        """Its variants are per block (``blk{i}_full`` / ``blk{i}_reuse``) and it reads the vector of
+        block changes, not a probe signal."""
+        blocks = len(meta.get("blocks") or ())
+        need = set(self.variants) | {f"blk{i}_{v}" for i in range(blocks) for v in ("full", "reuse")}
+        missing = sorted(need - set(variants))
+        if missing:
+            return "variants", f"has no {missing[0]!r} variant, which policy {self.spec} runs"
+        if SIGNALS not in (meta.get("feedback") or ()) or SIGNALS not in values:
+            return "meta.feedback", f"should name {SIGNALS!r}, the block changes policy {self.spec} reads"
+        return None
 
     def plan(self, planner) -> None:
         """The full variant split at the block boundaries: the prologue, two variants per block
@@ -155,6 +169,8 @@ class BlockCachePolicy(Method):
         variants["blocks_epilogue"] = [Load(c, c) for c in sig_caches] + [Run(stack)] + full[runs[-1] + 1:]
         planner.variants = variants
         planner.feedback = [SIGNALS]  # read on the host after the epilogue (Program.host_reads)
+        for i in range(L):
+            _move_conditioning_into_block(planner, i)
         # the chained variants hand their values on to the ones after them in the same step
         order = ["blocks_prologue"] + [f"blk{i}" for i in range(L)] + ["blocks_epilogue"]
         later = {}
@@ -163,6 +179,29 @@ class BlockCachePolicy(Method):
             for v in ((f"{name}_full", f"{name}_reuse") if name.startswith("blk") else (name,)):
                 later[v] = after
         planner.method_meta["followers"] = later
+
+
+def _move_conditioning_into_block(planner, i: int) -> None:
+    """Move what only block i reads out of the prologue (its hoisted adaLN modulation, its share of
+    the timestep embedding) into a segment its full variant runs first: a reused block then costs
+    nothing but its residual add, and FLOPs are counted per block."""
+    own = f"blk{i}_full"
+    needed = {planner.captured.output_name, *planner.feedback}
+    for name, ops in planner.variants.items():
+        for op in ops:
+            if isinstance(op, Run) and op.segment != "prologue" and not (name in (own, "full") and
+                                                                         op.segment in planner.range_segments(i, i)):
+                needed.update(planner.segment(op.segment).inputs)
+            elif isinstance(op, Store):
+                needed.add(op.value)
+    first, rest = split_segment(planner.segments["prologue"], needed, f"prologue_blk{i}")
+    if rest is None:
+        return
+    for seg in (first, rest):
+        seg.flops = graph_flops(seg.module, planner.batch)
+    planner.segments["prologue"], planner.segments[rest.name] = first, rest  # rest: part of the uncached model
+    planner.variants[own] = [Run(rest.name)] + planner.variants[own]
+    planner.variants["full"] = planner.insert_after(planner.variants["full"], "prologue", [Run(rest.name)])
 
 
 def _placeholder(g: fx.Graph, name: str, meta: dict) -> fx.Node:
