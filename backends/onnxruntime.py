@@ -70,15 +70,17 @@ def lower(program: Program, onnx_dir: Path | None = None, providers: list[str] |
 
 
 def _runner(program: Program, ops: list[Op], sessions: dict):
-    # outputs that a later store in this variant writes to a cache the segment does not read:
-    # bind them straight to the cache buffer
+    # outputs that a later store in this variant writes to a cache the segment does not read
+    # (under its own name or loaded as another value): bind them straight to the cache buffer
     direct: dict[int, dict[str, str]] = {}
     for i, op in enumerate(ops):
         if not isinstance(op, Run):
             continue
         seg = program.segments[op.segment]
+        loaded = {o.value: o.cache for o in ops[:i] if isinstance(o, Load)}
+        reads = set(seg.inputs) | {loaded[n] for n in seg.inputs if n in loaded}
         stored = {o.value: o.cache for o in ops[i + 1 :] if isinstance(o, Store)}
-        direct[i] = {v: c for v, c in stored.items() if v in seg.outputs and c not in seg.inputs}
+        direct[i] = {v: c for v, c in stored.items() if v in seg.outputs and c not in reads}
 
     def run(env: dict, caches: dict) -> float:
         flops = 0.0

@@ -58,8 +58,12 @@ class ItemRunner:
         reads, cache_reads, cache_writes = self.io(variant)
         device = env[self.program.inputs[0]].device
         index = item_index(items, device)
-        sub_env = {n: env[n] for n in env if n not in reads}  # host-side inputs (forecast coefficients)
-        sub_env.update({n: self._take(n, env[n], index) for n in reads if n in env})
+        # what the variant reads, and the program inputs (a backend sizes its outputs by the latent's
+        # batch), on the items; other values of the step stay behind unless they have no batch
+        # dimension (host-side step inputs, shared tables)
+        taken = [n for n in dict.fromkeys([*self.program.inputs, *reads]) if n in env]
+        sub_env = {n: v for n, v in env.items() if n not in taken and self.batch_dim(n) is None}
+        sub_env.update({n: self._take(n, env[n], index) for n in taken})
         sub_caches = {c: self._take(c, caches[c], index) for c in dict.fromkeys(cache_reads + cache_writes)
                       if c in caches}
         flops = run_variant(sub_env, sub_caches)

@@ -158,10 +158,11 @@ class BlockCachePolicy(Method):
             signal, sig_cache = f"blockcache__change{i}", cache_name("blockcache", "change", str(i))
             planner.meta[signal] = planner.meta[sig_cache] = torch.empty(())
             probe = planner.add_segment(f"blk{i}_change", _relative_change(
-                [(old[p.cache], p.cache) for p in pairs], signal, planner.meta), "probe")
-            run_write, stores = write[0], write[1:]
+                [(old[p.cache], p.output, p.base) for p in pairs], signal, planner.meta), "probe")
+            # the change is measured before the write: a backend may write the new delta straight
+            # into the cache buffer the old one is read from (ONNX Runtime's bound outputs)
             variants[f"blk{i}_full"] = ([Run(s) for s in segs] + [Load(c, v) for c, v in old.items()]
-                                        + [run_write, Run(probe)] + stores + [Store(signal, sig_cache)])
+                                        + [Run(probe)] + write + [Store(signal, sig_cache)])
             variants[f"blk{i}_reuse"] = apply
             sig_caches.append(sig_cache)
         planner.meta[SIGNALS] = torch.empty((L,))
@@ -216,15 +217,25 @@ def _call(g: fx.Graph, op, args, val) -> fx.Node:
     return node
 
 
-def _relative_change(pairs: list[tuple[str, str]], signal: str, meta: dict) -> fx.GraphModule:
-    """``Σ_k ‖old_k − new_k‖₁ / Σ_k ‖new_k‖₁`` over a block's streams (Block Caching's L1_rel)."""
+def _relative_change(streams: list[tuple[str, str, str | None]], signal: str, meta: dict) -> fx.GraphModule:
+    """``Σ_k ‖old_k − new_k‖₁ / Σ_k ‖new_k‖₁`` over a block's streams (Block Caching's L1_rel), with
+    ``new_k = output_k − base_k`` (the block's delta; the output itself for a raw stream)."""
     aten = torch.ops.aten
     g = fx.Graph()
     zero = torch.empty(())
     num = den = None
-    for old, new in pairs:
-        o, n = _placeholder(g, old, meta), _placeholder(g, new, meta)
-        ex = meta.get(new)
+    seen: dict[str, fx.Node] = {}
+
+    def value(name: str) -> fx.Node:
+        if name not in seen:
+            seen[name] = _placeholder(g, name, meta)
+        return seen[name]
+
+    for old, output, base in streams:
+        ex = meta.get(output)
+        o, n = value(old), value(output)
+        if base is not None:
+            n = _call(g, aten.sub.Tensor, (n, value(base)), ex)
         d = _call(g, aten.sum.default, (_call(g, aten.abs.default, (_call(g, aten.sub.Tensor, (o, n), ex),), ex),), zero)
         m = _call(g, aten.sum.default, (_call(g, aten.abs.default, (n,), ex),), zero)
         num = d if num is None else _call(g, aten.add.Tensor, (num, d), zero)
