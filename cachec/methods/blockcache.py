@@ -34,8 +34,8 @@ import torch
 from torch import fx
 
 from ..errors import ModelError, PolicyError
-from ..graph_keys import OUTPUTS_KEY
 from ..flops import graph_flops
+from ..graph_keys import OUTPUTS_KEY
 from ..program import Load, Run, Store, cache_name, split_segment
 from . import register
 from .base import Action, Controller, Method, Params, choice, param
