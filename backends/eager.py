@@ -30,8 +30,14 @@ def store(caches: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> No
 
 
 # The variants a step may run after another within the same call: a dynamic policy's probe head
-# hands its values to one of its tails; every other variant is the whole step.
+# hands its values to one of its tails; every other variant is the whole step, unless the program
+# declares its own chain (``meta["followers"]``: per-block caching runs a variant per block).
 FOLLOWERS = {"head": ("tail_full", "tail_reuse")}
+
+
+def followers(program: Program, path: str) -> tuple[str, ...]:
+    declared = program.meta.get("followers") or {}
+    return tuple(declared.get(path, FOLLOWERS.get(path, ())))
 
 
 def values_needed_after(program: Program, path: str) -> set[str]:
@@ -44,7 +50,7 @@ def values_needed_after(program: Program, path: str) -> set[str]:
     """
     keep = {program.output}
     keep.update(program.host_reads())
-    for name in FOLLOWERS.get(path, ()):
+    for name in followers(program, path):
         for op in program.variants.get(name, ()):
             if isinstance(op, Run):
                 keep.update(program.segments[op.segment].inputs)

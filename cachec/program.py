@@ -28,6 +28,15 @@ from .schema import ANY, DIM, DTYPE, NAME, NAT, NUM, POS, STR, Mismatch, list_of
 CACHE_PREFIX = "cache__"
 
 
+ITEMS_SUFFIX = "__items"
+
+
+def per_item(name: str) -> str:
+    """The name of the per-batch-item version of a host-read scalar (a probe signal, a tail's
+    feedback): a 1-D tensor with one value per batch item, which per-sample decisions read."""
+    return name + ITEMS_SUFFIX
+
+
 def cache_name(*parts: str) -> str:
     """A value name for a cache, safe as an FX placeholder and a file name."""
     text = "__".join(parts)
@@ -167,11 +176,12 @@ class Program:
         return int(first.shape[0]) if first.dim() else 1
 
     def host_reads(self) -> set[str]:
-        """Values the runtime reads on the host after a variant: the probe signal and tail feedback."""
+        """Values the runtime reads on the host after a variant: the probe signal and tail feedback,
+        and their per-item versions where the program has them (per-sample decisions)."""
         names = set(self.meta.get("feedback") or ())
         if self.meta.get("signal"):
             names.add(self.meta["signal"])
-        return names
+        return names | {per_item(n) for n in names if per_item(n) in self.values}
 
     def caches(self) -> dict[str, ValueSpec]:
         return {k: v for k, v in self.values.items() if k.startswith(CACHE_PREFIX)}

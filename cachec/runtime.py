@@ -18,18 +18,20 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import statistics
 from dataclasses import dataclass, field
 
 import torch
 
 from cachec.backends import get_backend
 
+from .batch_items import ItemRunner
 from .capture import flatten_inputs
 from .devices import resolve_device
 from .errors import PolicyError, ShapeError
 from .methods.base import Action, StepContext
 from .policy import Policy, parse_policy
-from .program import Program
+from .program import Program, per_item
 
 log = logging.getLogger("cachec")
 
@@ -43,6 +45,8 @@ class TrajectoryStats:
     full_flops: float = 0.0  # one full step for the whole batch, uncached program
     step_flops: list[float] = field(default_factory=list)
     signals: list[float | None] = field(default_factory=list)
+    # each batch item's letters (per-sample decisions may differ; `M` in `schedule` marks such a step)
+    item_schedules: list[str] = field(default_factory=list)
 
     @property
     def steps(self) -> int:
@@ -132,7 +136,11 @@ class CacheRuntime(torch.nn.Module):
         self.backend_options = dict(backend_options or {})
         if device is not None:
             self._move_segments(resolve_device(device))
+        problem = self.policy.per_sample_problem(program.meta, program.values)
+        if problem:
+            raise PolicyError(f"the program {problem}")
         self.variants = self.backend.lower(program, **self.backend_options)  # variant name -> run(env, caches)
+        self.items = ItemRunner(program)  # per-sample decisions: variants run on some items of a batch
         self.num_steps = num_steps
         self.signature = signature or list(program.inputs)
         self.full_step_flops = full_step_flops or program.meta.get("none_flops") or program.variant_flops("full")
@@ -391,24 +399,47 @@ class CacheRuntime(torch.nn.Module):
 
     def _step(self, branch: BranchState, step: int, env: dict, batch: int) -> tuple[float, str, float | None]:
         """The step protocol: run the controller's actions until it has no more; returns the step's
-        per-sample FLOPs, its schedule letter and the probe signal it read (if any)."""
+        per-sample FLOPs, its schedule letter and the probe signal it read (if any).
+
+        An action on some items only (per-sample decisions) runs on those items
+        (:class:`~cachec.batch_items.ItemRunner`) and counts its FLOPs for them; the step's letter is
+        then ``M`` when the items took different letters, and each item's letter is recorded in the
+        trajectory's ``item_schedules``."""
         device = env[self.program.inputs[0]].device
         ctx = StepContext(self.program.meta, branch.caches, batch, device, timestep=lambda: self._timestep(env))
         actions = branch.controller.actions(step, ctx)
         signal_name = self.program.meta.get("signal")
-        flops, letter, signal = 0.0, "", None
+        flops, signal = 0.0, None
+        letters = [""] * batch
         action = next(actions)
         while True:
             self._set_inputs(action, env, device)
-            flops += self.variants[action.variant](env, branch.caches) + action.flops_delta
-            letter = action.letter or letter
-            values = {n: float(env[n]) for n in action.read}  # each one device->host sync
+            run = self.variants[action.variant]
+            if action.items is None:
+                flops += run(env, branch.caches) + action.flops_delta
+                read_from = env
+            else:
+                variant_flops, read_from = self.items.run(run, action.variant, env, branch.caches, action.items, batch)
+                flops += (variant_flops + action.flops_delta) * len(action.items) / batch
+            if action.letter:
+                for i in range(batch) if action.items is None else action.items:
+                    letters[i] = action.letter
+            values = {n: _host_value(read_from[n]) for n in action.read}  # each one device->host sync
             if signal_name in values:
                 signal = values[signal_name]
+            elif per_item(signal_name or "") in values:
+                signal = statistics.fmean(values[per_item(signal_name)])
             try:
                 action = actions.send(values)
             except StopIteration:
-                return flops, letter, signal
+                break
+        stats = branch.history[-1]
+        if len(stats.item_schedules) != batch:
+            stats.item_schedules = [stats.schedule] * batch  # the steps before were one decision for the batch
+        for i, letter in enumerate(letters):
+            stats.item_schedules[i] += letter
+        letter = letters[0] if len(set(letters)) == 1 else "M"
+        return flops, letter, signal
 
     def _set_inputs(self, action: Action, env: dict, device) -> None:
         """An action's host-side inputs as the values its variant reads.
@@ -429,6 +460,12 @@ class CacheRuntime(torch.nn.Module):
         for name, value in action.inputs.items():
             if isinstance(value, torch.Tensor):
                 env[name] = value
+
+
+def _host_value(t: torch.Tensor) -> float | list[float]:
+    """A value read back for a controller: a float, or a list of floats for a per-item vector (one
+    device→host copy either way)."""
+    return float(t) if t.dim() == 0 else t.tolist()
 
 
 def _exact_cast(t: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from ..errors import PolicyError
+from ..program import per_item
 
 # ---------------------------------------------------------------------------------------------
 # parameters
@@ -83,6 +84,15 @@ class Params(Mapping):
         return len(dataclasses.fields(self))
 
 
+@dataclass(frozen=True)
+class ProbeParams(Params):
+    """Base of the parameters of a method that decides on a probe (head / tail variants): such a
+    method may decide per batch item (:class:`PerSample`) instead of once for the batch."""
+
+    per_sample: int = param(0, "1: each batch item decides on its own probe signal (its schedule as run alone); "
+                               "0: one decision for the whole batch", 0, 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # the step protocol
 
@@ -96,8 +106,12 @@ class Action:
     probe that comes before the decision. ``inputs`` are host-side step inputs: coefficient
     matrices (nested lists, made tensors of the program's dtype) or tensors (token positions).
     ``read`` names values to hand back to the controller, as host floats, after the variant ran
-    (the probe signal, a tail's feedback): each is one device→host sync. ``flops_delta`` corrects
-    the variant's per-sample FLOPs (a partial step runs fewer tokens than the graph was counted at).
+    (the probe signal, a tail's feedback): each is one device→host sync; a per-item value
+    (:func:`cachec.program.per_item`) comes back as a list of floats, one per item the variant ran
+    on. ``flops_delta`` corrects the variant's per-sample FLOPs (a partial step runs fewer tokens
+    than the graph was counted at). ``items`` are the batch items the variant runs on (None: the
+    whole batch): the runtime gathers those items of the variant's inputs and caches, runs the
+    variant on them, and scatters the output and the written caches back (per-sample decisions).
     """
 
     variant: str
@@ -105,6 +119,7 @@ class Action:
     inputs: dict = field(default_factory=dict)
     read: tuple[str, ...] = ()
     flops_delta: float = 0.0
+    items: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -180,6 +195,45 @@ class Controller:
         values = yield Action(variant, "F" if full else "R", self.step_inputs(step, full), read=feedback)
         if feedback:
             self.observe(values)
+
+
+class PerSample(Controller):
+    """Per-sample decisions: one controller of the method per batch item, each deciding on its own
+    item's probe signal (:func:`cachec.program.per_item`), so an item's schedule is the one it has
+    run alone and never depends on its batch neighbours.
+
+    A step runs the head on the whole batch (one device→host sync: the vector of item signals),
+    then ``tail_full`` on the items that recompute and ``tail_reuse`` on the others, each on its
+    items only (the runtime gathers and scatters them); when every item agrees the tail runs on the
+    whole batch, exactly as one decision per batch would. Every item is its own unit, the two halves
+    of a batched classifier-free-guidance call included: they decide apart, as the two branches of
+    sequential CFG do (each branch keeps its own caches and decisions), so batched and sequential
+    CFG give the same result.
+    """
+
+    def __init__(self, policy: Method, num_steps: int | None):
+        super().__init__(policy, num_steps)
+        self.items: list[Controller] | None = None
+
+    def actions(self, step: int, ctx: StepContext) -> Actions:
+        name = per_item(ctx.meta["signal"])
+        if self.items is None or len(self.items) != ctx.batch:
+            self.items = [self.policy.controller_cls(self.policy, self.num_steps) for _ in range(ctx.batch)]
+        values = yield Action("head", read=(name,))
+        full = [c.decide(step, s) for c, s in zip(self.items, values[name], strict=True)]
+        recompute = tuple(i for i, f in enumerate(full) if f)
+        reuse = tuple(i for i, f in enumerate(full) if not f)
+        feedback = tuple(ctx.meta.get("feedback") or ())
+        if recompute:
+            items = recompute if reuse else None
+            values = yield Action("tail_full", "F", self.items[recompute[0]].step_inputs(step, True), items=items,
+                                  read=tuple(per_item(n) for n in feedback))
+            for k, i in enumerate(recompute):
+                if feedback:
+                    self.items[i].observe({n: values[per_item(n)][k] for n in feedback})
+        if reuse:
+            yield Action("tail_reuse", "R", self.items[reuse[0]].step_inputs(step, False),
+                         items=reuse if recompute else None)
 
 
 class Always(Controller):
@@ -261,6 +315,8 @@ class Method:
             raise PolicyError(f"{self.spec}: warmup={self.params.warmup} and final={self.params.final} "
                               f"force all {num_steps} steps of the trajectory to be full, so nothing would be cached; "
                               "lower them or run more steps")
+        if self.params.get("per_sample"):
+            return PerSample(self, num_steps)
         return self.controller_cls(self, num_steps)
 
     # -- compile time -----------------------------------------------------------------------------
@@ -301,6 +357,18 @@ class Method:
             from ..schema import show_value
 
             return "meta.signal", f"should name the probe value a dynamic policy reads, got {show_value(meta.get('signal'))}"
+        problem = self.per_sample_problem(meta, values)
+        return ("meta.signal", problem) if problem else None
+
+    def per_sample_problem(self, meta: dict, values) -> str | None:
+        """Why a program cannot run this policy with per-sample decisions (None: it can, or they are off)."""
+        if not self.params.get("per_sample"):
+            return None
+        if not self.dynamic or not meta.get("signal"):
+            return f"names no probe signal, and {self.spec} decides per sample on one"
+        if per_item(meta["signal"]) not in values:
+            return (f"has no per-item probe signal {per_item(meta['signal'])!r}, which per_sample=1 reads: compile the "
+                    "program again with this cachec, with a dynamic batch dimension")
         return None
 
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from ..errors import ModelError
 from . import register
-from .base import Controller, Method, Params, param
+from .base import Controller, Method, ProbeParams, param
 
 
 @dataclass(frozen=True)
-class DBCacheParams(Params):
+class DBCacheParams(ProbeParams):
     F: int = param(1, "probe blocks computed every step", 1, 1000)
     B: int = param(0, "last blocks computed every step", 0, 1000)
     t: float = param(0.08, "threshold on the relative L1 change of the probe residual", 0.0, 10.0)

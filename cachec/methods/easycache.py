@@ -13,11 +13,11 @@ from ..planner import next_value
 from ..planner.segments import StreamPair, delta_apply, easycache_write, latent_step_probe
 from ..program import Load, Run, Store, cache_name
 from . import register
-from .base import Controller, Method, Params, param
+from .base import Controller, Method, ProbeParams, param
 
 
 @dataclass(frozen=True)
-class EasyCacheParams(Params):
+class EasyCacheParams(ProbeParams):
     tau: float = param(0.05, "threshold on the accumulated relative output change", 0.0, 100.0)
     warmup: int = param(5, "first K steps always full", 0)
     final: int = param(1, "last K steps always full", 0)
@@ -74,10 +74,12 @@ class EasyCachePolicy(Method):
             meta[c] = meta[x]
         for c in (d, k, vnorm):
             meta[c] = torch.empty(())
-        probe = planner.add_segment("easycache_probe", latent_step_probe(x, x_prev, d, "easycache__x", meta), "probe")
+        probe = planner.add_segment("easycache_probe", latent_step_probe(x, x_prev, d, "easycache__x", meta,
+                                                                       planner.item_dim(x)), "probe")
         write = planner.add_segment(
             "easycache_write",
-            easycache_write(x, v, x_pf, v_pf, delta, k, vnorm, next_value(x_pf), next_value(v_pf), meta), "cache")
+            easycache_write(x, v, x_pf, v_pf, delta, k, vnorm, next_value(x_pf), next_value(v_pf), meta,
+                            planner.item_dim(x)), "cache")
         apply = planner.add_segment("easycache_apply", delta_apply([StreamPair(v, x, delta)], meta), "cache")
         head = [Load(x_prev, x_prev), Run(probe), Store("easycache__x", x_prev)]
         tail_full = list(planner.variants["full"]) + [Load(x_pf, x_pf), Load(v_pf, v_pf), Run(write),

@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import register
-from .base import Controller, Method, Params, param
+from .base import Controller, Method, ProbeParams, param
 
 
 @dataclass(frozen=True)
-class FBCacheParams(Params):
+class FBCacheParams(ProbeParams):
     t: float = param(0.08, "threshold on the relative L1 change of block 0's residual", 0.0, 10.0)
 
 

@@ -13,7 +13,7 @@ from ..errors import ModelError, PolicyError
 from ..planner.segments import rel_l1_probe
 from ..program import Load, Run, Store, cache_name
 from . import register
-from .base import Controller, Method, Params, method_constants, param
+from .base import Controller, Method, ProbeParams, method_constants, param
 
 log = logging.getLogger("cachec")
 
@@ -23,7 +23,7 @@ def teacache_coefficients() -> dict[str, list[float]]:
 
 
 @dataclass(frozen=True)
-class TeaCacheParams(Params):
+class TeaCacheParams(ProbeParams):
     t: float = param(0.25, "threshold on the accumulated rescaled distance", 0.0, 100.0)
     coeffs: str = param("", "rescale polynomial from method_constants.json (e.g. flux.1-dev); empty: identity")
     final: int = param(1, "last K steps always full", 0)
@@ -94,7 +94,8 @@ class TeaCachePolicy(Method):
         planner.meta["teacache__m"] = planner.meta[m]
         planner.meta[signal] = torch.empty(())
         probe = planner.add_segment(
-            "teacache_probe", rel_l1_probe(m, prev, signal, planner.meta, emit_current_as="teacache__m"), "probe"
+            "teacache_probe", rel_l1_probe(m, prev, signal, planner.meta, emit_current_as="teacache__m",
+                                          batch_dim=planner.item_dim(m)), "probe"
         )
         L = len(planner.blocks)
         write, apply, _ = planner.range_delta(0, L - 1, "stack")

@@ -189,6 +189,12 @@ class Planner:
                 todo.extend(a for a in n.all_input_nodes if a.op != "get_attr")
         return seen
 
+    def item_dim(self, name: str) -> int | None:
+        """The batch dimension of value ``name``, or None when it has none (a batch-independent
+        value, or a graph captured with a fixed batch): where a probe takes per-item means."""
+        spec = self.spec(name)
+        return spec.shape.index("B") if spec is not None and "B" in spec.shape else None
+
     def spec(self, name: str) -> ValueSpec | None:
         node = None if name == self.captured.output_name else self.nodes.get(name)
         return value_spec(node if node is not None else self.meta.get(name), self.bsym)
@@ -197,6 +203,10 @@ class Planner:
     def add_segment(self, name: str, module: fx.GraphModule, role: str) -> str:
         seg = Segment(name, module, graph_flops(module, self.batch), role)
         self.extra[name] = seg
+        out = next(n for n in module.graph.nodes if n.op == "output")
+        for value, node in zip(seg.outputs, out.args[0], strict=True):
+            if value not in self.meta and "val" in node.meta:  # a value only this segment makes (a per-item signal)
+                self.meta[value] = node.meta["val"]
         return name
 
     def segment(self, name: str) -> Segment:
@@ -326,7 +336,8 @@ class Planner:
         self.meta[signal] = torch.empty(())
         probe = self.add_segment(
             f"{tag}_probe",
-            rel_l1_probe(main.output, ref, signal, self.meta, residual_of=main.base, emit_current_as=r1),
+            rel_l1_probe(main.output, ref, signal, self.meta, residual_of=main.base, emit_current_as=r1,
+                         batch_dim=self.item_dim(main.output)),
             "probe",
         )
         commit = self.add_segment(f"{tag}_commit", copy_values({r1: ref}, self.meta), "cache")

@@ -24,6 +24,7 @@ import torch
 from torch import fx
 
 from cachec.graph_keys import OUTPUTS_KEY
+from cachec.program import per_item
 
 aten = torch.ops.aten
 
@@ -186,6 +187,17 @@ def _scalar(graph: fx.Graph, op, args, example) -> fx.Node:
     return node
 
 
+def _item_means(g: fx.Graph, x: fx.Node, example, batch_dim: int) -> fx.Node:
+    """``mean`` of ``x`` over every dimension but the batch one: one value per batch item.
+
+    Per-sample decisions (:class:`cachec.methods.base.PerSample`) read these instead of the
+    batch-wide mean: an item's signal then depends on that item alone, so its decisions are the
+    ones it would take run alone.
+    """
+    dims = [d for d in range(example.dim()) if d != batch_dim]
+    return _scalar(g, aten.mean.dim, (x, dims), example.abs().mean(dims))
+
+
 def rel_l1_probe(
     current: str,
     reference: str,
@@ -194,11 +206,14 @@ def rel_l1_probe(
     *,
     residual_of: str | None = None,
     emit_current_as: str | None = None,
+    batch_dim: int | None = None,
 ) -> fx.GraphModule:
     """Signal ``mean|x − ref| / mean|ref|`` with ``x = current`` (or ``current − residual_of``).
 
     ``emit_current_as`` also returns ``x`` under that name (TeaCache stores ``m_t`` every step;
-    FBCache hands ``r1`` to the commit segment of full steps).
+    FBCache hands ``r1`` to the commit segment of full steps). With ``batch_dim`` the probe also
+    returns the signal of each batch item (:func:`cachec.program.per_item`), the means taken over
+    that item's elements only.
     """
     g = fx.Graph()
     cur = g.placeholder(current)
@@ -216,6 +231,11 @@ def rel_l1_probe(
     den = _scalar(g, aten.mean.default, (_scalar(g, aten.abs.default, (ref,), meta.get(current)),), zero)
     rel = _scalar(g, aten.div.Tensor, (num, den), zero)
     outs = [(signal, rel)]
+    if batch_dim is not None:
+        example = meta.get(current)
+        num_i = _item_means(g, num.args[0], example, batch_dim)
+        den_i = _item_means(g, den.args[0], example, batch_dim)
+        outs.append((per_item(signal), _scalar(g, aten.div.Tensor, (num_i, den_i), num_i.meta["val"])))
     if emit_current_as is not None:
         outs.append((emit_current_as, x if x is not cur else _scalar(g, aten.clone.default, (cur,), meta.get(current))))
     g.output(tuple(n for _, n in outs))
@@ -228,25 +248,32 @@ def _mean_abs(g: fx.Graph, x: fx.Node, example) -> fx.Node:
     return _scalar(g, aten.mean.default, (_scalar(g, aten.abs.default, (x,), example),), torch.empty(()))
 
 
-def latent_step_probe(latent: str, previous: str, signal: str, emit_as: str, meta: dict[str, object]) -> fx.GraphModule:
-    """EasyCache's input change ``mean|x − x_prev|``; also returns ``x`` (stored as the next ``x_prev``)."""
+def latent_step_probe(latent: str, previous: str, signal: str, emit_as: str, meta: dict[str, object],
+                      batch_dim: int | None = None) -> fx.GraphModule:
+    """EasyCache's input change ``mean|x − x_prev|``; also returns ``x`` (stored as the next ``x_prev``)
+    and, with ``batch_dim``, the change of each batch item."""
     g = fx.Graph()
     x, prev = g.placeholder(latent), g.placeholder(previous)
     x.meta["val"], prev.meta["val"] = meta.get(latent), meta.get(previous)
-    d = _mean_abs(g, _scalar(g, aten.sub.Tensor, (x, prev), meta.get(latent)), meta.get(latent))
-    copy = _scalar(g, aten.clone.default, (x,), meta.get(latent))
-    g.output((d, copy))
+    ex = meta.get(latent)
+    d = _mean_abs(g, _scalar(g, aten.sub.Tensor, (x, prev), ex), ex)
+    copy = _scalar(g, aten.clone.default, (x,), ex)
+    outs = [(signal, d), (emit_as, copy)]
+    if batch_dim is not None:
+        outs.append((per_item(signal), _item_means(g, d.args[0], ex, batch_dim)))
+    g.output(tuple(n for _, n in outs))
     gm = fx.GraphModule({}, g, class_name="LatentStepProbe").eval()
-    gm.meta[OUTPUTS_KEY] = [signal, emit_as]
+    gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
     return gm
 
 
 def easycache_write(latent: str, output: str, latent_full: str, output_full: str, delta: str, rate: str,
                     output_norm: str, next_latent_full: str, next_output_full: str,
-                    meta: dict[str, object]) -> fx.GraphModule:
+                    meta: dict[str, object], batch_dim: int | None = None) -> fx.GraphModule:
     """At an EasyCache full step: the transformation rate ``k = mean|v − v_pf| / mean|x − x_pf|``
     against the previous full step, ``mean|v|``, the new ``Δ = v − x`` and copies of ``x``, ``v``
-    (``next_*``, stored as the next full step's references)."""
+    (``next_*``, stored as the next full step's references); with ``batch_dim`` also ``k`` and
+    ``mean|v|`` of each batch item."""
     g = fx.Graph()
     names = (latent, output, latent_full, output_full)
     x, v, x_pf, v_pf = (g.placeholder(n) for n in names)
@@ -261,6 +288,10 @@ def easycache_write(latent: str, output: str, latent_full: str, output_full: str
     outs = [(rate, k), (output_norm, norm), (delta, d),
             (next_latent_full, _scalar(g, aten.clone.default, (x,), ex)),
             (next_output_full, _scalar(g, aten.clone.default, (v,), ex))]
+    if batch_dim is not None:
+        num_i, den_i = (_item_means(g, m.args[0], ex, batch_dim) for m in (num, den))
+        outs += [(per_item(rate), _scalar(g, aten.div.Tensor, (num_i, den_i), num_i.meta["val"])),
+                 (per_item(output_norm), _item_means(g, norm.args[0], ex, batch_dim))]
     g.output(tuple(n for _, n in outs))
     gm = fx.GraphModule({}, g, class_name="EasyCacheWrite").eval()
     gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
