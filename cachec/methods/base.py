@@ -112,6 +112,8 @@ class Action:
     than the graph was counted at). ``items`` are the batch items the variant runs on (None: the
     whole batch): the runtime gathers those items of the variant's inputs and caches, runs the
     variant on them, and scatters the output and the written caches back (per-sample decisions).
+    A whole-batch action's letter goes to the items that no earlier action of the step lettered
+    (FasterCache's CFG rebuild letters the unconditional half after the conditional half ran).
     """
 
     variant: str
