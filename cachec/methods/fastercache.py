@@ -156,8 +156,9 @@ class FasterCachePolicy(Method):
         return frozenset({"fft"}) if self.params.cfg else frozenset()
 
     def unsupported(self, backend: str, capable: list[str]) -> str:
-        return (f"{self.spec}: CFG-Cache rebuilds the unconditional output with complex FFTs, which the {backend} "
-                f"backend cannot lower; use --backend {' or '.join(capable)}, or cfg=0 (attention reuse only)")
+        return (f"{self.spec}: CFG-Cache rebuilds the unconditional output with complex FFTs on the halves of the "
+                f"batch, which the {backend} backend does not lower; use --backend {' or '.join(capable)}, or cfg=0 "
+                "(attention reuse only)")
 
     def required_variants(self) -> set[str]:
         return {"full", "reuse", "cfg_record", "cfg_rebuild"} if self.params.cfg else {"full", "reuse"}

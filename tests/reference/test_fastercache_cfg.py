@@ -173,8 +173,8 @@ def test_cfg_cache_needs_an_image_or_video_output():
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt", "aotinductor"])
 def test_backends_without_ffts_refuse_cfg_cache(backend):
-    with pytest.raises(PolicyError, match=f"complex FFTs, which the {backend} backend cannot lower; "
-                                          "use --backend eager or inductor"):
+    with pytest.raises(PolicyError, match=f"complex FFTs on the halves of the batch, which the {backend} backend "
+                                          "does not lower; use --backend eager or inductor"):
         _class(backend)().check_policy(parse_policy("fastercache:2,cfg=5"))
 
 
