@@ -271,6 +271,9 @@ class Method:
     variants: tuple[str, ...] = ("full", "reuse")  # what the runtime runs; the planner checks them
     needs_data = False  # reads calibration data or published constants (MagCache ratios, budget schedule)
     needs: frozenset[str] = frozenset()  # backend capabilities its variants need (cachec.backends.Backend)
+    # reads a batch as classifier-free-guidance halves [uncond; cond] (FasterCache's CFG-Cache): loops
+    # whose batch items are separate samples (cachec run / bench / serve) refuse it
+    cfg_pairs = False
     rank = 1000  # position in `cachec policies` (new methods list after the built-in ones)
 
     def __init__(self, params: Params):

@@ -151,6 +151,10 @@ class FasterCachePolicy(Method):
                 raise PolicyError(f"fastercache: the window needs {key}lo < {key}hi; got {key}lo={lo}, {key}hi={hi}")
 
     @property
+    def cfg_pairs(self) -> bool:
+        return bool(self.params.cfg)
+
+    @property
     def needs(self) -> frozenset[str]:
         """CFG-Cache's rebuild runs complex FFTs, which only some backends lower."""
         return frozenset({"fft"}) if self.params.cfg else frozenset()

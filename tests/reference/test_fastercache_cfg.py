@@ -165,6 +165,22 @@ def test_cfg_cache_errors():
         rt(**one)
 
 
+def test_loops_without_guidance_refuse_cfg_cache():
+    """cachec run / bench / serve batch separate samples, which CFG-Cache would read as CFG pairs."""
+    from cachec.errors import RequestError
+    from cachec.models import example_inputs, resolve
+    from cachec.sampling import sample
+    from cachec.serve_worker import check_policy
+
+    bundle = resolve("builtin:tiny-dit")
+    rt = cachec.compile(bundle.model, example_inputs(bundle.model, 2, 0), "fastercache:2,cfg=5", num_steps=4)
+    with pytest.raises(PolicyError, match=r"pairs \[uncond; cond\], and this sampling loop runs without guidance"):
+        sample(rt, bundle, 4, 0, 2)
+    with pytest.raises(RequestError, match="the server batches separate requests without guidance; use cfg=0"):
+        check_policy("fastercache:2,cfg=5", "fastercache:2,cfg=5", 2, 4)
+    assert check_policy("fastercache:2", "fastercache:2", 2, 4).spec == "fastercache:2"
+
+
 def test_cfg_cache_needs_an_image_or_video_output():
     model, kw = DRIVER.model_and_inputs("flux")  # tokens out: (B, L, C)
     with pytest.raises(ModelError, match=r"needs an image output \(B, C, H, W\) or a video output"):
