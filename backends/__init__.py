@@ -38,6 +38,9 @@ class Backend:
       (a token variant's selected token count);
     * ``token_variants`` — runs ToCa/DuCa gather/scatter variants (needs ``dynamic_variants`` and,
       for ``select=attn``, a materialised attention map);
+    * ``fft`` — lowers FasterCache's CFG-Cache segments: complex FFTs on the two halves of the
+      batch. ONNX and TensorRT have no complex tensors; AOTInductor compiles them, but its
+      packages are exported for any batch and these need an even one (not wired up);
     * ``cuda_graphs`` — can capture a variant as a CUDA graph (static shapes, fixed buffers);
     * ``devices`` — where it runs; ``movable`` — its lowered variants are torch modules that can
       move to another device after lowering (``CacheRuntime.to``);
@@ -50,6 +53,7 @@ class Backend:
     name = ""
     dynamic_variants = False
     token_variants = False
+    fft = False
     cuda_graphs = False
     devices: tuple[str, ...] = ("cpu",)
     movable = False

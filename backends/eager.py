@@ -83,6 +83,7 @@ class EagerBackend(Backend):
     name = "eager"
     dynamic_variants = True  # a fused FX graph runs any shape its ops accept
     token_variants = True
+    fft = True
     devices = ("cpu", "cuda")
     movable = True
     writes_artifacts = True

@@ -31,19 +31,23 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class _LazyInductor:
-    """Compiles the wrapped graph with Inductor on the first call."""
+    """Compiles the wrapped graph with Inductor on its first call at each input shape (a variant may
+    run on a sub-batch too: per-sample decisions, FasterCache's conditional half; a graph compiled
+    with ``compile_fx`` is specialised to its example shapes and has no guards to recompile)."""
 
     def __init__(self, gm, config_patches: dict):
         self.gm = gm
         self.config_patches = config_patches
-        self.compiled = None
+        self.compiled: dict[tuple, object] = {}
 
     def __call__(self, *args):
-        if self.compiled is None:
+        key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
+        fn = self.compiled.get(key)
+        if fn is None:
             from torch._inductor.compile_fx import compile_fx
 
-            self.compiled = compile_fx(self.gm, list(args), config_patches=self.config_patches)
-        return self.compiled(*args)
+            fn = self.compiled[key] = compile_fx(self.gm, list(args), config_patches=self.config_patches)
+        return fn(*args)
 
 
 class CudaGraphVariant:
@@ -107,6 +111,7 @@ class InductorBackend(Backend):
 
     name = "inductor"
     cuda_graphs = True  # mode="reduce-overhead"
+    fft = True  # complex FFTs fall back to aten kernels
     devices = ("cpu", "cuda")
     movable = True
 

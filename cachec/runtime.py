@@ -421,8 +421,8 @@ class CacheRuntime(torch.nn.Module):
             else:
                 variant_flops, read_from = self.items.run(run, action.variant, env, branch.caches, action.items, batch)
                 flops += (variant_flops + action.flops_delta) * len(action.items) / batch
-            if action.letter:
-                for i in range(batch) if action.items is None else action.items:
+            if action.letter:  # a whole-batch letter marks the items no earlier action of the step marked
+                for i in action.items if action.items is not None else (i for i in range(batch) if not letters[i]):
                     letters[i] = action.letter
             values = {n: _host_value(read_from[n]) for n in action.read}  # each one device->host sync
             if signal_name in values:

@@ -50,6 +50,13 @@ def denoise(denoiser, bundle: ModelBundle, x: torch.Tensor, kw: dict, steps: int
     """The sampling loop from a given starting latent ``x`` and conditioning ``kw`` (every other
     input of the denoiser; ``kw["timestep"]`` gives the timestep's shape and dtype). ``cachec serve``
     calls it with the requests' own latents and conditioning."""
+    policy = getattr(denoiser, "policy", None)
+    if getattr(policy, "cfg_pairs", False):
+        from .errors import PolicyError
+
+        raise PolicyError(f"{policy.spec} reads the batch as classifier-free-guidance pairs [uncond; cond], and this "
+                          "sampling loop runs without guidance (its batch items are separate samples); run it in a "
+                          "pipeline with batched CFG, or use cfg=0")
     kw = dict(kw)
     latent_name = bundle.latent_input
     scheduler = bundle.scheduler()

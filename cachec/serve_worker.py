@@ -116,6 +116,9 @@ def check_policy(spec: str, compiled_spec: str, blocks: int, steps: int, policy_
         p = parse_policy(spec)
     except PolicyError as exc:
         raise RequestError(f"policy: {exc}") from None
+    if p.cfg_pairs:
+        raise RequestError(f"policy: {p.spec!r} reads the batch as classifier-free-guidance pairs [uncond; cond], and "
+                           "the server batches separate requests without guidance; use cfg=0")
     compiled = parse_policy(compiled_spec)
     try:
         if p.name != "none" and p.plan_key(blocks) != compiled.plan_key(blocks):

@@ -112,6 +112,8 @@ class Action:
     than the graph was counted at). ``items`` are the batch items the variant runs on (None: the
     whole batch): the runtime gathers those items of the variant's inputs and caches, runs the
     variant on them, and scatters the output and the written caches back (per-sample decisions).
+    A whole-batch action's letter goes to the items that no earlier action of the step lettered
+    (FasterCache's CFG rebuild letters the unconditional half after the conditional half ran).
     """
 
     variant: str
@@ -269,6 +271,9 @@ class Method:
     variants: tuple[str, ...] = ("full", "reuse")  # what the runtime runs; the planner checks them
     needs_data = False  # reads calibration data or published constants (MagCache ratios, budget schedule)
     needs: frozenset[str] = frozenset()  # backend capabilities its variants need (cachec.backends.Backend)
+    # reads a batch as classifier-free-guidance halves [uncond; cond] (FasterCache's CFG-Cache): loops
+    # whose batch items are separate samples (cachec run / bench / serve) refuse it
+    cfg_pairs = False
     rank = 1000  # position in `cachec policies` (new methods list after the built-in ones)
 
     def __init__(self, params: Params):

@@ -11,10 +11,16 @@ A_last ← output``), and the first computed output fills both slots. Only self-
 Defaults are diffusers': N=2, window (−1, 681), w=0.5 (the paper lets w rise from 0 to 1 over the
 trajectory; diffusers' default keeps it constant).
 
-Not implemented: FasterCache's CFG-Cache (a batched-CFG step that runs only the conditional half
-and rebuilds the unconditional output from FFT band deltas). It needs a variant that runs the model
-at half the call's batch with caches kept per CFG pair, and FFTs that TensorRT cannot build; see
-docs/methods.md.
+CFG-Cache (``cfg=n``, 0: off): on a batched-CFG call (the batch is ``[uncond; cond]``, diffusers'
+concatenation) inside ``cfg_lo < t < cfg_hi``, every step but step 0 and the multiples of n runs
+only the conditional half (an action on those items: the runtime gathers them, runs the step's
+variant, scatters back) and rebuilds the unconditional output from the conditional one and the
+band deltas of the last step that ran both halves, scaled by ``alpha_low`` while
+``low_lo < t < low_hi`` and by ``alpha_high`` while ``high_lo < t < high_hi`` (the scaling
+compounds, as the hook's). The rule and the arithmetic are diffusers' ``FasterCacheDenoiserHook``
+(see :mod:`cachec.planner.cfg_cache`), with its block hooks for a CFG batch: attention is then
+skipped only on the steps that run the conditional half, and extrapolated from its history. The
+FFTs need a backend with the ``fft`` capability (eager, Inductor).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 from ..errors import PolicyError
 from ..forecast import ForecastMethod, ForecastTracker, Matrix
+from ..planner.cfg_cache import WEIGHTS
 from . import register
 from .base import Action, Controller, Method, Params, param
 
@@ -56,6 +63,22 @@ class FasterCacheParams(Params):
     w: float = param(0.5, "extrapolation weight: A_last + w * (A_last - A_prev)", 0.0, 10.0)
     lo: float = param(-1.0, "window: skip only when lo < timestep < hi")
     hi: float = param(681.0, "window upper end (exclusive)")
+    cfg: int = param(0, "CFG-Cache on a [uncond; cond] batch: the uncond half runs every cfg steps and is rebuilt "
+                        "from the cond half between (0: off)", 0, 1000)
+    cfg_lo: float = param(-1.0, "CFG-Cache window: rebuild only when cfg_lo < timestep < cfg_hi")
+    cfg_hi: float = param(641.0, "CFG-Cache window upper end (exclusive)")
+    alpha_low: float = param(1.1, "CFG-Cache: low-band delta scaled by this on each rebuilt step in the low window",
+                             0.0, 10.0)
+    alpha_high: float = param(1.1, "CFG-Cache: high-band delta scaled by this on each rebuilt step in the high "
+                                   "window", 0.0, 10.0)
+    low_lo: float = param(99.0, "low-band weight window: alpha_low applies when low_lo < timestep < low_hi")
+    low_hi: float = param(901.0, "low-band weight window upper end (exclusive)")
+    high_lo: float = param(-1.0, "high-band weight window: alpha_high applies when high_lo < timestep < high_hi")
+    high_hi: float = param(301.0, "high-band weight window upper end (exclusive)")
+
+
+def within(t: float, lo: float, hi: float) -> bool:
+    return lo < t < hi
 
 
 class FasterCacheController(Controller):
@@ -63,25 +86,57 @@ class FasterCacheController(Controller):
         super().__init__(policy, num_steps)
         self.tracker = ForecastTracker(policy.forecast_method())
 
+    def timestep(self, ctx) -> float:
+        t = ctx.timestep() if ctx.timestep is not None else None
+        if t is None:
+            raise PolicyError(f"{self.policy.spec}: its timestep windows need the step's timestep, and this "
+                              "model's calls carry none (no 'timestep' input)")
+        return t
+
     def actions(self, step, ctx):
         p = self.policy.params
+        if p.cfg:
+            yield from self.cfg_actions(step, ctx)
+            return
         full = True
         if not self.forced(step):
-            t = ctx.timestep() if ctx.timestep is not None else None
-            if t is None:
-                raise PolicyError(f"{self.policy.spec}: the window lo < t < hi needs the step's timestep, and this "
-                                  "model's calls carry none (no 'timestep' input)")
-            full = not (p.lo < t < p.hi and step % p.N != 0)
+            full = not (within(self.timestep(ctx), p.lo, p.hi) and step % p.N != 0)
         if full:
             self.last_full = step
         yield Action("full" if full else "reuse", "F" if full else "R", self.tracker.step_inputs(step, full))
+
+    def cfg_actions(self, step, ctx):
+        """A step on a ``[uncond; cond]`` batch. Both halves run (then the band deltas are recorded)
+        at step 0, forced steps, outside the CFG window and every ``cfg`` steps; otherwise the
+        conditional half runs alone (attention extrapolated inside its window, except every N
+        steps) and the unconditional half is rebuilt (schedule letter ``C``)."""
+        p = self.policy.params
+        if ctx.batch % 2:
+            raise PolicyError(f"{self.policy.spec}: CFG-Cache needs a classifier-free-guidance batch [uncond; cond] "
+                              f"of even size; this call has batch {ctx.batch} (use cfg=0 without a CFG batch)")
+        forced = self.forced(step)
+        t = None if forced else self.timestep(ctx)
+        if forced or not within(t, p.cfg_lo, p.cfg_hi) or step % p.cfg == 0:
+            self.last_full = step
+            yield Action("full", "F", self.tracker.step_inputs(step, True))
+            yield Action("cfg_record")
+            return
+        full = not (within(t, p.lo, p.hi) and step % p.N != 0)
+        if full:
+            self.last_full = step
+        cond = tuple(range(ctx.batch // 2, ctx.batch))
+        yield Action("full" if full else "reuse", "F" if full else "R", self.tracker.step_inputs(step, full),
+                     items=cond)
+        weights = (p.alpha_low if within(t, p.low_lo, p.low_hi) else 1.0,
+                   p.alpha_high if within(t, p.high_lo, p.high_hi) else 1.0)
+        yield Action("cfg_rebuild", "C", dict(zip(WEIGHTS, weights, strict=True)))
 
 
 @register
 class FasterCachePolicy(Method):
     name = "fastercache"
-    doc = ("FasterCache (attention part): inside lo < t < hi self-attention computed every N steps, skipped steps "
-           "extrapolate A_last + w*(A_last - A_prev)")
+    doc = ("FasterCache: inside lo < t < hi self-attention computed every N steps, skipped steps extrapolate "
+           "A_last + w*(A_last - A_prev); cfg=n adds CFG-Cache (uncond half rebuilt from FFT band deltas)")
     granularity = "attn"
     main = "N"
     Params = FasterCacheParams
@@ -89,14 +144,36 @@ class FasterCachePolicy(Method):
     rank = 18
 
     def validate(self) -> None:
-        if not self.params.lo < self.params.hi:
-            raise PolicyError(f"fastercache: the window needs lo < hi; got lo={self.params.lo}, hi={self.params.hi}")
+        p = self.params
+        for key in ("", "cfg_", "low_", "high_"):
+            lo, hi = p[key + "lo"], p[key + "hi"]
+            if not lo < hi:
+                raise PolicyError(f"fastercache: the window needs {key}lo < {key}hi; got {key}lo={lo}, {key}hi={hi}")
+
+    @property
+    def cfg_pairs(self) -> bool:
+        return bool(self.params.cfg)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """CFG-Cache's rebuild runs complex FFTs, which only some backends lower."""
+        return frozenset({"fft"}) if self.params.cfg else frozenset()
+
+    def unsupported(self, backend: str, capable: list[str]) -> str:
+        return (f"{self.spec}: CFG-Cache rebuilds the unconditional output with complex FFTs on the halves of the "
+                f"batch, which the {backend} backend does not lower; use --backend {' or '.join(capable)}, or cfg=0 "
+                "(attention reuse only)")
+
+    def required_variants(self) -> set[str]:
+        return {"full", "reuse", "cfg_record", "cfg_rebuild"} if self.params.cfg else {"full", "reuse"}
 
     def forecast_method(self):
         return Extrapolate(self.params.w)
 
     def plan_key(self, num_blocks: int) -> tuple:
-        return (self.name,)
+        return (self.name, "cfg") if self.params.cfg else (self.name,)
 
     def plan(self, planner) -> None:
         planner.forecast(self.forecast_method(), "module", kinds=("attn",))
+        if self.params.cfg:
+            planner.cfg_cache("fastercache_cfg", self.spec)

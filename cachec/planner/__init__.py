@@ -60,6 +60,7 @@ from ..program import (
     value_spec,
 )
 from ..regions import find_blocks, module_regions
+from . import cfg_cache
 from .coalesce import coalesce
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
 from .skip_branch import deep_feature, skip_branch
@@ -409,6 +410,36 @@ class Planner:
         upd = self.add_segment(f"{tag}_fc_update", linear_mix(update_groups, UPDATE, self.meta), "cache")
         pred = self.add_segment(f"{tag}_fc_predict", linear_mix(predict_groups, PREDICT, self.meta), "cache")
         return loads + [Run(upd)] + stores_full, loads + [Run(pred)] + stores_reuse
+
+    def cfg_cache(self, tag: str, policy: str) -> None:
+        """FasterCache's CFG-Cache: ``cfg_record`` stores the band deltas of a step's ``[uncond; cond]``
+        output, ``cfg_rebuild`` makes the unconditional half from the conditional one and the deltas
+        (see :mod:`cachec.planner.cfg_cache`); the controller runs them after the step's variant."""
+        out = self.captured.output_name
+        val = self.meta[out]
+        if val.dim() not in (4, 5):
+            raise ModelError(f"{policy}: CFG-Cache rebuilds the unconditional output from its 2-D spectrum, so it "
+                             f"needs an image output (B, C, H, W) or a video output (B, C, F, H, W); "
+                             f"{self.captured.model_class} returns rank {val.dim()} ({tuple(val.shape)})")
+        low, high = cache_name(tag, "low"), cache_name(tag, "high")
+        w_low, w_high = cfg_cache.WEIGHTS
+        self.meta[low] = self.meta[high] = self.meta[next_value(low)] = self.meta[next_value(high)] = \
+            torch.empty_like(val, dtype=torch.complex64)  # a fake tensor: keeps the symbolic batch
+        for w in (w_low, w_high):
+            self.meta[w] = torch.empty((), dtype=torch.float32)  # the hook's weights are Python floats
+            if w not in self.step_inputs:
+                self.step_inputs.append(w)
+        x = cfg_cache.example(val)
+        d = cfg_cache.example(val, torch.complex64)
+        w = torch.ones((), dtype=torch.float32)
+        rec = self.add_segment(f"{tag}_record", cfg_cache.traced(
+            cfg_cache.record, [(out, x)], [next_value(low), next_value(high)], "CfgRecord"), "cache")
+        reb = self.add_segment(f"{tag}_rebuild", cfg_cache.traced(
+            cfg_cache.rebuild, [(out, x), (low, d), (high, d), (w_low, w), (w_high, w)],
+            [out, next_value(low), next_value(high)], "CfgRebuild"), "cache")
+        stores = [Store(next_value(low), low), Store(next_value(high), high)]
+        self.variants["cfg_record"] = [Run(rec), *stores]
+        self.variants["cfg_rebuild"] = [Load(low, low), Load(high, high), Run(reb), *stores]
 
     def _split_prologue_for_tails(self) -> None:
         """A dynamic method's probe head runs the prologue, which holds every hoisted conditioning

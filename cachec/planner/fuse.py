@@ -67,6 +67,7 @@ def fuse_variant(segments: dict, ops: list[Op], keep: set[str]) -> FusedVariant:
     for name in inputs:
         env[name] = g.placeholder(f"in__{name}")
         env[name].meta = dict(placeholder_meta.get(name, {}))
+    read = {name: env[name] for name in inputs}
     cache_nodes = {}
     for cache in dict.fromkeys(loads):
         cache_nodes[cache] = g.placeholder(cache)
@@ -96,7 +97,9 @@ def fuse_variant(segments: dict, ops: list[Op], keep: set[str]) -> FusedVariant:
                         env[name] = local[out]
                 else:
                     local[n] = g.node_copy(n, local.__getitem__)
-    out_names = [k for k in sorted(keep) if k in env and k not in inputs]
+    # a value the variant only reads is not returned; one it reads and computes anew is (FasterCache's
+    # CFG rebuild reads the conditional half of the output and makes the whole output)
+    out_names = [k for k in sorted(keep) if k in env and env[k] is not read.get(k)]
     results = [env[k] for k in out_names] + [env[v] for v in cache_outputs.values()]
     g.output(tuple(results))
     g.eliminate_dead_code()
