@@ -100,8 +100,7 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
             raise CachecError(f"--text-tokens must be at least 1; got {text_tokens}")
         bundle.text_tokens = text_tokens
     with busy(f"exporting {bundle.class_name} ({model_spec})"):
-        captured = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
-                           latent_input=bundle.latent_input)
+        captured = capture(bundle.model, bundle.example_inputs(batch=batch))
 
     def plan(pol):
         # each plan consumes its own copy of the captured graph (passes rewrite it in place)
