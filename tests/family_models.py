@@ -67,7 +67,7 @@ FAMILY: dict[str, Family] = {
         t_max=1.0, kind="MMDiT + parallel single blocks, RoPE"),
     "CogVideoXTransformer3DModel": Family(
         dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2,
-             text_embed_dim=8, num_layers=2, sample_width=8, sample_height=8, sample_frames=8, patch_size=2,
+             text_embed_dim=8, num_layers=2, sample_width=8, sample_height=8, sample_frames=1, patch_size=2,
              patch_size_t=None, temporal_compression_ratio=4, max_text_seq_length=6),
         lambda b, g: dict(hidden_states=_r(g, b, 1, 4, 8, 8), encoder_hidden_states=_r(g, b, 6, 8), timestep=_t(b)),
         kind="video, text‖image joint attention (frames before channels)"),
