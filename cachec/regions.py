@@ -108,16 +108,23 @@ def _block_of(node: fx.Node, extra: tuple[str, ...]) -> str | None:
 
 
 def find_blocks(gm: fx.GraphModule) -> list[str]:
-    """Block fqns in the order the graph first runs them (stream nodes only)."""
+    """Block fqns in the order the graph first runs them (stream nodes only).
+
+    A block is composite: a numbered child that is a single layer (``nn.Sequential(Linear, SiLU,
+    Linear)``'s ``proj.0``, a text projection) is not a block, however numbered.
+    """
     extra = EXTRA_BLOCKS
     blocks: list[str] = []
+    composite: set[str] = set()
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.meta.get(COND_KEY):
             continue
         b = _block_of(node, extra)
         if b is not None and b not in blocks:
             blocks.append(b)
-    return blocks
+        if b is not None and any(fqn.startswith(b + ".") for fqn, _ in module_path(node)):
+            composite.add(b)
+    return [b for b in blocks if b in composite]
 
 
 def block_class(gm: fx.GraphModule, block: str) -> str:
@@ -179,7 +186,12 @@ def _child_nodes(gm: fx.GraphModule, block: str) -> dict[str, list[fx.Node]]:
 
 
 def _region_nodes(gm: fx.GraphModule, modules: tuple[str, ...]) -> list[fx.Node]:
-    """Stream nodes inside ``modules`` plus the nodes on paths between them (their convex hull)."""
+    """Stream nodes inside ``modules`` plus the nodes on paths between them (their convex hull).
+
+    A single module needs the hull too when its output projection runs on a mix of its result and
+    another's (LuminaNext's ``attn2.to_out`` after the gated sum with ``attn1``): the region must
+    be closed under paths that leave it and come back, or it could not be one segment.
+    """
     inside = [
         n
         for n in gm.graph.nodes
@@ -187,7 +199,7 @@ def _region_nodes(gm: fx.GraphModule, modules: tuple[str, ...]) -> list[fx.Node]
         and not n.meta.get(COND_KEY)
         and any(fqn == m or fqn.startswith(m + ".") for fqn, _ in module_path(n) for m in modules)
     ]
-    if len(modules) == 1 or not inside:
+    if not inside:
         return inside
     member = set(inside)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}

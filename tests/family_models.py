@@ -47,6 +47,18 @@ def _flux_like(batch, g, channels=4, text_dim=32, pooled=None, tokens=16, text=6
     return kw
 
 
+def _lumina_rope():
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+
+    return get_2d_rotary_pos_embed_lumina(8, 32, 32, linear_factor=1.0, ntk_factor=1.0)
+
+
+def _audio_rope():
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    return get_1d_rotary_pos_embed(4, 8 + 1, use_real=True, repeat_interleave_real=False)
+
+
 FAMILY: dict[str, Family] = {
     "AllegroTransformer3DModel": Family(
         dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=2,
@@ -174,6 +186,38 @@ FAMILY: dict[str, Family] = {
              out_channels=4, in_channels=4, layers_per_block=1, sample_size=8),
         lambda b, g: dict(sample=_r(g, b, 4, 2, 8, 8), timestep=torch.tensor(500), encoder_hidden_states=_r(g, b, 6, 8)),
         kind="video U-Net, temporal attention"),
+    "LongCatImageTransformer2DModel": Family(
+        dict(patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
+             num_attention_heads=2, joint_attention_dim=12, pooled_projection_dim=12, axes_dims_rope=[2, 2, 4]),
+        lambda b, g: dict(_flux_like(b, g, text_dim=12), guidance=torch.full((b,), 3.5)),
+        t_max=1.0, kind="MMDiT + parallel single blocks"),
+    "LuminaNextDiT2DModel": Family(
+        dict(sample_size=8, patch_size=2, in_channels=4, hidden_size=24, num_layers=2, num_attention_heads=3,
+             num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5, learn_sigma=False, qk_norm=True,
+             cross_attention_dim=16, scaling_factor=1.0),
+        lambda b, g: dict(hidden_states=_r(g, b, 4, 8, 8), timestep=_t(b) / 1000, encoder_hidden_states=_r(g, b, 6, 16),
+                          encoder_mask=torch.ones(b, 6), image_rotary_emb=_lumina_rope(),
+                          cross_attention_kwargs={}),
+        t_max=1.0, increasing=True, kind="gated cross-attention inside self-attention, increasing t"),
+    "SanaVideoTransformer3DModel": Family(
+        dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2,
+             num_cross_attention_heads=2, cross_attention_head_dim=12, cross_attention_dim=24, caption_channels=16,
+             mlp_ratio=2.5, dropout=0.0, attention_bias=False, sample_size=8, patch_size=(1, 2, 2),
+             norm_elementwise_affine=False, norm_eps=1e-6, qk_norm="rms_norm_across_heads", rope_max_seq_len=32),
+        lambda b, g: dict(hidden_states=_r(g, b, 4, 2, 8, 8), encoder_hidden_states=_r(g, b, 6, 16), timestep=_t(b)),
+        kind="video linear attention + cross-attention"),
+    "StableAudioDiTModel": Family(
+        dict(sample_size=8, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+             num_key_value_attention_heads=1, out_channels=4, cross_attention_dim=16, time_proj_dim=8,
+             global_states_input_dim=12, cross_attention_input_dim=12),
+        lambda b, g: dict(hidden_states=_r(g, b, 4, 8), timestep=_t(b), encoder_hidden_states=_r(g, b, 6, 12),
+                          global_hidden_states=_r(g, b, 1, 12), rotary_embedding=_audio_rope()),
+        kind="1-D audio, GQA, cross-attention, prepended global token"),
+    "Transformer2DModel": Family(
+        dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=2,
+             cross_attention_dim=12, norm_num_groups=4, sample_size=8),
+        lambda b, g: dict(hidden_states=_r(g, b, 4, 8, 8), encoder_hidden_states=_r(g, b, 6, 12)),
+        kind="generic continuous transformer, no timestep"),
     "HiDreamImageTransformer2DModel": Family(
         dict(patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
              num_attention_heads=4, caption_channels=[8, 4], text_emb_dim=8, num_routed_experts=2,
@@ -271,8 +315,10 @@ def trajectory(call, cls_name: str, kw0: dict, steps: int = STEPS) -> list[torch
     """Per-step outputs of a trajectory: timesteps in the class's scale and direction, ``x ← x − out/T``."""
     latent, tname = next(iter(kw0)), timestep_name(kw0)
     x, outs = kw0[latent].clone(), []
-    for t in timesteps(cls_name, steps, kw0[tname]):
-        out = call(dict(kw0, **{latent: x, tname: t}))
+    # a model without a timestep input (Transformer2DModel) is called with the same inputs each step
+    ts = timesteps(cls_name, steps, kw0[tname]) if tname in kw0 else [None] * steps
+    for t in ts:
+        out = call(dict(kw0, **{latent: x}, **({tname: t} if t is not None else {})))
         outs.append(out.clone())
         x = latent_update(x, out, steps)
     return outs

@@ -26,6 +26,7 @@ import torch
 from torch import fx
 
 from cachec.graph_keys import COND_KEY
+from cachec.passes.infra import PassError
 from cachec.passes import (
     AssignSegments,
     DedupeConditioning,
@@ -83,7 +84,11 @@ class Planner:
         self.regions = module_regions(gm, self.blocks, captured.cross_attention)
         region_nodes = {n: r for r in self.regions for n in r.nodes}
         assign = AssignSegments(self.blocks, self.regions, region_nodes)
-        PassManager([assign]).__call__(gm)
+        try:
+            PassManager([assign]).__call__(gm)
+        except PassError as exc:  # the model's structure, not a cachec bug: say which construct
+            raise ModelError(f"{captured.model_class}: its blocks cannot be cut into cacheable regions ({exc}); "
+                             "cachec needs each attention/MLP module to run as one contiguous piece of its block") from exc
         self.gm = gm
         self.order = assign.order
         self.segments = split(gm, self.order, captured.output_name)
