@@ -127,12 +127,11 @@ def load_inputs(path: Path, batch: int, dtype: torch.dtype) -> dict:
     model's dtype. The file's batch (the leading size of its first tensor) is repeated or cut to
     ``batch`` in every tensor that carries it.
     """
-    from safetensors import SafetensorsError
     from safetensors.torch import load_file
 
     try:
         flat = load_file(str(path))
-    except (OSError, SafetensorsError) as exc:
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types (and OSError)
         raise ModelError(f"--inputs {path}: not a readable safetensors file of example tensors ({exc})") from exc
     if not flat:
         raise ModelError(f"--inputs {path}: the file holds no tensor")
