@@ -234,6 +234,11 @@ _CONSTRUCTS = (
     ("data-dependent", "a tensor whose size depends on its values (nonzero, masked_select, unique)"),
     ("Constraints violated", "a model that specialises the batch size (e.g. `torch.tensor([0] * batch)`)"),
     ("specialized", "a model that specialises the batch size (e.g. `torch.tensor([0] * batch)`)"),
+    ("unhashable type: non-nested SymInt", "tensor values used as Python dict keys or set members (e.g. per-sample "
+                                           "lengths read from a mask with .tolist())"),
+    ("fake tensor in the exported program constant", "a tensor written through `.data` or built outside the graph "
+                                                     "during forward (e.g. a position table recomputed for a size "
+                                                     "other than the config's)"),
     ("Unsupported", "a Python construct torch.export does not support"),
 )
 

@@ -26,6 +26,8 @@ class Family:
     increasing: bool = False
     std: float = 0.1
     kind: str = ""  # what structure it exercises (the matrix's second column)
+    unsupported: str = ""  # a class cachec cannot serve: the CachecError message it must raise (regex)
+    fails: tuple[tuple[str, str], ...] = ()  # (policy, message regex): policies the class's structure rules out
 
 
 def _r(g, *shape):
@@ -142,14 +144,16 @@ FAMILY: dict[str, Family] = {
         lambda b, g: dict(hidden_states=_r(g, b, 4, 8, 8), timestep=_t(b) / 1000,
                           encoder_hidden_states=_r(g, b, 6, 16),
                           encoder_attention_mask=torch.ones(b, 6, dtype=torch.bool)),
-        t_max=1.0, increasing=True, kind="single-stream, GQA, refiners, increasing t"),
+        t_max=1.0, increasing=True, kind="single-stream, GQA, refiners, increasing t",
+        unsupported="could not capture Lumina2Transformer2DModel .*tensor values used as Python dict keys"),
     "MochiTransformer3DModel": Family(
         dict(patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2, pooled_projection_dim=16,
              in_channels=4, out_channels=None, qk_norm="rms_norm", text_embed_dim=16, time_embed_dim=4,
              activation_fn="swiglu", max_sequence_length=6),
         lambda b, g: dict(hidden_states=_r(g, b, 4, 2, 8, 8), encoder_hidden_states=_r(g, b, 6, 16), timestep=_t(b),
                           encoder_attention_mask=torch.ones(b, 6, dtype=torch.bool)),
-        kind="video asymmetric MMDiT"),
+        kind="video asymmetric MMDiT",
+        unsupported="data-dependent size .* crosses a boundary between cacheable regions"),
     "SanaTransformer2DModel": Family(
         dict(patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=4, num_attention_heads=2,
              num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
@@ -179,7 +183,8 @@ FAMILY: dict[str, Family] = {
              up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=4, out_channels=3, in_channels=3,
              layers_per_block=1, sample_size=16),
         lambda b, g: dict(sample=_r(g, b, 3, 16, 16), timestep=torch.tensor(500)),
-        kind="unconditional U-Net"),
+        kind="unconditional U-Net",
+        fails=(("teacache:100", "teacache needs an attention or MLP region in the first block"),)),
     "UNet3DConditionModel": Family(
         dict(block_out_channels=(8, 16), norm_num_groups=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
              up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), cross_attention_dim=8, attention_head_dim=2,
@@ -225,7 +230,8 @@ FAMILY: dict[str, Family] = {
              force_inference_output=True),
         lambda b, g: dict(hidden_states=_r(g, b, 4, 16, 16), timesteps=_t(b), encoder_hidden_states_t5=_r(g, b, 6, 8),
                           encoder_hidden_states_llama3=_r(g, 2, b, 6, 4), pooled_embeds=_r(g, b, 8)),
-        kind="MoE MMDiT, several text streams"),
+        kind="MoE MMDiT, several text streams",
+        unsupported="could not capture HiDreamImageTransformer2DModel .*numpy"),
     "UNetSpatioTemporalConditionModel": Family(
         dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
              up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=8,
@@ -242,7 +248,8 @@ FAMILY: dict[str, Family] = {
                           input_ids=torch.randint(0, 10, (b, 6), generator=g), input_img_latents=[],
                           input_image_sizes={}, attention_mask=torch.ones(b, 6 + 1 + 16, 6 + 1 + 16),
                           position_ids=torch.arange(6 + 1 + 16).repeat(b, 1)),
-        t_max=1.0, kind="LLM-style single stream, token ids"),
+        t_max=1.0, kind="LLM-style single stream, token ids",
+        unsupported="could not capture OmniGenTransformer2DModel .*data-dependent"),
 }
 
 
