@@ -338,6 +338,9 @@ class Planner:
 
     def forecast_ops(self, tag: str, streams: list[str], method: ForecastMethod) -> tuple[list[Op], list[Op]]:
         """Ops that fold fresh ``streams`` into their forecast state, and ops that forecast them."""
+        if not streams:  # dead-code elimination after every pass leaves no region without outputs
+            raise ModelError(f"{self.captured.model_class}: {tag} computes no value the rest of the model reads, "
+                             "so there is nothing to forecast")
         dtype = self.meta[streams[0]].dtype
         self.meta[UPDATE] = torch.empty((method.state, 1 + method.state), dtype=dtype)
         self.meta[PREDICT] = torch.empty((1 + len(method.predict_writes), method.state), dtype=dtype)
