@@ -254,7 +254,7 @@ def signature_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, t
 
     g = torch.Generator().manual_seed(seed)
     c = _Config(config)
-    forward = getattr(model, "forward", None) if model is not None else getattr(_cls(cls), "forward")
+    forward = getattr(model, "forward", None) if model is not None else _cls(cls).forward
     params = [p for p in inspect.signature(forward).parameters.values()
               if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     sample_size = c.get("sample_size")

@@ -18,8 +18,8 @@ import logging
 import torch
 
 from .errors import ModelError
-from .structure import first_tensor_input
 from .runtime import CacheRuntime
+from .structure import first_tensor_input
 
 log = logging.getLogger("cachec")
 

@@ -11,8 +11,8 @@ the first key is the latent. ``t_max`` is the timestep scale the class's pipelin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import diffusers
 import torch
@@ -357,13 +357,13 @@ def check(cls_name: str, policy: str, *, model=None, captured=None, steps: int =
             rt = CacheRuntime(program, policy, signature=signature_of(model), num_steps=steps)
         with torch.no_grad():
             plain = trajectory(lambda kw: model(**kw, return_dict=False)[0], cls_name, kw0, steps)
-        got = trajectory(lambda kw: rt(**kw)[0], cls_name, kw0, steps)
+        got = trajectory(lambda kw, rt=rt: rt(**kw)[0], cls_name, kw0, steps)
         schedule = rt.stats.schedule
         want = expected_schedule(policy, steps)
         assert schedule == want, f"schedule {schedule}, expected {want}"
         if policy == "none":
             for s, (a, b) in enumerate(zip(got, plain, strict=True)):
-                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, s=s: f"batch {batch} step {s}: {m}")
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, s=s, b=batch: f"batch {b} step {s}: {m}")
         else:
             torch.testing.assert_close(got[0], plain[0], rtol=1e-4, atol=1e-5)
             if "R" in schedule:

@@ -26,7 +26,6 @@ import torch
 from torch import fx
 
 from cachec.graph_keys import COND_KEY
-from cachec.passes.infra import PassError
 from cachec.passes import (
     AssignSegments,
     DedupeConditioning,
@@ -35,6 +34,7 @@ from cachec.passes import (
     RemoveNoOps,
     StripExportArtifacts,
 )
+from cachec.passes.infra import PassError
 
 from ..capture import Captured
 from ..errors import ModelError
