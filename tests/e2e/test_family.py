@@ -52,3 +52,26 @@ def test_the_matrix_covers_at_least_sixteen_classes_beyond_the_six():
 
     assert not set(FAMILY) & set(CONFIGS)
     assert len(SUPPORTED) >= 16
+
+
+def test_the_cli_compiles_and_runs_a_directory_of_another_class(tmp_path, capsys):
+    """`cachec compile DIR` / `cachec run ARTIFACT` for a class outside the six: inputs from the
+    forward signature and config, then again from an --inputs file."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from cachec.cli import main
+
+    model_dir, art = tmp_path / "sana", tmp_path / "art"
+    make("SanaTransformer2DModel").save_pretrained(model_dir)
+    assert main(["compile", str(model_dir), "--policy", "fora:3", "--out", str(art), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(art), "--steps", "6", "--batch", "1", "--out", str(tmp_path / "s"), "--json",
+                 "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["schedule"] == "FRRFRR" and report["nfe"] < 6
+    kw = inputs("SanaTransformer2DModel", 2)
+    save_file({k: v.contiguous() for k, v in kw.items()}, tmp_path / "in.safetensors")
+    assert main(["inspect", str(model_dir), "--inputs", str(tmp_path / "in.safetensors"), "--device", "cpu"]) == 0
+    assert main(["inspect", str(model_dir), "--inputs", str(tmp_path / "missing.safetensors"), "--device", "cpu"]) == 2
