@@ -30,8 +30,8 @@ from cachec.errors import CachecError  # noqa: E402
 
 def _message(exc: BaseException) -> str:
     kind = "CachecError" if isinstance(exc, CachecError) else type(exc).__name__
-    text = " ".join(str(exc).split())
-    return f"{kind}: {text[:160]}{'…' if len(text) > 160 else ''}"
+    text = " ".join(str(exc).split("\n")[0].split())  # the first line: what failed and why
+    return f"{kind}: {text[:240]}{'…' if len(text) > 240 else ''}"
 
 
 def run(classes: list[str]) -> dict[str, dict]:
@@ -65,6 +65,8 @@ def markdown(rows: dict[str, dict]) -> str:
     lines = [head, "|" + "---|" * (len(fm.POLICIES) + 2)]
     for cls_name, row in rows.items():
         cells = [row["cells"][p].replace("|", "\\|") for p in fm.POLICIES]
+        if len(set(cells)) == 1 and not cells[0].startswith("ok"):  # capture or planning failed for every policy
+            cells = [cells[0]] + ["〃"] * (len(cells) - 1)
         lines.append(f"| {cls_name} | {row['kind']} | " + " | ".join(cells) + " |")
     ok = sum(all(c.startswith("ok") for c in r["cells"].values()) for r in rows.values())
     lines.append("")
