@@ -3,7 +3,9 @@
 Everything after capture works on this graph and never re-traces Python. We use non-strict
 ``torch.export`` (the default since torch 2.7) because diffusers models are not Dynamo-clean in
 strict mode everywhere, and we ask for the batch dimension explicitly: automatic dynamic dims
-specialise 0/1, which would silently bake the example batch into the program.
+specialise 0/1, which would silently bake the example batch into the program. A model whose code
+specialises the batch itself is captured at its example batch instead (logged), and what cannot
+be captured at all is reported with the construct that failed (:mod:`cachec.structure`).
 """
 
 from __future__ import annotations
