@@ -20,12 +20,10 @@ __version__ = "0.1.0"
 def build_program(model: torch.nn.Module, example_inputs: dict, policy="none"):
     """Capture ``model`` and plan ``policy``: returns the :class:`~cachec.program.Program`."""
     from .capture import capture
-    from .models import ModelBundle
     from .planner import compile_program
 
     policy = parse_policy(policy)
-    bundle = ModelBundle("module", model)
-    cap = capture(model, example_inputs, stream_inputs=bundle.stream_inputs, latent_input=bundle.latent_input)
+    cap = capture(model, example_inputs)  # the latent and the streams are found from structure
     return compile_program(cap, policy)
 
 

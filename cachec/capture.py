@@ -3,7 +3,9 @@
 Everything after capture works on this graph and never re-traces Python. We use non-strict
 ``torch.export`` (the default since torch 2.7) because diffusers models are not Dynamo-clean in
 strict mode everywhere, and we ask for the batch dimension explicitly: automatic dynamic dims
-specialise 0/1, which would silently bake the example batch into the program.
+specialise 0/1, which would silently bake the example batch into the program. A model whose code
+specialises the batch itself is captured at its example batch instead (logged), and what cannot
+be captured at all is reported with the construct that failed (:mod:`cachec.structure`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ import torch
 from torch import fx
 from torch.export import Dim
 
+from . import structure
 from .errors import ModelError
-from .regions import WRAPPER
+from .regions import WRAPPER, module_path
+
+log = logging.getLogger("cachec")
 
 MAX_BATCH = 1024
 
@@ -139,35 +144,32 @@ def _wrap(model: torch.nn.Module, template: dict, names: list[str]) -> torch.nn.
     return cls(model, template)
 
 
-def _batch_dims(inputs: dict[str, torch.Tensor], batch: int) -> dict[str, int]:
-    """Which inputs carry the batch dimension: every tensor whose dim 0 equals the batch.
-
-    FLUX's ``img_ids``/``txt_ids`` are 2-D and batch-free; they are recognised by name, because
-    their leading dim is a token count that may equal the batch by accident.
-    """
-    return {n: 0 for n, t in inputs.items() if t.dim() >= 1 and t.shape[0] == batch and not n.endswith("_ids")}
-
-
 def capture(
     model: torch.nn.Module,
     example_kwargs: dict,
     *,
-    stream_inputs: list[str],
-    latent_input: str,
+    stream_inputs: list[str] | None = None,
+    latent_input: str | None = None,
     dynamic_batch: bool = True,
 ) -> Captured:
     """Export ``model(**example_kwargs)`` and return a clean flat graph.
 
     Non-tensor values in ``example_kwargs`` are baked in as constants; nested dicts of tensors
-    are flattened (see :func:`flatten_inputs`).
+    are flattened (see :func:`flatten_inputs`). ``latent_input`` and ``stream_inputs`` are found
+    from structure when not given (:mod:`cachec.structure`): the latent is the input whose shape
+    the output has, the streams are the batched token sequences.
     """
     model = model.eval()
     template = {k: v for k, v in example_kwargs.items() if k != "return_dict"}
     tensors = flatten_inputs(template)
+    if not tensors:
+        raise ModelError(f"{type(model).__name__}: the example inputs hold no tensor; give the forward's tensors "
+                         "(the latent, timestep and conditioning) as keyword arguments")
     return capture_module(
-        _wrap(model, template, list(tensors)), tensors, stream_inputs=stream_inputs, latent_input=latent_input,
+        _wrap(model, template, list(tensors)), tensors, stream_inputs=stream_inputs,
+        latent_input=latent_input or structure.first_tensor_input(model, tensors),
         model_class=type(model).__name__, config=dict(getattr(model, "config", {}) or {}),
-        cross_attention=_cross_attention_modules(model), dynamic_batch=dynamic_batch,
+        dynamic_batch=dynamic_batch, structural_latent=latent_input is None,
     )
 
 
@@ -175,12 +177,13 @@ def capture_module(
     wrapper: torch.nn.Module,
     tensors: dict[str, torch.Tensor],
     *,
-    stream_inputs: list[str],
+    stream_inputs: list[str] | None,
     latent_input: str,
     model_class: str,
     config: dict | None = None,
     cross_attention: set[str] | None = None,
     dynamic_batch: bool = True,
+    structural_latent: bool = False,
 ) -> Captured:
     """Export a module whose forward takes ``tensors`` by name and returns ``(output,)``.
 
@@ -188,22 +191,41 @@ def capture_module(
     to the constant 1 and then reports the requested ``Dim("batch")`` as violated. Single-image
     generation (FLUX runs at batch 1) is the common case, so a batch-1 example is captured as a
     batch of 2 (each batched input repeated); the program still serves batch 1.
+
+    A model whose code specialises the batch (``torch.tensor([0] * batch_size)``) cannot be
+    exported with a dynamic one; then the example batch is captured statically (logged), and the
+    program serves exactly that batch. ``cross_attention`` (None: found from the graph) names
+    attention modules whose keys and values come from another stream than the latent.
     """
     batch = tensors[latent_input].shape[0]
-    batch_dims = _batch_dims(tensors, batch) if dynamic_batch else {}
+    example = tensors
+    batch_dims = structure.batch_dims(tensors, batch, latent_input) if dynamic_batch else {}
     if dynamic_batch and batch == 1:
         tensors = {k: torch.cat([v, v]) if k in batch_dims else v for k, v in tensors.items()}
     try:
         ep, max_batch = _export(wrapper, tensors, batch_dims, dynamic_batch)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the construct that failed
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelError(
-            f"torch.export could not capture {model_class}: {type(exc).__name__}: {first}\n"
-            "cachec accepts a denoiser that non-strict torch.export can trace with a dynamic batch: no Python "
-            "branch on a tensor's value, and example inputs that match the forward's signature "
-            "(--debug shows torch's full report)."
-        ) from exc
+    except Exception as exc:  # noqa: BLE001 - a static batch is tried, then re-raised with the construct
+        if not dynamic_batch:
+            raise _capture_error(model_class, exc, static=True) from exc
+        log.info("cachec: %s does not export with a dynamic batch (%s); capturing the example batch of %d "
+                 "statically (the program serves only that batch)", model_class,
+                 structure.export_failure_construct(exc), batch)
+        tensors, batch_dims, dynamic_batch = example, {}, False
+        try:
+            ep, max_batch = _export(wrapper, tensors, batch_dims, dynamic_batch)
+        except Exception as exc2:  # noqa: BLE001
+            raise _capture_error(model_class, exc2, static=True, dynamic_exc=exc) from exc2
     gm = flatten_exported(ep, list(tensors))
+    if structural_latent:
+        out = next(n for n in gm.graph.nodes if n.op == "output").args[0][0]
+        val = out.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            shape = [s if isinstance(s, int) else tensors[latent_input].shape[0] for s in val.shape]
+            latent_input = structure.latent_from_output(tensors, shape, latent_input)
+    if stream_inputs is None:
+        stream_inputs = structure.stream_inputs(tensors, latent_input, batch_dims)
+    if cross_attention is None:
+        cross_attention = structure.cross_attention(gm, latent_input, _attention_modules(gm))
     return Captured(
         graph_module=gm,
         input_names=list(tensors),
@@ -218,6 +240,32 @@ def capture_module(
         max_batch=max_batch if dynamic_batch else batch,
         exported=ep,
     )
+
+
+def _capture_error(model_class: str, exc: BaseException, *, static: bool,
+                   dynamic_exc: BaseException | None = None) -> ModelError:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    tried = " (a dynamic batch failed too, then the example batch statically)" if dynamic_exc is not None else ""
+    return ModelError(
+        f"torch.export could not capture {model_class}{tried}: the model uses "
+        f"{structure.export_failure_construct(exc)} — {type(exc).__name__}: {first}\n"
+        "cachec accepts a denoiser that non-strict torch.export can trace: no Python branch on a tensor's value, "
+        "no .tolist()/.item()/numpy on tensors, and example inputs that match the forward's signature "
+        "(--debug shows torch's full report)."
+    )
+
+
+def _attention_modules(gm: fx.GraphModule) -> dict[str, list[fx.Node]]:
+    """Outermost attention modules of the graph (class named ``*Attention*``, not a processor) → nodes."""
+    found: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        for fqn, cls in module_path(node):
+            if "Attention" in cls and "Processor" not in cls:
+                found.setdefault(fqn, []).append(node)
+                break
+    return found
 
 
 @contextlib.contextmanager
@@ -266,18 +314,6 @@ def _export_dynamic(wrapper, tensors, batch_dims, dynamic_batch):
             raise
         bound = int(found.group(1))
         return run(bound), bound
-
-
-def _cross_attention_modules(model: torch.nn.Module) -> set[str]:
-    """Attention modules whose keys/values come from the text, read off the live modules."""
-    found = set()
-    for fqn, mod in model.named_modules():
-        flag = getattr(mod, "is_cross_attention", None)
-        if flag is None and type(mod).__name__ == "WanAttention":
-            flag = getattr(mod, "cross_attention_dim_head", None) is not None or fqn.endswith("attn2")
-        if flag:
-            found.add(fqn)
-    return found
 
 
 def flatten_exported(ep: torch.export.ExportedProgram, tensor_names: list[str]) -> fx.GraphModule:

@@ -61,7 +61,7 @@ def cmd_compile(args) -> int:
 
     get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
     policy = parse_policy(args.policy).spec
-    session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype)
+    session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype, inputs_file=args.inputs)
     if session.is_artifact:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
     program = session.program(policy)
@@ -89,7 +89,8 @@ def cmd_run(args) -> int:
         return run_prompt(args)
     if args.policy:
         parse_policy(args.policy)  # a typo is reported before the export, not after it
-    session = open_model(args.model, args.batch, args.backend, args.allow_version_mismatch, args.device, args.dtype)
+    session = open_model(args.model, args.batch, args.backend, args.allow_version_mismatch, args.device, args.dtype,
+                         inputs_file=args.inputs)
     bundle = session.bundle
     policy = parse_policy(args.policy or session.artifact_policy or "none").spec
     backend = args.backend or session.backend or "eager"
@@ -153,7 +154,7 @@ def cmd_inspect(args) -> int:
 
     session = open_model(args.model, args.batch, allow_version_mismatch=args.allow_version_mismatch,
                          device=args.device, dtype=args.dtype, image_size=args.image_size,
-                         text_tokens=args.text_tokens)
+                         text_tokens=args.text_tokens, inputs_file=args.inputs)
     bundle = session.bundle
     program = session.program(policy)
     meta = program.meta
@@ -300,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--dtype", default=None, choices=list(DTYPES),
                         help="weights and activations: fp32, bf16, fp16 (default: fp32; an artifact keeps its own)")
     sub = p.add_subparsers(dest="command", required=True)
-    model_help = "builtin:tiny-dit, arch:NAME (dit-xl-2, pixart-alpha, flux.1-dev, sd3-medium, wan2.1-1.3b, sd1.5-unet), or a local diffusers model dir"
+    model_help = ("builtin:tiny-dit, arch:NAME (dit-xl-2, pixart-alpha, flux.1-dev, sd3-medium, wan2.1-1.3b, sd1.5-unet), "
+                  "or a local diffusers model dir of any denoiser class")
+    inputs_help = ("safetensors file of example tensors named as the forward's arguments (a__b for a nested a={'b': ...}); "
+                   "default: built from the forward signature and config")
 
     c = sub.add_parser("compile", formatter_class=_DefaultsShown, parents=[common, target], help="compile MODEL with a policy into an artifact directory")
     c.add_argument("model", help=model_help)
@@ -313,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest batch the artifact accepts (default: 16 for tensorrt, whose engines reserve "
                         "activation memory for it; 1024 otherwise)")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
+    c.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
     c.set_defaults(fn=cmd_compile)
 
     r = sub.add_parser("run", formatter_class=_DefaultsShown, parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
@@ -332,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
+    r.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
     r.set_defaults(fn=cmd_run)
 
     i = sub.add_parser("inspect", formatter_class=_DefaultsShown, parents=[common, target], help="regions, segments and the cache nodes of each variant")
@@ -345,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
+    i.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
     i.set_defaults(fn=cmd_inspect)
 
     b = sub.add_parser("bench", formatter_class=_DefaultsShown, parents=[common, target],

@@ -82,11 +82,12 @@ def cachec_backend(gm: fx.GraphModule, example_inputs: list, options: dict | Non
         raise BackendError(f"cachec compiles a denoiser whose graph returns one tensor; this graph returns {len(outputs)}")
     sources = [n.meta["grapharg"].source.name for n in gm.graph.nodes if n.op == "placeholder"]
     wrapper, user = _wrapper(gm, example_inputs, sources)
-    latent = "sample" if "sample" in user else "hidden_states"
-    if latent not in user:
-        raise BackendError(f"cachec found no latent input (hidden_states or sample) among {sorted(user)}")
-    captured = capture_module(wrapper, user, stream_inputs=[latent, "encoder_hidden_states"], latent_input=latent,
-                              model_class="dynamo", dynamic_batch=False)
+    floating = [n for n, t in user.items() if t.is_floating_point() and t.dim() >= 2]
+    if not floating:
+        raise BackendError(f"cachec found no latent input (a floating tensor of rank >= 2) among {sorted(user)}")
+    # the first floating input in the graph's (the forward's) order; capture confirms it from the output shape
+    captured = capture_module(wrapper, user, stream_inputs=None, latent_input=floating[0],
+                              model_class="dynamo", dynamic_batch=False, structural_latent=True)
     program = compile_program(captured, policy)
     backend_options = {"mode": mode} if lower == "inductor" else {}
     runtime = CacheRuntime(program, policy, backend=lower, num_steps=num_steps, signature=list(user),

@@ -17,15 +17,6 @@ import torch
 
 from .errors import ModelError
 
-SUPPORTED = (
-    "DiTTransformer2DModel",
-    "PixArtTransformer2DModel",
-    "FluxTransformer2DModel",
-    "SD3Transformer2DModel",
-    "WanTransformer3DModel",
-    "UNet2DConditionModel",
-)
-
 # Published configurations (the diffusers config.json of each release), random weights.
 ARCH_CONFIGS: dict[str, tuple[str, dict]] = {
     "dit-xl-2": ("DiTTransformer2DModel", dict(
@@ -72,6 +63,7 @@ class ModelBundle:
     config: dict | None = None
     device: torch.device | None = None  # where inputs go when there is no module to ask (an artifact)
     resolution: int | None = None  # latent side for example inputs (None: the config's sample size)
+    inputs_file: Path | None = None  # a safetensors file of example tensors (``--inputs``), for any class
 
     def __post_init__(self):
         if self.model is not None:
@@ -84,18 +76,27 @@ class ModelBundle:
 
     @property
     def latent_input(self) -> str:
-        return "sample" if self.class_name == "UNet2DConditionModel" else "hidden_states"
+        """The forward's first tensor argument (capture confirms it from the output's shape)."""
+        from .structure import first_tensor_input
 
-    @property
-    def stream_inputs(self) -> list[str]:
-        return [self.latent_input, "encoder_hidden_states"]
+        tensors = {k: v for k, v in self.example_inputs(batch=1).items() if isinstance(v, torch.Tensor)}
+        if self.model is None:
+            return next(iter(tensors))  # synthesised inputs list the latent first
+        return first_tensor_input(self.model, tensors)
 
     def example_inputs(self, batch: int = 2, seed: int = 0, resolution: int | None = None) -> dict:
-        """Inputs on the model's device and in its dtype (seeded on the CPU, so every device sees the same values)."""
+        """Inputs on the model's device and in its dtype (seeded on the CPU, so every device sees the same values).
+
+        With an ``inputs_file`` they are that file's tensors, with their batch repeated or cut to ``batch``.
+        """
         param = next(self.model.parameters()) if self.model is not None else None
         dtype = param.dtype if param is not None else torch.float32
-        inputs = synth_inputs(self.cls_name, self.config, batch, seed, text_tokens=self.text_tokens,
-                              resolution=resolution or self.resolution, frames=self.frames, dtype=dtype)
+        if self.inputs_file is not None:
+            inputs = load_inputs(self.inputs_file, batch, dtype)
+        else:
+            inputs = synth_inputs(self.cls_name, self.config, batch, seed, text_tokens=self.text_tokens,
+                                  resolution=resolution or self.resolution, frames=self.frames, dtype=dtype,
+                                  model=self.model)
         device = param.device if param is not None else self.device
         return to_device(inputs, device) if device is not None else inputs
 
@@ -110,12 +111,44 @@ class ModelBundle:
 
 
 def _cls(name: str):
+    """Any diffusers model class (no whitelist: what torch.export captures, cachec serves)."""
     import diffusers
 
-    if name not in SUPPORTED:
-        raise ModelError(f"model class {name} is not supported; supported: {', '.join(SUPPORTED)}")
-    return getattr(diffusers, name)
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise ModelError(f"model class {name!r} is not a diffusers model class (diffusers {diffusers.__version__})")
+    return cls
 
+
+def load_inputs(path: Path, batch: int, dtype: torch.dtype) -> dict:
+    """Example inputs from a safetensors file (``--inputs FILE``): name → tensor, as the forward takes them.
+
+    ``a__b`` names a nested input (``added_cond_kwargs={"b": ...}``). Floating tensors take the
+    model's dtype. The file's batch (the leading size of its first tensor) is repeated or cut to
+    ``batch`` in every tensor that carries it.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        flat = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types (and OSError)
+        raise ModelError(f"--inputs {path}: not a readable safetensors file of example tensors ({exc})") from exc
+    if not flat:
+        raise ModelError(f"--inputs {path}: the file holds no tensor")
+    first = next(iter(flat.values()))
+    have = int(first.shape[0]) if first.dim() else 1
+    out: dict = {}
+    for name, t in flat.items():
+        if t.is_floating_point():
+            t = t.to(dtype)
+        if t.dim() and t.shape[0] == have and have != batch:
+            t = t.repeat(-(-batch // have), *([1] * (t.dim() - 1)))[:batch]
+        outer, _, inner = name.partition("__")
+        if inner:
+            out.setdefault(outer, {})[inner] = t
+        else:
+            out[name] = t
+    return out
 
 def example_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0, *, text_tokens: int = 8,
                    resolution: int | None = None, frames: int = 1) -> dict:
@@ -143,7 +176,8 @@ class _Config(dict):
 
 
 def synth_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_tokens: int = 8,
-                 resolution: int | None = None, frames: int = 1, dtype: torch.dtype = torch.float32) -> dict:
+                 resolution: int | None = None, frames: int = 1, dtype: torch.dtype = torch.float32,
+                 model: torch.nn.Module | None = None) -> dict:
     """Keyword inputs for a model class and config (no module needed, so artifacts can be sampled).
 
     Shapes follow the pipelines (latent channels and sample size from the config); values are
@@ -196,8 +230,63 @@ def synth_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_
         return dict(sample=randn(batch, c.in_channels, size, size),
                     timestep=torch.tensor(500, dtype=torch.long),
                     encoder_hidden_states=randn(batch, text_tokens, c.cross_attention_dim))
-    raise ModelError(f"model class {cls} is not supported; supported: {', '.join(SUPPORTED)}")
+    return signature_inputs(cls, config, batch, seed, text_tokens=text_tokens, resolution=resolution, frames=frames,
+                            dtype=dtype, model=model)
 
+
+# config keys that give a text stream's width, in the order diffusers' classes use them
+_TEXT_DIMS = ("joint_attention_dim", "cross_attention_dim", "caption_channels", "text_dim", "text_embed_dim",
+              "encoder_hid_dim", "context_dim", "caption_projection_dim")
+
+
+def signature_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_tokens: int = 8,
+                     resolution: int | None = None, frames: int = 1, dtype: torch.dtype = torch.float32,
+                     model: torch.nn.Module | None = None) -> dict:
+    """Example inputs of any class from its forward signature and config.
+
+    The forward's first argument is the latent: ``(B, in_channels, H, W)``, with a frame axis for
+    a ``*3D*``/video class; ``timestep`` is a batch of mid-schedule values; ``encoder_hidden_states``
+    a token sequence as wide as the config's text dimension; ``pooled_projections`` as wide as
+    ``pooled_projection_dim``. Arguments with a default are left out. A required argument none of
+    these rules covers is ambiguous: the error asks for ``--inputs FILE``.
+    """
+    import inspect
+
+    g = torch.Generator().manual_seed(seed)
+    c = _Config(config)
+    forward = getattr(model, "forward", None) if model is not None else _cls(cls).forward
+    params = [p for p in inspect.signature(forward).parameters.values()
+              if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    sample_size = c.get("sample_size")
+    size = resolution or (sample_size if isinstance(sample_size, int) else 16)
+    channels = c.get("in_channels") or c.get("in_dim") or c.get("num_channels_latents")
+    video = "3D" in cls or "Video" in cls
+    out: dict = {}
+    for i, p in enumerate(params):
+        name = p.name
+        if i == 0:
+            if not channels:
+                break
+            shape = (batch, channels, frames, size, size) if video else (batch, channels, size, size)
+            out[name] = torch.randn(*shape, generator=g).to(dtype)
+        elif name in ("timestep", "timesteps", "t"):
+            out[name] = torch.full((batch,), 500.0, dtype=dtype)
+        elif name == "encoder_hidden_states" and any(c.get(k) for k in _TEXT_DIMS):
+            width = next(c.get(k) for k in _TEXT_DIMS if c.get(k))
+            out[name] = torch.randn(batch, text_tokens, width, generator=g).to(dtype)
+        elif name == "pooled_projections" and c.get("pooled_projection_dim"):
+            out[name] = torch.randn(batch, c.pooled_projection_dim, generator=g).to(dtype)
+        elif p.default is p.empty:
+            break
+    missing = [p.name for p in params if p.default is p.empty and p.name not in out]
+    if missing or not out:
+        raise ModelError(
+            f"cannot build example inputs for {cls} from its forward signature and config: no rule for the required "
+            f"input(s) {missing or [params[0].name if params else '?']}; pass them with --inputs FILE (a safetensors "
+            "file of example tensors named as the forward's arguments, a__b for a nested a={'b': ...}) or use a "
+            "pipeline with cachec.enable"
+        )
+    return out
 
 def builtin_dir(name: str) -> Path:
     return Path(str(resources.files("cachec").joinpath("builtin", name.replace("-", "_"))))

@@ -18,8 +18,8 @@ import logging
 import torch
 
 from .errors import ModelError
-from .models import SUPPORTED, ModelBundle
 from .runtime import CacheRuntime
+from .structure import first_tensor_input
 
 log = logging.getLogger("cachec")
 
@@ -36,7 +36,6 @@ class CachedDenoiser(torch.nn.Module):
 
         self.policy = parse_policy(policy).spec  # a bad spec fails here, not at the first step
         self.model = model.eval()
-        self._bundle = ModelBundle("pipeline", model)  # which input is the latent, per class
         self.backend = backend
         self.num_steps = num_steps
         self.runtimes: dict[tuple, CacheRuntime] = {}
@@ -82,17 +81,21 @@ class CachedDenoiser(torch.nn.Module):
         from .capture import flatten_inputs
 
         flat = flatten_inputs(kwargs)
-        batch = flat[self._bundle.latent_input].shape[0]
+        batch = flat[first_tensor_input(self.model, flat)].shape[0]
         key = tuple(sorted((n, tuple(t.shape[1:] if t.dim() and t.shape[0] == batch else t.shape), t.dtype)
                            for n, t in flat.items()))
         constants = tuple(sorted((k, repr(v)) for k, v in kwargs.items() if not isinstance(v, (torch.Tensor, dict))))
         key = key + constants
-        if key not in self.runtimes:
-            if self.runtimes:
-                log.warning("cachec: the denoiser is called with new input shapes; compiling for them "
-                            "(caches of different shapes are never mixed)")
-            self.runtimes[key] = self._compile(kwargs)
-        return self.runtimes[key]
+        static_key = key + (("static batch", batch),)  # a model that specialises its batch serves only it
+        for k in (static_key, key):
+            if k in self.runtimes:
+                return self.runtimes[k]
+        if self.runtimes:
+            log.warning("cachec: the denoiser is called with new input shapes; compiling for them "
+                        "(caches of different shapes are never mixed)")
+        rt = self._compile(kwargs)
+        self.runtimes[key if rt.program.meta.get("batch_dims") else static_key] = rt
+        return rt
 
     def _compile(self, kwargs: dict) -> CacheRuntime:
         from . import build_program
@@ -120,8 +123,6 @@ def enable(pipe, policy: str = "fora:3", *, backend: str = "eager", num_steps: i
     model = getattr(pipe, attr)
     if isinstance(model, CachedDenoiser):
         model = model.model
-    if type(model).__name__ not in SUPPORTED:
-        raise ModelError(f"{type(model).__name__} is not supported; supported: {', '.join(SUPPORTED)}")
     setattr(pipe, attr, CachedDenoiser(model, policy, backend=backend, num_steps=num_steps))
     return pipe
 

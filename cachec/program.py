@@ -460,6 +460,7 @@ def _subgraph(gm: fx.GraphModule, nodes: list[fx.Node], outputs: list[tuple[str,
 def _rematerialise(graph: fx.Graph, sym: fx.Node, tensors: list[fx.Node]) -> fx.Node:
     """Re-read a SymInt (the batch size) from a tensor placeholder that has it as a dimension."""
     want = str(sym.meta["val"])
+    scaled = []  # (tensor, dim, p, q): a dimension the size is p/q of (frames folded into the batch)
     for t in tensors:
         val = t.meta.get("val")
         if not isinstance(val, torch.Tensor):
@@ -470,7 +471,38 @@ def _rematerialise(graph: fx.Graph, sym: fx.Node, tensors: list[fx.Node]) -> fx.
                     node = graph.call_function(torch.ops.aten.sym_size.int, (t, dim))
                 node.meta["val"] = sym.meta["val"]
                 return node
+            ratio = _ratio(sym.meta["val"], d)
+            if ratio is not None:
+                scaled.append((t, dim, *ratio))
+    if scaled:
+        t, dim, p, q = scaled[0]
+        with graph.inserting_after(t):
+            size = graph.call_function(torch.ops.aten.sym_size.int, (t, dim))
+        size.meta["val"] = t.meta["val"].shape[dim]
+        if p != 1:
+            with graph.inserting_after(size):
+                size = graph.call_function(operator.mul, (size, p))
+            size.meta["val"] = t.meta["val"].shape[dim] * p
+        with graph.inserting_after(size):
+            node = graph.call_function(operator.floordiv, (size, q))
+        node.meta["val"] = sym.meta["val"]
+        return node
+    expr = getattr(getattr(sym.meta["val"], "node", None), "expr", None)
+    if expr is not None and any(str(s).startswith("u") for s in expr.free_symbols):
+        raise ModelError(f"a data-dependent size ({want}: computed from an input's values, e.g. from an attention "
+                         "mask) crosses a boundary between cacheable regions, which cachec cannot split there")
     raise ModelError(f"segment boundary carries the size {want}, which no tensor input of the segment has")
+
+
+def _ratio(size, dim) -> tuple[int, int] | None:
+    """``(p, q)`` when the symbolic ``size`` is ``p/q`` times the symbolic dimension ``dim``."""
+    try:
+        r = size.node.expr / dim.node.expr
+    except AttributeError:
+        return None
+    if not r.is_Rational or r <= 0:
+        return None
+    return int(r.p), int(r.q)
 
 
 def check_weight_ownership(program: Program) -> None:

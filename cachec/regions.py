@@ -4,11 +4,11 @@ Every FX node produced by ``torch.export`` carries ``meta["nn_module_stack"]`` (
 Blocks are the top-level numbered children (``transformer_blocks.3``,
 ``single_transformer_blocks.0``, ``blocks.12``, ``down_blocks.1``) in the order the graph first
 runs them; inside a block, attention and feed-forward children are the module regions. No model
-table is needed for that; the only declared fallbacks are
-
-* ``mid_block`` (``UNet2DConditionModel``) — a block that is not numbered, and
-* ``FluxSingleTransformerBlock`` — attention and MLP run in parallel and meet in ``proj_out``,
-  so the cacheable unit is the fused ``attn ∥ mlp → proj_out`` output (as TaylorSeer caches it).
+table is needed for that; the only declared fallback is ``mid_block`` (U-Nets), a block that is
+not numbered. A *parallel* block (attention and MLP branches from one normalised input, meeting
+in one projection, as in FLUX's single-stream blocks) is found from the graph
+(:func:`cachec.structure.parallel_branches`); its cacheable unit is the fused
+``attn ∥ mlp → proj`` output (as TaylorSeer caches it).
 
 A region's *outputs* are its nodes that are used outside it; a region's *inputs* are the nodes
 outside it that it reads. Replacing the outputs with cache reads and removing dead code is all a
@@ -29,9 +29,8 @@ WRAPPER = "denoiser"
 KINDS = ("step", "block", "attn", "cross_attn", "mlp")
 
 _NUMBERED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.(\d+)$")
-# Declared fallbacks (see module docstring): unnumbered blocks, and fused parallel blocks.
+# Declared fallback (see module docstring): unnumbered blocks.
 EXTRA_BLOCKS = ("mid_block",)
-FUSED_PARALLEL = {"FluxSingleTransformerBlock": ("attn", "proj_mlp", "act_mlp", "proj_out")}
 _MLP_NAMES = {"ff", "ff_context", "ffn", "mlp"}
 
 
@@ -109,16 +108,23 @@ def _block_of(node: fx.Node, extra: tuple[str, ...]) -> str | None:
 
 
 def find_blocks(gm: fx.GraphModule) -> list[str]:
-    """Block fqns in the order the graph first runs them (stream nodes only)."""
+    """Block fqns in the order the graph first runs them (stream nodes only).
+
+    A block is composite: a numbered child that is a single layer (``nn.Sequential(Linear, SiLU,
+    Linear)``'s ``proj.0``, a text projection) is not a block, however numbered.
+    """
     extra = EXTRA_BLOCKS
     blocks: list[str] = []
+    composite: set[str] = set()
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.meta.get(COND_KEY):
             continue
         b = _block_of(node, extra)
         if b is not None and b not in blocks:
             blocks.append(b)
-    return blocks
+        if b is not None and any(fqn.startswith(b + ".") for fqn, _ in module_path(node)):
+            composite.add(b)
+    return [b for b in blocks if b in composite]
 
 
 def block_class(gm: fx.GraphModule, block: str) -> str:
@@ -161,8 +167,31 @@ def _attention_like(gm: fx.GraphModule, block: str) -> dict[str, str]:
     return found
 
 
+def _child_of(block: str, fqn: str) -> str:
+    """The direct child of ``block`` that contains ``fqn``."""
+    return ".".join(fqn.split(".")[: block.count(".") + 2])
+
+
+def _child_nodes(gm: fx.GraphModule, block: str) -> dict[str, list[fx.Node]]:
+    """Stream nodes of a block grouped by the block's direct child that computes them."""
+    kids: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.meta.get(COND_KEY):
+            continue
+        for fqn, _cls in module_path(node):
+            if fqn.startswith(block + "."):
+                kids.setdefault(_child_of(block, fqn), []).append(node)
+                break
+    return kids
+
+
 def _region_nodes(gm: fx.GraphModule, modules: tuple[str, ...]) -> list[fx.Node]:
-    """Stream nodes inside ``modules`` plus the nodes on paths between them (their convex hull)."""
+    """Stream nodes inside ``modules`` plus the nodes on paths between them (their convex hull).
+
+    A single module needs the hull too when its output projection runs on a mix of its result and
+    another's (LuminaNext's ``attn2.to_out`` after the gated sum with ``attn1``): the region must
+    be closed under paths that leave it and come back, or it could not be one segment.
+    """
     inside = [
         n
         for n in gm.graph.nodes
@@ -170,7 +199,7 @@ def _region_nodes(gm: fx.GraphModule, modules: tuple[str, ...]) -> list[fx.Node]
         and not n.meta.get(COND_KEY)
         and any(fqn == m or fqn.startswith(m + ".") for fqn, _ in module_path(n) for m in modules)
     ]
-    if len(modules) == 1 or not inside:
+    if not inside:
         return inside
     member = set(inside)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -194,16 +223,23 @@ def module_regions(
     """Attention / cross-attention / MLP regions of every block.
 
     ``cross_attention`` is the set of attention fqns the capture step found to be cross-attention
-    (``Attention.is_cross_attention`` on the live module); without it, ``attn2`` is assumed to be.
+    (keys and values that do not depend on the latent, :func:`cachec.structure.cross_attention`);
+    without it (an artifact of an older cachec), ``attn2`` is assumed to be.
     """
+    from .structure import parallel_branches
+
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     regions: list[Region] = []
     for bi, block in enumerate(blocks):
-        cls = block_class(gm, block)
-        if cls in FUSED_PARALLEL:
-            groups = [("mlp", f"{block}.parallel", tuple(f"{block}.{c}" for c in FUSED_PARALLEL[cls]))]
+        found = _attention_like(gm, block)
+        children = _child_nodes(gm, block)
+        attention = [_child_of(block, f) for f, c in found.items() if "Attention" in c]
+        parallel = parallel_branches(block, children, [a for a in attention if a], order)
+        if parallel is not None:
+            groups = [("mlp", f"{block}.parallel", parallel)]
         else:
             groups = []
-            for fqn, kcls in _attention_like(gm, block).items():
+            for fqn, kcls in found.items():
                 leaf = fqn.rsplit(".", 1)[-1]
                 if "Attention" in kcls:
                     is_cross = (fqn in cross_attention) if cross_attention is not None else leaf == "attn2"

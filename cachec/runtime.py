@@ -84,6 +84,7 @@ class BranchState:
     step: int = 0
     num_steps: int | None = None
     last_t: float | None = None
+    direction: float | None = None  # +1 / -1: the sign of the timestep's change, learned from the first two steps
     shape_key: tuple | None = None
     history: list[TrajectoryStats] = field(default_factory=list)
 
@@ -238,6 +239,7 @@ class CacheRuntime(torch.nn.Module):
         branch.controller = self.policy.controller(branch.num_steps or self.num_steps)
         branch.step = 0
         branch.last_t = None
+        branch.direction = None
         branch.history.append(TrajectoryStats())
 
     @property
@@ -342,7 +344,7 @@ class CacheRuntime(torch.nn.Module):
             log.warning("cachec: input shapes changed inside a trajectory; caches reset (never mixed)")
         elif num_steps is not None and branch.step >= num_steps:
             reason = "configured number of steps reached"
-        elif t is not None and branch.last_t is not None and t >= branch.last_t:
+        elif t is not None and branch.last_t is not None and not _continues(t, branch.last_t, branch.direction):
             reason = "timestep does not continue the trajectory"
         if reason is not None:
             log.debug("cachec: new trajectory (%s)", reason)
@@ -358,6 +360,8 @@ class CacheRuntime(torch.nn.Module):
             branch.caches.clear()
             branch.caches.update(self.new_caches(inputs))
         branch.shape_key = key
+        if t is not None and branch.last_t is not None and branch.direction is None and t != branch.last_t:
+            branch.direction = 1.0 if t > branch.last_t else -1.0  # flow-matching pipelines may count up
         branch.last_t = t
 
     def _batch(self, inputs) -> int:
@@ -466,6 +470,18 @@ def _host_value(t: torch.Tensor) -> float | list[float]:
     """A value read back for a controller: a float, or a list of floats for a per-item vector (one
     device→host copy either way)."""
     return float(t) if t.dim() == 0 else t.tolist()
+
+
+def _continues(t: float, last_t: float, direction: float | None) -> bool:
+    """Whether timestep ``t`` continues a trajectory whose previous step was ``last_t``.
+
+    A trajectory moves monotonically; its direction is learned from its first two steps (most
+    schedulers count down, several flow-matching pipelines pass ``1 - t/1000`` and count up). A
+    repeated timestep or a step against the direction starts a new trajectory.
+    """
+    if t == last_t:
+        return False
+    return direction is None or (t - last_t) * direction > 0
 
 
 def _exact_cast(t: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -55,7 +55,8 @@ class Session:
 
 
 def open_model(model_spec: str, batch: int, backend: str | None = None, allow_version_mismatch: bool = False,
-               device=None, dtype=None, image_size: int | None = None, text_tokens: int | None = None) -> Session:
+               device=None, dtype=None, image_size: int | None = None, text_tokens: int | None = None,
+               inputs_file: str | None = None) -> Session:
     """Resolve MODEL (a model spec, a diffusers directory, or an artifact directory).
 
     ``device``/``dtype`` (names or torch objects; default: the GPU if there is one, fp32) say where
@@ -95,13 +96,16 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
         if image_size < 8 or image_size % 8:
             raise CachecError(f"--image-size {image_size}: give the image side in pixels, a multiple of 8 (e.g. 1024)")
         bundle.resolution = image_size // 8  # the latent side: every supported model decodes with an 8x VAE
+    if inputs_file is not None:
+        if not Path(inputs_file).is_file():
+            raise CachecError(f"--inputs {inputs_file}: no such file (give a safetensors file of example tensors)")
+        bundle.inputs_file = Path(inputs_file)
     if text_tokens is not None:
         if text_tokens < 1:
             raise CachecError(f"--text-tokens must be at least 1; got {text_tokens}")
         bundle.text_tokens = text_tokens
     with busy(f"exporting {bundle.class_name} ({model_spec})"):
-        captured = capture(bundle.model, bundle.example_inputs(batch=batch), stream_inputs=bundle.stream_inputs,
-                           latent_input=bundle.latent_input)
+        captured = capture(bundle.model, bundle.example_inputs(batch=batch))
 
     def plan(pol):
         # each plan consumes its own copy of the captured graph (passes rewrite it in place)

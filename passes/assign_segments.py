@@ -8,8 +8,11 @@ skips region segments and loads their outputs from cache buffers, and it reuses 
 glue segments as the full path — so no parameter is ever lowered twice, for any policy.
 
 After :class:`HoistConditioning`, conditioning nodes are first and go to the prologue. Stream
-nodes outside any block go to the prologue before the first block, to the current block's glue
-between blocks, and to the epilogue after the last block.
+nodes outside any block go to the prologue before the first block and to the epilogue after the
+last block. Between two blocks they belong where the stream they compute is defined: to the
+*next* block's first glue, which consumes it. A model that reshapes or concatenates its streams
+between block groups (AuraFlow, Chroma: text ‖ image after the joint blocks) then keeps each
+block's output a residual of its input, which probe policies (FBCache) need.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ class AssignSegments(Pass):
         nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
         block_of = {n: (None if n.meta.get(COND_KEY) else node_block(n, self.blocks)) for n in nodes}
         last_block_pos = max(i for i, n in enumerate(nodes) if block_of[n] is not None)
+        next_block: list[int | None] = [None] * len(nodes)  # the block of the next node that has one
+        upcoming = None
+        for i in range(len(nodes) - 1, -1, -1):
+            next_block[i] = upcoming
+            if block_of[nodes[i]] is not None:
+                upcoming = block_of[nodes[i]]
         order: list[str] = []
         current, glue, in_region = -1, 0, None
         for pos, n in enumerate(nodes):
@@ -49,7 +58,8 @@ class AssignSegments(Pass):
                 elif b is None and current < 0:
                     seg = "prologue"
                 else:
-                    b = current if b is None else b
+                    if b is None:  # between blocks: the next block's glue when the next block is another one
+                        b = next_block[pos] if next_block[pos] is not None and next_block[pos] > current else current
                     if b < current:
                         raise PassError(
                             f"node {n.name} of {self.blocks[b]} runs after {self.blocks[current]}: "

@@ -9,7 +9,9 @@ three effects the rest of cachec relies on:
 * a cached step still sees the *current* adaLN shift/scale/gate, as FORA and TeaCache require;
 * probes such as TeaCache's modulated input need no weights of their own.
 
-Shape reads (``sym_size``) are treated as conditioning: they only carry the batch size.
+Shape reads (``sym_size``) of inputs are treated as conditioning: they only carry the batch size.
+A shape read of a computed stream tensor stays with the stream: its size may be data-dependent
+(``nonzero``, a mask's ``sum``), and hoisting the read above the tensor would break the graph.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class HoistConditioning(Pass):
             if node.op == "placeholder":
                 if node.name in self.stream_inputs:
                     stream.add(node)
-            elif node.op == "call_function" and not _is_shape_read(node):
+            elif node.op == "call_function" and not (_is_shape_read(node) and node.args[0].op == "placeholder"):
                 if any(a in stream for a in node.all_input_nodes):
                     stream.add(node)
         order = list(gm.graph.nodes)

@@ -83,7 +83,13 @@ def lint(gm: fx.GraphModule) -> None:
 
 
 class PassManager:
-    """Runs passes in order, linting (:func:`lint`) after each; the result says whether any modified the graph."""
+    """Runs passes in order, eliminating dead code and linting (:func:`lint`) after each; the result
+    says whether any modified the graph.
+
+    Dead-code elimination after every pass is what guarantees that no region, segment or variant
+    computes a value nobody reads (a pass that leaves one — no-op removal, hoisting — needs no
+    clean-up of its own), and lint then checks the promise.
+    """
 
     def __init__(self, passes: list[Pass]):
         self.passes = list(passes)
@@ -93,6 +99,8 @@ class PassManager:
         for p in self.passes:
             result = p(gm)
             gm = result.graph_module
+            if gm.graph.eliminate_dead_code():
+                modified = True
             gm.recompile()
             try:
                 lint(gm)

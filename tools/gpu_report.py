@@ -329,7 +329,7 @@ def run_case(report: Report, case: Case, steps: int, tiny: bool, inductor: bool,
     def capture_once():
         if "cap" not in captured:
             t = time.perf_counter()
-            captured["cap"] = capture(model, kw, stream_inputs=bundle.stream_inputs, latent_input=latent)
+            captured["cap"] = capture(model, kw, latent_input=latent)
             log(f"{case.name}: torch.export in {time.perf_counter() - t:.1f} s")
         return captured["cap"]
 

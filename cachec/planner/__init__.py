@@ -38,6 +38,7 @@ from cachec.passes import (
     RemoveNoOps,
     StripExportArtifacts,
 )
+from cachec.passes.infra import PassError
 
 from ..capture import Captured
 from ..errors import ModelError
@@ -89,7 +90,11 @@ class Planner:
         self.regions = module_regions(gm, self.blocks, captured.cross_attention)
         region_nodes = {n: r for r in self.regions for n in r.nodes}
         assign = AssignSegments(self.blocks, self.regions, region_nodes)
-        PassManager([assign]).__call__(gm)
+        try:
+            PassManager([assign]).__call__(gm)
+        except PassError as exc:  # the model's structure, not a cachec bug: say which construct
+            raise ModelError(f"{captured.model_class}: its blocks cannot be cut into cacheable regions ({exc}); "
+                             "cachec needs each attention/MLP module to run as one contiguous piece of its block") from exc
         self.gm = gm
         self.order = assign.order
         self.segments = split(gm, self.order, captured.output_name)
@@ -390,6 +395,9 @@ class Planner:
 
     def forecast_ops(self, tag: str, streams: list[str], method: ForecastMethod) -> tuple[list[Op], list[Op]]:
         """Ops that fold fresh ``streams`` into their forecast state, and ops that forecast them."""
+        if not streams:  # dead-code elimination after every pass leaves no region without outputs
+            raise ModelError(f"{self.captured.model_class}: {tag} computes no value the rest of the model reads, "
+                             "so there is nothing to forecast")
         dtype = self.meta[streams[0]].dtype
         self.meta[UPDATE] = torch.empty((method.state, 1 + method.state), dtype=dtype)
         self.meta[PREDICT] = torch.empty((1 + len(method.predict_writes), method.state), dtype=dtype)

@@ -25,7 +25,7 @@ from cachec.capture import capture, flatten_exported
 from cachec.cli import main
 from cachec.graph_keys import OUTPUTS_KEY
 from cachec.methods.tokenwise import TokenController, n_eff
-from cachec.models import ModelBundle, example_inputs
+from cachec.models import example_inputs
 from cachec.passes.gather_scatter import GatherScatter, TokenwiseError
 from cachec.planner import Planner, compile_program
 
@@ -45,8 +45,7 @@ model_and_inputs, trajectory, plain, timesteps = DRIVER.model_and_inputs, DRIVER
 def captured(short: str):
     """One export per model; every program is planned on a fresh copy of its graph (export is the slow part)."""
     model, kw = model_and_inputs(short)
-    b = ModelBundle("m", model)
-    return capture(model, kw, stream_inputs=b.stream_inputs, latent_input=b.latent_input)
+    return capture(model, kw)  # the latent and the streams are found from structure
 
 
 def fresh_planner(short: str) -> Planner:
