@@ -368,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                    help="inductor only: reduce-overhead replays each variant as a CUDA graph on a GPU")
     b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    b.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
     b.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON to FILE (- for stdout only)")
     b.add_argument("--plots", default=None, metavar="DIR", help="write schedule.png, error_curve.png, pareto.png to DIR")
     b.set_defaults(fn=cmd_bench)

@@ -75,3 +75,8 @@ def test_the_cli_compiles_and_runs_a_directory_of_another_class(tmp_path, capsys
     save_file({k: v.contiguous() for k, v in kw.items()}, tmp_path / "in.safetensors")
     assert main(["inspect", str(model_dir), "--inputs", str(tmp_path / "in.safetensors"), "--device", "cpu"]) == 0
     assert main(["inspect", str(model_dir), "--inputs", str(tmp_path / "missing.safetensors"), "--device", "cpu"]) == 2
+    capsys.readouterr()
+    assert main(["bench", str(model_dir), "--inputs", str(tmp_path / "in.safetensors"), "--policies", "fora:3",
+                 "--steps", "6", "--seeds", "1", "--batch", "2", "--repeats", "1", "--json", "-", "--device", "cpu"]) == 0
+    rows = {r["policy"]: r for r in json.loads(capsys.readouterr().out)["policies"]}
+    assert rows["fora:3"]["schedules"] == {"0": "FRRFRR"} and rows["none"]["nfe"] == 6
