@@ -10,6 +10,8 @@ Layout of an artifact directory::
     onnx/<segment>.onnx  onnxruntime: one ONNX file per segment
     aoti/<variant>.pt2   aotinductor: one package per variant, compiled without its weights
     weights.safetensors  aotinductor: every weight once, by its name in the captured model
+    example_inputs.safetensors  the capture's example inputs, when no rule could synthesise them
+                         (they came from ``--inputs`` or a pipeline's own first call)
     engines/<seg>.plan   tensorrt: one serialized engine per segment (``.plan.z``: deflated, see
                          ``backends.tensorrt.pack_plan``)
 
@@ -115,8 +117,13 @@ def weight_bytes(captured: Captured) -> int:
 
 
 def save(out: str | Path, program: Program, captured: Captured, model_spec: str, signature: list[str],
-         force: bool = False, backend: str = "eager", max_batch: int | None = None) -> Path:
+         force: bool = False, backend: str = "eager", max_batch: int | None = None,
+         keep_inputs: bool = False) -> Path:
     """Write the artifact to ``out`` atomically (temporary directory, then rename).
+
+    ``keep_inputs`` stores the example inputs the model was captured with (``EXAMPLE_INPUTS``):
+    when they came from an ``--inputs`` file or a pipeline's own call, nothing else could rebuild
+    them for ``cachec run``/``bench`` on the artifact.
 
     ``max_batch`` caps the batch the artifact accepts (default: the backend's
     ``default_max_batch``, else the exported limit); it is recorded in the manifest and is the
@@ -139,6 +146,11 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         lowered = lowering.save(tmp, program, captured)
+        if keep_inputs:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in captured.example_inputs.items()},
+                      str(tmp / EXAMPLE_INPUTS))
         manifest = manifest_of(program, captured, model_spec, signature, lowering)
         manifest["lowered"] = lowered
         files = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
@@ -205,6 +217,7 @@ def read_manifest(path: str | Path) -> dict:
 # manifest structure (checkers from cachec.schema: each takes (value, where) and raises Mismatch)
 
 FILE = sch.record({"sha256": sch.SHA, "bytes": sch.NAT})
+EXAMPLE_INPUTS = "example_inputs.safetensors"
 SEGMENT_FILES = sch.map_of(sch.NAME)
 AOTI_PACKAGE = sch.record({"file": sch.NAME, "inputs": sch.list_of(sch.NAME), "cache_inputs": sch.list_of(sch.NAME),
                            "outputs": sch.list_of(sch.NAME), "cache_outputs": sch.list_of(sch.NAME), "flops": sch.NUM})

@@ -67,7 +67,8 @@ def cmd_compile(args) -> int:
     program = session.program(policy)
     stage(f"writing artifact to {args.out}")
     out = artifact.save(args.out, program, session.captured(policy), args.model, session.signature, force=args.force,
-                        backend=args.backend, max_batch=args.max_batch)
+                        backend=args.backend, max_batch=args.max_batch,
+                        keep_inputs=session.bundle.inputs_file is not None or session.bundle.recorded is not None)
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"compiled {args.model} with policy {policy} for {args.backend}: {len(program.segments)} segments, "
           f"variants {', '.join(program.variants)} -> {out}")

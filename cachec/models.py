@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -64,6 +64,10 @@ class ModelBundle:
     device: torch.device | None = None  # where inputs go when there is no module to ask (an artifact)
     resolution: int | None = None  # latent side for example inputs (None: the config's sample size)
     inputs_file: Path | None = None  # a safetensors file of example tensors (``--inputs``), for any class
+    pipeline_dir: Path | None = None  # MODEL was a pipeline directory: its own first call can supply inputs
+    recorded: dict | None = field(default=None, repr=False)  # that call's tensors, once recorded
+    artifact_inputs: Path | None = None  # an artifact's own example inputs (kept when none could be synthesised)
+    latent: str | None = None  # the latent input as capture found it (an artifact's manifest says it)
 
     def __post_init__(self):
         if self.model is not None:
@@ -78,6 +82,9 @@ class ModelBundle:
     def latent_input(self) -> str:
         """The forward's first tensor argument (capture confirms it from the output's shape)."""
         from .structure import first_tensor_input
+
+        if self.latent is not None:
+            return self.latent
 
         tensors = {k: v for k, v in self.example_inputs(batch=1).items() if isinstance(v, torch.Tensor)}
         if self.model is None:
@@ -94,11 +101,32 @@ class ModelBundle:
         if self.inputs_file is not None:
             inputs = load_inputs(self.inputs_file, batch, dtype)
         else:
-            inputs = synth_inputs(self.cls_name, self.config, batch, seed, text_tokens=self.text_tokens,
-                                  resolution=resolution or self.resolution, frames=self.frames, dtype=dtype,
-                                  model=self.model)
+            try:
+                inputs = synth_inputs(self.cls_name, self.config, batch, seed, text_tokens=self.text_tokens,
+                                      resolution=resolution or self.resolution, frames=self.frames, dtype=dtype,
+                                      model=self.model)
+            except ModelError as exc:
+                if self.pipeline_dir is not None:
+                    inputs = fit_inputs(self.recorded_call(exc), batch, dtype)
+                elif self.artifact_inputs is not None:
+                    inputs = load_inputs(self.artifact_inputs, batch, dtype)
+                else:
+                    raise
         device = param.device if param is not None else self.device
         return to_device(inputs, device) if device is not None else inputs
+
+    def recorded_call(self, why: Exception) -> dict[str, torch.Tensor]:
+        """The tensors of the pipeline directory's own first denoiser call (recorded once): what the
+        signature could not tell (``why``), the pipeline that ships with the model knows."""
+        if self.recorded is None:
+            from .progress import stage
+            from .recorded_inputs import record_first_call
+
+            stage(f"example inputs: recorded from {self.pipeline_dir}'s own first denoiser call (the forward "
+                  f"signature does not describe them all: {str(why).split(';')[0]})")
+            param = next(self.model.parameters())
+            self.recorded = record_first_call(self.pipeline_dir, param.device, param.dtype)
+        return self.recorded
 
     def scheduler(self):
         import diffusers
@@ -135,6 +163,13 @@ def load_inputs(path: Path, batch: int, dtype: torch.dtype) -> dict:
         raise ModelError(f"--inputs {path}: not a readable safetensors file of example tensors ({exc})") from exc
     if not flat:
         raise ModelError(f"--inputs {path}: the file holds no tensor")
+    return fit_inputs(flat, batch, dtype)
+
+
+def fit_inputs(flat: dict[str, torch.Tensor], batch: int, dtype: torch.dtype) -> dict:
+    """Flat example tensors (``a__b`` nested) as keyword inputs: floating ones in ``dtype``, and their
+    batch (the leading size of the first tensor) repeated or cut to ``batch`` in every tensor that
+    carries it. Shared by ``--inputs`` files and inputs recorded from a pipeline's own call."""
     first = next(iter(flat.values()))
     have = int(first.shape[0]) if first.dim() else 1
     out: dict = {}
@@ -326,7 +361,10 @@ def resolve(spec: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, dev
         return ModelBundle(spec, model)
     path = Path(spec)
     if path.is_dir():
-        return ModelBundle(spec, _load_dir(path, dtype).to(device))
+        bundle = ModelBundle(spec, _load_dir(path, dtype).to(device))
+        if (path / "model_index.json").is_file():
+            bundle.pipeline_dir = path
+        return bundle
     raise ModelError(
         f"cannot resolve model {spec!r}: use builtin:NAME ({', '.join(BUILTINS)}), arch:NAME "
         f"({', '.join(ARCH_CONFIGS)}), or a local diffusers model directory with config.json and weights"

@@ -74,7 +74,10 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
         spec = manifest["model"]["spec"]
         sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
         bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=manifest["model"]["class"],
-                             config=manifest["model"]["config"], device=device)
+                             config=manifest["model"]["config"], device=device,
+                             latent=manifest["capture"]["latent_input"])
+        if artifact.EXAMPLE_INPUTS in manifest["files"]:
+            bundle.artifact_inputs = path / artifact.EXAMPLE_INPUTS
 
         own_policy = manifest["program"]["meta"]["policy"]
 

@@ -105,3 +105,19 @@ def save_pixart(root: Path) -> Path:
     out = root / "pixart"
     pipe.save_pretrained(out)
     return out
+
+
+def save_cogview3plus(root: Path) -> Path:
+    """CogView3PlusPipeline: a T5 text encoder, a 2-block CogView3-Plus transformer whose size conditioning
+    (``original_size``, ``target_size``, ``crop_coords``) its forward signature does not describe, an 8x VAE."""
+    t5_tok = t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = _noised(diffusers.CogView3PlusTransformer2DModel(
+        patch_size=2, in_channels=4, num_layers=2, attention_head_dim=4, num_attention_heads=2, out_channels=4,
+        text_embed_dim=8, time_embed_dim=8, condition_dim=2, pos_embed_max_size=8, sample_size=8))
+    pipe = diffusers.CogView3PlusPipeline(
+        tokenizer=t5_tok, text_encoder=t5_encoder(len(t5_tok), 8), vae=vae(4), transformer=transformer,
+        scheduler=diffusers.CogVideoXDDIMScheduler())
+    out = root / "cogview3plus"
+    pipe.save_pretrained(out)
+    return out

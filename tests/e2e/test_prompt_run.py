@@ -6,6 +6,7 @@ pipeline's image exactly; a cache policy must follow its schedule and change the
 import json
 
 import pytest
+import torch
 from tiny_pipelines import save_flux, save_pixart
 
 from cachec.cli import main
@@ -44,3 +45,33 @@ def test_a_policy_runs_its_schedule_in_the_pipeline(pipeline_dir, tmp_path, caps
 def test_a_directory_without_a_pipeline_is_named(model_dir, capsys):
     assert main(["run", str(model_dir), "--prompt", "a cat"]) == 2
     assert "needs a local diffusers pipeline directory" in capsys.readouterr().err
+
+
+def test_a_pipeline_directory_supplies_the_inputs_its_denoisers_signature_does_not_describe(tmp_path, capsys):
+    """CogView3-Plus needs size conditioning (``original_size``…) that no signature rule can build:
+    as a bare model directory it is refused with what to pass; as a pipeline directory, the
+    pipeline's own first denoiser call supplies the inputs, and the compiled artifact runs."""
+    from tiny_pipelines import save_cogview3plus
+
+    from cachec.models import resolve
+
+    pipe_dir = save_cogview3plus(tmp_path)
+    # the transformer alone: a clear error naming --inputs
+    assert main(["compile", str(pipe_dir / "transformer"), "--out", str(tmp_path / "bare"), "--device", "cpu"]) == 2
+    assert "--inputs FILE" in capsys.readouterr().err
+    # the pipeline: inputs recorded from its own call, batch fitted
+    bundle = resolve(str(pipe_dir))
+    kw = bundle.example_inputs(batch=3)
+    assert {"original_size", "target_size", "crop_coords"} <= set(kw)
+    assert kw["hidden_states"].shape[0] == 3 and kw["original_size"].shape == (3, 2)
+    with torch.no_grad():  # what the pipeline recorded is what the model takes
+        assert bundle.model(**kw, return_dict=False)[0].shape == kw["hidden_states"].shape
+    art = tmp_path / "art"
+    assert main(["compile", str(pipe_dir), "--policy", "fora:3", "--out", str(art), "--device", "cpu"]) == 0
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert {"original_size", "target_size", "crop_coords"} <= set(manifest["program"]["inputs"])
+    capsys.readouterr()
+    assert main(["run", str(art), "--steps", "6", "--batch", "2", "--out", str(tmp_path / "s"), "--json",
+                 "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["schedule"] == "FRRFRR"
