@@ -82,6 +82,12 @@ ARCH_CONFIGS: dict[str, tuple[str, dict]] = {
         num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
         guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0,
         rope_axes_dim=(16, 56, 56), image_condition_type=None)),
+    # scripts/convert_ltx_to_diffusers.py, get_transformer_config("0.9.7") (LTXV-13B)
+    "ltx-video-13b": ("LTXVideoTransformer3DModel", dict(
+        in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32, attention_head_dim=128,
+        cross_attention_dim=4096, num_layers=48, activation_fn="gelu-approximate", qk_norm="rms_norm_across_heads",
+        norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096, attention_bias=True,
+        attention_out_bias=True)),
     # no conversion script: the class defaults of transformer_qwenimage.py (Qwen-Image's config), written out
     "qwen-image": ("QwenImageTransformer2DModel", dict(
         patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
@@ -286,6 +292,14 @@ def synth_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_
                     encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim),
                     encoder_hidden_states_mask=torch.ones(batch, text_tokens, dtype=torch.long),
                     timestep=torch.full((batch,), 0.5, dtype=dtype), img_shapes=[(1, h, w)] * batch)
+    if cls == "LTXVideoTransformer3DModel":
+        # packed latent tokens (frames x rows x cols, patch 1) and the grid they came from, as LTXPipeline passes them
+        size = resolution or 16
+        return dict(hidden_states=randn(batch, frames * size * size, c.in_channels),
+                    encoder_hidden_states=randn(batch, text_tokens, c.caption_channels),
+                    timestep=torch.full((batch,), 500.0, dtype=dtype),
+                    encoder_attention_mask=torch.ones(batch, text_tokens, dtype=dtype),
+                    num_frames=frames, height=size, width=size)
     if cls == "UNet2DConditionModel":
         # a 0-d timestep, as StableDiffusionPipeline passes it (a batched one bounds the batch at 2..63)
         return dict(sample=randn(batch, c.in_channels, size, size),

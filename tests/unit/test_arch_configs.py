@@ -25,6 +25,7 @@ PUBLISHED_PARAMS = {
     "wan2.1-14b": (14.0, "Wan2.1 report / model card: Wan2.1-T2V-14B"),
     "auraflow": (6.8, "AuraFlow v0.1 release (fal.ai): 6.8 B parameters"),
     "hunyuan-video": (13.0, "HunyuanVideo paper (Tencent 2024): over 13 billion parameters"),
+    "ltx-video-13b": (13.0, "LTX-Video 0.9.7 release (Lightricks): LTXV-13B"),
     "qwen-image": (20.0, "Qwen-Image technical report: a 20 B MMDiT"),
     "chroma": (8.9, "Chroma1-HD model card: an 8.9 B parameter model based on FLUX.1-schnell"),
     "allegro": (2.8, "Allegro model card (rhymes-ai): VideoDiT 2.8 B"),
