@@ -60,7 +60,7 @@ def test_parameter_count_matches_the_published_size(name):
     exclude = ()
     if name == "dit-xl-2":
         # diffusers' DiT gives every block its own copy of the timestep + class embedder (AdaLayerNormZero.emb;
-        # the conversion copies one table into all 28); the paper's 675 M counts it once
+        # scripts/convert_dit_to_diffusers.py copies the one t_embedder/y_embedder into all 28); the paper counts it once
         exclude = tuple(f"transformer_blocks.{i}.norm1.emb." for i in range(1, len(model.transformer_blocks)))
     got = _params(model, exclude) / 1e9
     published, source = PUBLISHED_PARAMS[name]
