@@ -267,11 +267,11 @@ def synth_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_
         ids[..., 1] = torch.arange(h)[:, None]
         ids[..., 2] = torch.arange(w)[None, :]
         kw = dict(hidden_states=randn(batch, h * w, c.in_channels),
-                  encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim),
-                  timestep=torch.full((batch,), 0.5, dtype=dtype),
-                  img_ids=ids.reshape(h * w, 3).to(dtype), txt_ids=torch.zeros(text_tokens, 3, dtype=dtype))
+                  encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim))
         if c.pooled_projection_dim:
             kw["pooled_projections"] = randn(batch, c.pooled_projection_dim)
+        kw.update(timestep=torch.full((batch,), 0.5, dtype=dtype),
+                  img_ids=ids.reshape(h * w, 3).to(dtype), txt_ids=torch.zeros(text_tokens, 3, dtype=dtype))
         if c.guidance_embeds:
             kw["guidance"] = torch.full((batch,), 3.5, dtype=dtype)
         return kw

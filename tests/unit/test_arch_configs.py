@@ -31,9 +31,11 @@ PUBLISHED_PARAMS = {
     "allegro": (2.8, "Allegro model card (rhymes-ai): VideoDiT 2.8 B"),
 }
 
-# The two entries whose diffusers module is not the published count, and why (checked below, not skipped).
-# wan2.1-1.3b: "1.3B" is the release's name; the config (convert_wan_to_diffusers.py, "Wan-T2V-1.3B",
-# which this dict repeats) has 1.42 B parameters, which is also what its released checkpoint holds.
+# The one entry whose count is not within 3 % of its published figure, checked another way (not skipped):
+# wan2.1-1.3b is named "1.3B" (Wan2.1 model card), but the config of diffusers' conversion script
+# (scripts/convert_wan_to_diffusers.py, "Wan-T2V-1.3B", repeated here) has 1.42 B parameters (+9 %).
+# The test checks that arch:wan2.1-1.3b is exactly that config. (dit-xl-2 differs from its paper by a
+# known duplication; see test_parameter_count_matches_the_published_size.)
 WAN_13B_SCRIPT_CONFIG = dict(
     added_kv_proj_dim=None, attention_head_dim=128, cross_attn_norm=True, eps=1e-06, ffn_dim=8960, freq_dim=256,
     in_channels=16, num_attention_heads=12, num_layers=30, out_channels=16, patch_size=(1, 2, 2),
@@ -70,10 +72,11 @@ def test_parameter_count_matches_the_published_size(name):
 def test_wan_1_3b_is_the_conversion_scripts_config():
     cls_name, cfg = ARCH_CONFIGS["wan2.1-1.3b"]
     assert cls_name == "WanTransformer3DModel"
-    with torch.device("meta"):
-        script = _cls(cls_name)(**WAN_13B_SCRIPT_CONFIG)
-    assert _params(_build("wan2.1-1.3b")) == _params(script)
-    assert abs(_params(script) / 1e9 - 1.42) < 0.01
+    built = _build("wan2.1-1.3b")
+    for key, want in WAN_13B_SCRIPT_CONFIG.items():
+        got = built.config[key]
+        assert (tuple(got) if isinstance(got, list) else got) == want, f"{key}: {got} != {want}"
+    assert abs(_params(built) / 1e9 - 1.42) < 0.01
 
 
 @pytest.mark.parametrize("name", sorted(ARCH_CONFIGS))
