@@ -302,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--dtype", default=None, choices=list(DTYPES),
                         help="weights and activations: fp32, bf16, fp16 (default: fp32; an artifact keeps its own)")
     sub = p.add_subparsers(dest="command", required=True)
-    model_help = ("builtin:tiny-dit, arch:NAME (dit-xl-2, pixart-alpha, flux.1-dev, sd3-medium, wan2.1-1.3b, sd1.5-unet), "
+    from .models import ARCH_CONFIGS
+
+    model_help = (f"builtin:tiny-dit, arch:NAME (published config, random weights: {', '.join(ARCH_CONFIGS)}), "
                   "or a local diffusers model dir of any denoiser class")
     inputs_help = ("safetensors file of example tensors named as the forward's arguments (a__b for a nested a={'b': ...}); "
                    "default: built from the forward signature and config")

@@ -44,6 +44,65 @@ ARCH_CONFIGS: dict[str, tuple[str, dict]] = {
         block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))),
+    # -- families served by structure alone (docs/family_matrix.md). Each config is copied from the
+    # diffusers source named beside it; tests/unit/test_arch_configs.py checks each parameter count
+    # against the published model size.
+    # scripts/convert_sana_to_diffusers.py, SanaMS_1600M_P1_D20 at --image_size 1024
+    "sana-1600m": ("SanaTransformer2DModel", dict(
+        in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32, num_layers=20,
+        num_cross_attention_heads=20, cross_attention_head_dim=112, cross_attention_dim=2240, caption_channels=2304,
+        mlp_ratio=2.5, attention_bias=False, sample_size=32, patch_size=1, norm_elementwise_affine=False,
+        norm_eps=1e-6, interpolation_scale=None)),
+    # scripts/convert_pixart_sigma_to_diffusers.py at --image_size 1024 (interpolation_scale 2), no micro-conditions
+    "pixart-sigma": ("PixArtTransformer2DModel", dict(
+        sample_size=128, num_layers=28, attention_head_dim=72, in_channels=4, out_channels=8, patch_size=2,
+        attention_bias=True, num_attention_heads=16, cross_attention_dim=1152, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        caption_channels=4096, interpolation_scale=2, use_additional_conditions=False)),
+    # scripts/convert_sd3_to_diffusers.py: 38 joint blocks, heads = layers, caption dim = 38 x 64,
+    # pos_embed_max_size 192 ("sd3.0 and sd3.5 8b"), rms qk-norm ("sd3.5"), no dual-attention layers
+    "sd3.5-large": ("SD3Transformer2DModel", dict(
+        sample_size=128, patch_size=2, in_channels=16, joint_attention_dim=4096, num_layers=38,
+        caption_projection_dim=2432, num_attention_heads=38, attention_head_dim=64, pooled_projection_dim=2048,
+        out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm", dual_attention_layers=())),
+    # scripts/convert_wan_to_diffusers.py, "Wan-T2V-14B"
+    "wan2.1-14b": ("WanTransformer3DModel", dict(
+        patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+        text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, added_kv_proj_dim=None)),
+    # scripts/convert_aura_flow_to_diffusers.py builds AuraFlowTransformer2DModel(4 MMDiT, 32 single layers)
+    # with the class defaults (transformer_aura_flow.py), written out here
+    "auraflow": ("AuraFlowTransformer2DModel", dict(
+        sample_size=64, patch_size=2, in_channels=4, num_mmdit_layers=4, num_single_dit_layers=32,
+        attention_head_dim=256, num_attention_heads=12, joint_attention_dim=2048, caption_projection_dim=3072,
+        out_channels=4, pos_embed_max_size=1024)),
+    # scripts/convert_hunyuan_video_to_diffusers.py, TRANSFORMER_CONFIGS["HYVideo-T/2-cfgdistill"]
+    "hunyuan-video": ("HunyuanVideoTransformer3DModel", dict(
+        in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+        num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
+        guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0,
+        rope_axes_dim=(16, 56, 56), image_condition_type=None)),
+    # scripts/convert_ltx_to_diffusers.py, get_transformer_config("0.9.7") (LTXV-13B)
+    "ltx-video-13b": ("LTXVideoTransformer3DModel", dict(
+        in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32, attention_head_dim=128,
+        cross_attention_dim=4096, num_layers=48, activation_fn="gelu-approximate", qk_norm="rms_norm_across_heads",
+        norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096, attention_bias=True,
+        attention_out_bias=True)),
+    # no conversion script: the class defaults of transformer_qwenimage.py (Qwen-Image's config), written out
+    "qwen-image": ("QwenImageTransformer2DModel", dict(
+        patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+        joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56))),
+    # no conversion script: the class defaults of transformer_chroma.py (Chroma1-HD's config), written out
+    "chroma": ("ChromaTransformer2DModel", dict(
+        patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=4096, axes_dims_rope=(16, 56, 56), approximator_num_channels=64,
+        approximator_hidden_dim=5120, approximator_layers=5)),
+    # no conversion script: the class defaults of transformer_allegro.py (rhymes-ai/Allegro's config), written out
+    "allegro": ("AllegroTransformer3DModel", dict(
+        patch_size=2, patch_size_t=1, num_attention_heads=24, attention_head_dim=96, in_channels=4, out_channels=4,
+        num_layers=32, cross_attention_dim=2304, attention_bias=True, sample_height=90, sample_width=160,
+        sample_frames=22, activation_fn="gelu-approximate", norm_elementwise_affine=False, norm_eps=1e-6,
+        caption_channels=4096, interpolation_scale_h=2.0, interpolation_scale_w=2.0, interpolation_scale_t=2.2)),
 }
 
 # flow-matching models are sampled with FlowMatchEulerDiscreteScheduler, the rest with DDIM
@@ -237,15 +296,16 @@ def synth_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_
         return dict(hidden_states=randn(batch, c.in_channels, size, size),
                     encoder_hidden_states=randn(batch, text_tokens, c.caption_channels),
                     timestep=torch.full((batch,), 500, dtype=torch.long), added_cond_kwargs=added)
-    if cls == "FluxTransformer2DModel":
+    if cls in ("FluxTransformer2DModel", "ChromaTransformer2DModel"):  # Chroma: FLUX's layout, no pooled text
         h = w = size // 2 if resolution else 8
         ids = torch.zeros(h, w, 3)
         ids[..., 1] = torch.arange(h)[:, None]
         ids[..., 2] = torch.arange(w)[None, :]
         kw = dict(hidden_states=randn(batch, h * w, c.in_channels),
-                  encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim),
-                  pooled_projections=randn(batch, c.pooled_projection_dim),
-                  timestep=torch.full((batch,), 0.5, dtype=dtype),
+                  encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim))
+        if c.pooled_projection_dim:
+            kw["pooled_projections"] = randn(batch, c.pooled_projection_dim)
+        kw.update(timestep=torch.full((batch,), 0.5, dtype=dtype),
                   img_ids=ids.reshape(h * w, 3).to(dtype), txt_ids=torch.zeros(text_tokens, 3, dtype=dtype))
         if c.guidance_embeds:
             kw["guidance"] = torch.full((batch,), 3.5, dtype=dtype)
@@ -260,6 +320,21 @@ def synth_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_
         return dict(hidden_states=randn(batch, c.in_channels, frames, size, size),
                     timestep=torch.full((batch,), 500, dtype=torch.long),
                     encoder_hidden_states=randn(batch, text_tokens, c.text_dim))
+    if cls == "QwenImageTransformer2DModel":
+        # packed 2x2 latent patches, (frames, rows, cols) of the packed grid per sample, as QwenImagePipeline passes
+        h = w = size // 2 if resolution else 8
+        return dict(hidden_states=randn(batch, h * w, c.in_channels),
+                    encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim),
+                    encoder_hidden_states_mask=torch.ones(batch, text_tokens, dtype=torch.long),
+                    timestep=torch.full((batch,), 0.5, dtype=dtype), img_shapes=[(1, h, w)] * batch)
+    if cls == "LTXVideoTransformer3DModel":
+        # packed latent tokens (frames x rows x cols, patch 1) and the grid they came from, as LTXPipeline passes them
+        size = resolution or 16
+        return dict(hidden_states=randn(batch, frames * size * size, c.in_channels),
+                    encoder_hidden_states=randn(batch, text_tokens, c.caption_channels),
+                    timestep=torch.full((batch,), 500.0, dtype=dtype),
+                    encoder_attention_mask=torch.ones(batch, text_tokens, dtype=dtype),
+                    num_frames=frames, height=size, width=size)
     if cls == "UNet2DConditionModel":
         # a 0-d timestep, as StableDiffusionPipeline passes it (a batched one bounds the batch at 2..63)
         return dict(sample=randn(batch, c.in_channels, size, size),
@@ -270,7 +345,8 @@ def synth_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_
 
 
 # config keys that give a text stream's width, in the order diffusers' classes use them
-_TEXT_DIMS = ("joint_attention_dim", "cross_attention_dim", "caption_channels", "text_dim", "text_embed_dim",
+# (``caption_channels`` first: where a class has it, a caption projection maps it to ``cross_attention_dim``)
+_TEXT_DIMS = ("joint_attention_dim", "caption_channels", "cross_attention_dim", "text_dim", "text_embed_dim",
               "encoder_hid_dim", "context_dim", "caption_projection_dim")
 
 
@@ -311,6 +387,10 @@ def signature_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, t
             out[name] = torch.randn(batch, text_tokens, width, generator=g).to(dtype)
         elif name == "pooled_projections" and c.get("pooled_projection_dim"):
             out[name] = torch.randn(batch, c.pooled_projection_dim, generator=g).to(dtype)
+        elif name == "encoder_attention_mask" and "encoder_hidden_states" in out and p.default is p.empty:
+            out[name] = torch.ones(batch, text_tokens, dtype=dtype)  # every text token attended
+        elif name == "guidance" and c.get("guidance_embeds"):
+            out[name] = torch.full((batch,), 3.5, dtype=dtype)  # a model with a guidance embedding needs its input
         elif p.default is p.empty:
             break
     missing = [p.name for p in params if p.default is p.empty and p.name not in out]
