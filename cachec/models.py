@@ -106,7 +106,12 @@ ARCH_CONFIGS: dict[str, tuple[str, dict]] = {
 }
 
 # flow-matching models are sampled with FlowMatchEulerDiscreteScheduler, the rest with DDIM
-FLOW_MATCHING = {"FluxTransformer2DModel", "SD3Transformer2DModel", "WanTransformer3DModel"}
+FLOW_MATCHING = {
+    "FluxTransformer2DModel", "SD3Transformer2DModel", "WanTransformer3DModel",
+    # the arch: families whose diffusers pipelines sample with FlowMatchEulerDiscreteScheduler
+    "AuraFlowTransformer2DModel", "ChromaTransformer2DModel", "QwenImageTransformer2DModel",
+    "HunyuanVideoTransformer3DModel", "LTXVideoTransformer3DModel",
+}
 
 
 @dataclass
