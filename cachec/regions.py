@@ -185,12 +185,17 @@ def _child_nodes(gm: fx.GraphModule, block: str) -> dict[str, list[fx.Node]]:
     return kids
 
 
-def _region_nodes(gm: fx.GraphModule, modules: tuple[str, ...]) -> list[fx.Node]:
+def _region_nodes(gm: fx.GraphModule, modules: tuple[str, ...], feeders: bool = False) -> list[fx.Node]:
     """Stream nodes inside ``modules`` plus the nodes on paths between them (their convex hull).
 
     A single module needs the hull too when its output projection runs on a mix of its result and
     another's (LuminaNext's ``attn2.to_out`` after the gated sum with ``attn1``): the region must
     be closed under paths that leave it and come back, or it could not be one segment.
+
+    ``feeders`` (parallel blocks) also takes the nodes between the first and last module node that
+    only the region reads: HunyuanVideo's single block slices the normalised stream into image and
+    text tokens for its attention *after* its MLP branch began, and those slices, needed by nothing
+    else, would otherwise cut the region in two.
     """
     inside = [
         n
@@ -214,6 +219,11 @@ def _region_nodes(gm: fx.GraphModule, modules: tuple[str, ...]) -> list[fx.Node]
         if lo <= order[n] <= hi and any(u in reach_back for u in n.users):
             reach_back.add(n)
     hull = (reach_fwd & reach_back) | member
+    if feeders:
+        for n in reversed(list(gm.graph.nodes)):
+            if (lo <= order[n] <= hi and n not in hull and n.op == "call_function" and not n.meta.get(COND_KEY)
+                    and n.users and all(u in hull for u in n.users)):
+                hull.add(n)
     return [n for n in gm.graph.nodes if n in hull]
 
 
@@ -236,7 +246,7 @@ def module_regions(
         attention = [_child_of(block, f) for f, c in found.items() if "Attention" in c]
         parallel = parallel_branches(block, children, [a for a in attention if a], order)
         if parallel is not None:
-            groups = [("mlp", f"{block}.parallel", parallel)]
+            groups = [("mlp", f"{block}.parallel", parallel, True)]
         else:
             groups = []
             for fqn, kcls in found.items():
@@ -246,9 +256,9 @@ def module_regions(
                     kind = "cross_attn" if is_cross else "attn"
                 else:
                     kind = "mlp"
-                groups.append((kind, fqn, (fqn,)))
-        for kind, name, mods in groups:
-            nodes = _region_nodes(gm, mods)
+                groups.append((kind, fqn, (fqn,), False))
+        for kind, name, mods, feeders in groups:
+            nodes = _region_nodes(gm, mods, feeders)
             if not nodes:
                 continue
             member = set(nodes)

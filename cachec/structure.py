@@ -20,6 +20,7 @@ Nothing here imports the planner or the runtime: capture and regions call these 
 from __future__ import annotations
 
 import inspect
+import operator
 
 import torch
 from torch import fx
@@ -35,6 +36,12 @@ _MATMUL = {torch.ops.aten.bmm.default, torch.ops.aten.matmul.default, torch.ops.
 _PROJECTION = {torch.ops.aten.linear.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default,
                torch.ops.aten.conv2d.default, torch.ops.aten.conv1d.default}
 _CONCAT = {torch.ops.aten.cat.default}
+# ops that only take a part of a tensor or reshape it: a branch that reads a slice of the
+# normalised stream still starts from that stream (HunyuanVideo's single blocks split it into
+# image and text tokens for the attention)
+_PART_OF = {torch.ops.aten.slice.Tensor, torch.ops.aten.select.int, torch.ops.aten.view.default,
+            torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.narrow.default,
+            torch.ops.aten.split.Tensor, torch.ops.aten.split_with_sizes.default}
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -180,14 +187,16 @@ def parallel_branches(
         if not a_nodes:
             continue
         a_inputs = {i for n in a_nodes for i in n.all_input_nodes if i not in a_nodes and i.op == "call_function"}
-        for n in a_nodes:
+        a_inputs |= {src for i in a_inputs for src in _whole_of(i)}
+        a_out = _joined_outputs(a_nodes, owner)
+        for n in a_out:
             for cat in n.users:
-                if cat in a_nodes or cat.target not in _CONCAT:
+                if cat in a_out or cat.target not in _CONCAT:
                     continue
                 proj = [u for u in cat.users if u.target in _PROJECTION and owner.get(u) not in (None, attn)]
                 if len(proj) != 1:
                     continue
-                others = [x for x in cat.args[0] if isinstance(x, fx.Node) and x not in a_nodes]
+                others = [x for x in cat.args[0] if isinstance(x, fx.Node) and x not in a_out]
                 branch = _branch_back_to(others, a_inputs, a_nodes, order, in_block)
                 if branch is None:
                     continue
@@ -197,6 +206,35 @@ def parallel_branches(
                     continue
                 return (attn, *mlp, owner[proj[0]])
     return None
+
+
+def _whole_of(n: fx.Node) -> list[fx.Node]:
+    """The tensors ``n`` is a part or a reshape of (getitem of a split included), nearest first."""
+    out = []
+    while True:
+        if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[0], fx.Node):
+            n = n.args[0]
+        elif n.op == "call_function" and n.target in _PART_OF and isinstance(n.args[0], fx.Node):
+            n = n.args[0]
+            out.append(n)
+        else:
+            return out
+
+
+def _joined_outputs(a_nodes: set[fx.Node], owner: dict) -> set[fx.Node]:
+    """The attention's nodes plus the glue that only joins its outputs (HunyuanVideo concatenates its
+    image and text outputs before they meet the MLP branch): nodes of no child whose inputs all are
+    attention outputs."""
+    out = set(a_nodes)
+    todo = [u for n in a_nodes for u in n.users]
+    while todo:
+        u = todo.pop()
+        if u in out or u in owner or u.op != "call_function":
+            continue
+        if u.target in _CONCAT | _PART_OF and all(i in out for i in u.all_input_nodes):
+            out.add(u)
+            todo.extend(u.users)
+    return out
 
 
 def _branch_back_to(starts: list[fx.Node], roots: set[fx.Node], avoid: set[fx.Node],

@@ -103,6 +103,20 @@ def test_a_parallel_block_outside_flux_is_found_from_the_graph():
     assert regions["transformer_blocks.0.attn"]["kind"] == "attn"  # joint attention: keys depend on the latent
 
 
+def test_a_parallel_block_whose_attention_reads_slices_and_joins_its_outputs_is_found():
+    """HunyuanVideo's single blocks slice the normalised stream into image and text tokens for the
+    attention and concatenate its two outputs before they meet the MLP branch in proj_out. Found
+    as one parallel region, a FORA cached step skips the MLP half too (it skipped only the
+    attention before: half of a full step's FLOPs)."""
+    m = make_family("HunyuanVideoTransformer3DModel")
+    program = cachec.build_program(m, family_inputs("HunyuanVideoTransformer3DModel", 2), "fora:3")
+    regions = {r["name"]: r for r in program.meta["regions"]}
+    single = [r for name, r in regions.items() if name.startswith("single_transformer_blocks.")]
+    assert single and all(r["name"].endswith(".parallel") for r in single)
+    assert [mod.rsplit(".", 1)[-1] for mod in single[0]["modules"]] == ["attn", "proj_mlp", "act_mlp", "proj_out"]
+    assert program.variant_flops("reuse") / program.variant_flops("full") < 0.2
+
+
 def test_cross_attention_is_where_keys_come_from_another_stream():
     m = make_family("SanaTransformer2DModel")
     cap = capture(m, family_inputs("SanaTransformer2DModel", 2))
