@@ -67,6 +67,16 @@ def onnx_dir_for(name, policy, tmp_root):
     return _onnx_dirs[name, policy]
 
 
+def _tensorrt():
+    """The tensorrt backend module, or a skip naming what is missing (its bindings are an extra)."""
+    tensorrt = pytest.importorskip("cachec.backends.tensorrt")
+    try:
+        tensorrt.trt()
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    return tensorrt
+
+
 def trajectory(rt, model, steps=20, seed=0):
     """Drive a runtime over a whole trajectory with a fixed update rule; returns the final latent."""
     kw = example_inputs(model, 3, seed=seed, text_tokens=5)
@@ -104,11 +114,7 @@ def onnxruntime_vs_eager(name, policy, tmp_path_factory):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_tensorrt_builds_every_variant_with_manifest_io(name, tmp_path_factory):
-    tensorrt = pytest.importorskip("cachec.backends.tensorrt")
-    try:
-        tensorrt.trt()
-    except BackendError as exc:
-        pytest.skip(str(exc))
+    tensorrt = _tensorrt()
     for policy in ("none", "fora:3", "fbcache:0.3"):
         _, program = program_for(name, policy)
         d, files = onnx_dir_for(name, policy, tmp_path_factory.getbasetemp())
@@ -127,11 +133,7 @@ def test_tensorrt_builds_every_variant_with_manifest_io(name, tmp_path_factory):
 
 @pytest.mark.parametrize("policy", ["fbcache:0.05", "fora:3"])
 def test_tensorrt_artifact_stores_each_weight_once(policy, tmp_path, monkeypatch):
-    tensorrt = pytest.importorskip("cachec.backends.tensorrt")
-    try:
-        tensorrt.trt()
-    except BackendError as exc:
-        pytest.skip(str(exc))
+    _tensorrt()
     monkeypatch.setenv("CACHEC_TRT_CACHE", str(tmp_path / "trt-cache"))
     torch.manual_seed(0)
     m = DiTTransformer2DModel(sample_size=8, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=16,
@@ -151,11 +153,7 @@ def test_tensorrt_artifact_of_the_bundled_model_is_within_15_percent_of_its_weig
     """The bundled model is small: an engine's fixed kernels and padding (~0.2 MB per segment)
     made its artifact 2.3× its weights. Plans that are mostly overhead are stored deflated, and
     each round-trips to the exact plan the builder produced."""
-    tensorrt = pytest.importorskip("cachec.backends.tensorrt")
-    try:
-        tensorrt.trt()
-    except BackendError as exc:
-        pytest.skip(str(exc))
+    tensorrt = _tensorrt()
     monkeypatch.setenv("CACHEC_TRT_CACHE", str(tmp_path / "trt-cache"))
     out = tmp_path / "art"
     assert main(["compile", "builtin:tiny-dit", "--policy", "fora:3", "--backend", "tensorrt", "--out", str(out),
@@ -218,11 +216,7 @@ def test_onnxruntime_runs_forecast_and_feedback_policies(policy, tmp_path_factor
     assert "R" in eager.stats.schedule, eager.stats.schedule
     _, program = program_for(name, policy)
     d, files = onnx_dir_for(name, policy, tmp_path_factory.getbasetemp())
-    tensorrt = pytest.importorskip("cachec.backends.tensorrt")  # and TensorRT builds every segment
-    try:
-        tensorrt.trt()
-    except BackendError as exc:
-        pytest.skip(str(exc))
+    tensorrt = _tensorrt()  # and TensorRT builds every segment
     for seg in program.segments:
         plan, _ = tensorrt.build_engine(d / files[seg], max_batch=64)
         assert len(plan) > 0
@@ -231,11 +225,7 @@ def test_onnxruntime_runs_forecast_and_feedback_policies(policy, tmp_path_factor
 def test_max_batch_caps_the_artifact_and_tensorrt_defaults_to_a_serving_batch(tmp_path, monkeypatch, capsys):
     """A TensorRT profile's largest shape sizes the engine (at 1024, a FLUX-shaped attention
     segment could not be built); the cap is recorded and bad values are named."""
-    tensorrt = pytest.importorskip("cachec.backends.tensorrt")
-    try:
-        tensorrt.trt()
-    except BackendError as exc:
-        pytest.skip(str(exc))
+    _tensorrt()
     monkeypatch.setenv("CACHEC_TRT_CACHE", str(tmp_path / "trt-cache"))
     out = tmp_path / "trt"
     assert main(["compile", "builtin:tiny-dit", "--backend", "tensorrt", "--out", str(out), "--device", "cpu"]) == 0
