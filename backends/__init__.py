@@ -137,6 +137,40 @@ def outputs_bound_to_caches(program, ops: list) -> dict[int, dict[str, str]]:
     return direct
 
 
+def run_cache_op(op, env: dict, caches: dict) -> bool:
+    """Carry out a ``Load`` or ``Store`` of a variant for a backend that runs segment by segment;
+    False for a ``Run`` (the backend's own work). A store of a value that already *is* the cache
+    buffer (an output bound to it, :func:`outputs_bound_to_caches`) copies nothing."""
+    from cachec.program import Load, Store
+
+    from .eager import store
+
+    if isinstance(op, Load):
+        env[op.value] = caches[op.cache]
+        return True
+    if isinstance(op, Store):
+        if env[op.value] is not caches.get(op.cache):
+            store(caches, op.cache, env[op.value])
+        return True
+    return False
+
+
+def output_buffer(program, name: str, batch: int, cache: str | None, caches: dict, device):
+    """The tensor a segment writes output ``name`` into: the cache buffer it is bound to when that
+    buffer has the step's shape (written in place), else a new tensor of the value's spec (which
+    becomes the cache buffer when the output is bound to one)."""
+    import torch
+
+    spec = program.values[name]
+    shape = spec.concrete(batch)
+    out = caches.get(cache) if cache else None
+    if out is None or tuple(out.shape) != shape:
+        out = torch.empty(shape, dtype=getattr(torch, spec.dtype), device=device)
+        if cache:
+            caches[cache] = out
+    return out
+
+
 def _class(name: str) -> type[Backend]:
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")

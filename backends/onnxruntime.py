@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 
 from cachec.errors import BackendError
-from cachec.program import Load, Op, Program, Store
+from cachec.program import Op, Program
 
-from . import Backend, onnx_export, outputs_bound_to_caches
-from .eager import store
+from . import Backend, onnx_export, output_buffer, outputs_bound_to_caches, run_cache_op
 from .onnx_export import export_program, io_name
 
 
@@ -103,12 +102,7 @@ def _runner(program: Program, ops: list[Op], sessions: dict):
         flops = 0.0
         batch = program.batch_of(env)
         for i, op in enumerate(ops):
-            if isinstance(op, Load):
-                env[op.value] = caches[op.cache]
-            elif isinstance(op, Store):
-                if env[op.value] is not caches.get(op.cache):
-                    store(caches, op.cache, env[op.value])
-            else:
+            if not run_cache_op(op, env, caches):
                 seg = program.segments[op.segment]
                 sess = sessions[op.segment]
                 if op.segment not in checked:
@@ -121,16 +115,9 @@ def _runner(program: Program, ops: list[Op], sessions: dict):
                         t = env[n] = t.contiguous()
                     io.bind_input(io_name(n), t.device.type, t.device.index or 0, _np_dtype(t.dtype),
                                   list(t.shape), t.data_ptr())
+                device = next(iter(env.values())).device
                 for n in seg.outputs:
-                    cache = direct[i].get(n)
-                    spec = program.values[n]
-                    shape = spec.concrete(batch)
-                    out = caches.get(cache) if cache else None
-                    if out is None or tuple(out.shape) != shape:
-                        device = next(iter(env.values())).device
-                        out = torch.empty(shape, dtype=getattr(torch, spec.dtype), device=device)
-                        if cache:
-                            caches[cache] = out
+                    out = output_buffer(program, n, batch, direct[i].get(n), caches, device)
                     io.bind_output(io_name(n), out.device.type, out.device.index or 0, _np_dtype(out.dtype),
                                    list(out.shape), out.data_ptr())
                     env[n] = out

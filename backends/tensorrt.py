@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 
 from cachec.errors import ArtifactError, BackendError
-from cachec.program import Load, Op, Program, Store
+from cachec.program import Op, Program
 
-from . import Backend, onnx_export, outputs_bound_to_caches
-from .eager import store
+from . import Backend, onnx_export, output_buffer, outputs_bound_to_caches, run_cache_op
 from .onnx_export import io_name
 
 MODULES = ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings")
@@ -230,12 +229,7 @@ def _runner(program: Program, ops: list[Op], contexts: dict, scratch: torch.Tens
             raise BackendError(f"batch {batch} is above the {program.meta['max_batch']} these engines were built for; "
                                "compile again with a larger --max-batch")
         for i, op in enumerate(ops):
-            if isinstance(op, Load):
-                env[op.value] = caches[op.cache]
-            elif isinstance(op, Store):
-                if env[op.value] is not caches.get(op.cache):
-                    store(caches, op.cache, env[op.value])
-            else:
+            if not run_cache_op(op, env, caches):
                 seg = program.segments[op.segment]
                 ctx = contexts[op.segment]
                 for n in seg.inputs:
@@ -244,14 +238,7 @@ def _runner(program: Program, ops: list[Op], contexts: dict, scratch: torch.Tens
                     ctx.set_input_shape(io_name(n), tuple(x.shape))
                     ctx.set_tensor_address(io_name(n), x.data_ptr())
                 for n in seg.outputs:
-                    spec = program.values[n]
-                    shape = spec.concrete(batch)
-                    cache = direct[i].get(n)
-                    out = caches.get(cache) if cache else None
-                    if out is None or tuple(out.shape) != shape:  # else the engine writes the cache in place
-                        out = torch.empty(shape, dtype=getattr(torch, spec.dtype), device="cuda")
-                        if cache:
-                            caches[cache] = out
+                    out = output_buffer(program, n, batch, direct[i].get(n), caches, "cuda")
                     ctx.set_tensor_address(io_name(n), out.data_ptr())
                     env[n] = out
                 if not ctx.execute_async_v3(stream):
