@@ -130,3 +130,20 @@ class TGateReference(_Wrapped):
         self.schedule += "R" if (self.ca[1] or self.sa[1]) else "F"
         self.step += 1
         return self.model(**kwargs, return_dict=False)[0]
+
+
+class TimestepFeed:
+    """Calls a model that carries one of diffusers' attention hooks (PAB, FasterCache): those read
+    the step's timestep from a callback, so the call sets it from its ``timestep`` input first."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.t: int | None = None
+
+    def timestep(self) -> int | None:
+        return self.t
+
+    @torch.no_grad()
+    def __call__(self, **kw):
+        self.t = int(kw["timestep"].reshape(-1)[0])
+        return self.model(**kw, return_dict=False)[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_attention_skip import DeepCacheReference, TGateReference
+from reference_attention_skip import DeepCacheReference, TGateReference, TimestepFeed
 from trajectories import Driver
 
 import cachec
@@ -153,19 +153,13 @@ def test_tgate_errors():
 def diffusers_pab(model, S: int, C: int, window: tuple[int, int]):
     from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
 
-    state = {"t": None}
+    feed = TimestepFeed(model)
     config = PyramidAttentionBroadcastConfig(
         spatial_attention_block_skip_range=S, cross_attention_block_skip_range=C,
         spatial_attention_timestep_skip_range=window, cross_attention_timestep_skip_range=window,
-        current_timestep_callback=lambda: state["t"])
+        current_timestep_callback=feed.timestep)
     apply_pyramid_attention_broadcast(model, config)
-
-    @torch.no_grad()
-    def call(**kw):
-        state["t"] = int(kw["timestep"].reshape(-1)[0])
-        return model(**kw, return_dict=False)[0]
-
-    return call
+    return feed
 
 
 @pytest.mark.parametrize("short", ["unet", "pixart", "wan"])  # wan: a video model, 5-D latents
@@ -206,19 +200,13 @@ def test_pab_errors():
 def diffusers_fastercache(model, N: int, window: tuple[int, int], w: float):
     from diffusers.hooks import FasterCacheConfig, apply_faster_cache
 
-    state = {"t": None}
+    feed = TimestepFeed(model)
     config = FasterCacheConfig(
         spatial_attention_block_skip_range=N, spatial_attention_timestep_skip_range=window,
-        is_guidance_distilled=True, tensor_format="BCHW", current_timestep_callback=lambda: state["t"],
+        is_guidance_distilled=True, tensor_format="BCHW", current_timestep_callback=feed.timestep,
         attention_weight_callback=lambda _: w)
     apply_faster_cache(model, config)
-
-    @torch.no_grad()
-    def call(**kw):
-        state["t"] = int(kw["timestep"].reshape(-1)[0])
-        return model(**kw, return_dict=False)[0]
-
-    return call
+    return feed
 
 
 @pytest.mark.parametrize("short", ["pixart", "dit", "wan"])  # wan: a video model, 5-D latents

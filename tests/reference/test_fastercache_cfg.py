@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_attention_skip import TimestepFeed
 from small_models import make
 from trajectories import Driver
 
@@ -36,19 +37,13 @@ def diffusers_fastercache_cfg(model, N: int, cfg: int, tensor_format: str):
     """diffusers' FasterCache with a CFG batch, its windows and alphas at their defaults (cachec's too)."""
     from diffusers.hooks import FasterCacheConfig, apply_faster_cache
 
-    state = {"t": None}
+    feed = TimestepFeed(model)
     config = FasterCacheConfig(
         spatial_attention_block_skip_range=N, unconditional_batch_skip_range=cfg, is_guidance_distilled=False,
-        tensor_format=tensor_format, current_timestep_callback=lambda: state["t"],
+        tensor_format=tensor_format, current_timestep_callback=feed.timestep,
         attention_weight_callback=lambda _: 0.5)
     apply_faster_cache(model, config)
-
-    @torch.no_grad()
-    def call(**kw):
-        state["t"] = int(kw["timestep"].reshape(-1)[0])
-        return model(**kw, return_dict=False)[0]
-
-    return call
+    return feed
 
 
 def run(short: str, spec: str, backend: str = "eager"):
