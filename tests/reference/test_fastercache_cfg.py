@@ -19,7 +19,7 @@ from small_models import make
 from trajectories import Driver
 
 import cachec
-from cachec.backends import _class
+from cachec.backends import artifact_backend
 from cachec.errors import ModelError, PolicyError
 from cachec.policy import parse_policy
 
@@ -112,7 +112,7 @@ def test_cfg_0_keeps_the_attention_only_program():
     assert set(rt.program.variants) == {"full", "reuse"}
     assert rt.stats.schedule == "FF" + "FR" * 9
     assert "fft" not in parse_policy("fastercache:2").needs
-    _class("onnxruntime")().check_policy(parse_policy("fastercache:2"))  # exportable as before
+    artifact_backend("onnxruntime").check_policy(parse_policy("fastercache:2"))  # exportable as before
 
 
 def test_cfg_cache_pieces_equal_the_hooks_functions():
@@ -186,7 +186,7 @@ def test_cfg_cache_needs_an_image_or_video_output():
 def test_backends_without_ffts_refuse_cfg_cache(backend):
     with pytest.raises(PolicyError, match=f"complex FFTs on the halves of the batch, which the {backend} backend "
                                           "does not lower; use --backend eager or inductor"):
-        _class(backend)().check_policy(parse_policy("fastercache:2,cfg=5"))
+        artifact_backend(backend).check_policy(parse_policy("fastercache:2,cfg=5"))
 
 
 @pytest.mark.slow  # Inductor compiles each variant at the whole and at the half batch
