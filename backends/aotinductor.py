@@ -29,7 +29,7 @@ from cachec.errors import ArtifactError, BackendError, ShapeError
 from cachec.program import Program
 
 from . import Backend
-from .eager import store, values_needed_after
+from .eager import fused_runner, values_needed_after
 from .onnx_export import example_value, quiet_exporter
 
 PACKAGE_DIR = "aoti"
@@ -151,21 +151,14 @@ def lower(program: Program, package_dir: Path | None = None) -> dict:
 
 
 def _runner(entry: dict, model, device: str):
-    inputs, cache_inputs = entry["inputs"], entry["cache_inputs"]
-    outputs, cache_outputs = entry["outputs"], entry["cache_outputs"]
-    n_out, flops = len(outputs), float(entry["flops"])
-
-    def run(env: dict, caches: dict) -> float:
-        args = [env[n] for n in inputs] + [caches[c] for c in cache_inputs]
+    def call(*args):
         if args and args[0].device.type != device:
             raise ShapeError(f"this AOTInductor artifact was compiled for {device}; the inputs are on "
                              f"{args[0].device} (move them, or compile it again with --device {args[0].device.type})")
-        results = model(*[a.contiguous() for a in args])
-        env.update(zip(outputs, results[:n_out], strict=True))
-        for cache, value in zip(cache_outputs, results[n_out:], strict=True):
-            store(caches, cache, value)
-        return flops
+        return model(*[a.contiguous() for a in args])
 
+    run = fused_runner(call, entry["inputs"], entry["cache_inputs"], entry["outputs"], entry["cache_outputs"],
+                       float(entry["flops"]))
     run.model = model
     return run
 
@@ -211,9 +204,6 @@ class AOTInductorBackend(Backend):
             fail("lowered.aoti_weights.file", "is not among the checksummed files")
         if lowered["aoti_device"] not in self.devices:
             fail("lowered.aoti_device", f"is {lowered['aoti_device']!r}; accepted: {', '.join(self.devices)}")
-
-    def versions(self) -> dict:
-        return {}
 
     def check_versions(self, path: Path, manifest: dict, allow_version_mismatch: bool) -> None:
         """A package's machine code calls into the torch that compiled it: same major.minor only."""

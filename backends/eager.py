@@ -61,17 +61,25 @@ def lower_path(program: Program, path: str, compile_fn=None):
     """A callable ``run(env, caches) -> flops`` for one variant of ``program``."""
     fused = fuse_variant(program.segments, program.variants[path], values_needed_after(program, path))
     module = fused.module if compile_fn is None else compile_fn(fused.module)
-    n_out = len(fused.outputs)
+    run = fused_runner(module, fused.inputs, fused.cache_inputs, fused.outputs, fused.cache_outputs, fused.flops)
+    run.fused = fused
+    return run
+
+
+def fused_runner(module, inputs: list[str], cache_inputs: list[str], outputs: list[str], cache_outputs: list[str],
+                 flops: float):
+    """``run(env, caches) -> flops`` for a variant compiled into one callable: its inputs, then the
+    caches it reads, positionally; its outputs, then the caches it writes (stored in place)."""
+    n_out = len(outputs)
 
     def run(env: dict, caches: dict) -> float:
-        args = [env[n] for n in fused.inputs] + [caches[c] for c in fused.cache_inputs]
+        args = [env[n] for n in inputs] + [caches[c] for c in cache_inputs]
         results = module(*args)
-        env.update(zip(fused.outputs, results[:n_out], strict=True))
-        for cache, value in zip(fused.cache_outputs, results[n_out:], strict=True):
+        env.update(zip(outputs, results[:n_out], strict=True))
+        for cache, value in zip(cache_outputs, results[n_out:], strict=True):
             store(caches, cache, value)
-        return fused.flops
+        return flops
 
-    run.fused = fused
     return run
 
 
