@@ -57,11 +57,13 @@ def values_needed_after(program: Program, path: str) -> set[str]:
     return keep
 
 
-def lower_path(program: Program, path: str, compile_fn=None):
-    """A callable ``run(env, caches) -> flops`` for one variant of ``program``."""
+def lower_path(program: Program, path: str, compile_fn=None, runner=None):
+    """A callable ``run(env, caches) -> flops`` for one variant of ``program``: its fused graph,
+    compiled by ``compile_fn`` (if given) and called by ``runner`` (default :func:`fused_runner`)."""
     fused = fuse_variant(program.segments, program.variants[path], values_needed_after(program, path))
     module = fused.module if compile_fn is None else compile_fn(fused.module)
-    run = fused_runner(module, fused.inputs, fused.cache_inputs, fused.outputs, fused.cache_outputs, fused.flops)
+    run = (runner or fused_runner)(module, fused.inputs, fused.cache_inputs, fused.outputs, fused.cache_outputs,
+                                   fused.flops)
     run.fused = fused
     return run
 

@@ -7,8 +7,9 @@ that call's tensors as examples) rather than with ``torch.compile``: this backen
 trajectories compile nothing.
 
 ``mode="reduce-overhead"`` replays each variant as a CUDA graph that cachec captures itself
-(:class:`CudaGraphVariant`): one graph per variant and input shape, over static input buffers,
-all graphs of a program sharing one memory pool. Inductor's own CUDA-graph trees are not used:
+(:class:`~cachec.backends.cuda_graphs.CudaGraphRunner`): one graph per variant, input shape and
+branch, captured over the runtime's cache buffers (no cache is copied in or out of a graph), all
+graphs of a program sharing one memory pool. Inductor's own CUDA-graph trees are not used:
 they are keyed to Dynamo's tracing context, which a graph compiled directly with ``compile_fx``
 lacks, and the first GPU report (docs/benchmarks.md) measured a ``none`` step at 4.9 ms against
 2.7 ms for ``torch.compile(mode="reduce-overhead")`` of the same DiT-XL/2 — launch-bound time
@@ -17,12 +18,15 @@ that a graph replay removes. On the CPU the mode compiles without graphs.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from cachec.errors import BackendError
 from cachec.program import Program
 
 from . import Backend
+from .cuda_graphs import CudaGraphRunner
 from .eager import lower_path
 
 MODES = {None: {}, "default": {}, "reduce-overhead": {}, "max-autotune": {"max_autotune": True},
@@ -50,47 +54,6 @@ class _LazyInductor:
         return fn(*args)
 
 
-class CudaGraphVariant:
-    """Replays a compiled variant as a CUDA graph: captured once per input shape, fixed addresses.
-
-    A step copies its inputs (model inputs, step inputs, cache buffers) into the graph's static
-    input buffers, replays, and hands out copies of the outputs (the next replay overwrites
-    them; cache writes are copied into the runtime's buffers anyway). Calls with CPU tensors run
-    the compiled function directly.
-    """
-
-    def __init__(self, fn, pool):
-        self.fn = fn
-        self.pool = pool
-        self.graphs: dict[tuple, tuple] = {}
-
-    def __call__(self, *args):
-        if not args or not all(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
-            return self.fn(*args)
-        key = tuple((a.shape, a.dtype, a.device) for a in args)
-        entry = self.graphs.get(key)
-        if entry is None:
-            entry = self.graphs[key] = self._capture(args)
-        graph, static_in, static_out = entry
-        for buf, a in zip(static_in, args, strict=True):
-            buf.copy_(a)
-        graph.replay()
-        return [o.clone() for o in static_out]
-
-    def _capture(self, args):
-        static_in = [a.clone() for a in args]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):  # compile (first call) and warm up outside the capture
-                self.fn(*static_in)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            static_out = list(self.fn(*static_in))
-        return graph, static_in, static_out
-
-
 def lower(program: Program, mode: str | None = None) -> dict:
     if mode not in MODES:
         raise BackendError(f"unknown inductor mode {mode!r}; accepted: {', '.join(str(m) for m in MODES)}")
@@ -98,11 +61,11 @@ def lower(program: Program, mode: str | None = None) -> dict:
     pool = torch.cuda.graph_pool_handle() if mode in CUDA_GRAPH_MODES and torch.cuda.is_available() else None
 
     def compile_fn(gm):
-        compiled = _LazyInductor(gm, patches)
-        return CudaGraphVariant(compiled, pool) if pool is not None else compiled
+        return _LazyInductor(gm, patches)
 
+    runner = functools.partial(CudaGraphRunner, pool=pool) if pool is not None else None
     with torch.no_grad():
-        return {path: lower_path(program, path, compile_fn) for path in program.variants}
+        return {path: lower_path(program, path, compile_fn, runner) for path in program.variants}
 
 
 class InductorBackend(Backend):

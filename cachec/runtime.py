@@ -90,6 +90,7 @@ class BranchState:
 
 
 DEFAULT_BRANCH = "default"
+STEP_INPUT_TABLE_SIZE = 256  # distinct step-input values kept on the device (a few per trajectory in practice)
 
 
 class CacheRuntime(torch.nn.Module):
@@ -152,6 +153,7 @@ class CacheRuntime(torch.nn.Module):
         self._last_call: tuple | None = None  # (timestep or None, shapes, auto-branch index) of the last call
         self._calls_per_step: int | None = None  # learned from the timesteps while the length is unknown
         self._current = DEFAULT_BRANCH
+        self._step_tensors: dict[tuple, torch.Tensor] = {}  # host-computed step inputs on the device, by value
 
     # -- what pipelines read -------------------------------------------------------------------
     @property
@@ -457,13 +459,37 @@ class CacheRuntime(torch.nn.Module):
             spec = self.program.values.get(name)
             if spec is None:
                 continue
-            dtype = getattr(torch, spec.dtype)
-            value = action.inputs.get(name)
-            env[name] = (torch.zeros(spec.concrete(1), dtype=dtype, device=device) if value is None
-                         else torch.tensor(value, dtype=dtype, device=device))
+            env[name] = self._step_input(name, action.inputs.get(name), spec, device)
         for name, value in action.inputs.items():
             if isinstance(value, torch.Tensor):
                 env[name] = value
+
+
+    def _step_input(self, name: str, value, spec, device) -> torch.Tensor:
+        """The device tensor of a host-computed step input, made once per distinct value.
+
+        Why: ``torch.tensor(value, device="cuda")`` copies from pageable host memory, and torch
+        waits for that copy (a stream synchronisation) before going on: a forecast policy would
+        stall the host once per step. The values repeat (a forecast's coefficients depend only on
+        the distance to the last full step and the number of full steps so far, capped by the
+        order), so after the first trajectory every step finds its tensors here. Variants only
+        read their inputs, so one tensor serves every step that needs its value.
+        """
+        key = (name, device, _frozen_value(value))
+        tensor = self._step_tensors.get(key)
+        if tensor is None:
+            if len(self._step_tensors) >= STEP_INPUT_TABLE_SIZE:
+                self._step_tensors.clear()  # values that never repeat: keep the table bounded
+            dtype = getattr(torch, spec.dtype)
+            tensor = (torch.zeros(spec.concrete(1), dtype=dtype, device=device) if value is None
+                      else torch.tensor(value, dtype=dtype, device=device))
+            self._step_tensors[key] = tensor
+        return tensor
+
+
+def _frozen_value(value):
+    """A hashable copy of a step input's value (nested lists of numbers)."""
+    return tuple(_frozen_value(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _host_value(t: torch.Tensor) -> float | list[float]:

@@ -91,6 +91,28 @@ def test_sequential_cfg_branches_stay_apart_over_trajectories_without_reading_ev
     assert [h.schedule for h in rt.branches["call1"].history] == ["FRFR"] * 3
 
 
+def test_forecast_coefficients_are_uploaded_once_not_every_step(tiny, monkeypatch):
+    """A forecast's coefficients are host-computed step inputs; ``torch.tensor(value, device=cuda)``
+    waits for its copy, so a step that made one would stall the host. Their values repeat, so from
+    the second trajectory on a step makes no tensor from host data, and the result is unchanged."""
+    kw = tiny.example_inputs(batch=2)
+    steps = [{**kw, "timestep": torch.full_like(kw["timestep"], 900 - 100 * i)} for i in range(6)]
+    fresh = cachec.compile(tiny.model, kw, "taylorseer:3,O=2", num_steps=6)
+    ref = [fresh(**step).sample for step in steps]
+    assert "R" in fresh.stats.schedule  # forecasts ran
+    rt = cachec.compile(tiny.model, kw, "taylorseer:3,O=2", num_steps=6)
+    made = []
+    real_tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real_tensor(*a, **k))
+    for trajectory in range(2):
+        rt.reset()
+        made.clear()
+        for step, expected in zip(steps, ref, strict=True):
+            torch.testing.assert_close(rt(**step).sample, expected, rtol=0, atol=0)
+        assert made if trajectory == 0 else made == []  # each distinct value is made once
+    assert rt.stats.schedule == fresh.stats.schedule
+
+
 def test_device_and_dtype_names():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_dtype("bf16") is torch.bfloat16
