@@ -14,7 +14,7 @@ import torch
 
 from cachec.capture import PROGRAM_FILE
 from cachec.errors import ArtifactError
-from cachec.planner.fuse import fuse_variant
+from cachec.planner.fuse import fuse_variant, narrow_linears
 from cachec.program import Program, Run
 
 from . import Backend, major_minor
@@ -60,7 +60,7 @@ def values_needed_after(program: Program, path: str) -> set[str]:
 def lower_path(program: Program, path: str, compile_fn=None, runner=None):
     """A callable ``run(env, caches) -> flops`` for one variant of ``program``: its fused graph,
     compiled by ``compile_fn`` (if given) and called by ``runner`` (default :func:`fused_runner`)."""
-    fused = fuse_variant(program.segments, program.variants[path], values_needed_after(program, path))
+    fused = narrow_linears(fuse_variant(program.segments, program.variants[path], values_needed_after(program, path)))
     module = fused.module if compile_fn is None else compile_fn(fused.module)
     run = (runner or fused_runner)(module, fused.inputs, fused.cache_inputs, fused.outputs, fused.cache_outputs,
                                    fused.flops)

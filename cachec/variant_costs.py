@@ -26,12 +26,16 @@ def weights_device(program: Program) -> torch.device:
 
 
 def variant_costs(program: Program, batch: int = 1) -> dict[str, dict]:
-    """Per variant: ``flops_per_sample`` and ``dispatched_ops`` of one step at ``batch``."""
+    """Per variant: ``flops_per_sample`` (fused), ``segment_flops_per_sample`` and ``dispatched_ops`` of
+    one step at ``batch``."""
     device = weights_device(program)
     costs = {}
     for name, run in get_backend("eager").lower(program).items():  # fused variants: what eager dispatches
         fused = run.fused
-        entry = {"flops_per_sample": program.variant_flops(name), "dispatched_ops": None}
+        # the fused variant eager and Inductor run (chunked linears narrowed to the chunks it reads),
+        # and its segments as a backend that runs segment by segment (ONNX Runtime, TensorRT) does
+        entry = {"flops_per_sample": fused.flops, "segment_flops_per_sample": program.variant_flops(name),
+                 "dispatched_ops": None}
         try:
             env = {n: _zeros(program, n, batch, device) for n in fused.inputs}
             caches = {c: _zeros(program, c, batch, device) for c in fused.cache_inputs}

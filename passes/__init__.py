@@ -9,6 +9,7 @@ from .assign_segments import AssignSegments
 from .dedupe_conditioning import DedupeConditioning
 from .hoist_conditioning import HoistConditioning
 from .infra import Pass, PassManager, PassResult
+from .narrow_chunked_linears import NarrowChunkedLinears
 from .remove_noops import RemoveNoOps
 from .strip_export import StripExportArtifacts
 
@@ -21,4 +22,5 @@ __all__ = [
     "HoistConditioning",
     "AssignSegments",
     "DedupeConditioning",
+    "NarrowChunkedLinears",
 ]

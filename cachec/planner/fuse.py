@@ -17,6 +17,7 @@ import torch
 from torch import fx
 
 from cachec.graph_keys import OUTPUTS_KEY
+from cachec.passes import NarrowChunkedLinears, PassManager
 from cachec.program import Load, Op, Run, Store
 
 
@@ -106,3 +107,16 @@ def fuse_variant(segments: dict, ops: list[Op], keep: set[str]) -> FusedVariant:
     module = fx.GraphModule(attrs, g, class_name="Variant").eval()
     return FusedVariant(module, inputs, list(dict.fromkeys(loads)), out_names, list(cache_outputs), flops)
 
+
+
+def narrow_linears(fused: FusedVariant, launch_bytes: int | None = None) -> FusedVariant:
+    """Let the variant's chunked linears compute only the chunks it reads
+    (:class:`~cachec.passes.NarrowChunkedLinears`), in place; its FLOPs drop by what no longer runs.
+
+    For backends that run the fused graph with the segments' own parameters (eager, Inductor):
+    the narrowed linears read views of the weights, so nothing is copied.
+    """
+    narrow = NarrowChunkedLinears(launch_bytes)
+    PassManager([narrow])(fused.module)
+    fused.flops -= narrow.saved_flops
+    return fused

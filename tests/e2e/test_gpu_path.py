@@ -181,6 +181,13 @@ def test_flux_planned_on_meta_matches_the_published_flops(capsys):
     costs = report["variant_costs"]
     assert costs["reuse"]["dispatched_ops"] < 0.25 * costs["full"]["dispatched_ops"]
     assert costs["reuse"]["flops_per_sample"] < 0.01 * costs["full"]["flops_per_sample"]
+    # a cached step needs the adaLN gates, not the shifts and scales of the modules it skips: each double
+    # block's two 6-chunk projections keep 2 chunks, each single block's 3-chunk projection keeps 1
+    width = 3072
+    narrowed = 19 * 2 * (4 * width) * width * 2 + 38 * (2 * width) * width * 2
+    reuse = costs["reuse"]
+    assert reuse["segment_flops_per_sample"] - reuse["flops_per_sample"] == pytest.approx(narrowed, rel=1e-9)
+    assert costs["full"]["segment_flops_per_sample"] == costs["full"]["flops_per_sample"]  # reads every chunk
 
 
 @needs_gpu
