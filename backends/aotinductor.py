@@ -99,6 +99,7 @@ def save_packages(program: Program, out_dir: Path, progress: bool = False) -> di
                 aoti_compile_and_package(ep, package_path=str(out_dir / file), inductor_configs=INDUCTOR_CONFIGS)
         except Exception as exc:  # noqa: BLE001 - a compiler failure of any kind, cause kept
             raise BackendError(f"AOTInductor could not compile variant {path!r} ({type(exc).__name__}: {exc})") from exc
+        _compact(out_dir / file)
         packages[path] = {"file": file, "inputs": list(fused.inputs), "cache_inputs": list(fused.cache_inputs),
                           "outputs": list(fused.outputs), "cache_outputs": list(fused.cache_outputs),
                           "flops": fused.flops}
@@ -115,6 +116,31 @@ def save_packages(program: Program, out_dir: Path, progress: bool = False) -> di
     save_file(unique, str(out_dir / WEIGHTS_FILE))
     return {"aoti_packages": packages, "aoti_weights": {"file": WEIGHTS_FILE, "aliases": aliases},
             "aoti_device": device or "cpu"}
+
+
+def _compact(package: Path) -> None:
+    """Rewrite a package without the generated C++ sources of a compiled library, deflated.
+
+    Why: AOTInductor keeps the wrapper and kernel sources (``*.cpp``) next to the library it built
+    from them and stores every member uncompressed. A package whose library is present never reads
+    its sources (they are for debugging and for rebuilding), and machine code deflates about 3×:
+    a variant of the bundled model went from 0.69 MB to 0.16 MB, which is what brings its artifact
+    from 1.18× to 1.04× its weights. ``aoti_load_package`` extracts deflated members as it does
+    stored ones.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(package) as src:
+        members = [(info, src.read(info)) for info in src.infolist()]
+    libraries = {info.filename.rsplit("/", 1)[0] for info, _ in members if info.filename.endswith(".so")}
+    kept = [(info, data) for info, data in members
+            if not (info.filename.endswith(".cpp") and info.filename.rsplit("/", 1)[0] in libraries)]
+    tmp = package.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w") as out:
+        for info, data in kept:
+            info.compress_type = zipfile.ZIP_DEFLATED if len(data) > 1024 else zipfile.ZIP_STORED
+            out.writestr(info, data)
+    tmp.replace(package)
 
 
 def lower(program: Program, package_dir: Path | None = None) -> dict:
