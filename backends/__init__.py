@@ -71,6 +71,14 @@ class Backend:
     def supports(self, capability: str) -> bool:
         return bool(getattr(self, capability))
 
+    def move_problem(self, program, device) -> str | None:
+        """Why this backend's lowered variants cannot run on ``device`` (None: they can). Backends
+        whose variants are torch modules move their weights instead (``movable``)."""
+        if device.type not in self.devices:
+            return (f"the {self.name} backend runs on {' or '.join(self.devices)}, not {device}; "
+                    "use the eager or inductor backend there")
+        return None
+
     def check_policy(self, policy) -> None:
         """Refuse a policy whose variants need a capability this backend lacks."""
         missing = [c for c in sorted(policy.needs) if not self.supports(c)]

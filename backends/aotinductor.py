@@ -205,6 +205,14 @@ class AOTInductorBackend(Backend):
     def lower(self, program, **options) -> dict:
         return lower(program, **options)
 
+    def move_problem(self, program, device) -> str | None:
+        """A package is machine code for the device type it was compiled for."""
+        compiled_for = program.meta.get("aoti_device", "cpu")
+        if device.type != compiled_for:
+            return (f"this AOTInductor artifact was compiled for {compiled_for} and cannot run on {device}: "
+                    f"compile it again with --device {device.type}")
+        return super().move_problem(program, device)
+
     def save(self, out_dir: Path, program, captured) -> dict:
         return save_packages(program, out_dir, progress=True)
 

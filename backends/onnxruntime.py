@@ -142,6 +142,14 @@ class OnnxRuntimeBackend(Backend):
     def lower(self, program, **options) -> dict:
         return lower(program, **options)
 
+    def move_problem(self, program, device) -> str | None:
+        """Sessions hold the CUDA execution provider whenever onnxruntime-gpu and a GPU are there, and
+        bind each step's tensors where they are: a move only needs that provider for the GPU."""
+        if device.type == "cuda" and "CUDAExecutionProvider" not in _ort().get_available_providers():
+            return (f"onnxruntime {_ort().__version__} here has no CUDA execution provider, so this artifact cannot "
+                    f"run on {device}: pip install onnxruntime-gpu (instead of onnxruntime)")
+        return super().move_problem(program, device)
+
     def save(self, out_dir: Path, program, captured) -> dict:
         files = onnx_export.export_program(program, out_dir / "onnx", progress=True)  # looked up late: tests interrupt it
         return {self.lowered_key: {k: f"onnx/{v}" for k, v in files.items()}}

@@ -136,6 +136,7 @@ class CacheRuntime(torch.nn.Module):
         self.backend = get_backend(backend)
         self.backend.check_policy(self.policy)
         self.backend_options = dict(backend_options or {})
+        self._device: torch.device | None = None  # where lowered files run (backends without weights to move)
         if device is not None:
             self._move_segments(resolve_device(device))
         problem = self.policy.per_sample_problem(program.meta, program.values)
@@ -162,18 +163,24 @@ class CacheRuntime(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Where the weights live (eager/Inductor segments), else where the caches were allocated."""
+        """Where the weights live (eager/Inductor segments); for a backend that runs lowered files,
+        the device it was loaded on or moved to, else where the caches were allocated."""
         for seg in self.program.segments.values():
             for p in seg.module.parameters() if seg.module is not None else ():
                 return p.device
+        if self._device is not None:
+            return self._device
         buffers = [t for b in self.branches.values() for t in b.caches.values()]
         return buffers[0].device if buffers else torch.device("cpu")
 
     def to(self, *args, **kwargs):
         """Move the compiled program to another device (``pipe.to("cuda")`` calls this).
 
-        Weights move in place and the variants are lowered again; cache buffers are dropped and
-        allocated anew on the next call (a trajectory never continues across devices). A dtype
+        Weights move in place and the variants are lowered again. A backend that runs lowered files
+        (ONNX Runtime, TensorRT, AOTInductor) has no weights to move: its files run wherever the
+        step's inputs are, within what the backend can run on (``Backend.move_problem`` says why
+        not, e.g. an AOTInductor package compiled for the CPU). Either way cache buffers are dropped
+        and allocated anew on the next call (a trajectory never continues across devices). A dtype
         cannot change: the graphs were captured for one.
         """
         device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
@@ -182,11 +189,10 @@ class CacheRuntime(torch.nn.Module):
                              "(compile it again with that dtype)")
         if device is None or torch.device(device) == self.device:
             return self
-        if not self.backend.movable:
-            raise ShapeError(f"the {self.backend.name} backend runs where it was lowered; move an eager or inductor "
-                             "runtime, or load the artifact with device=...")
-        self._move_segments(resolve_device(device))
-        self.variants = self.backend.lower(self.program, **self.backend_options)
+        target = resolve_device(device)
+        self._move_segments(target)
+        if self.backend.movable:
+            self.variants = self.backend.lower(self.program, **self.backend_options)
         for branch in self.branches.values():
             branch.caches.clear()
             branch.shape_key = None
@@ -195,11 +201,11 @@ class CacheRuntime(torch.nn.Module):
 
     def _move_segments(self, device: torch.device) -> None:
         if not self.backend.movable:
-            # its lowered files run where they were built for (an AOTInductor package checks its
-            # device when lowered); there is nothing to move, only a device it cannot run on to refuse
-            if device.type not in self.backend.devices:
-                raise ShapeError(f"the {self.backend.name} backend runs on {' or '.join(self.backend.devices)}, "
-                                 f"not {device}; use the eager or inductor backend there")
+            # its lowered files have no weights to move, only a device they cannot run on to refuse
+            problem = self.backend.move_problem(self.program, device)
+            if problem:
+                raise ShapeError(problem)
+            self._device = device
             return
         for seg in self.program.segments.values():
             seg.to(device)

@@ -137,6 +137,35 @@ def test_eager_artifact_loads_on_a_named_device(model_dir, tmp_path):
     assert rt.device == torch.device("cpu")
 
 
+def test_artifacts_of_lowered_files_follow_to_or_say_why_they_cannot(model_dir, tmp_path):
+    """``pipe.to(device)`` reaches ``CacheRuntime.to``. ONNX Runtime, TensorRT and AOTInductor have no
+    weights to move: their files run where the step's inputs are, as far as the backend can run
+    there, and each says why it cannot (checked here for a GPU without asking torch for one)."""
+    from cachec.backends import artifact_backend
+
+    out = tmp_path / "ort"
+    assert main(["compile", str(model_dir), "--policy", "fora:2", "--backend", "onnxruntime", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    rt = cachec.load(out, device="cpu", num_steps=4)
+    assert rt.device == torch.device("cpu")  # before any call: what a pipeline's execution device reads
+    kw = resolve(str(model_dir)).example_inputs(batch=2)
+    first = rt(**kw).sample
+    assert rt.to("cpu") is rt and rt.device == torch.device("cpu")
+    rt.reset()
+    torch.testing.assert_close(rt(**kw).sample, first, rtol=0, atol=0)
+    with pytest.raises(cachec.ShapeError, match="onnxruntime backend runs on cpu or cuda, not meta"):
+        rt.to("meta")
+    cuda = torch.device("cuda")
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert "pip install onnxruntime-gpu" in artifact_backend("onnxruntime").move_problem(rt.program, cuda)
+    assert "runs on cuda, not cpu" in artifact_backend("tensorrt").move_problem(rt.program, torch.device("cpu"))
+    compiled_for_cpu = type("P", (), {"meta": {"aoti_device": "cpu"}})()
+    assert "compile it again with --device cuda" in artifact_backend("aotinductor").move_problem(compiled_for_cpu, cuda)
+    assert artifact_backend("aotinductor").move_problem(compiled_for_cpu, torch.device("cpu")) is None
+
+
 def _graph_with_duplicates() -> fx.GraphModule:
     """Two identical sinusoid chains on the timestep (mergeable) and two ``arange(4).div_(2)`` tables
     built in place (not mergeable: one shared tensor would be divided twice)."""
