@@ -470,15 +470,14 @@ class CacheRuntime(torch.nn.Module):
             if isinstance(value, torch.Tensor):
                 env[name] = value
 
-
     def _step_input(self, name: str, value, spec, device) -> torch.Tensor:
         """The device tensor of a host-computed step input, made once per distinct value.
 
         Why: ``torch.tensor(value, device="cuda")`` copies from pageable host memory, and torch
         waits for that copy (a stream synchronisation) before going on: a forecast policy would
         stall the host once per step. The values repeat (a forecast's coefficients depend only on
-        the distance to the last full step and the number of full steps so far, capped by the
-        order), so after the first trajectory every step finds its tensors here. Variants only
+        where a step sits in the schedule: its distance to the last full step and the full steps
+        before it), so after the first trajectory every step finds its tensors here. Variants only
         read their inputs, so one tensor serves every step that needs its value.
         """
         key = (name, device, _frozen_value(value))
