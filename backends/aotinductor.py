@@ -29,7 +29,7 @@ from cachec.errors import ArtifactError, BackendError, ShapeError
 from cachec.program import Program
 
 from . import Backend
-from .eager import fused_runner, values_needed_after
+from .eager import fused_runner
 from .onnx_export import example_value, quiet_exporter
 
 PACKAGE_DIR = "aoti"
@@ -43,7 +43,7 @@ INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False, "aot_inductor
 def _fused(program: Program, path: str):
     from cachec.planner.fuse import fuse_variant
 
-    return fuse_variant(program.segments, program.variants[path], values_needed_after(program, path))
+    return fuse_variant(program.segments, program.variants[path], program.needed_after(path))
 
 
 def _export(program: Program, fused) -> torch.export.ExportedProgram:

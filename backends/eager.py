@@ -15,7 +15,7 @@ import torch
 from cachec.capture import PROGRAM_FILE
 from cachec.errors import ArtifactError
 from cachec.planner.fuse import fuse_variant, narrow_linears
-from cachec.program import Program, Run
+from cachec.program import Program
 
 from . import Backend, major_minor
 
@@ -29,38 +29,10 @@ def store(caches: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> No
         buf.copy_(value)
 
 
-# The variants a step may run after another within the same call: a dynamic policy's probe head
-# hands its values to one of its tails; every other variant is the whole step, unless the program
-# declares its own chain (``meta["followers"]``: per-block caching runs a variant per block).
-FOLLOWERS = {"head": ("tail_full", "tail_reuse")}
-
-
-def followers(program: Program, path: str) -> tuple[str, ...]:
-    declared = program.meta.get("followers") or {}
-    return tuple(declared.get(path, FOLLOWERS.get(path, ())))
-
-
-def values_needed_after(program: Program, path: str) -> set[str]:
-    """Values a variant must hand on: the model output, the values the runtime reads on the host,
-    and the inputs of the variants that may follow it in the same step.
-
-    Only a variant's *followers* count, not every other variant: a cached variant that kept the
-    values the full variant's skipped modules read (their layer norms, shifts and scales) would
-    compute them for nobody. Everything else is dead in the fused graph and eliminated.
-    """
-    keep = {program.output}
-    keep.update(program.host_reads())
-    for name in followers(program, path):
-        for op in program.variants.get(name, ()):
-            if isinstance(op, Run):
-                keep.update(program.segments[op.segment].inputs)
-    return keep
-
-
 def lower_path(program: Program, path: str, compile_fn=None, runner=None):
     """A callable ``run(env, caches) -> flops`` for one variant of ``program``: its fused graph,
     compiled by ``compile_fn`` (if given) and called by ``runner`` (default :func:`fused_runner`)."""
-    fused = narrow_linears(fuse_variant(program.segments, program.variants[path], values_needed_after(program, path)))
+    fused = narrow_linears(fuse_variant(program.segments, program.variants[path], program.needed_after(path)))
     module = fused.module if compile_fn is None else compile_fn(fused.module)
     run = (runner or fused_runner)(module, fused.inputs, fused.cache_inputs, fused.outputs, fused.cache_outputs,
                                    fused.flops)

@@ -26,6 +26,8 @@ from .graph_keys import OUTPUTS_KEY, SEGMENT_KEY
 from .schema import ANY, DIM, DTYPE, NAME, NAT, NUM, POS, STR, Mismatch, list_of, map_of, nullable, record
 
 CACHE_PREFIX = "cache__"
+# a dynamic policy's probe head hands its values to one of its tails (see Program.followers)
+FOLLOWERS = {"head": ("tail_full", "tail_reuse")}
 
 
 ITEMS_SUFFIX = "__items"
@@ -182,6 +184,30 @@ class Program:
         if self.meta.get("signal"):
             names.add(self.meta["signal"])
         return names | {per_item(n) for n in names if per_item(n) in self.values}
+
+    def followers(self, path: str) -> tuple[str, ...]:
+        """The variants a step may run after ``path`` within the same call: a dynamic policy's probe
+        head hands its values to one of its tails; every other variant is the whole step, unless
+        the program declares its own chain (``meta["followers"]``: per-block caching runs a variant
+        per block)."""
+        declared = self.meta.get("followers") or {}
+        return tuple(declared.get(path, FOLLOWERS.get(path, ())))
+
+    def needed_after(self, path: str) -> set[str]:
+        """Values a variant must hand on: the model output, the values the runtime reads on the host,
+        and the inputs of the variants that may follow it in the same step.
+
+        Only a variant's *followers* count, not every other variant: a cached variant that kept the
+        values the full variant's skipped modules read (their layer norms, shifts and scales) would
+        compute them for nobody.
+        """
+        keep = {self.output}
+        keep.update(self.host_reads())
+        for name in self.followers(path):
+            for op in self.variants.get(name, ()):
+                if isinstance(op, Run):
+                    keep.update(self.segments[op.segment].inputs)
+        return keep
 
     def caches(self) -> dict[str, ValueSpec]:
         return {k: v for k, v in self.values.items() if k.startswith(CACHE_PREFIX)}

@@ -65,6 +65,7 @@ from . import cfg_cache
 from .coalesce import coalesce
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
 from .skip_branch import deep_feature, skip_branch
+from .specialize import specialize_segments
 
 _STRUCTURAL = {
     torch.ops.aten.add.Tensor, torch.ops.aten.cat.default, torch.ops.aten.slice.Tensor, torch.ops.aten.view.default,
@@ -532,6 +533,7 @@ class Planner:
             },
         )
         coalesce(program)
+        specialize_segments(program)
         check_weight_ownership(program)
         return program
 
