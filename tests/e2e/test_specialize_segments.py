@@ -43,7 +43,8 @@ def dead_outputs(program) -> list[tuple[str, str, list[str]]]:
 
 
 @pytest.mark.parametrize("name", ["dit", "pixart", "flux", "sd3", "wan"])
-@pytest.mark.parametrize("policy", ["fora:3", "teacache:0.3", "taylorseer:3,O=2", "blockcache:2"])
+@pytest.mark.parametrize("policy", ["fora:3"] + [pytest.param(p, marks=pytest.mark.slow)
+                                                  for p in ("teacache:0.3", "taylorseer:3,O=2", "blockcache:2")])
 def test_no_weightless_segment_computes_what_its_variant_does_not_read(name, policy):
     model = make(name)
     program = cachec.compile(model, example_inputs(model, 2, 0, text_tokens=TEXT_TOKENS), policy).program
