@@ -201,8 +201,8 @@ def cmd_inspect(args) -> int:
     print("\nvariant costs per step (batch 1; the fused variant eager and Inductor run, chunked linears narrowed to "
           "the chunks it reads; ops: dispatched ATen ops, views excluded, ~ eager GPU kernel launches):")
     for name, c in costs.items():
-        ops = c["dispatched_ops"] if c["dispatched_ops"] is not None else c.get("note", "-")
-        print(f"  {name:<11} {c['flops_per_sample'] / 1e9:14.3f} GFLOPs  {ops} ops")
+        ops = f"{c['dispatched_ops']} ops" if c["dispatched_ops"] is not None else c.get("note", "-")
+        print(f"  {name:<11} {c['flops_per_sample'] / 1e9:14.3f} GFLOPs  {ops}")
     print(f"  uncached trajectory of {args.steps} steps: {trajectory['none_tflops_per_sample']:.4g} TFLOPs per sample")
     print(f"\ncache buffers: {len(program.caches())}, {cache_bytes(program, 1) / 1e6:.3f} MB per batch item")
     for streams, c in choices.items():

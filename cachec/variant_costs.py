@@ -28,6 +28,12 @@ def weights_device(program: Program) -> torch.device:
 def variant_costs(program: Program, batch: int = 1) -> dict[str, dict]:
     """Per variant: ``flops_per_sample`` (fused), ``segment_flops_per_sample`` and ``dispatched_ops`` of
     one step at ``batch``."""
+    if any(seg.module is None for seg in program.segments.values()):
+        # an ONNX Runtime or TensorRT artifact holds lowered files, not graphs: nothing to run here
+        return {name: {"flops_per_sample": program.variant_flops(name),
+                       "segment_flops_per_sample": program.variant_flops(name), "dispatched_ops": None,
+                       "note": "not counted: the artifact holds lowered files, not graphs"}
+                for name in program.variants}
     device = weights_device(program)
     costs = {}
     for name, run in get_backend("eager").lower(program).items():  # fused variants: what eager dispatches

@@ -137,7 +137,7 @@ def test_eager_artifact_loads_on_a_named_device(model_dir, tmp_path):
     assert rt.device == torch.device("cpu")
 
 
-def test_artifacts_of_lowered_files_follow_to_or_say_why_they_cannot(model_dir, tmp_path):
+def test_artifacts_of_lowered_files_follow_to_or_say_why_they_cannot(model_dir, tmp_path, capsys):
     """``pipe.to(device)`` reaches ``CacheRuntime.to``. ONNX Runtime, TensorRT and AOTInductor have no
     weights to move: their files run where the step's inputs are, as far as the backend can run
     there, and each says why it cannot (checked here for a GPU without asking torch for one)."""
@@ -146,6 +146,12 @@ def test_artifacts_of_lowered_files_follow_to_or_say_why_they_cannot(model_dir, 
     out = tmp_path / "ort"
     assert main(["compile", str(model_dir), "--policy", "fora:2", "--backend", "onnxruntime", "--out", str(out),
                  "--device", "cpu"]) == 0
+    capsys.readouterr()
+    # inspect has no graphs to count ops on: it says so, with the segments' FLOPs
+    assert main(["inspect", str(out), "--json"]) == 0
+    costs = json.loads(capsys.readouterr().out)["variant_costs"]
+    assert costs["reuse"]["dispatched_ops"] is None and "lowered files" in costs["reuse"]["note"]
+    assert 0 < costs["reuse"]["flops_per_sample"] < costs["full"]["flops_per_sample"]
     rt = cachec.load(out, device="cpu", num_steps=4)
     assert rt.device == torch.device("cpu")  # before any call: what a pipeline's execution device reads
     kw = resolve(str(model_dir)).example_inputs(batch=2)
