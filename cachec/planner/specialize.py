@@ -64,7 +64,10 @@ def specialize_segments(program: Program) -> Program:
                         continue  # nothing it makes is read: the run goes
                     key = (op.segment, tuple(keep))
                     if key not in copies:
-                        copies[key] = name = f"{op.segment}~{path}"
+                        name = f"{op.segment}~{path}"
+                        while name in program.segments:  # the same segment pruned differently in one variant
+                            name += "'"
+                        copies[key] = name
                         program.segments[name] = _pruned(seg, keep, name)
                     op = Run(copies[key])
                     seg = program.segments[op.segment]
