@@ -64,9 +64,10 @@ def specialize_segments(program: Program) -> Program:
                         continue  # nothing it makes is read: the run goes
                     key = (op.segment, tuple(keep))
                     if key not in copies:
-                        name = f"{op.segment}~{path}"
+                        name, n = f"{op.segment}~{path}", 1
                         while name in program.segments:  # the same segment pruned differently in one variant
-                            name += "'"
+                            n += 1
+                            name = f"{op.segment}~{path}{n}"
                         copies[key] = name
                         program.segments[name] = _pruned(seg, keep, name)
                     op = Run(copies[key])
