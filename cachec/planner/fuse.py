@@ -109,14 +109,14 @@ def fuse_variant(segments: dict, ops: list[Op], keep: set[str]) -> FusedVariant:
 
 
 
-def narrow_linears(fused: FusedVariant, launch_bytes: int | None = None) -> FusedVariant:
+def narrow_linears(fused: FusedVariant) -> FusedVariant:
     """Let the variant's chunked linears compute only the chunks it reads
     (:class:`~cachec.passes.NarrowChunkedLinears`), in place; its FLOPs drop by what no longer runs.
 
     For backends that run the fused graph with the segments' own parameters (eager, Inductor):
     the narrowed linears read views of the weights, so nothing is copied.
     """
-    narrow = NarrowChunkedLinears(launch_bytes)
+    narrow = NarrowChunkedLinears()
     PassManager([narrow])(fused.module)
     fused.flops -= narrow.saved_flops
     return fused
