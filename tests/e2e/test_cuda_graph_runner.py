@@ -77,7 +77,8 @@ def test_graphs_equal_eager_and_copy_no_cache_outside_the_graph(tiny, policy):
                 copies = counter.by_op["aten.copy_"] + counter.by_op["aten.clone"]
                 # each variant: its step inputs in, its outputs out; no cache crosses the graph's edge
                 assert copies == sum(len(r.inputs) + len(r.outputs) for r in ran), counter.by_op
-                assert copies < n_caches or n_caches <= 2
+                if not policy.startswith("teacache"):  # per-block caches: far more than a step's inputs
+                    assert copies < n_caches
         captures = sum(sum(r.captures.values()) for r in graphs.variants.values())
         if trajectory == 0:
             captured_after_first = captures
