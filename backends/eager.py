@@ -20,6 +20,41 @@ from cachec.program import Program
 from . import Backend, major_minor
 
 
+class _WriteErrorLater:
+    """A file whose ``write`` never raises: the first error is kept and the rest of the bytes dropped.
+
+    Why: torch's archive writer (C++) cannot unwind from a failed write; it calls ``terminate``
+    while cleaning up (a full disk ended ``cachec compile`` with exit 134 after a traceback).
+    """
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                self.f.write(data)
+            except OSError as exc:
+                self.error = exc
+        return len(data)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.f.flush()
+            except OSError as exc:
+                self.error = exc
+
+
+def save_exported(ep: torch.export.ExportedProgram, path: Path) -> None:
+    """``torch.export.save`` whose write errors (a full disk) are an ``OSError`` after the writer is done."""
+    with open(path, "wb") as f:
+        sink = _WriteErrorLater(f)
+        torch.export.save(ep, sink)
+    if sink.error is not None:
+        raise sink.error
+
+
 def store(caches: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
     """Copy ``value`` into the buffer ``name``, allocating it once per shape (fixed address)."""
     buf = caches.get(name)
@@ -75,7 +110,7 @@ class EagerBackend(Backend):
         return lower(program, **options)
 
     def save(self, out_dir: Path, program, captured) -> dict:
-        torch.export.save(captured.exported, str(out_dir / PROGRAM_FILE))
+        save_exported(captured.exported, out_dir / PROGRAM_FILE)
         return {}
 
     def validate_lowered(self, manifest: dict, fail) -> None:

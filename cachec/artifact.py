@@ -23,7 +23,8 @@ that the variants it gets are exactly the manifest's. ONNX and TensorRT artifact
 the manifest's program description and their segment files. None of them needs the model's
 Python class or its weight files, and each weight is stored once.
 A compile writes into a temporary directory next to the target and renames it into place, so
-an interrupted compile leaves nothing behind.
+an interrupted compile leaves nothing behind (:mod:`cachec.output_dir`: what ``--force`` may
+replace, and the next compile removes what a SIGKILLed one could not).
 
 Schema 2 (this cachec) records the program once; a schema-1 manifest (which mirrored it at the
 top level) is refused with a message to recompile.
@@ -39,16 +40,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from cachec.backends import artifact_backend, artifact_backends, get_backend, major_minor
 
-from . import __version__
+from . import __version__, output_dir
 from . import program as desc
 from . import schema as sch
 from .capture import EXPORT_LOCK, MAX_BATCH, PROGRAM_FILE, Captured, flatten_exported
@@ -130,8 +129,7 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
     largest batch of every lowered file (ONNX dynamic axis, TensorRT profile, AOTInductor).
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise ArtifactError(f"{out} already exists; choose another --out or pass --force to replace it")
+    output_dir.check_replaceable(out, force)
     lowering = get_backend(backend)
     limit = max_batch if max_batch is not None else lowering.default_max_batch
     if limit is not None:
@@ -142,8 +140,7 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
                                 f"({captured.example_batch}); pass a --max-batch of at least {captured.example_batch}")
         program.meta["max_batch"] = min(program.meta["max_batch"], limit)
     lowering.check_policy(parse_policy(program.meta["policy"]))  # e.g. token variants run on some backends only
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = output_dir.temp_dir(out)  # named by pid and host: a later compile removes it if this one is killed
     try:
         lowered = lowering.save(tmp, program, captured)
         if keep_inputs:
@@ -160,17 +157,7 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
         manifest["artifact_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
         manifest["weight_bytes"] = weight_bytes(captured)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old, out)  # --force must not lose the old artifact when the swap fails
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        output_dir.move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -23,12 +23,12 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from cachec.backends import with_mode
 
+from .atomic_write import write_text
 from .errors import CachecError
 from .figures import write_plots
 from .policy import POLICIES, parse_policy
@@ -296,9 +296,7 @@ def write_json(result: BenchResult, path: str) -> None:
     if path == "-":
         print(text)
         return
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text + "\n")
+    write_text(path, text + "\n")  # whole or not at all
 
 
 def main(args) -> int:

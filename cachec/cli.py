@@ -1,7 +1,8 @@
 """The ``cachec`` command line: compile, run, inspect, bench, calibrate, serve, policies.
 
 Every user error (bad policy, model, shape, artifact, missing backend) is a
-:class:`~cachec.errors.CachecError`: printed as one message, exit code 2.
+:class:`~cachec.errors.CachecError`: printed as one message, exit code 2. Ctrl-C and SIGTERM
+print one line and exit 130 and 143, after removing what was half-written.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import os
 import sys
 from pathlib import Path
 
+from .atomic_write import check_file_target, write_text
 from .backends import with_mode
 from .devices import DTYPES, default_device
 from .errors import CachecError, ModelError
+from .interrupts import Terminated, terminate_raises
 from .progress import stage
 from .sample_grids import grid
 from .session import open_model
@@ -52,9 +55,47 @@ def _check_writable(out: Path) -> None:
         raise CachecError(f"cannot write {out}: its folder {existing} is not writable")
     if out.exists() and not out.is_dir():
         raise CachecError(f"cannot write {out}: it exists and is not a folder")
+    if not out.exists():  # e.g. /proc/x: the folder test above cannot tell; creating it can
+        try:
+            out.mkdir()
+            out.rmdir()
+        except OSError as exc:
+            raise CachecError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _check_outputs(args) -> None:
+    """Every output place a command will write, checked before any work (an export or a run)."""
+    if args.command == "compile":
+        from .output_dir import check_replaceable
+
+        _check_writable(Path(args.out))
+        check_replaceable(args.out, args.force, protected=[p for p in (args.model, args.inputs)
+                                                           if p is not None and Path(p).exists()])
+    elif args.command == "run":
+        _check_writable(Path(args.out))
+    elif args.command == "calibrate" and not args.threshold_map:
+        check_file_target(args.out, "calibration file")  # an existing file is replaced (a rerun)
+    elif args.command == "bench":
+        if args.json not in (None, "-"):
+            check_file_target(args.json, "JSON file")
+        if args.plots is not None:
+            _check_writable(Path(args.plots))
+    if args.command in ("run", "bench", "calibrate") and str(getattr(args, "device", "")).startswith("meta"):
+        raise CachecError(f"--device {args.device} holds no data to run on; {args.command} takes cpu, cuda or cuda:N "
+                          "(meta serves inspect)")
 
 
 def cmd_compile(args) -> int:
+    """One compile per --out at a time (:class:`~cachec.output_dir.OutputLock`); what a killed
+    compile left next to it is removed first."""
+    from .output_dir import OutputLock, clean_stale
+
+    with OutputLock(args.out):
+        clean_stale(args.out)
+        return _compile(args)
+
+
+def _compile(args) -> int:
     from . import artifact
     from .backends import get_backend
     from .policy import parse_policy
@@ -66,9 +107,12 @@ def cmd_compile(args) -> int:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
     program = session.program(policy)
     stage(f"writing artifact to {args.out}")
-    out = artifact.save(args.out, program, session.captured(policy), args.model, session.signature, force=args.force,
-                        backend=args.backend, max_batch=args.max_batch,
-                        keep_inputs=session.bundle.inputs_file is not None or session.bundle.recorded is not None)
+    try:
+        out = artifact.save(args.out, program, session.captured(policy), args.model, session.signature,
+                            force=args.force, backend=args.backend, max_batch=args.max_batch,
+                            keep_inputs=session.bundle.inputs_file is not None or session.bundle.recorded is not None)
+    except OSError as exc:  # a full disk, say: the temporary folder is gone, the old --out untouched
+        raise CachecError(f"cannot write the artifact {args.out}: {exc.strerror or exc}; nothing was written") from exc
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"compiled {args.model} with policy {policy} for {args.backend}: {len(program.segments)} segments, "
           f"variants {', '.join(program.variants)} -> {out}")
@@ -259,9 +303,7 @@ def cmd_calibrate(args) -> int:
     data = cal.calibrate(bundle, program_for, steps=args.steps, samples=args.samples, seed=args.seed, bases=bases,
                          progress=stage)
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(out)  # never a half-written calibration file
+    write_text(out, json.dumps(data))  # never a half-written calibration file
     print(f"wrote {out}: reuse errors for {', '.join(data['errors'])}, {args.steps} steps x {args.samples} samples")
     if args.budget is not None:
         schedule, predicted = schedules.budget_schedule(data, args.budget, args.base)
@@ -433,14 +475,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cachec: error: --{flag} must be at least 1; got {value}", file=sys.stderr)
             return 2
     try:
-        if getattr(args, "out", None) is not None and args.command in ("compile", "run", "calibrate"):
-            _check_writable(Path(args.out))
-        return args.fn(args)
+        with terminate_raises():  # SIGTERM unwinds like Ctrl-C, so no partial output stays
+            _check_outputs(args)
+            return args.fn(args)
     except CachecError as exc:
         if args.debug:
             raise
         print(f"cachec: error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as exc:
+        if args.debug:
+            raise
+        print(f"cachec: {'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}; "
+              "nothing half-written was left", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
 
 
 if __name__ == "__main__":

@@ -32,3 +32,8 @@ class BackendError(CachecError):
 
 class RequestError(CachecError, ValueError):
     """A serving request the server rejects before running it (``cachec serve``: HTTP 422)."""
+
+
+class ConcurrentUseError(CachecError, RuntimeError):
+    """A :class:`~cachec.runtime.CacheRuntime` called from a second thread while another thread
+    is inside a step or in the middle of a trajectory (its caches and policy state are one caller's)."""

@@ -11,6 +11,7 @@ import math
 import statistics
 from pathlib import Path
 
+from .atomic_write import save_image
 from .sample_grids import label_font
 
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -92,7 +93,7 @@ def plot_schedule(result, path: Path) -> None:
     for i in range(0, result.steps, every):
         d.text((label_w + cell * i + (cell - 2) / 2, y), str(i), fill="black", font=font, anchor="ma")
     d.text((label_w + cell * result.steps + 8, y), "step", fill="black", font=font)
-    im.save(path)
+    save_image(im, path)
 
 
 def plot_error_curve(result, path: Path) -> None:
@@ -124,7 +125,7 @@ def plot_error_curve(result, path: Path) -> None:
         ly = 60 + 22 * k
         d.line([(675, ly), (700, ly)], fill=c, width=3)
         d.text((706, ly), r["policy"], fill="black", font=font, anchor="lm")
-    im.save(path)
+    save_image(im, path)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -171,7 +172,7 @@ def plot_pareto(result, path: Path) -> None:
         d.text((x + 8, y - 8), r["policy"], fill="black", font=font, anchor="ls")
     d.text((box[0], box[3] + 48), "red: Pareto front (no policy has both lower NFE and higher PSNR)",
            fill=(214, 39, 40), font=font)
-    im.save(path)
+    save_image(im, path)
 
 
 def write_plots(result, out_dir: str) -> list[str]:

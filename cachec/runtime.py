@@ -26,12 +26,14 @@ import torch
 from cachec.backends import get_backend
 
 from .batch_items import ItemRunner
+from .call_checks import check_inputs, check_labels
 from .capture import flatten_inputs
 from .devices import resolve_device
 from .errors import PolicyError, ShapeError
 from .methods.base import Action, StepContext
 from .policy import Policy, parse_policy
 from .program import Program, per_item
+from .single_caller import SingleCaller
 
 log = logging.getLogger("cachec")
 
@@ -102,6 +104,10 @@ class CacheRuntime(torch.nn.Module):
     (sequential CFG: FLUX true CFG, Wan) name the branch. Each branch keeps its own caches and
     policy state. Loops that do not name branches get the same separation automatically: a second
     call at the same timestep is the next branch of that step.
+
+    Not shared between threads: a call from a second thread while another is inside a step or in
+    the middle of a trajectory raises :class:`~cachec.errors.ConcurrentUseError` (never a silently
+    mixed result; see :mod:`cachec.single_caller`). Give each thread its own runtime.
     """
 
     def __init__(
@@ -155,6 +161,7 @@ class CacheRuntime(torch.nn.Module):
         self._calls_per_step: int | None = None  # learned from the timesteps while the length is unknown
         self._current = DEFAULT_BRANCH
         self._step_tensors: dict[tuple, torch.Tensor] = {}  # host-computed step inputs on the device, by value
+        self._caller = SingleCaller()  # concurrent use from two threads is refused (cachec.single_caller)
 
     # -- what pipelines read -------------------------------------------------------------------
     @property
@@ -228,13 +235,21 @@ class CacheRuntime(torch.nn.Module):
 
     # -- trajectory -----------------------------------------------------------------------------
     def reset(self, num_steps: int | None = None) -> None:
-        """Start a new trajectory on every branch (caches are logically empty; buffers keep their memory)."""
+        """Start a new trajectory on every branch (caches are logically empty; buffers keep their memory).
+
+        Refused (:class:`~cachec.errors.ConcurrentUseError`) from a thread other than the one in the
+        middle of a trajectory; afterwards any thread may run the next one."""
+        self._caller.claim_reset(self._mid_trajectory)
         if num_steps is not None:
             self.num_steps = num_steps
         for name in list(self.branches) or [DEFAULT_BRANCH]:
             self._reset_branch(self._branch(name), num_steps)
         self._last_call = None
         self._calls_per_step = None
+
+    def _mid_trajectory(self) -> bool:
+        """Whether some branch has run part of a trajectory (all of a known length is over)."""
+        return any(0 < b.step < (b.num_steps or self.num_steps or float("inf")) for b in self.branches.values())
 
     def _branch(self, name: str) -> BranchState:
         if name not in self.branches:
@@ -273,7 +288,8 @@ class CacheRuntime(torch.nn.Module):
 
     def bind(self, args, kwargs) -> dict[str, torch.Tensor]:
         """The model's call arguments as the program's input tensors, checked against the compiled
-        shapes and dtypes (public: calibration drives variants directly with it)."""
+        shapes and dtypes, one batch within max_batch, and class labels in range where that needs
+        no device→host sync (:mod:`cachec.call_checks`; public: calibration drives variants with it)."""
         if args:
             kwargs = dict(kwargs)
             for name, value in zip(self.signature, args, strict=False):
@@ -302,6 +318,9 @@ class CacheRuntime(torch.nn.Module):
                 raise ShapeError(
                     f"input {name} has shape {tuple(t.shape)}; the program accepts {tuple(spec.shape)} (B = any batch)"
                 )
+        check_inputs(self.program, inputs)
+        if all(t.device.type == "cpu" for t in inputs.values()):
+            check_labels(inputs, self.config)  # on a GPU: once per trajectory, in forward
         return inputs
 
     def _timestep(self, inputs) -> float | None:
@@ -384,14 +403,24 @@ class CacheRuntime(torch.nn.Module):
                 for name, spec in self.program.caches().items()}
 
     # -- one step -------------------------------------------------------------------------------
-    @torch.no_grad()
     def forward(self, *args, **kwargs):
+        """One denoising step; a second thread's call meanwhile is refused (:mod:`cachec.single_caller`)."""
+        self._caller.enter(self._mid_trajectory)
+        try:
+            return self._forward(*args, **kwargs)
+        finally:
+            self._caller.exit()
+
+    @torch.no_grad()
+    def _forward(self, *args, **kwargs):
         return_dict = kwargs.pop("return_dict", True)  # as diffusers models: an output object, indexable by [0]
         inputs = self.bind(args, kwargs)
         key = tuple((n, tuple(v.shape)) for n, v in inputs.items())
         self._current, t = self._branch_of_call(inputs, key)
         branch = self._branch(self._current)
         self._maybe_new_trajectory(branch, key, inputs, t)
+        if branch.step == 0 and any(v.device.type != "cpu" for v in inputs.values()):
+            check_labels(inputs, self.config)  # one device->host sync per trajectory
         env: dict[str, torch.Tensor] = dict(inputs)
         batch = self._batch(inputs)
         step, stats = branch.step, branch.history[-1]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic_write import save_image
 from .progress import stage
 
 
@@ -71,7 +72,6 @@ def side_by_side(columns: list[torch.Tensor], labels: list[str], path: Path, tit
 
 def _save(im, path: Path) -> None:
     """Write ``im``, saying so when it replaces an earlier file (sample grids are never silently overwritten)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         stage(f"replacing {path}")
-    im.save(path)
+    save_image(im, path)  # whole or not at all: a full disk leaves no 0-byte PNG
