@@ -20,14 +20,10 @@ from .program import Program
 
 
 def check_inputs(program: Program, inputs: dict[str, torch.Tensor]) -> None:
-    """Real tensors on one device, one batch of 1..max_batch across every batched input."""
+    """Real tensors (not meta), one batch of 1..max_batch across every batched input."""
     meta = [n for n, t in inputs.items() if t.is_meta]
     if meta:
         raise ShapeError(f"inputs {meta} are meta tensors (shapes without data); the runtime runs on cpu or cuda tensors")
-    devices = {str(t.device) for t in inputs.values()}
-    if len(devices) > 1:
-        where = {n: str(t.device) for n, t in inputs.items()}
-        raise ShapeError(f"inputs are on different devices {where}; put every input on the runtime's device")
     batch_dims = program.meta.get("batch_dims") or {}
     batches = {n: int(inputs[n].shape[d]) for n, d in batch_dims.items() if n in inputs and inputs[n].dim() > d}
     if len(set(batches.values())) > 1:
@@ -55,10 +51,13 @@ def label_count(config) -> int | None:
     return None
 
 
-def check_labels(inputs: dict[str, torch.Tensor], config) -> None:
-    """Integer ``class_labels`` within the embedding's range (reads their values: see the module docstring)."""
+def check_labels(inputs: dict[str, torch.Tensor], config, *, read_device: bool = False) -> None:
+    """Integer ``class_labels`` within the embedding's range. Labels on a GPU are read only with
+    ``read_device`` (a device→host sync: the runtime asks for it once per trajectory)."""
     labels = inputs.get("class_labels")
     if labels is None or labels.is_floating_point() or labels.is_complex() or not labels.numel():
+        return
+    if labels.device.type != "cpu" and not read_device:
         return
     count = label_count(config)
     if count is None:

@@ -64,7 +64,10 @@ def _check_writable(out: Path) -> None:
 
 
 def _check_outputs(args) -> None:
-    """Every output place a command will write, checked before any work (an export or a run)."""
+    """Every output place a command will write, and a device it cannot run on, checked before any work."""
+    if args.command in ("run", "bench", "calibrate") and str(getattr(args, "device", "")).startswith("meta"):
+        raise CachecError(f"--device {args.device} holds no data to run on; {args.command} takes cpu, cuda or cuda:N "
+                          "(meta serves inspect)")
     if args.command == "compile":
         from .output_dir import check_replaceable
 
@@ -80,9 +83,6 @@ def _check_outputs(args) -> None:
             check_file_target(args.json, "JSON file")
         if args.plots is not None:
             _check_writable(Path(args.plots))
-    if args.command in ("run", "bench", "calibrate") and str(getattr(args, "device", "")).startswith("meta"):
-        raise CachecError(f"--device {args.device} holds no data to run on; {args.command} takes cpu, cuda or cuda:N "
-                          "(meta serves inspect)")
 
 
 def cmd_compile(args) -> int:
@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-batch", type=int, default=None,
                    help="largest batch the artifact accepts (default: 16 for tensorrt, whose engines reserve "
                         "activation memory for it; 1024 otherwise)")
-    c.add_argument("--force", action="store_true", help="replace --out if it exists")
+    c.add_argument("--force", action="store_true",
+                   help="replace --out if it is a cachec artifact or an empty folder (anything else is refused)")
     c.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
     c.set_defaults(fn=cmd_compile)
 

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -26,6 +25,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import ArtifactError, CachecError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; compiles into one --out are then not kept apart
+    fcntl = None
 
 ARTIFACT_FORMAT = "cachec-artifact"  # the "format" field of an artifact's manifest.json (cachec.artifact.FORMAT)
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
@@ -111,6 +115,8 @@ def clean_stale(out: str | Path) -> list[Path]:
 
 
 def _remove_unheld_lock(path: Path) -> bool:
+    if fcntl is None:
+        return False
     try:
         fd = os.open(path, os.O_RDWR)
     except OSError:
@@ -177,6 +183,8 @@ class OutputLock:
         self._made_parent = False
 
     def __enter__(self) -> OutputLock:
+        if fcntl is None:
+            return self
         parent = self.path.parent
         if not parent.exists():
             parent.mkdir(parents=True)

@@ -319,8 +319,7 @@ class CacheRuntime(torch.nn.Module):
                     f"input {name} has shape {tuple(t.shape)}; the program accepts {tuple(spec.shape)} (B = any batch)"
                 )
         check_inputs(self.program, inputs)
-        if all(t.device.type == "cpu" for t in inputs.values()):
-            check_labels(inputs, self.config)  # on a GPU: once per trajectory, in forward
+        check_labels(inputs, self.config)  # labels on the CPU; on a GPU once per trajectory, in forward
         return inputs
 
     def _timestep(self, inputs) -> float | None:
@@ -419,8 +418,8 @@ class CacheRuntime(torch.nn.Module):
         self._current, t = self._branch_of_call(inputs, key)
         branch = self._branch(self._current)
         self._maybe_new_trajectory(branch, key, inputs, t)
-        if branch.step == 0 and any(v.device.type != "cpu" for v in inputs.values()):
-            check_labels(inputs, self.config)  # one device->host sync per trajectory
+        if branch.step == 0:
+            check_labels(inputs, self.config, read_device=True)  # on a GPU: one device->host sync per trajectory
         env: dict[str, torch.Tensor] = dict(inputs)
         batch = self._batch(inputs)
         step, stats = branch.step, branch.history[-1]
