@@ -32,6 +32,7 @@ except ImportError:  # Windows: no flock; compiles into one --out are then not k
     fcntl = None
 
 ARTIFACT_FORMAT = "cachec-artifact"  # the "format" field of an artifact's manifest.json (cachec.artifact.FORMAT)
+LOCK_SUFFIX = ".cachec-lock"  # distinctive: cleaning never touches another program's lock files
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 # .NAME.tmp-PID@HOST-XXXXXXXX (mkdtemp's suffix) and .NAME.old-PID@HOST (the artifact a --force replaces)
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)@(?P<host>[A-Za-z0-9_.]+)(-[A-Za-z0-9_]{8})?$")
@@ -108,7 +109,7 @@ def clean_stale(out: str | Path) -> list[Path]:
                     continue
             shutil.rmtree(entry, ignore_errors=True)
             done.append(entry)
-        elif entry.name.startswith(".") and entry.name.endswith(".lock") and entry.is_file():
+        elif entry.name.startswith(".") and entry.name.endswith(LOCK_SUFFIX) and entry.is_file():
             if _remove_unheld_lock(entry):
                 done.append(entry)
     return done
@@ -167,7 +168,7 @@ def move_into_place(tmp: Path, out: str | Path) -> None:
 
 
 class OutputLock:
-    """Hold ``.NAME.lock`` next to ``out`` for the whole compile (``with OutputLock(out): ...``).
+    """Hold ``.NAME.cachec-lock`` next to ``out`` for the whole compile (``with OutputLock(out): ...``).
 
     A second holder gets a :class:`~cachec.errors.CachecError` at once naming the pid that has it.
     The lock is ``flock``: the kernel releases it when its process ends however it ends, so a lock
@@ -178,7 +179,7 @@ class OutputLock:
     def __init__(self, out: str | Path):
         self.out = out
         target = _absolute(out)
-        self.path = target.with_name(f".{target.name}.lock")
+        self.path = target.with_name(f".{target.name}{LOCK_SUFFIX}")
         self._fd: int | None = None
         self._made_parent = False
 

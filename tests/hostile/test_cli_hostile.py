@@ -109,7 +109,7 @@ def compile_to(out, *extra) -> int:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name or ".old-" in p.name or p.name.endswith(".lock"))
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name or ".old-" in p.name or p.name.endswith(".cachec-lock"))
 
 
 # -- item 2: --force replaces only an artifact or an empty folder -------------------------------
@@ -194,9 +194,30 @@ def test_sigkilled_compile_leftovers_are_removed_by_the_next_compile(background,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     left = leftovers(folder)
-    assert ".art.lock" in left and any(name.startswith(".art.tmp-") for name in left), left
+    assert ".art.cachec-lock" in left and any(name.startswith(".art.tmp-") for name in left), left
     assert compile_to(folder / "art") == 0  # the same --out: its lock is free, its leftovers are gone
     assert leftovers(folder) == [] and sorted(p.name for p in folder.iterdir()) == ["art"]
+
+
+def test_cleaning_spares_live_writers_other_hosts_and_puts_a_moved_artifact_back(tmp_path):
+    """What the next compile removes: only what dead processes of this host left (pid and host are in
+    the names); an artifact a killed --force had moved aside comes back when nothing replaced it."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = output_dir._HOST
+    names = {
+        f".a.tmp-{dead.pid}@{host}-abcdefgh": False,  # dead writer: removed
+        f".a.tmp-{os.getpid()}@{host}-abcdefgh": True,  # live writer (this process): kept
+        f".a.tmp-{dead.pid}@elsewhere-abcdefgh": True,  # another machine's (a shared disk): kept
+        f".b.old-{dead.pid}@{host}": False,  # moved aside, b missing: put back as b
+        ".c.tmp-123": True,  # not a name cachec writes
+    }
+    for name in names:
+        (tmp_path / name).mkdir()
+    (tmp_path / f".b.old-{dead.pid}@{host}" / "manifest.json").write_text("{}")
+    output_dir.clean_stale(tmp_path / "a")
+    assert {n: (tmp_path / n).exists() for n in names} == names
+    assert (tmp_path / "b" / "manifest.json").is_file()
 
 
 def _write_some(f) -> None:
@@ -285,7 +306,7 @@ def test_bench_json_and_calibrate_out_on_a_folder_are_refused_up_front(tmp_path,
 def test_calibrate_reruns_over_its_previous_output(tmp_path, shared_export):
     out = tmp_path / "calibration.json"
     out.write_text('{"stale": true}')  # the previous run's file, at the default name
-    assert main(["calibrate", MODEL, "--device", "cpu", "--steps", "3", "--samples", "2", "--bases", "module",
+    assert main(["calibrate", MODEL, "--device", "cpu", "--steps", "2", "--samples", "2", "--bases", "module",
                  "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert "stale" not in data and "module" in data["errors"]
