@@ -55,7 +55,7 @@ def _check_writable(out: Path) -> None:
         raise CachecError(f"cannot write {out}: its folder {existing} is not writable")
     if out.exists() and not out.is_dir():
         raise CachecError(f"cannot write {out}: it exists and is not a folder")
-    if not out.exists():  # e.g. /proc/x: the folder test above cannot tell; creating it can
+    if parent.is_dir() and not out.exists():  # e.g. /proc/x: the tests above cannot tell; creating it can
         try:
             out.mkdir()
             out.rmdir()
