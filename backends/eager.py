@@ -3,7 +3,8 @@
 Each variant is fused (see :mod:`cachec.planner.fuse`) so a step costs one GraphModule call
 per variant instead of one per segment; parameters are the segments' own tensors. It is the
 reference every other backend is compared with, and the default on CPU. Its artifacts hold the
-captured program itself (``model.pt2``), so any backend can lower them.
+captured program itself (``program.json`` and ``program.safetensors``, see
+:mod:`cachec.program_store`), so any backend can lower them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from cachec import program_store
 from cachec.capture import PROGRAM_FILE
 from cachec.errors import ArtifactError
 from cachec.planner.fuse import fuse_variant, narrow_linears
@@ -75,16 +77,17 @@ class EagerBackend(Backend):
         return lower(program, **options)
 
     def save(self, out_dir: Path, program, captured) -> dict:
-        torch.export.save(captured.exported, str(out_dir / PROGRAM_FILE))
+        program_store.save(captured.exported, out_dir)  # JSON + safetensors: nothing to unpickle on load
         return {}
 
     def validate_lowered(self, manifest: dict, fail) -> None:
-        if PROGRAM_FILE not in manifest["files"]:
-            fail("files", f"does not list {PROGRAM_FILE}, the captured program of an eager artifact")
+        for name in (PROGRAM_FILE, program_store.WEIGHTS_FILE):
+            if name not in manifest["files"]:
+                fail("files", f"does not list {name}, the captured program of an eager artifact")
 
     def check_versions(self, path: Path, manifest: dict, allow_version_mismatch: bool) -> None:
-        """``model.pt2`` is a ``torch.export`` file, whose format is only promised to load on the
-        torch (major.minor) that wrote it."""
+        """``program.json`` is the ``torch.export`` serialiser's document, whose format is only
+        promised to load on the torch (major.minor) that wrote it."""
         wrote = manifest["versions"]["torch"]
         if not allow_version_mismatch and major_minor(wrote) != major_minor(torch.__version__):
             raise ArtifactError(
