@@ -477,3 +477,23 @@ def test_fuzzed_artifacts_fail_with_one_artifact_error(eager_artifact, tmp_path_
         assert "\n" not in message and "Traceback" not in message, message  # one line
         assert str(art) in message, message  # it names the artifact or its file
     assert not marker.exists()
+
+
+def test_serve_refuses_native_code_before_any_replica_starts(eager_artifact, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray.serve")
+    from cachec import serve as cserve
+    from cachec.serve_worker import ArtifactWorker
+
+    monkeypatch.delenv(signing.KEY_ENV, raising=False)
+    art = _native(eager_artifact, tmp_path / "art")
+    with pytest.raises(ArtifactError, match="--trust-native"):
+        cserve.build_app(str(art))
+    with pytest.raises(ArtifactError, match="--trust-native"):
+        ArtifactWorker(art, device="cpu")
+    assert main(["serve", str(art)]) == 2
+    assert "--trust-native" in capsys.readouterr().err
+    (tmp_path / "key").write_text("k" * 32)
+    _sign(art, b"k" * 32)
+    assert cserve.build_app(str(art), verify_key=str(tmp_path / "key")) is not None  # the replicas get the key file
+    with pytest.raises(ArtifactError, match="is not signed"):
+        cserve.build_app(str(eager_artifact), verify_key=str(tmp_path / "key"))
