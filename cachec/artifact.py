@@ -330,6 +330,10 @@ def validate_manifest(manifest, path: str | Path) -> None:
         policy = parse_policy(meta["policy"])
     except PolicyError as exc:
         fail("program.meta.policy", f"is not a valid policy ({exc})")
+    if policy.needs_data and not meta.get("policy_data"):
+        # compile stores the data it resolved; without it a load would read the file the policy names
+        fail("program.meta.policy_data", f"is missing: policy {meta['policy']!r} needs data, which an artifact "
+             "holds itself (it must not make cachec read a file named in the manifest)")
     bad = policy.check_program(prog["variants"], meta, values)
     if bad is not None:
         fail(f"program.{bad[0]}", bad[1])

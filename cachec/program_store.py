@@ -20,6 +20,7 @@ so cachec never writes a program it would refuse to load.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import operator
@@ -60,19 +61,21 @@ SYMPY_CALLS = {
 SYMPY_NAMES = {"oo", "zoo", "nan", "true", "false", "True", "False", "pi", "E", "S"}
 
 
-def _torch_sympy_functions() -> set[str]:
+@functools.cache
+def _torch_sympy_functions() -> frozenset[str]:
     """The torch sympy functions the deserialiser puts in scope (FloorDiv, CeilDiv, ...)."""
     import sympy
     import torch.utils._sympy.functions as fns
 
-    return {n for n, v in vars(fns).items()
-            if not n.startswith("_") and isinstance(v, type) and issubclass(v, sympy.Basic)}
+    return frozenset(n for n, v in vars(fns).items()
+                     if not n.startswith("_") and isinstance(v, type) and issubclass(v, sympy.Basic))
 
 
 # ---------------------------------------------------------------------------------------------
 # the document
 
 
+@functools.lru_cache(maxsize=4096)
 def _expr_problem(text) -> str | None:
     """Why ``text`` is not a symbolic expression as the exporter writes it (None: it is).
 
@@ -173,22 +176,26 @@ def check_document(doc, where: str) -> None:
                                             for k in ("min_val", "max_val"))):
             fail(f"'range_constraints.{name[:40]}'", "is not a pair of integer bounds")
 
-    def walk(node, path: str, depth: int):
-        if depth > 200:
-            fail(path or "the document", "is nested too deeply")
-        if isinstance(node, dict):
-            if "expr_str" in node and (why := _expr_problem(node["expr_str"])) is not None:
-                fail(f"the symbolic expression at {path}", why)
-            for key, value in node.items():
-                if key == "target" and path.endswith("]") and "nodes[" in path.rsplit(".", 1)[-1] \
-                        and (why := _target_problem(value)) is not None:
-                    fail(f"the node target {str(value)[:80]!r} at {path}", why)
-                walk(value, f"{path}.{key}" if path else str(key), depth + 1)
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                walk(value, f"{path}[{i}]", depth + 1)
+    def dotted(path: tuple) -> str:
+        return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
 
-    walk(doc["graph_module"], "graph_module", 0)
+    # iterative, paths formatted only for a message: a denoiser's document has ~10^5 values
+    stack = [(doc["graph_module"], ("graph_module",), False)]
+    while stack:
+        node, path, in_nodes = stack.pop()
+        if len(path) > 200:
+            fail(dotted(path[:8]) + "...", "is nested too deeply")
+        if isinstance(node, dict):
+            expr = node.get("expr_str")
+            if expr is not None and (why := _expr_problem(expr) if isinstance(expr, str) else "is not a string"):
+                fail(f"the symbolic expression at {dotted(path)}", why)
+            if in_nodes and "target" in node and (why := _target_problem(node["target"])) is not None:
+                fail(f"the node target {str(node['target'])[:80]!r} at {dotted(path)}", why)
+            stack.extend((value, (*path, key), key == "nodes") for key, value in node.items()
+                         if isinstance(value, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((value, (*path, i), in_nodes) for i, value in enumerate(node)
+                         if isinstance(value, (dict, list)))
 
 
 def check_targets(ep: torch.export.ExportedProgram, where: str) -> None:

@@ -363,11 +363,13 @@ def _compile(model_dir, out, *extra):
 
 @pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
 def test_failure_while_writing_the_program_leaves_nothing(exc, model_dir, tmp_path, monkeypatch):
-    def partial_save(ep, f, *a, **kw):
-        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+    import safetensors.torch
+
+    def partial_save(tensors, f, *a, **kw):
+        Path(f).write_bytes(b"half a safetensors file")
         raise exc
 
-    monkeypatch.setattr(torch.export, "save", partial_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", partial_save)
     out = tmp_path / "outs" / "art"
     with pytest.raises(type(exc)):
         _compile(model_dir, out)

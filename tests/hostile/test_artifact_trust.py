@@ -412,13 +412,34 @@ def test_policy_data_must_travel_with_the_artifact(eager_artifact, tmp_path):
 
 def _mutations():
     file_op = st.sampled_from(["truncate", "flip", "append", "empty"])
-    manifest_op = st.sampled_from(["delete", "type", "string", "huge"])
+    json_op = st.sampled_from(["delete", "type", "string", "huge"])
     return st.one_of(
         st.tuples(st.just("file"), st.sampled_from(["program.json", "program.safetensors"]), file_op,
                   st.integers(0, 1 << 30), st.binary(min_size=1, max_size=8)),
-        st.tuples(st.just("manifest"), st.integers(0, 1 << 30), manifest_op, st.integers(0, 1 << 30),
-                  st.binary(min_size=1, max_size=8)),
+        st.tuples(st.sampled_from(["manifest.json", "program.json"]), st.integers(0, 1 << 30), json_op,
+                  st.integers(0, 1 << 30), st.binary(min_size=1, max_size=8)),
     )
+
+
+def _mutate_json(doc, a: int, op: str, data: bytes, marker: Path) -> tuple:
+    """Replace (or delete) the ``a``-th value of ``doc``, depth first, by a hostile one; its path."""
+    paths = []
+    stack = [(doc, ())]
+    while stack:
+        node, path = stack.pop()
+        paths.append(path)
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+        stack.extend((v, (*path, k)) for k, v in children)
+    path = paths[1:][a % (len(paths) - 1)]
+    parent = doc
+    for k in path[:-1]:
+        parent = parent[k]
+    if op == "delete":
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = {"type": [data.hex()], "string": f"__import__('builtins').exec({_code(marker)!r})",
+                            "huge": 10 ** 400}[op]
+    return path
 
 
 def _mutate(art: Path, mutation, marker: Path) -> None:
@@ -438,32 +459,15 @@ def _mutate(art: Path, mutation, marker: Path) -> None:
         f.write_bytes(bytes(raw))
         _relist(art)
         return
-    m = json.loads((art / "manifest.json").read_text())
-    paths = []
-
-    def collect(node, path):
-        paths.append(path)
-        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
-        for k, v in children:
-            collect(v, (*path, k))
-
-    collect(m, ())
-    path = paths[1:][a % (len(paths) - 1)]
-    parent = m
-    for k in path[:-1]:
-        parent = parent[k]
-    value = {"delete": None, "type": [data.hex()], "string": _code(marker), "huge": 10 ** 400}[op]
-    if op == "delete":
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    (art / "manifest.json").write_text(json.dumps(m))
-    if path[0] != "files":
+    doc = json.loads((art / kind).read_text())
+    path = _mutate_json(doc, a, op, data, marker)
+    (art / kind).write_text(json.dumps(doc))
+    if kind == "program.json" or path[0] != "files":  # an edited checksum entry stays as edited
         _relist(art)
 
 
 @pytest.mark.slow  # ~15 s: a mutation that passes the checks loads and re-plans the program
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(mutation=_mutations())
 def test_fuzzed_artifacts_fail_with_one_artifact_error(eager_artifact, tmp_path_factory, mutation):
     root = tmp_path_factory.mktemp("fuzz")
