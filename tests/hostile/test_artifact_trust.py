@@ -501,3 +501,39 @@ def test_serve_refuses_native_code_before_any_replica_starts(eager_artifact, tmp
     assert cserve.build_app(str(art), verify_key=str(tmp_path / "key")) is not None  # the replicas get the key file
     with pytest.raises(ArtifactError, match="is not signed"):
         cserve.build_app(str(eager_artifact), verify_key=str(tmp_path / "key"))
+
+
+def test_onnx_segment_files_hold_no_code_and_no_outside_data(tmp_path, marker):
+    """What the ONNX Runtime backend opens from an artifact: a pickle is not a model; a model whose
+    tensors live in another file (``../../secret``) is refused before onnxruntime reads it."""
+    pytest.importorskip("onnxruntime")
+    import types
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from cachec.backends.onnxruntime import sessions_for
+
+    (tmp_path / "secret").write_bytes(b"\0" * 16)
+    art = tmp_path / "art"
+    (art / "onnx").mkdir(parents=True)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weight])
+    model = helper.make_model(graph)
+    program = types.SimpleNamespace(meta={"onnx_files": {"seg": "onnx/seg.onnx"}})
+    onnx.save(model, str(art / "onnx" / "seg.onnx"))
+    assert set(sessions_for(program, art, ["CPUExecutionProvider"])) == {"seg"}  # the plain model loads
+    stored = model.graph.initializer[0]
+    stored.data_location = TensorProto.EXTERNAL
+    del stored.float_data[:]
+    stored.external_data.add(key="location", value="../../secret")
+    stored.external_data.add(key="length", value="16")
+    onnx.save(model, str(art / "onnx" / "seg.onnx"))
+    with pytest.raises(ArtifactError, match="refers to tensor data in other files"):
+        sessions_for(program, art, ["CPUExecutionProvider"])
+    for payload in _pickles(marker).values():
+        (art / "onnx" / "seg.onnx").write_bytes(payload)
+        with pytest.raises(ArtifactError, match="seg.onnx"):
+            sessions_for(program, art, ["CPUExecutionProvider"])
