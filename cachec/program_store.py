@@ -275,7 +275,8 @@ def load(directory: Path) -> torch.export.ExportedProgram:
             raw = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"{weights} is corrupt: not a safetensors file cachec wrote ({str(exc)[:200]})") from None
-    if not (isinstance(meta, dict) and all(isinstance(meta.get(k), dict) for k in ("params", "aliases", "devices"))):
+    if not (isinstance(meta, dict) and all(isinstance(meta.get(k), dict) for k in ("params", "aliases", "devices"))
+            and all(isinstance(v, str) for v in meta["aliases"].values())):
         raise ArtifactError(f"{weights} is corrupt: its metadata does not describe the program's tensors")
     parts: dict[str, dict] = {"state_dict": {}, "constants": {}}
     for name in list(raw) + list(meta["aliases"]):
@@ -286,7 +287,10 @@ def load(directory: Path) -> torch.export.ExportedProgram:
         device = meta["devices"].get(name, "cpu")
         t = target.to(device) if device == "cuda" and torch.cuda.is_available() else target
         if name in meta["params"]:
-            t = torch.nn.Parameter(t, requires_grad=bool(meta["params"][name]))
+            try:
+                t = torch.nn.Parameter(t, requires_grad=bool(meta["params"][name]))
+            except RuntimeError as exc:  # e.g. an integer tensor marked as requiring gradients
+                raise ArtifactError(f"{weights} is corrupt: entry {name[:80]!r} cannot be a parameter ({exc})") from None
         parts[kind][fqn] = t
     try:
         program = _dict_to_dataclass(schema.ExportedProgram, doc)
