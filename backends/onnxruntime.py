@@ -17,6 +17,7 @@ import torch
 
 from cachec.errors import ArtifactError, BackendError
 from cachec.program import Op, Program
+from cachec.program_store import one_line
 
 from . import Backend, onnx_export, output_buffer, outputs_bound_to_caches, run_cache_op
 from .onnx_export import export_program, io_name
@@ -65,7 +66,7 @@ def sessions_for(program: Program, onnx_dir: Path | None = None, providers: list
                 sessions[name] = ort.InferenceSession(str(f), opts, providers=providers)
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own kinds on an invalid model
                 raise ArtifactError(f"{f} could not be loaded by onnxruntime {ort.__version__} "
-                                    f"({type(exc).__name__}: {str(exc)[:200]}); recompile the artifact") from exc
+                                    f"({type(exc).__name__}: {one_line(exc, 200)}); recompile the artifact") from exc
         return sessions
     finally:
         if scratch is not None:

@@ -454,7 +454,7 @@ def load_program(path: str | Path, policy: str | None = None, *, allow_version_m
         graph_module = flatten_exported(ep, list(inputs))
     except Exception as exc:  # noqa: BLE001 - a document that deserialises yet does not unlift was edited
         raise ArtifactError(f"{path / PROGRAM_FILE}: the captured program cannot be rebuilt ({type(exc).__name__}: "
-                            f"{str(exc)[:200]}); the artifact was edited or is corrupt: recompile it") from exc
+                            f"{program_store.one_line(exc, 200)}); the artifact was edited or is corrupt: recompile it") from exc
     captured = Captured(
         graph_module=graph_module,
         input_names=list(inputs),

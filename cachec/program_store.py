@@ -61,6 +61,12 @@ SYMPY_CALLS = {
 SYMPY_NAMES = {"oo", "zoo", "nan", "true", "false", "True", "False", "pi", "E", "S"}
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (torch's are often several), cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @functools.cache
 def _torch_sympy_functions() -> frozenset[str]:
     """The torch sympy functions the deserialiser puts in scope (FloorDiv, CeilDiv, ...)."""
@@ -265,7 +271,7 @@ def load(directory: Path) -> torch.export.ExportedProgram:
     try:
         doc = json.loads(graph.read_bytes())
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ArtifactError(f"{graph} is corrupt: not valid JSON ({str(exc)[:200]})") from None
+        raise ArtifactError(f"{graph} is corrupt: not valid JSON ({one_line(exc, 200)})") from None
     except OSError as exc:
         raise ArtifactError(f"{graph} cannot be read: {exc}") from None
     check_document(doc, str(graph))
@@ -274,7 +280,7 @@ def load(directory: Path) -> torch.export.ExportedProgram:
             meta = json.loads((f.metadata() or {}).get("cachec", "null"))
             raw = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{weights} is corrupt: not a safetensors file cachec wrote ({str(exc)[:200]})") from None
+        raise ArtifactError(f"{weights} is corrupt: not a safetensors file cachec wrote ({one_line(exc, 200)})") from None
     if not (isinstance(meta, dict) and all(isinstance(meta.get(k), dict) for k in ("params", "aliases", "devices"))
             and all(isinstance(v, str) for v in meta["aliases"].values())):
         raise ArtifactError(f"{weights} is corrupt: its metadata does not describe the program's tensors")
@@ -299,7 +305,7 @@ def load(directory: Path) -> torch.export.ExportedProgram:
         raise
     except Exception as exc:  # noqa: BLE001 - the deserialiser raises many kinds on a malformed document
         raise ArtifactError(f"{graph} could not be deserialised by torch {torch.__version__} "
-                            f"({type(exc).__name__}: {str(exc)[:300]}); recompile the artifact") from exc
+                            f"({type(exc).__name__}: {one_line(exc, 300)}); recompile the artifact") from exc
     check_targets(ep, str(graph))
     ep._guards_code = []
     return ep
