@@ -133,6 +133,22 @@ def test_pickle_payload_in_any_file_never_runs(eager_artifact, tmp_path, marker,
     assert cases == 6
 
 
+def test_loading_never_unpickles(eager_artifact, monkeypatch):
+    """The whole load (manifest, graph, weights, planning, lowering) with every unpickler disabled."""
+    def refuse(*a, **kw):
+        raise AssertionError("an artifact load unpickled something")
+
+    class RefusingUnpickler(pickle.Unpickler):  # still a class: modules imported later may subclass it
+        load = refuse
+
+    monkeypatch.setattr(pickle, "Unpickler", RefusingUnpickler)
+    for owner, name in ((pickle, "load"), (pickle, "loads"), (torch, "load"), (torch.serialization, "load"),
+                        (torch._C, "_pickle_load_obj")):
+        monkeypatch.setattr(owner, name, refuse)
+    rt = cachec.load(eager_artifact, num_steps=2)
+    assert rt.policy.spec == "fora:2"
+
+
 def test_a_stray_pickle_next_to_the_files_is_never_read(eager_artifact, tmp_path, marker):
     """A schema-2 ``model.pt2`` (or any unlisted file) in the folder is ignored: only listed files are read."""
     art = _copy(eager_artifact, tmp_path / "art")
