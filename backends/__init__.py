@@ -48,6 +48,9 @@ class Backend:
       its artifact keeps the captured graph (any backend can lower it), else only lowered files;
       ``default_max_batch`` — the largest batch its artifacts accept unless ``--max-batch`` says
       otherwise (None: the exported limit).
+    * ``native_code`` — its artifact files are machine code (shared libraries, engines) that loading
+      runs and no parser can vet: such an artifact loads only when trusted or signed
+      (:func:`cachec.artifact.read_trusted`).
     """
 
     name = ""
@@ -59,6 +62,7 @@ class Backend:
     movable = False
     writes_artifacts = False
     holds_graphs = False
+    native_code = False
     lowered_key: str | None = None  # manifest["lowered"] key listing one file per segment
     default_max_batch: int | None = None  # cap on an artifact's batch when --max-batch is not given
 

@@ -195,6 +195,7 @@ class AOTInductorBackend(Backend):
     name = "aotinductor"
     devices = ("cpu", "cuda")  # the one it was compiled for
     writes_artifacts = True
+    native_code = True  # each package is a shared library, run by aoti_load_package
 
     def check(self) -> None:
         try:

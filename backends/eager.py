@@ -3,7 +3,8 @@
 Each variant is fused (see :mod:`cachec.planner.fuse`) so a step costs one GraphModule call
 per variant instead of one per segment; parameters are the segments' own tensors. It is the
 reference every other backend is compared with, and the default on CPU. Its artifacts hold the
-captured program itself (``model.pt2``), so any backend can lower them.
+captured program itself (``program.json`` and ``program.safetensors``, see
+:mod:`cachec.program_store`), so any backend can lower them.
 """
 
 from __future__ import annotations
@@ -12,47 +13,13 @@ from pathlib import Path
 
 import torch
 
+from cachec import program_store
 from cachec.capture import PROGRAM_FILE
 from cachec.errors import ArtifactError
 from cachec.planner.fuse import fuse_variant, narrow_linears
 from cachec.program import Program
 
 from . import Backend, major_minor
-
-
-class _WriteErrorLater:
-    """A file whose ``write`` never raises: the first error is kept and the rest of the bytes dropped.
-
-    Why: torch's archive writer (C++) cannot unwind from a failed write; it calls ``terminate``
-    while cleaning up (a full disk ended ``cachec compile`` with exit 134 after a traceback).
-    """
-
-    def __init__(self, f):
-        self.f, self.error = f, None
-
-    def write(self, data) -> int:
-        if self.error is None:
-            try:
-                self.f.write(data)
-            except OSError as exc:
-                self.error = exc
-        return len(data)
-
-    def flush(self) -> None:
-        if self.error is None:
-            try:
-                self.f.flush()
-            except OSError as exc:
-                self.error = exc
-
-
-def save_exported(ep: torch.export.ExportedProgram, path: Path) -> None:
-    """``torch.export.save`` whose write errors (a full disk) are an ``OSError`` after the writer is done."""
-    with open(path, "wb") as f:
-        sink = _WriteErrorLater(f)
-        torch.export.save(ep, sink)
-    if sink.error is not None:
-        raise sink.error
 
 
 def store(caches: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
@@ -110,16 +77,17 @@ class EagerBackend(Backend):
         return lower(program, **options)
 
     def save(self, out_dir: Path, program, captured) -> dict:
-        save_exported(captured.exported, out_dir / PROGRAM_FILE)
+        program_store.save(captured.exported, out_dir)  # JSON + safetensors: nothing to unpickle on load
         return {}
 
     def validate_lowered(self, manifest: dict, fail) -> None:
-        if PROGRAM_FILE not in manifest["files"]:
-            fail("files", f"does not list {PROGRAM_FILE}, the captured program of an eager artifact")
+        for name in (PROGRAM_FILE, program_store.WEIGHTS_FILE):
+            if name not in manifest["files"]:
+                fail("files", f"does not list {name}, the captured program of an eager artifact")
 
     def check_versions(self, path: Path, manifest: dict, allow_version_mismatch: bool) -> None:
-        """``model.pt2`` is a ``torch.export`` file, whose format is only promised to load on the
-        torch (major.minor) that wrote it."""
+        """``program.json`` is the ``torch.export`` serialiser's document, whose format is only
+        promised to load on the torch (major.minor) that wrote it."""
         wrote = manifest["versions"]["torch"]
         if not allow_version_mismatch and major_minor(wrote) != major_minor(torch.__version__):
             raise ArtifactError(

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from cachec.errors import BackendError
+from cachec.errors import ArtifactError, BackendError
 from cachec.program import Op, Program
+from cachec.program_store import one_line
 
 from . import Backend, onnx_export, output_buffer, outputs_bound_to_caches, run_cache_op
 from .onnx_export import export_program, io_name
@@ -55,11 +56,41 @@ def sessions_for(program: Program, onnx_dir: Path | None = None, providers: list
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        return {name: ort.InferenceSession(str(Path(onnx_dir) / f), opts, providers=providers)
-                for name, f in files.items()}
+        models = {name: Path(onnx_dir) / f for name, f in files.items()}
+        if scratch is not None:
+            return {name: ort.InferenceSession(str(f), opts, providers=providers) for name, f in models.items()}
+        sessions = {}
+        for name, f in models.items():  # an artifact's files: vetted first, and a bad one named
+            refuse_external_data(f)
+            try:
+                sessions[name] = ort.InferenceSession(str(f), opts, providers=providers)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own kinds on an invalid model
+                raise ArtifactError(f"{f} could not be loaded by onnxruntime {ort.__version__} "
+                                    f"({type(exc).__name__}: {one_line(exc, 200)}); recompile the artifact") from exc
+        return sessions
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def refuse_external_data(path: Path) -> None:
+    """Refuse an artifact's ONNX file whose tensors live in other files.
+
+    Why: ONNX Runtime reads external data from a path the model names, which a hand-made file
+    can point anywhere (``../../secret``); cachec exports without external data, so an artifact
+    file that has any was not written by cachec.
+    """
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        external = any(uses_external_data(t) for t in _get_all_tensors(model))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds on a corrupt file
+        raise ArtifactError(f"{path} is not a valid ONNX file ({type(exc).__name__}); recompile the artifact") from None
+    if external:
+        raise ArtifactError(f"{path} refers to tensor data in other files, which cachec never writes and ONNX Runtime "
+                            "would read from wherever the file points; recompile the artifact")
 
 
 def default_providers(available: list[str], device: int | None, stream: int | None) -> list:

@@ -263,6 +263,7 @@ class TensorRTBackend(Backend):
     devices = ("cuda",)
     writes_artifacts = True
     lowered_key = "engine_files"
+    native_code = True  # a serialized engine holds compiled kernels (and may embed plugin code)
     # An engine is optimised for, and reserves activation memory for, its profile's largest
     # shape: at the exported limit (1024) a FLUX-shaped attention segment could not even be
     # built (the builder asked for the attention of 1024 images). Serving batches are small.

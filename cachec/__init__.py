@@ -40,7 +40,8 @@ def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, back
 
 
 def load(path, *, backend: str | None = None, num_steps: int | None = None, policy: str | None = None,
-         allow_version_mismatch: bool = False, device=None) -> CacheRuntime:
+         allow_version_mismatch: bool = False, device=None, trust_native: bool = False,
+         verify_key=None) -> CacheRuntime:
     """Load a compiled artifact directory (``cachec compile --out DIR``) as a runtime.
 
     The artifact is verified (checksums, schema, variants) and needs neither the model's Python
@@ -50,10 +51,16 @@ def load(path, *, backend: str | None = None, num_steps: int | None = None, poli
     policy (``fbcache:0.12`` for an artifact compiled with ``fbcache:0.08``), not its kind.
     An artifact written by a newer cachec, or an eager one by another torch, is refused unless
     ``allow_version_mismatch`` (TensorRT engines must always match the installed TensorRT).
+
+    Loading never unpickles: checksums catch corruption, not a deliberate edit, so an artifact
+    of native code (AOTInductor, TensorRT) loads only with ``trust_native=True`` or when signed
+    (``cachec compile --sign-key``) and ``verify_key`` (a key file or the key's bytes; default:
+    the file named by ``$CACHEC_VERIFY_KEY``) verifies it; see :mod:`cachec.signing`.
     """
     from .artifact import load_program, runtime_backend
 
-    program, manifest = load_program(path, allow_version_mismatch=allow_version_mismatch)
+    program, manifest = load_program(path, allow_version_mismatch=allow_version_mismatch,
+                                     trust_native=trust_native, verify_key=verify_key)
     backend, options = runtime_backend(path, manifest, backend)
     return CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=manifest["signature"],
                         backend_options=options, config=manifest["model"]["config"], device=device)

@@ -6,7 +6,8 @@ Layout of an artifact directory::
                          model, backend, the capture settings, the program description (inputs
                          and output, segments, variants, values, policy — written once, from
                          :meth:`Program.describe <cachec.program.Program.describe>`), checksums
-    model.pt2            eager: the captured denoiser (``torch.export.save``), weights included
+    program.json         eager: the captured denoiser's graph, the exporter's JSON (no pickle)
+    program.safetensors  eager: its weights and tensor constants (:mod:`cachec.program_store`)
     onnx/<segment>.onnx  onnxruntime: one ONNX file per segment
     aoti/<variant>.pt2   aotinductor: one package per variant, compiled without its weights
     weights.safetensors  aotinductor: every weight once, by its name in the captured model
@@ -14,11 +15,13 @@ Layout of an artifact directory::
                          (they came from ``--inputs`` or a pipeline's own first call)
     engines/<seg>.plan   tensorrt: one serialized engine per segment (``.plan.z``: deflated, see
                          ``backends.tensorrt.pack_plan``)
+    manifest.sig         optional: HMAC-SHA256 of manifest.json (``cachec compile --sign-key``,
+                         :mod:`cachec.signing`)
 
 Each backend writes and checks its own files (:class:`cachec.backends.Backend`); this module
 knows none by name.
 
-An eager artifact is loaded by re-running the deterministic passes on ``model.pt2`` and checking
+An eager artifact is loaded by re-running the deterministic passes on its program and checking
 that the variants it gets are exactly the manifest's. ONNX and TensorRT artifacts are run from
 the manifest's program description and their segment files. None of them needs the model's
 Python class or its weight files, and each weight is stored once.
@@ -26,20 +29,30 @@ A compile writes into a temporary directory next to the target and renames it in
 an interrupted compile leaves nothing behind (:mod:`cachec.output_dir`: what ``--force`` may
 replace, and the next compile removes what a SIGKILLed one could not).
 
-Schema 2 (this cachec) records the program once; a schema-1 manifest (which mirrored it at the
-top level) is refused with a message to recompile.
+Schema 3 (this cachec) holds no pickle anywhere (schema 2 kept the captured program as a
+``torch.export`` ``model.pt2``, which ``torch.export.load`` may unpickle without restriction);
+an older manifest is refused with a message to recompile.
 
 Trust on load: the manifest's structure is checked field by field (:func:`validate_manifest`),
 every listed file against its size and SHA-256, and the versions it records against the installed
 ones (:func:`check_versions`), so that a corrupt, truncated, foreign, hand-edited or stale
 artifact is reported as one :class:`~cachec.errors.ArtifactError` naming the file and the cause
-instead of failing somewhere inside the planner or a backend.
+instead of failing somewhere inside the planner or a backend. Every listed file must lie inside
+the artifact directory (no ``..``, no symlink leading out), and ``model.spec`` may name only a
+known builtin, so a manifest cannot make cachec read elsewhere.
+
+What the checksums do not do is stop a deliberate edit: whoever can write the folder can
+rewrite them too. That is why loading parses data only (JSON, safetensors, ONNX protobuf) and
+never unpickles, and why an artifact of native code (AOTInductor libraries, TensorRT engines,
+``Backend.native_code``) is loaded only with ``trust_native`` or a valid signature under the
+loader's ``verify_key`` (:func:`read_trusted`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -47,17 +60,18 @@ import torch
 
 from cachec.backends import artifact_backend, artifact_backends, get_backend, major_minor
 
-from . import __version__, output_dir
+from . import __version__, output_dir, program_store, signing
 from . import program as desc
 from . import schema as sch
 from .capture import EXPORT_LOCK, MAX_BATCH, PROGRAM_FILE, Captured, flatten_exported
 from .errors import ArtifactError, PolicyError
+from .models import BUILTINS
 from .planner import compile_program
 from .policy import parse_policy
 from .program import DescriptionError, Program
 
 FORMAT = "cachec-artifact"
-SCHEMA = 2  # 2: the program is described once (schema 1 mirrored segments/variants/caches at the top)
+SCHEMA = 3  # 3: no pickle (program.json + safetensors); 2: the program described once; 1: mirrored at the top
 
 
 def sha256(path: Path) -> str:
@@ -117,7 +131,7 @@ def weight_bytes(captured: Captured) -> int:
 
 def save(out: str | Path, program: Program, captured: Captured, model_spec: str, signature: list[str],
          force: bool = False, backend: str = "eager", max_batch: int | None = None,
-         keep_inputs: bool = False) -> Path:
+         keep_inputs: bool = False, sign_key: bytes | None = None) -> Path:
     """Write the artifact to ``out`` atomically (temporary directory, then rename).
 
     ``keep_inputs`` stores the example inputs the model was captured with (``EXAMPLE_INPUTS``):
@@ -127,6 +141,7 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
     ``max_batch`` caps the batch the artifact accepts (default: the backend's
     ``default_max_batch``, else the exported limit); it is recorded in the manifest and is the
     largest batch of every lowered file (ONNX dynamic axis, TensorRT profile, AOTInductor).
+    ``sign_key`` writes ``manifest.sig`` (:mod:`cachec.signing`).
     """
     out = Path(out)
     output_dir.check_replaceable(out, force)
@@ -157,6 +172,8 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
         manifest["artifact_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
         manifest["weight_bytes"] = weight_bytes(captured)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if sign_key is not None:
+            signing.sign(tmp, sign_key)
         output_dir.move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -164,23 +181,32 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
     return out
 
 
-def read_manifest(path: str | Path) -> dict:
+def read_manifest(path: str | Path, verify_key: bytes | None = None) -> dict:
     """Read and verify an artifact's manifest: format, schema, structure (:func:`validate_manifest`)
-    and every listed file's size and checksum. Raises :class:`ArtifactError` naming the file."""
+    and every listed file's place, size and checksum. Raises :class:`ArtifactError` naming the file.
+
+    With ``verify_key`` (the key's bytes) the manifest's exact bytes must match ``manifest.sig``
+    first (:func:`cachec.signing.verify`), before anything in them is believed.
+    """
     path = Path(path)
     mf = path / "manifest.json"
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a directory; an artifact is the directory `cachec compile --out` wrote")
     if not mf.is_file():
         raise ArtifactError(f"{path} has no manifest.json: not a cachec artifact (or an interrupted copy)")
+    inside(path, "manifest.json")
     try:
-        manifest = json.loads(mf.read_bytes())
+        raw = mf.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{mf} cannot be read: {exc}") from exc
+    if verify_key is not None:
+        signing.verify(path, raw, verify_key)
+    try:
+        manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{mf} is corrupt: not valid JSON ({exc})") from exc
     except RecursionError as exc:
         raise ArtifactError(f"{mf} is corrupt: nested too deeply to be a manifest") from exc
-    except OSError as exc:
-        raise ArtifactError(f"{mf} cannot be read: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{mf} is not a cachec manifest (format field is not {FORMAT!r})")
     if manifest.get("schema") != SCHEMA:
@@ -188,15 +214,48 @@ def read_manifest(path: str | Path) -> dict:
         raise ArtifactError(
             f"{mf} has manifest schema {manifest.get('schema')!r}; this cachec (version {__version__}) reads "
             f"schema {SCHEMA}: recompile the model with this cachec, or install the cachec that wrote it"
-            + (" (schema 1 artifacts were written by cachec before the program was recorded once)" if older else "")
+            + (" (older schemas kept the captured program as a torch.export file, which may hold pickled "
+               "objects that run code when loaded)" if older else "")
         )
     validate_manifest(manifest, path)
     for name, info in manifest["files"].items():
-        f = path / name
+        f = inside(path, name)
         if not f.is_file():
             raise ArtifactError(f"{f} is missing (listed in the manifest): the artifact is incomplete")
         if f.stat().st_size != info["bytes"] or sha256(f) != info["sha256"]:
             raise ArtifactError(f"{f} does not match its checksum in the manifest: the file is corrupt or truncated")
+    return manifest
+
+
+def inside(path: Path, name: str) -> Path:
+    """``path / name``, refused unless it stays inside the artifact directory once symlinks are
+    resolved: a manifest (or a planted symlink) must not make cachec read files elsewhere."""
+    f = Path(path) / name
+    root = os.path.realpath(path)
+    real = os.path.realpath(f)
+    if os.path.commonpath([root, real]) != root:
+        raise ArtifactError(f"{f} leads outside the artifact directory (to {real}); an artifact's files must lie "
+                            "inside it: recompile the artifact, or copy it without symlinks")
+    return f
+
+
+def read_trusted(path: str | Path, *, trust_native: bool = False, verify_key=None) -> dict:
+    """:func:`read_manifest`, then refuse native code the caller has not vouched for.
+
+    ``verify_key`` (a key file, the key's bytes, or None for ``$CACHEC_VERIFY_KEY``, see
+    :mod:`cachec.signing`) makes the signature mandatory. An artifact of a backend whose files
+    are machine code (``Backend.native_code``: AOTInductor libraries, TensorRT engines, which no
+    parser can vet) loads only with a verified signature or ``trust_native``.
+    """
+    key = signing.read_key(verify_key) if verify_key is not None else signing.key_from_env()
+    manifest = read_manifest(path, key)
+    backend = artifact_backend(manifest["backend"])
+    if backend.native_code and key is None and not trust_native:
+        raise ArtifactError(
+            f"{path} is a {backend.name} artifact: its files are native code that runs with your privileges when "
+            "loaded, and checksums cannot tell an authentic one from a planted one. Load it only if you trust its "
+            "source: pass --trust-native (cachec.load(..., trust_native=True)), or sign it when compiling "
+            "(cachec compile --sign-key FILE) and load it with --verify-key FILE (verify_key=...)")
     return manifest
 
 
@@ -259,13 +318,21 @@ def validate_manifest(manifest, path: str | Path) -> None:
         policy = parse_policy(meta["policy"])
     except PolicyError as exc:
         fail("program.meta.policy", f"is not a valid policy ({exc})")
+    if policy.needs_data and not meta.get("policy_data"):
+        # compile stores the data it resolved; without it a load would read the file the policy names
+        fail("program.meta.policy_data", f"is missing: policy {meta['policy']!r} needs data, which an artifact "
+             "holds itself (it must not make cachec read a file named in the manifest)")
     bad = policy.check_program(prog["variants"], meta, values)
     if bad is not None:
         fail(f"program.{bad[0]}", bad[1])
     for name in manifest["files"]:
-        parts = Path(name).parts
-        if not name or Path(name).is_absolute() or ".." in parts or name == "manifest.json":
-            fail(f"files.{name}", "is not a file inside the artifact directory")
+        parts = name.split("/")
+        if (not name or name.startswith("/") or "\\" in name or "\0" in name or any(p in ("", ".", "..") for p in parts)
+                or name in ("manifest.json", signing.SIGNATURE_FILE)):
+            fail(f"files.{name}", "is not a file inside the artifact directory (a relative path without '..')")
+    spec = manifest["model"]["spec"]
+    if spec.startswith("builtin:") and spec.split(":", 1)[1] not in BUILTINS:
+        fail("model.spec", f"names the builtin model {spec.split(':', 1)[1]!r}; builtin models: {', '.join(BUILTINS)}")
     if meta["max_batch"] > MAX_BATCH:
         fail("program.meta.max_batch", f"is {meta['max_batch']}, above the largest batch cachec exports ({MAX_BATCH})")
     cap = manifest["capture"]
@@ -332,18 +399,19 @@ def runtime_backend(path: str | Path, manifest: dict, backend: str | None = None
     return own.name, own.artifact_options(Path(path))
 
 
-def load_program(path: str | Path, policy: str | None = None, *,
-                 allow_version_mismatch: bool = False) -> tuple[Program, dict]:
+def load_program(path: str | Path, policy: str | None = None, *, allow_version_mismatch: bool = False,
+                 trust_native: bool = False, verify_key=None) -> tuple[Program, dict]:
     """Load and verify an artifact; returns the rebuilt program and its manifest.
 
     ``policy`` plans another policy on the same captured model (``cachec run`` uses it for the
     ``none`` baseline); only the artifact's own policy is checked against the manifest.
     ``allow_version_mismatch`` tries an artifact written by a newer cachec or (eager) another
     torch anyway (see :func:`check_versions`); a TensorRT mismatch is always an error.
+    ``trust_native``/``verify_key``: see :func:`read_trusted`.
     Every problem with the artifact is an :class:`ArtifactError` naming the file and the cause.
     """
     path = Path(path)
-    manifest = read_manifest(path)
+    manifest = read_trusted(path, trust_native=trust_native, verify_key=verify_key)
     check_versions(path, manifest, allow_version_mismatch)
     described = manifest["program"]
     own_policy = described["meta"]["policy"]
@@ -355,11 +423,8 @@ def load_program(path: str | Path, policy: str | None = None, *,
             if parse_policy(policy).name not in ("none", compiled.name):
                 raise ArtifactError(f"{path} holds variants for {compiled.spec}; it cannot run {policy!r}")
         return program, manifest
-    try:
-        with EXPORT_LOCK:
-            ep = torch.export.load(str(path / PROGRAM_FILE))
-    except Exception as exc:  # noqa: BLE001 - any failure to deserialise is a corrupt artifact
-        raise ArtifactError(f"{path / PROGRAM_FILE} could not be loaded by torch {torch.__version__}: {exc}") from exc
+    with EXPORT_LOCK:
+        ep = program_store.load(path)  # JSON and safetensors only: see cachec.program_store
     inputs = {n: described["values"][n] for n in described["inputs"]}
     exported = _exported_inputs(ep)
     if exported != inputs:
@@ -373,8 +438,13 @@ def load_program(path: str | Path, policy: str | None = None, *,
         n: torch.zeros([batch if d == "B" else d for d in spec["shape"]], dtype=getattr(torch, spec["dtype"]))
         for n, spec in inputs.items()
     }
+    try:
+        graph_module = flatten_exported(ep, list(inputs))
+    except Exception as exc:  # noqa: BLE001 - a document that deserialises yet does not unlift was edited
+        raise ArtifactError(f"{path / PROGRAM_FILE}: the captured program cannot be rebuilt ({type(exc).__name__}: "
+                            f"{program_store.one_line(exc, 200)}); the artifact was edited or is corrupt: recompile it") from exc
     captured = Captured(
-        graph_module=flatten_exported(ep, list(inputs)),
+        graph_module=graph_module,
         input_names=list(inputs),
         output_name=described["output"],
         stream_inputs=cap["stream_inputs"],

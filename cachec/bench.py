@@ -139,7 +139,7 @@ class BenchResult:
 
 def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch: int = 4, repeats: int = 3,
               backend: str | None = None, progress=None, device=None, dtype=None, mode=None,
-              inputs_file: str | None = None) -> BenchResult:
+              inputs_file: str | None = None, trust_native: bool = False, verify_key=None) -> BenchResult:
     """Sample every policy (``none`` included) for every seed and repeat; compute the table rows.
 
     ``seeds`` is a count: seeds ``0 .. seeds-1``. Each (policy, seed) trajectory of the first
@@ -155,7 +155,8 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
     specs = split_policies(policies)
     say = progress or (lambda msg: None)
 
-    session = open_model(model, batch, backend, device=device, dtype=dtype, inputs_file=inputs_file)
+    session = open_model(model, batch, backend, device=device, dtype=dtype, inputs_file=inputs_file,
+                         trust_native=trust_native, verify_key=verify_key)
     bundle = session.bundle
     backend = backend or session.backend or "eager"
     if mode is not None:
@@ -309,7 +310,8 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     result = run_bench(args.model, args.policies, steps=args.steps, seeds=args.seeds, batch=args.batch,
                        repeats=args.repeats, backend=args.backend, progress=stage, device=args.device,
-                       dtype=args.dtype, mode=args.mode, inputs_file=args.inputs)
+                       dtype=args.dtype, mode=args.mode, inputs_file=args.inputs,
+                       trust_native=args.trust_native, verify_key=args.verify_key)
     if args.plots:
         write_plots(result, args.plots)
     if args.json == "-":

@@ -26,6 +26,7 @@ from torch.export import Dim
 
 from . import structure
 from .errors import ModelError
+from .program_store import GRAPH_FILE as PROGRAM_FILE  # noqa: F401 - an eager artifact's captured program
 from .regions import WRAPPER, module_path
 
 log = logging.getLogger("cachec")
@@ -37,7 +38,6 @@ MAX_BATCH = 1024
 EXPORT_LOCK = threading.RLock()
 
 
-PROGRAM_FILE = "model.pt2"  # the captured program in an artifact that keeps its graph (torch.export.save)
 
 @dataclass
 class Captured:

@@ -99,9 +99,11 @@ def _compile(args) -> int:
     from . import artifact
     from .backends import get_backend
     from .policy import parse_policy
+    from .signing import read_key
 
     get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
     policy = parse_policy(args.policy).spec
+    sign_key = read_key(args.sign_key, "--sign-key") if args.sign_key else None  # a bad key fails before the export
     session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype, inputs_file=args.inputs)
     if session.is_artifact:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
@@ -110,7 +112,8 @@ def _compile(args) -> int:
     try:
         out = artifact.save(args.out, program, session.captured(policy), args.model, session.signature,
                             force=args.force, backend=args.backend, max_batch=args.max_batch,
-                            keep_inputs=session.bundle.inputs_file is not None or session.bundle.recorded is not None)
+                            keep_inputs=session.bundle.inputs_file is not None or session.bundle.recorded is not None,
+                            sign_key=sign_key)
     except OSError as exc:  # a full disk, say: the temporary folder is gone, the old --out untouched
         raise CachecError(f"cannot write the artifact {args.out}: {exc.strerror or exc}; nothing was written") from exc
     manifest = json.loads((out / "manifest.json").read_text())
@@ -135,7 +138,7 @@ def cmd_run(args) -> int:
     if args.policy:
         parse_policy(args.policy)  # a typo is reported before the export, not after it
     session = open_model(args.model, args.batch, args.backend, args.allow_version_mismatch, args.device, args.dtype,
-                         inputs_file=args.inputs)
+                         inputs_file=args.inputs, trust_native=args.trust_native, verify_key=args.verify_key)
     bundle = session.bundle
     policy = parse_policy(args.policy or session.artifact_policy or "none").spec
     backend = args.backend or session.backend or "eager"
@@ -199,7 +202,8 @@ def cmd_inspect(args) -> int:
 
     session = open_model(args.model, args.batch, allow_version_mismatch=args.allow_version_mismatch,
                          device=args.device, dtype=args.dtype, image_size=args.image_size,
-                         text_tokens=args.text_tokens, inputs_file=args.inputs)
+                         text_tokens=args.text_tokens, inputs_file=args.inputs, trust_native=args.trust_native,
+                         verify_key=args.verify_key)
     bundle = session.bundle
     program = session.program(policy)
     meta = program.meta
@@ -330,6 +334,16 @@ def cmd_policies(args) -> int:
     return 0
 
 
+def _trust_options(parser) -> None:
+    """Options of the commands that load an artifact (see cachec.signing and docs/serving.md)."""
+    parser.add_argument("--trust-native", action="store_true",
+                        help="load an unsigned AOTInductor/TensorRT artifact: its native code runs with your "
+                             "privileges, so only for an artifact from a source you trust")
+    parser.add_argument("--verify-key", default=None, metavar="FILE",
+                        help="require the artifact's signature (cachec compile --sign-key) under the key in FILE "
+                             "(default: the file named by $CACHEC_VERIFY_KEY, if set)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cachec", description="Diffusion feature caching as a compiler pass.",
                                 formatter_class=_DefaultsShown)
@@ -365,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true",
                    help="replace --out if it is a cachec artifact or an empty folder (anything else is refused)")
     c.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
+    c.add_argument("--sign-key", default=None, metavar="FILE",
+                   help="sign the artifact (manifest.sig, HMAC-SHA256) with the key in FILE; load it with --verify-key")
     c.set_defaults(fn=cmd_compile)
 
     r = sub.add_parser("run", formatter_class=_DefaultsShown, parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")
@@ -385,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     r.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
+    _trust_options(r)
     r.set_defaults(fn=cmd_run)
 
     i = sub.add_parser("inspect", formatter_class=_DefaultsShown, parents=[common, target], help="regions, segments and the cache nodes of each variant")
@@ -399,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     i.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
+    _trust_options(i)
     i.set_defaults(fn=cmd_inspect)
 
     b = sub.add_parser("bench", formatter_class=_DefaultsShown, parents=[common, target],
@@ -418,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
     b.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON to FILE (- for stdout only)")
     b.add_argument("--plots", default=None, metavar="DIR", help="write schedule.png, error_curve.png, pareto.png to DIR")
+    _trust_options(b)
     b.set_defaults(fn=cmd_bench)
 
     cal = sub.add_parser("calibrate", formatter_class=_DefaultsShown, parents=[common, target],
@@ -458,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--autoscale", default=None, metavar="MIN-MAX", help="autoscale replicas on queue length")
     sv.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves per replica")
     sv.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto); default: start a local Ray")
+    _trust_options(sv)
     sv.set_defaults(fn=cmd_serve)
 
     pol = sub.add_parser("policies", formatter_class=_DefaultsShown, parents=[common], help="list every policy with its parameters and defaults")

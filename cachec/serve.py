@@ -157,13 +157,14 @@ def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str
               max_steps: int = 1000, pad: bool = True, policy: str | None = None, batch_wait_s: float = 0.02,
               cpus_per_replica: float = 1.0, autoscale: tuple[int, int] | None = None,
               runtime_env: dict | None = None, retries: int = 1, ingress_replicas: int = 1,
-              ray_cluster: bool = False):
+              ray_cluster: bool = False, trust_native: bool = False, verify_key: str | None = None):
     """The Serve application for ``target`` (artifact or pipeline directory), ready for ``serve.run``.
 
     On a GPU device each replica reserves one GPU (one replica per GPU); ``autoscale=(min, max)``
     lets Serve scale the replicas on the number of ongoing requests (target: one full batch each).
     ``retries``: how often the ingress resends a request whose replica died (0: fail at once, 503).
     ``ray_cluster``: the replicas run on other nodes, so a GPU device is not looked for on this one.
+    ``trust_native``/``verify_key`` (a key file every replica can read): see :func:`cachec.artifact.read_trusted`.
     """
     from .devices import default_device
     from .serve_worker import check_device, target_kind
@@ -171,13 +172,16 @@ def build_app(target: str, *, replicas: int = 1, max_batch: int = 4, device: str
     target = str(Path(target).resolve())  # replicas may run elsewhere (another cwd, another node)
     # a wrong path, device or batch fails here, before any replica starts
     if target_kind(target) == "artifact":
-        from .artifact import read_manifest
+        from .artifact import read_trusted
 
-        limit = read_manifest(target)["program"]["meta"]["max_batch"]
+        limit = read_trusted(target, trust_native=trust_native, verify_key=verify_key)["program"]["meta"]["max_batch"]
         if not 1 <= max_batch <= limit:
             raise CachecError(f"--max-batch must be 1..{limit} for this artifact; got {max_batch}")
     device = check_device(device or default_device(), here=not ray_cluster)
     options = {"device": device, "max_batch": max_batch, "max_steps": max_steps, "pad": pad}
+    if trust_native or verify_key is not None:
+        options.update(trust_native=trust_native,
+                       verify_key=None if verify_key is None else str(Path(verify_key).resolve()))
     if policy is not None:
         options["policy"] = policy
     actor = {"num_cpus": cpus_per_replica}
@@ -228,7 +232,7 @@ def main(args) -> int:
     start(args.target, host=args.host, port=args.port, address=args.address, replicas=args.replicas,
           max_batch=args.max_batch, device=args.device, max_steps=args.max_steps, pad=not args.no_pad,
           policy=args.policy, batch_wait_s=args.batch_wait_ms / 1000.0, cpus_per_replica=args.cpus_per_replica,
-          autoscale=autoscale, retries=args.retries)
+          autoscale=autoscale, retries=args.retries, trust_native=args.trust_native, verify_key=args.verify_key)
     print(f"cachec serve: {args.target} on http://{args.host}:{args.port}/generate "
           f"({'autoscaling ' + args.autoscale if autoscale else f'{args.replicas} replica(s)'}, "
           f"max batch {args.max_batch}); GET /info, /docs; Ctrl-C stops", flush=True)
@@ -253,9 +257,10 @@ def app(args: dict):
     args = dict(args)
     target = args.pop("target")
     casts = {"replicas": int, "max_batch": int, "max_steps": int, "batch_wait_s": float, "cpus_per_replica": float,
-             "retries": int, "ingress_replicas": int, "pad": lambda v: str(v).lower() not in ("0", "false", "no")}
-    unknown = set(args) - set(casts) - {"device", "policy"}
+             "retries": int, "ingress_replicas": int, "pad": lambda v: str(v).lower() not in ("0", "false", "no"),
+             "trust_native": lambda v: str(v).lower() in ("1", "true", "yes")}
+    unknown = set(args) - set(casts) - {"device", "policy", "verify_key"}
     if unknown:
-        raise CachecError(f"cachec.serve:app: unknown arguments {sorted(unknown)}; known: target, device, policy, "
+        raise CachecError(f"cachec.serve:app: unknown arguments {sorted(unknown)}; known: target, device, policy, verify_key, "
                           f"{', '.join(casts)}")
     return build_app(target, **{k: casts[k](v) if k in casts else v for k, v in args.items()})

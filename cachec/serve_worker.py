@@ -153,14 +153,15 @@ class ArtifactWorker:
     """Serves one compiled artifact. See the module docstring for what is batched and how."""
 
     def __init__(self, path, *, device: str | None = None, max_batch: int = 4, max_steps: int = 1000,
-                 pad: bool = True):
+                 pad: bool = True, trust_native: bool = False, verify_key=None):
         from . import artifact
         from .models import ModelBundle, builtin_dir, synth_inputs
         from .policy import parse_policy
 
         self.path = Path(path)
         self.device = check_device(device or default_device())
-        self.manifest = m = artifact.read_manifest(self.path)
+        self.trust = {"trust_native": trust_native, "verify_key": verify_key}  # cachec.artifact.read_trusted
+        self.manifest = m = artifact.read_trusted(self.path, **self.trust)
         spec = m["model"]["spec"]
         sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
         self.bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=m["model"]["class"],
@@ -296,7 +297,7 @@ class ArtifactWorker:
             import cachec
 
             self._runtimes[key] = cachec.load(self.path, policy=None if policy == self.policy else policy,
-                                              device=self.device)
+                                              device=self.device, **self.trust)
             while len(self._runtimes) > RUNTIME_CACHE:
                 self._runtimes.popitem(last=False)
         self._runtimes.move_to_end(key)
@@ -465,14 +466,15 @@ class PipelineWorker:
 
 
 def make_worker(target: str, *, device: str | None = None, max_batch: int = 4, max_steps: int = 1000,
-                pad: bool = True, policy: str | None = None):
+                pad: bool = True, policy: str | None = None, trust_native: bool = False, verify_key=None):
     """An :class:`ArtifactWorker` for an artifact directory, a :class:`PipelineWorker` for a pipeline one."""
     kind = target_kind(target)
     if kind == "artifact":
         if policy is not None:
             raise CachecError("--policy is for pipeline directories; an artifact serves the policy it was compiled "
                               "with (requests may change its run-time parameters)")
-        return ArtifactWorker(target, device=device, max_batch=max_batch, max_steps=max_steps, pad=pad)
+        return ArtifactWorker(target, device=device, max_batch=max_batch, max_steps=max_steps, pad=pad,
+                              trust_native=trust_native, verify_key=verify_key)
     return PipelineWorker(target, policy=policy or "fora:3", device=device, max_steps=max_steps)
 
 

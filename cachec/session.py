@@ -56,12 +56,13 @@ class Session:
 
 def open_model(model_spec: str, batch: int, backend: str | None = None, allow_version_mismatch: bool = False,
                device=None, dtype=None, image_size: int | None = None, text_tokens: int | None = None,
-               inputs_file: str | None = None) -> Session:
+               inputs_file: str | None = None, *, trust_native: bool = False, verify_key=None) -> Session:
     """Resolve MODEL (a model spec, a diffusers directory, or an artifact directory).
 
     ``device``/``dtype`` (names or torch objects; default: the GPU if there is one, fp32) say where
     the model is built and run; ``Session.device`` tells the caller where runtimes must go.
     ``image_size`` (pixels) and ``text_tokens`` set the example inputs the model is captured with.
+    ``trust_native``/``verify_key`` apply to an artifact (:func:`cachec.artifact.read_trusted`).
     """
     from . import artifact
     from .devices import resolve_device, resolve_dtype
@@ -70,7 +71,7 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
     device = resolve_device(device)
     path = Path(model_spec)
     if path.is_dir() and (path / "manifest.json").exists():
-        manifest = artifact.read_manifest(path)
+        manifest = artifact.read_trusted(path, trust_native=trust_native, verify_key=verify_key)
         spec = manifest["model"]["spec"]
         sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
         bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=manifest["model"]["class"],
@@ -83,7 +84,8 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
 
         def plan_artifact(pol):
             program, _ = artifact.load_program(path, None if pol == own_policy else pol,
-                                               allow_version_mismatch=allow_version_mismatch)
+                                               allow_version_mismatch=allow_version_mismatch,
+                                               trust_native=trust_native, verify_key=verify_key)
             return program, None
 
         own, options = artifact.runtime_backend(path, manifest, backend)

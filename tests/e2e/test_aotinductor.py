@@ -31,15 +31,29 @@ def compiled(tmp_path_factory):
                                   attention_head_dim=64, num_embeds_ada_norm=10).eval()
     model.save_pretrained(tmp / "model")
     out = tmp / "art"
+    (tmp / "key").write_text("k" * 32)
     assert main(["compile", str(tmp / "model"), "--policy", "fora:3", "--backend", "aotinductor", "--out", str(out),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--sign-key", str(tmp / "key")]) == 0
     return model, out
+
+
+def test_native_packages_load_only_when_signed_or_trusted(compiled, tmp_path):
+    """Packages are shared libraries: unsigned/untrusted they are refused; the signing key admits them."""
+    _, out = compiled
+    key = out.parent / "key"
+    with pytest.raises(ArtifactError, match="--trust-native"):
+        cachec.load(out)
+    (tmp_path / "other").write_text("o" * 32)
+    with pytest.raises(ArtifactError, match="does not match the manifest under the given key"):
+        cachec.load(out, verify_key=tmp_path / "other")
+    assert cachec.load(out, verify_key=key).policy.spec == "fora:3"
+    assert cachec.load(out, trust_native=True).policy.spec == "fora:3"
 
 
 def test_packages_match_the_eager_runtime_at_every_step(compiled):
     model, out = compiled
     steps, batch = 7, 3  # compiled at batch 2: the batch stays dynamic
-    rt = cachec.load(out, num_steps=steps)
+    rt = cachec.load(out, num_steps=steps, verify_key=out.parent / "key")
     ref = cachec.compile(model, example_inputs(model, 2), "fora:3", num_steps=steps)
     kw = example_inputs(model, batch, seed=1)
     x = kw.pop("hidden_states")
@@ -92,4 +106,5 @@ def test_the_bundled_models_artifact_is_within_the_size_target(tmp_path):
         assert any(m.filename.endswith(".so") for m in members)
         assert not any(m.filename.endswith(".cpp") for m in members)
     # the compacted packages load and sample
-    assert main(["run", str(out), "--steps", "3", "--batch", "2", "--json", "--out", str(tmp_path / "samples")]) == 0
+    assert main(["run", str(out), "--steps", "3", "--batch", "2", "--json", "--out", str(tmp_path / "samples"),
+                 "--trust-native"]) == 0

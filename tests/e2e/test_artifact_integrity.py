@@ -78,12 +78,12 @@ def _rejected(art: Path, fragment: str, capsys, names_file: str | None = None, c
               **load_kw) -> str:
     """Both ways in fail with ``fragment``: load_program raises ArtifactError, the CLI exits 2."""
     with pytest.raises(ArtifactError) as info:
-        load_program(art, **load_kw)
+        load_program(art, trust_native=True, **load_kw)  # integrity, not trust (tests/hostile): TensorRT admitted
     message = str(info.value)
     assert fragment in message, message
     assert str(art / names_file if names_file else art) in message, message  # the file is named
     if not load_kw:
-        assert main(["inspect", str(art), "--policy", cli_policy]) == 2
+        assert main(["inspect", str(art), "--policy", cli_policy, "--trust-native"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("cachec: error: ") and fragment in err, err
         assert "Traceback" not in err
@@ -96,20 +96,20 @@ def _rejected(art: Path, fragment: str, capsys, names_file: str | None = None, c
 
 def test_corrupt_and_truncated_program_files(eager_artifact, tmp_path, capsys):
     art = _copy(eager_artifact, tmp_path)
-    with open(art / "model.pt2", "r+b") as f:
+    with open(art / "program.json", "r+b") as f:
         f.seek(200)
         f.write(b"\xff\x00\xff")
-    _rejected(art, "model.pt2 does not match its checksum in the manifest: the file is corrupt or truncated",
-              capsys, "model.pt2")
-    os.truncate(art / "model.pt2", 50)
-    _rejected(art, "does not match its checksum", capsys, "model.pt2")
-    (art / "model.pt2").unlink()
-    _rejected(art, "model.pt2 is missing (listed in the manifest): the artifact is incomplete", capsys, "model.pt2")
+    _rejected(art, "program.json does not match its checksum in the manifest: the file is corrupt or truncated",
+              capsys, "program.json")
+    os.truncate(art / "program.json", 50)
+    _rejected(art, "does not match its checksum", capsys, "program.json")
+    (art / "program.json").unlink()
+    _rejected(art, "program.json is missing (listed in the manifest): the artifact is incomplete", capsys, "program.json")
 
 
 def test_program_file_not_listed_is_caught(eager_artifact, tmp_path, capsys):
-    art = _edit(_copy(eager_artifact, tmp_path), lambda m: m["files"].pop("model.pt2"))
-    _rejected(art, "field 'files' does not list model.pt2", capsys, "manifest.json")
+    art = _edit(_copy(eager_artifact, tmp_path), lambda m: m["files"].pop("program.json"))
+    _rejected(art, "field 'files' does not list program.json", capsys, "manifest.json")
 
 
 @pytest.mark.parametrize(
@@ -121,12 +121,14 @@ def test_program_file_not_listed_is_caught(eager_artifact, tmp_path, capsys):
         (b"[" * 100000, "manifest.json is corrupt"),
         (b"[1, 2, 3]", "is not a cachec manifest (format field is not 'cachec-artifact')"),
         (json.dumps({"format": "onnx-model", "schema": 2}).encode(), "is not a cachec manifest"),
-        (json.dumps({"format": "cachec-artifact", "schema": 3}).encode(),
-         "has manifest schema 3; this cachec (version 0.1.0) reads schema 2"),
+        (json.dumps({"format": "cachec-artifact", "schema": 4}).encode(),
+         "has manifest schema 4; this cachec (version 0.1.0) reads schema 3"),
         (json.dumps({"format": "cachec-artifact", "schema": 1}).encode(),
-         "has manifest schema 1; this cachec (version 0.1.0) reads schema 2: recompile the model with this cachec"),
-        (json.dumps({"format": "cachec-artifact", "schema": "2"}).encode(), "has manifest schema '2'"),
-        (json.dumps({"format": "cachec-artifact", "schema": 2}).encode(), "field 'versions' is missing"),
+         "has manifest schema 1; this cachec (version 0.1.0) reads schema 3: recompile the model with this cachec"),
+        (json.dumps({"format": "cachec-artifact", "schema": 2}).encode(),
+         "has manifest schema 2; this cachec (version 0.1.0) reads schema 3: recompile the model with this cachec"),
+        (json.dumps({"format": "cachec-artifact", "schema": "3"}).encode(), "has manifest schema '3'"),
+        (json.dumps({"format": "cachec-artifact", "schema": 3}).encode(), "field 'versions' is missing"),
     ],
 )
 def test_corrupt_or_foreign_manifest(content, fragment, eager_artifact, tmp_path, capsys):
@@ -191,7 +193,7 @@ def _del(keys):
          "field 'program.meta.batch_dims.timestep' does not point at a batch dimension"),
         (_set(["files", "../outside.bin"], {"sha256": "0" * 64, "bytes": 1}),
          "field 'files.../outside.bin' is not a file inside the artifact directory"),
-        (_set(["files", "model.pt2", "sha256"], "abc"), "field 'files.model.pt2.sha256' should be a SHA-256 hex digest"),
+        (_set(["files", "program.json", "sha256"], "abc"), "field 'files.program.json.sha256' should be a SHA-256 hex digest"),
         (_set(["versions", "torch"], "banana"), "field 'versions.torch' is 'banana', not a version"),
         (_del(["program", "values"]), "field 'program.values' is missing"),
         (_set(["program", "variants", "full", 0], ["run", "nosuch"]),
@@ -206,7 +208,7 @@ def test_malformed_manifest_fields_are_named(mutate, fragment, eager_artifact, t
 
 
 def test_manifest_records_the_program_once(eager_artifact):
-    """Schema 2: the program (policy, segments, variants, values, batch settings) is described once,
+    """Schema 2 on: the program (policy, segments, variants, values, batch settings) is described once,
     under ``program``; the schema-1 top-level copies, which could disagree with it, are gone."""
     manifest = json.loads((eager_artifact / "manifest.json").read_text())
     mirrored = {"policy", "segments", "variants", "caches", "inputs", "output", "blocks", "signal", "batch_dims",
@@ -217,14 +219,14 @@ def test_manifest_records_the_program_once(eager_artifact):
 
 def test_settings_the_planner_cannot_use_are_named(eager_artifact, tmp_path, capsys):
     art = _edit(_copy(eager_artifact, tmp_path), _set(["capture", "stream_inputs"], []))
-    _rejected(art, "the program cannot be rebuilt from model.pt2 with the manifest's settings (", capsys,
+    _rejected(art, "the program cannot be rebuilt from program.json with the manifest's settings (", capsys,
               "manifest.json")
 
     def delta(m):
         m["program"]["meta"]["policy"] = "delta:2"  # needs blocks=a-b on a 2-block model
 
     art = _edit(_copy(eager_artifact, tmp_path, "b"), delta)
-    _rejected(art, "its policy 'delta:2' cannot be planned on model.pt2 (delta needs blocks=a-b", capsys,
+    _rejected(art, "its policy 'delta:2' cannot be planned on program.json (delta needs blocks=a-b", capsys,
               "manifest.json", cli_policy="delta:2")
     with pytest.raises(cachec.PolicyError, match="delta needs blocks=a-b"):  # the caller's own policy: theirs
         load_program(eager_artifact, "delta:2")
@@ -232,12 +234,12 @@ def test_settings_the_planner_cannot_use_are_named(eager_artifact, tmp_path, cap
 
 def test_manifest_that_disagrees_with_the_program_file(eager_artifact, tmp_path, capsys):
     art = _edit(_copy(eager_artifact, tmp_path), _set(["program", "values", "hidden_states", "shape"], ["B", 4, 16, 16]))
-    _rejected(art, "differ from those of model.pt2", capsys, "manifest.json")
+    _rejected(art, "differ from those of program.json", capsys, "manifest.json")
     def reverse(m):
         m["program"]["variants"]["reuse"].reverse()
 
     art = _edit(_copy(eager_artifact, tmp_path, "b"), reverse)
-    _rejected(art, "the program rebuilt from model.pt2 differs from the manifest's variants", capsys)
+    _rejected(art, "the program rebuilt from program.json differs from the manifest's variants", capsys)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,7 +258,7 @@ def test_newer_cachec_is_refused_unless_allowed(eager_artifact, tmp_path, capsys
 def test_eager_artifact_from_another_torch_is_refused_unless_allowed(eager_artifact, tmp_path, capsys):
     art = _edit(_copy(eager_artifact, tmp_path), _set(["versions", "torch"], "2.5.1+cu121"))
     message = _rejected(art, f"was exported with torch 2.5.1+cu121 but torch {torch.__version__} is installed",
-                        capsys, "model.pt2")
+                        capsys, "program.json")
     assert "--allow-version-mismatch" in message
     program, _ = load_program(art, allow_version_mismatch=True)
     assert set(program.variants) == {"full", "reuse"}
@@ -271,7 +273,7 @@ def test_eager_artifact_from_another_torch_is_refused_unless_allowed(eager_artif
 @pytest.mark.slow  # lowers to ONNX
 def test_lowered_artifact_does_not_depend_on_torch_version(lowered_artifact, tmp_path):
     art = _edit(_copy(lowered_artifact, tmp_path), _set(["versions", "torch"], "1.13.0"))
-    program, manifest = load_program(art)
+    program, manifest = load_program(art, trust_native=True)
     assert manifest["backend"] == LOWERED and set(program.variants) == {"full", "reuse"}
 
 
@@ -286,7 +288,7 @@ def test_tensorrt_version_must_match_exactly(lowered_artifact, tmp_path, capsys)
     fragment = f"the engines were built with {flavor} 10.0.0 but {flavor} {trt().__version__} is installed"
     _rejected(art, fragment, capsys, "engines")
     with pytest.raises(ArtifactError, match="engines load only on the version that built them"):
-        load_program(art, allow_version_mismatch=True)  # no opt-out: the engines cannot deserialize
+        load_program(art, allow_version_mismatch=True, trust_native=True)  # no opt-out: engines cannot deserialize
     other = "tensorrt" if flavor == "tensorrt-rtx" else "tensorrt-rtx"
     art = _edit(_copy(lowered_artifact, tmp_path, "b"), _set(["versions", "tensorrt_flavor"], other))
     _rejected(art, f"built with {other} {trt().__version__} but {flavor}", capsys, "engines")
@@ -361,11 +363,13 @@ def _compile(model_dir, out, *extra):
 
 @pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
 def test_failure_while_writing_the_program_leaves_nothing(exc, model_dir, tmp_path, monkeypatch):
-    def partial_save(ep, f, *a, **kw):
-        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+    import safetensors.torch
+
+    def partial_save(tensors, f, *a, **kw):
+        Path(f).write_bytes(b"half a safetensors file")
         raise exc
 
-    monkeypatch.setattr(torch.export, "save", partial_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", partial_save)
     out = tmp_path / "outs" / "art"
     with pytest.raises(type(exc)):
         _compile(model_dir, out)
@@ -491,7 +495,7 @@ def _fuzz_dir(src: Path, tmp_path_factory) -> tuple[Path, dict]:
 def _load_or_artifact_error(art: Path, doc) -> None:
     (art / "manifest.json").write_text(json.dumps(doc, allow_nan=True))
     try:
-        load_program(art)
+        load_program(art, trust_native=True)  # past the trust gate (TensorRT), into the checks fuzzed here
     except ArtifactError as exc:
         assert str(art) in str(exc)
 
@@ -530,7 +534,7 @@ def test_fuzz_eager_manifest_loads_or_raises_artifact_error(eager_fuzz, data):
 def test_fuzz_random_json_documents(eager_fuzz, doc, header):
     art, _ = eager_fuzz
     if header and isinstance(doc, dict):  # get past the format/schema gate into the field checks
-        doc = {"format": "cachec-artifact", "schema": 2, **doc}
+        doc = {"format": "cachec-artifact", "schema": 3, **doc}
     _load_or_artifact_error(art, doc)
 
 

@@ -184,7 +184,7 @@ def test_tensorrt_engines_match_eager_on_gpu(tmp_path):  # pragma: no cover - ne
     out = tmp_path / "art"
     m.save_pretrained(tmp_path / "model")
     assert main(["compile", str(tmp_path / "model"), "--policy", "fora:3", "--backend", "tensorrt", "--out", str(out)]) == 0
-    rt = cachec.load(out, num_steps=20)
+    rt = cachec.load(out, num_steps=20, trust_native=True)  # engines are native code: our own, just built
     ref = cachec.compile(m.cuda(), example_inputs(m, 2), "fora:3", num_steps=20)
     with torch.device("cuda"):
         a, b = trajectory(rt, m), trajectory(ref, m)

@@ -27,7 +27,7 @@ def test_compile_writes_a_verified_artifact(artifact_dir):
     assert manifest["program"]["meta"]["policy"] == "fora:2"
     assert set(manifest["program"]["variants"]) == {"full", "reuse"}
     assert manifest["program"]["values"]["hidden_states"] == {"shape": ["B", 4, 8, 8], "dtype": "float32"}
-    assert manifest["files"]["model.pt2"]["sha256"]
+    assert manifest["files"]["program.json"]["sha256"]
     assert not [p for p in artifact_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
@@ -161,12 +161,12 @@ def test_corrupt_or_foreign_artifacts_are_named(artifact_dir, tmp_path, capsys):
 
     bad = tmp_path / "bad"
     shutil.copytree(artifact_dir, bad)
-    with open(bad / "model.pt2", "r+b") as f:
+    with open(bad / "program.json", "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02")
     assert main(["run", str(bad), "--steps", "2"]) == 2
-    assert "model.pt2 does not match its checksum" in capsys.readouterr().err
-    os.truncate(bad / "model.pt2", 10)
+    assert "program.json does not match its checksum" in capsys.readouterr().err
+    os.truncate(bad / "program.json", 10)
     assert main(["run", str(bad), "--steps", "2"]) == 2
     assert "corrupt or truncated" in capsys.readouterr().err
     (bad / "manifest.json").write_text("{not json")

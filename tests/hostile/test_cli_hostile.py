@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # a compile whose artifact write blocks (after some bytes are out) until the test kills it
 BLOCKING_COMPILE = textwrap.dedent("""
     import sys, time
-    import cachec.backends.eager as eager
-    def blocking(ep, path):
-        path.write_bytes(b"x" * 100000)
+    import cachec.program_store as program_store
+    def blocking(ep, out_dir):
+        (out_dir / program_store.WEIGHTS_FILE).write_bytes(b"x" * 100000)
         print("WRITING", flush=True)
         time.sleep(600)
-    eager.save_exported = blocking
+    program_store.save = blocking
     from cachec.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
