@@ -24,6 +24,7 @@ import functools
 import json
 import math
 import operator
+import os
 import re
 from pathlib import Path
 
@@ -233,7 +234,6 @@ def check_targets(ep: torch.export.ExportedProgram, where: str) -> None:
 
 def save(ep: torch.export.ExportedProgram, out_dir: Path) -> None:
     """Write ``ep`` as ``GRAPH_FILE`` (JSON, no guard code) and ``WEIGHTS_FILE`` (safetensors)."""
-    from safetensors.torch import save_file
     from torch._export.serde.serialize import serialize
 
     art = serialize(ep, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False)
@@ -257,8 +257,26 @@ def save(ep: torch.export.ExportedProgram, out_dir: Path) -> None:
                 continue
             first_of[key] = name
             tensors[name] = t.detach().to("cpu").contiguous()
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"cachec": json.dumps(meta)})
+    _save_weights(tensors, out_dir / WEIGHTS_FILE, {"cachec": json.dumps(meta)})
     (out_dir / GRAPH_FILE).write_bytes(json.dumps(doc).encode())
+
+
+def _save_weights(tensors: dict, path: Path, metadata: dict) -> None:
+    """safetensors' ``save_file``, whose write errors (a full disk) surface as the ``OSError`` they are.
+
+    Why: the Rust writer reports them as ``SafetensorError("... I/O error: File too large (os error
+    27)")``, which callers that handle a full disk (``cachec compile``) would not recognise.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"\(os error (\d+)\)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
 
 
 def load(directory: Path) -> torch.export.ExportedProgram:

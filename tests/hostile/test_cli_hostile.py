@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import cachec.cli as cli
-from cachec import output_dir
+from cachec import output_dir, program_store
 from cachec.cli import main
 
 MODEL = "builtin:tiny-dit"
@@ -220,17 +219,14 @@ def test_cleaning_spares_live_writers_other_hosts_and_puts_a_moved_artifact_back
     assert (tmp_path / "b" / "manifest.json").is_file()
 
 
-def _write_some(f) -> None:
-    """The first bytes of model.pt2, whether torch.export.save was given a path or a file object."""
-    if isinstance(f, (str, os.PathLike)):
-        Path(f).write_bytes(b"x" * 100000)
-    else:
-        f.write(b"x" * 100000)
+def _write_some(out_dir) -> None:
+    """The first bytes of the program's weights file, as the artifact writer would leave them."""
+    (Path(out_dir) / program_store.WEIGHTS_FILE).write_bytes(b"x" * 100000)
 
 
 def test_sigterm_during_the_write_removes_the_partial_artifact(tmp_path, capsys, shared_export, monkeypatch):
-    def terminated_while_writing(ep, f, *a, **k):
-        _write_some(f)
+    def terminated_while_writing(ep, out_dir, *a, **k):
+        _write_some(out_dir)
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` from another shell
         time.sleep(5)  # the handler raises before this ends
         pytest.fail("SIGTERM did not interrupt the write")
@@ -238,7 +234,7 @@ def test_sigterm_during_the_write_removes_the_partial_artifact(tmp_path, capsys,
     def unhandled(signum, frame):  # what runs if main() installs no handler of its own
         raise AssertionError("cachec did not handle SIGTERM (by default it kills the process, leaving the temp folder)")
 
-    monkeypatch.setattr(torch.export, "save", terminated_while_writing)
+    monkeypatch.setattr(program_store, "save", terminated_while_writing)
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
         assert compile_to(tmp_path / "out") == 143
@@ -251,11 +247,11 @@ def test_sigterm_during_the_write_removes_the_partial_artifact(tmp_path, capsys,
 
 
 def test_ctrl_c_during_compile_is_one_line_and_exit_130(tmp_path, capsys, shared_export, monkeypatch):
-    def interrupted(ep, f, *a, **k):
-        _write_some(f)
+    def interrupted(ep, out_dir, *a, **k):
+        _write_some(out_dir)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch.export, "save", interrupted)
+    monkeypatch.setattr(program_store, "save", interrupted)
     assert compile_to(tmp_path / "out") == 130
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == "cachec: interrupted; nothing half-written was left"
