@@ -20,6 +20,7 @@ import diffusers
 import torch
 
 from .errors import CachecError
+from .progress import library_bars_off_terminal
 
 try:
     from transformers import (
@@ -144,6 +145,7 @@ def write(kind: str, out: str | Path, force: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        library_bars_off_terminal()
         KINDS[kind]().save_pretrained(tmp)
         from .file_modes import follow_umask
 

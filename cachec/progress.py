@@ -95,6 +95,24 @@ def steps(items: Iterable, desc: str) -> Iterator:
             yield item
 
 
+def library_bars_off_terminal() -> None:
+    """Turn off diffusers' and transformers' own progress bars (loading components, writing shards)
+    when stderr is not a terminal; call it where cachec is about to load or save with them."""
+    if on_terminal():
+        return
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub, and transformers at import
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # transformers is optional
+        return
+    transformers_logging.disable_progress_bar()
+
+
 def stage(msg: str) -> None:
     """One line about what cachec is doing, on stderr (stdout stays for results and --json)."""
     print(f"[cachec] {msg}", file=sys.stderr, flush=True)
