@@ -13,16 +13,22 @@ message from the same library still shows. :func:`install` is called once by the
   only with more peak memory, and cachec's models are loaded once.
 * diffusers' "There are modules in X that should be kept in float32: []." when the list is
   *empty*: no module is affected. A non-empty list is kept.
-* Ray's ``graceful_shutdown`` task failure on SIGTERM (the Serve controller's shutdown call
-  raced with the process exiting; the actor has infinite retries, and the process is leaving
-  anyway), printed with raw ANSI colour codes: dropped from the lines ``cachec serve`` relays.
+* Ray's "(raylet) Task ServeController.graceful_shutdown failed. There are infinite retries
+  remaining ..." on SIGTERM (Serve's shutdown kills its controller while the controller's own
+  shutdown task is pending; the process is leaving anyway), printed on stdout with raw ANSI
+  colour codes: ``cachec serve`` runs inside :func:`output_without` (:func:`is_ray_shutdown_noise`),
+  which drops that line alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import sys
+import threading
 import warnings
+from collections.abc import Callable
 
 # (category, regex matched at the start of the message) for warnings.filterwarnings
 WARNINGS = [
@@ -46,7 +52,8 @@ DIFFUSERS_LOGGERS = [
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # a line of Ray's own logging about the Serve controller's shutdown task failing while it exits
-RAY_SHUTDOWN_NOISE = re.compile(r"graceful_shutdown.*(failed|infinite retries)|infinite retries.*graceful_shutdown")
+RAY_SHUTDOWN_NOISE = re.compile(r"^\s*(\(raylet\)\s*)?Task ServeController\.graceful_shutdown failed\. "
+                                r"There are infinite retries remaining")
 
 
 class KnownHarmless(logging.Filter):
@@ -81,3 +88,55 @@ def install() -> None:
 def is_ray_shutdown_noise(line: str) -> bool:
     """True for Ray's harmless ``graceful_shutdown`` failure line (ANSI codes or not)."""
     return bool(RAY_SHUTDOWN_NOISE.search(ANSI.sub("", line)))
+
+
+class DroppingLines:
+    """A text stream that passes every line to ``stream`` except those ``drop`` accepts.
+
+    Lines are judged whole: text is held until its newline (``print`` writes a line and its
+    newline in two calls), and ``flush`` passes on a held partial line unless it already matches.
+    Writers on several threads (Ray prints from a background thread) are serialised.
+    """
+
+    def __init__(self, stream, drop: Callable[[str], bool]):
+        self.stream, self.drop = stream, drop
+        self._held = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *lines, self._held = (self._held + text).split("\n")
+            for line in lines:
+                if not self.drop(line):
+                    self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._held and not self.drop(self._held):
+                self.stream.write(self._held)
+                self._held = ""
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the wrapped stream's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def output_without(drop: Callable[[str], bool]):
+    """``sys.stdout`` and ``sys.stderr`` without the lines ``drop`` accepts while the block runs.
+
+    Why on Python's streams: Ray's driver prints the errors its GCS publishes (the
+    ``graceful_shutdown`` one included) from a background thread with ``print(file=sys.stdout)``,
+    looking the stream up at each call, so a wrapper in its place sees every such line.
+    """
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = DroppingLines(saved[0], drop), DroppingLines(saved[1], drop)
+    try:
+        yield
+    finally:
+        wrapped = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = saved
+        for stream in wrapped:
+            if isinstance(stream, DroppingLines):
+                stream.flush()

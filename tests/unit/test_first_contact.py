@@ -142,9 +142,8 @@ def test_diffusers_known_notices_are_filtered_and_the_rest_of_its_log_is_not():
 
 
 def test_rays_shutdown_noise_is_recognised_with_or_without_ansi_codes():
-    line = ("\x1b[33m(raylet)\x1b[0m [2026-12-07 15:00:00,000 W 1 1] task_manager.cc:1100: Task "
-            "ServeController.graceful_shutdown failed. There are infinite retries remaining, so the task will be "
-            "retried.")
+    line = ("\x1b[33m(raylet)\x1b[0m Task ServeController.graceful_shutdown failed. There are infinite retries "
+            "remaining, so the task will be retried. Error: The actor is dead because it was killed by `ray.kill`.")
     assert quiet.is_ray_shutdown_noise(line)
     assert quiet.is_ray_shutdown_noise(quiet.ANSI.sub("", line))
     assert not quiet.is_ray_shutdown_noise("Task CachecServer.generate failed. There are 3 retries remaining")
@@ -207,3 +206,24 @@ def test_the_quickstart_tool_reads_the_readme_figure():
     lo, hi = quickstart_repeat.readme_figure(ROOT / "README.md")
     assert 1.0 < lo <= hi
     assert quickstart_repeat.within(lo * 0.86, lo, hi, 0.15) and not quickstart_repeat.within(hi * 1.16, lo, hi, 0.15)
+
+
+def test_serve_drops_rays_shutdown_line_and_passes_every_other_line(capsys):
+    """Ray prints it from a thread with print(file=sys.stdout): a line and its newline in two writes."""
+    import threading
+
+    noise = ("\x1b[33m(raylet)\x1b[0m Task ServeController.graceful_shutdown failed. There are infinite retries "
+             "remaining, so the task will be retried. Error: The actor is dead because it was killed by `ray.kill`.")
+    with quiet.output_without(quiet.is_ray_shutdown_noise):
+        print("cachec serve: shutting down", file=sys.stderr)
+        thread = threading.Thread(target=lambda: print(noise, file=sys.stdout))
+        thread.start()
+        thread.join()
+        print("kept", end="")
+        sys.stdout.flush()
+        print(" line")
+        print("(raylet) Task CachecServer.generate failed. There are infinite retries remaining")
+    print("after")
+    out, err = capsys.readouterr()
+    assert out == "kept line\n(raylet) Task CachecServer.generate failed. There are infinite retries remaining\nafter\n"
+    assert err == "cachec serve: shutting down\n"
