@@ -195,7 +195,7 @@ def measure_round_robin(runs: dict[str, PolicyRun], bundle, *, steps: int, seeds
     also records each (policy, seed)'s statistics, final sample and (``keep_latents``) the
     latent after every step; later repeats only add latencies (sampling is deterministic).
     """
-    from .progress import heartbeat
+    from .progress import heartbeat, on_terminal
     from .sampling import sample
 
     for rep in range(repeats):
@@ -206,7 +206,7 @@ def measure_round_robin(runs: dict[str, PolicyRun], bundle, *, steps: int, seeds
                 latents: list[torch.Tensor] = []
                 keep = (lambda i, x, into=latents: into.append(x.clone())) if keep_latents and rep == 0 else None
                 with heartbeat(f"sampling {pol} (repeat {rep + 1}/{repeats}, seed {seed})"):
-                    traj = sample(rt, bundle, steps, seed, batch, callback=keep)  # no bar: nothing extra in the timed loop
+                    traj = sample(rt, bundle, steps, seed, batch, progress=on_terminal(), callback=keep)  # a bar on a terminal only
                 run.seconds.append(traj.seconds)
                 run.seconds_by_seed.setdefault(seed, []).append(traj.seconds)
                 if rep == 0:

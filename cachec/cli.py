@@ -317,8 +317,8 @@ def cmd_example_pipeline(args) -> int:
     out = write(args.kind, args.out, force=args.force)
     print(f"wrote a {args.kind} pipeline with random weights to {out}; try: "
           f"cachec run {out} --prompt \"a red cat\" --policy fora:2 --steps 8 --image-size 64")
-    print("its images are noise and its PSNR/SSIM say nothing about image quality: they only show the cache "
-          "runs the pipeline's schedule")
+    print("its weights are random, so its images are noise and the PSNR/SSIM a policy gets on it say nothing "
+          "about image quality: they only show that the cache follows the pipeline's schedule")
     return 0
 
 
