@@ -81,9 +81,9 @@ def save_packages(program: Program, out_dir: Path, progress: bool = False) -> di
     (out_dir / PACKAGE_DIR).mkdir(parents=True, exist_ok=True)
     names = list(program.variants)
     if progress:
-        from tqdm import tqdm
+        from cachec.progress import steps
 
-        names = tqdm(names, desc="aotinductor compile", leave=False)
+        names = steps(names, "aotinductor compile")  # a bar on a terminal, one line per item in a log
     packages, weights, device = {}, {}, None
     for path in names:
         fused = _fused(program, path)

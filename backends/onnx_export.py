@@ -85,9 +85,9 @@ def export_program(program: Program, out_dir: Path, progress: bool = False) -> d
     names = list(program.segments)
     it = names
     if progress:
-        from tqdm import tqdm
+        from cachec.progress import steps
 
-        it = tqdm(names, desc="onnx export", leave=False)
+        it = steps(names, "onnx export")  # a bar on a terminal, one line per item in a log
     for name in it:
         path = Path(out_dir) / f"{name}.onnx"
         export_segment(program, name, path, program.meta.get("max_batch", 1024))

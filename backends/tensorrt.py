@@ -145,9 +145,9 @@ def build_program_engines(program: Program, onnx_dir: Path, out_dir: Path, progr
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(program.segments)
     if progress:
-        from tqdm import tqdm
+        from cachec.progress import steps
 
-        names = tqdm(names, desc="tensorrt build", leave=False)
+        names = steps(names, "tensorrt build")  # a bar on a terminal, one line per item in a log
     engines = {}
     for name in names:
         plan, io = build_engine(Path(onnx_dir) / f"{name}.onnx", program.meta.get("max_batch", 1024))

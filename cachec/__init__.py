@@ -7,20 +7,48 @@
 
 from __future__ import annotations
 
-import torch
+import importlib
+from typing import TYPE_CHECKING
 
 from .errors import ArtifactError, BackendError, CachecError, ModelError, PolicyError, RequestError, ShapeError
-from .pipeline import CachedDenoiser, disable, enable
-from .policy import parse_policy
-from .runtime import CacheRuntime, signature_of
+
+if TYPE_CHECKING:
+    import torch
+
+    from .pipeline import CachedDenoiser, disable, enable
+    from .policy import parse_policy
+    from .runtime import CacheRuntime, signature_of  # noqa: F401
 
 __version__ = "0.1.0"
+
+# Imported on first use, not with the package: `import cachec.cli` (every `cachec` command, even
+# `--help`) runs this file, and these names pull in torch and diffusers (seconds of start-up).
+_LAZY = {"CachedDenoiser": "pipeline", "disable": "pipeline", "enable": "pipeline", "parse_policy": "policy",
+         "CacheRuntime": "runtime", "signature_of": "runtime"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:  # `cachec.runtime` and the like, as when the package imported them eagerly
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def build_program(model: torch.nn.Module, example_inputs: dict, policy="none"):
     """Capture ``model`` and plan ``policy``: returns the :class:`~cachec.program.Program`."""
     from .capture import capture
     from .planner import compile_program
+    from .policy import parse_policy
 
     policy = parse_policy(policy)
     cap = capture(model, example_inputs)  # the latent and the streams are found from structure
@@ -34,6 +62,8 @@ def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, back
     ``backend_options`` go to the backend's lowering, e.g. ``{"mode": "reduce-overhead"}`` for
     ``backend="inductor"`` (one CUDA graph per variant on a GPU).
     """
+    from .runtime import CacheRuntime, signature_of
+
     program = build_program(model, example_inputs, policy)
     return CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=signature_of(model),
                         backend_options=backend_options)
@@ -58,6 +88,7 @@ def load(path, *, backend: str | None = None, num_steps: int | None = None, poli
     the file named by ``$CACHEC_VERIFY_KEY``) verifies it; see :mod:`cachec.signing`.
     """
     from .artifact import load_program, runtime_backend
+    from .runtime import CacheRuntime
 
     program, manifest = load_program(path, allow_version_mismatch=allow_version_mismatch,
                                      trust_native=trust_native, verify_key=verify_key)
@@ -68,6 +99,9 @@ def load(path, *, backend: str | None = None, num_steps: int | None = None, poli
 
 def reset(model, num_steps: int | None = None) -> None:
     """Start a new trajectory explicitly: a runtime, or a model compiled with backend="cachec"."""
+    from .pipeline import CachedDenoiser
+    from .runtime import CacheRuntime
+
     if isinstance(model, (CacheRuntime, CachedDenoiser)):
         model.reset(num_steps)
         return

@@ -65,6 +65,8 @@ from . import program as desc
 from . import schema as sch
 from .capture import EXPORT_LOCK, MAX_BATCH, PROGRAM_FILE, Captured, flatten_exported
 from .errors import ArtifactError, PolicyError
+from .file_modes import follow_umask
+from .model_names import portable_config, portable_name
 from .models import BUILTINS
 from .planner import compile_program
 from .policy import parse_policy
@@ -98,7 +100,8 @@ def manifest_of(program: Program, captured: Captured, model_spec: str, signature
         "format": FORMAT,
         "schema": SCHEMA,
         "versions": _versions(backend),
-        "model": {"spec": model_spec, "class": captured.model_class, "config": _jsonable(captured.config)},
+        "model": {"spec": portable_name(model_spec), "class": captured.model_class,
+                  "config": portable_config(_jsonable(captured.config))},  # no path of this machine
         "signature": signature,
         "capture": {
             "stream_inputs": captured.stream_inputs,
@@ -172,6 +175,7 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
         manifest["artifact_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
         manifest["weight_bytes"] = weight_bytes(captured)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        follow_umask(tmp)  # mkdtemp made it private: readable by others as the user's umask says
         if sign_key is not None:
             signing.sign(tmp, sign_key)
         output_dir.move_into_place(tmp, out)

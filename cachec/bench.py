@@ -146,8 +146,6 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
     repeat provides the statistics, the sample and the latent after each step; later repeats
     only add latencies (sampling is deterministic, so their samples are the same).
     """
-    from .runtime import CacheRuntime
-    from .sampling import sample
 
     for name, value in (("--steps", steps), ("--seeds", seeds), ("--batch", batch), ("--repeats", repeats)):
         if not isinstance(value, int) or value < 1:
@@ -161,25 +159,55 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
     backend = backend or session.backend or "eager"
     if mode is not None:
         session.options = with_mode(session.options, backend, mode)
-    runtimes: dict[str, CacheRuntime] = {}
+    runs = warm_runtimes(session, specs, steps=steps, batch=batch, backend=backend, say=say)
+    seed_list = list(range(seeds))
+    measure_round_robin(runs, bundle, steps=steps, seeds=seed_list, batch=batch, repeats=repeats, say=say)
+
+    result = BenchResult(model=bundle.name, backend=backend, steps=steps, seeds=seed_list, batch=batch,
+                         repeats=repeats, pixel_space=bundle.name.startswith("builtin:"),
+                         threads=torch.get_num_threads(), runs=runs)
+    result.rows = [_row(result, pol) for pol in specs]
+    return result
+
+
+def warm_runtimes(session, specs: list[str], *, steps: int, batch: int, backend: str, say) -> dict[str, PolicyRun]:
+    """A runtime per policy on the same backend, each warmed up by a short trajectory (allocations,
+    first-call costs), so that no timed trajectory pays them."""
+    from .runtime import CacheRuntime
+    from .sampling import sample
+
     runs: dict[str, PolicyRun] = {}
     for pol in specs:
         say(f"compiling {pol}")
         program = session.program(pol)
         rt = CacheRuntime(program, pol, backend=backend, num_steps=steps, signature=session.signature,
                           backend_options=session.options, device=session.device)
-        sample(rt, bundle, min(2, steps), 0, batch)  # warm-up (allocations, first-call costs)
-        runtimes[pol] = rt
+        sample(rt, session.bundle, min(2, steps), 0, batch)  # warm-up (allocations, first-call costs)
         runs[pol] = PolicyRun(pol, cache_bytes=cache_bytes(program, batch), runtime=rt)
+    return runs
 
-    seed_list = list(range(seeds))
+
+def measure_round_robin(runs: dict[str, PolicyRun], bundle, *, steps: int, seeds: list[int], batch: int, repeats: int,
+                        say, keep_latents: bool = True) -> None:
+    """Time every policy ``repeats`` times per seed, interleaved round-robin, into ``runs``.
+
+    Why round-robin: on a shared or throttling machine, drift (another process, a clock change)
+    then hits every policy alike instead of deciding which one looks faster. The first repeat
+    also records each (policy, seed)'s statistics, final sample and (``keep_latents``) the
+    latent after every step; later repeats only add latencies (sampling is deterministic).
+    """
+    from .progress import heartbeat, on_terminal
+    from .sampling import sample
+
     for rep in range(repeats):
-        for seed in seed_list:
-            for pol in specs:  # round-robin: every policy sees the same machine state
-                rt, run = runtimes[pol], runs[pol]
+        for seed in seeds:
+            for pol, run in runs.items():  # round-robin: every policy sees the same machine state
+                rt = run.runtime
                 rt.reset(steps)
                 latents: list[torch.Tensor] = []
-                traj = sample(rt, bundle, steps, seed, batch, callback=lambda i, x, keep=latents: keep.append(x.clone()))
+                keep = (lambda i, x, into=latents: into.append(x.clone())) if keep_latents and rep == 0 else None
+                with heartbeat(f"sampling {pol} (repeat {rep + 1}/{repeats}, seed {seed})"):
+                    traj = sample(rt, bundle, steps, seed, batch, progress=on_terminal(), callback=keep)  # a bar on a terminal only
                 run.seconds.append(traj.seconds)
                 run.seconds_by_seed.setdefault(seed, []).append(traj.seconds)
                 if rep == 0:
@@ -188,11 +216,16 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
                     run.latents[seed] = latents
                 say(f"repeat {rep + 1}/{repeats} seed {seed} {pol}: {traj.seconds:.3f} s, NFE {rt.stats.nfe:.2f}")
 
-    result = BenchResult(model=bundle.name, backend=backend, steps=steps, seeds=seed_list, batch=batch,
-                         repeats=repeats, pixel_space=bundle.name.startswith("builtin:"),
-                         threads=torch.get_num_threads(), runs=runs)
-    result.rows = [_row(result, pol) for pol in specs]
-    return result
+
+def pin_threads(threads: int | None) -> None:
+    """``--threads``: torch's intra-op thread count (None: leave torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise BenchError(f"--threads must be a positive integer; got {threads}")
+    # on a small or shared CPU, torch's default thread pool can stall on oversubscription
+    # (seen here: 20 ms vs 780 ms a step on 2 busy cores); the choice is printed with the results
+    torch.set_num_threads(threads)
 
 
 def images(result: BenchResult, policy: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,12 +335,7 @@ def write_json(result: BenchResult, path: str) -> None:
 
 def main(args) -> int:
     """``cachec bench`` entry (argparse namespace from :mod:`cachec.cli`)."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise BenchError(f"--threads must be a positive integer; got {args.threads}")
-        # on a small or shared CPU, torch's default thread pool can stall on oversubscription
-        # (seen here: 20 ms vs 780 ms a step on 2 busy cores); the choice is printed with the table
-        torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
     result = run_bench(args.model, args.policies, steps=args.steps, seeds=args.seeds, batch=args.batch,
                        repeats=args.repeats, backend=args.backend, progress=stage, device=args.device,
                        dtype=args.dtype, mode=args.mode, inputs_file=args.inputs,

@@ -14,14 +14,16 @@ import os
 import sys
 from pathlib import Path
 
+from .arch_configs import ARCH_CONFIGS
 from .atomic_write import check_file_target, write_text
 from .backends import with_mode
-from .devices import DTYPES, default_device
 from .errors import CachecError, ModelError
 from .interrupts import Terminated, terminate_raises
 from .progress import stage
-from .sample_grids import grid
 from .session import open_model
+
+# Nothing imported above may import torch or diffusers: `cachec --help` must not wait for them.
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # cachec.devices.DTYPES' keys (tests check they agree)
 
 log = logging.getLogger("cachec")
 
@@ -101,7 +103,8 @@ def _compile(args) -> int:
     from .policy import parse_policy
     from .signing import read_key
 
-    get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
+    lowering = get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
+    _say_where_it_runs(lowering)
     policy = parse_policy(args.policy).spec
     sign_key = read_key(args.sign_key, "--sign-key") if args.sign_key else None  # a bad key fails before the export
     session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype, inputs_file=args.inputs)
@@ -125,12 +128,24 @@ def _compile(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from .metrics import psnr, ssim, to_unit
-    from .policy import parse_policy
-    from .runtime import CacheRuntime
-    from .sampling import sample
+def _say_where_it_runs(lowering) -> None:
+    """A backend whose artifacts cannot run on this machine (TensorRT without a GPU) still compiles,
+    for another machine; say so before the minutes of building, not when `cachec run` refuses it."""
+    import torch
 
+    here = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if not set(lowering.devices) & set(here):
+        stage(f"note: {lowering.name} artifacts run on {' or '.join(lowering.devices)} only and this machine has "
+              f"no {' or '.join(lowering.devices)} device: the engines built now will not run here (copy the "
+              "artifact to a machine that has one)")
+
+
+def cmd_run(args) -> int:
+    from .bench import pin_threads
+    from .policy import parse_policy
+    from .run_timing import busy_machine_note, compare_with_none
+
+    pin_threads(args.threads)
     if args.prompt is not None:
         from .prompt_run import run_prompt
 
@@ -143,22 +158,29 @@ def cmd_run(args) -> int:
     policy = parse_policy(args.policy or session.artifact_policy or "none").spec
     backend = args.backend or session.backend or "eager"
     session.options = with_mode(session.options, backend, args.mode)
+    busy = busy_machine_note()
+    if busy:
+        stage(f"note: {busy}")
+    runs, timing = compare_with_none(session, policy, steps=args.steps, seed=args.seed, batch=args.batch,
+                                     repeats=args.repeats, backend=backend, say=stage)
+    _report_run(args, bundle, policy, backend, runs, timing, busy)
+    return 0
+
+
+def _report_run(args, bundle, policy, backend, runs, timing, busy: str | None) -> None:
+    """Write the sample grids of a ``cachec run`` and print its report (text or --json)."""
+    import torch
+
+    from .metrics import psnr, ssim, to_unit
+    from .sample_grids import grid
+
     pixel = bundle.name.startswith("builtin:")
-    results = {}
-    for pol in dict.fromkeys(["none", policy]):
-        rt = CacheRuntime(session.program(pol), pol, backend=backend, num_steps=args.steps,
-                          signature=session.signature, backend_options=session.options, device=session.device)
-        sample(rt, bundle, min(2, args.steps), args.seed, args.batch)  # warm-up (allocations, first-call costs)
-        rt.reset(args.steps)
-        traj = sample(rt, bundle, args.steps, args.seed, args.batch, progress=sys.stderr.isatty())
-        results[pol] = (traj, rt.stats)
-        stage(f"{pol}: {traj.seconds:.3f} s, NFE {rt.stats.nfe:.2f}")
-    ref_traj, _ = results["none"]
-    traj, stats = results[policy]
-    ref_img = to_unit(ref_traj.sample, pixel)
-    img = to_unit(traj.sample, pixel, ref=None if pixel else ref_traj.sample)
+    ref_sample, sample, stats = runs["none"].samples[args.seed], runs[policy].samples[args.seed], \
+        runs[policy].stats[args.seed]
+    ref_img = to_unit(ref_sample, pixel)
+    img = to_unit(sample, pixel, ref=None if pixel else ref_sample)
     if not pixel:
-        ref_img = to_unit(ref_traj.sample, pixel, ref=ref_traj.sample)
+        ref_img = to_unit(ref_sample, pixel, ref=ref_sample)
     out_dir = Path(args.out)
     grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png",
           f"{bundle.name}  {policy}  ({backend}, {args.steps} steps, seed {args.seed})\n"
@@ -173,9 +195,10 @@ def cmd_run(args) -> int:
         "seed": args.seed,
         "batch": args.batch,
         **stats.to_json(),
-        "latency_s": round(traj.seconds, 4),
-        "latency_none_s": round(ref_traj.seconds, 4),
-        "speedup_vs_none": round(ref_traj.seconds / traj.seconds, 3),
+        **timing.to_json(),
+        "torch_threads": torch.get_num_threads(),
+        "timing": timing.verdict(),
+        "busy_machine": busy,
         "nfe_ideal_speedup": round(args.steps / stats.nfe, 3) if stats.nfe else None,
         "psnr_vs_none": round(psnr(img, ref_img), 3),
         "ssim_vs_none": round(ssim(img, ref_img), 4),
@@ -187,11 +210,13 @@ def cmd_run(args) -> int:
         print(f"model {report['model']}  policy {policy}  backend {backend}  steps {args.steps}  seed {args.seed}")
         print(f"schedule   {report['schedule']}")
         print(f"NFE        {report['nfe']:.2f} of {args.steps} (ideal speedup {report['nfe_ideal_speedup']}x)")
-        print(f"latency    {report['latency_s']:.3f} s  (none: {report['latency_none_s']:.3f} s, "
-              f"speedup {report['speedup_vs_none']}x, same backend, same run)")
+        print(f"latency    {report['latency_s']:.3f} s  (none: {report['latency_none_s']:.3f} s; medians of "
+              f"{report['repeats']} interleaved trajectories each, same backend, {report['torch_threads']} threads)")
+        print(f"speedup    {report['speedup_vs_none']}x  ({report['timing']})")
+        if busy:
+            print(f"note       {busy}")
         print(f"fidelity   PSNR {report['psnr_vs_none']} dB, SSIM {report['ssim_vs_none']} vs none (same seed)")
         print(f"samples    {out_dir}/")
-    return 0
 
 
 def cmd_inspect(args) -> int:
@@ -324,7 +349,23 @@ def cmd_serve(args) -> int:
         from . import serve
     except ImportError as exc:
         raise CachecError(f"cachec serve needs Ray Serve ({exc}); install it with: pip install 'cachec[serve]'") from None
-    return serve.main(args)
+    from .quiet import is_ray_shutdown_noise, output_without
+
+    stage(f"starting Ray Serve for {args.target} (each replica loads the model first: this can take minutes)")
+    with output_without(is_ray_shutdown_noise):  # Ray's harmless shutdown line (cachec/quiet.py)
+        return serve.main(args)
+
+
+def cmd_example_pipeline(args) -> int:
+    from .example_pipeline import write
+
+    stage(f"building a small {args.kind} pipeline (random weights) in {args.out}")
+    out = write(args.kind, args.out, force=args.force)
+    print(f"wrote a {args.kind} pipeline with random weights to {out}; try: "
+          f"cachec run {out} --prompt \"a red cat\" --policy fora:2 --steps 8 --image-size 64")
+    print("its weights are random, so its images are noise and the PSNR/SSIM a policy gets on it say nothing "
+          "about image quality: they only show that the cache follows the pipeline's schedule")
+    return 0
 
 
 def cmd_policies(args) -> int:
@@ -354,13 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     # where the model runs: every command that builds or runs one takes these
     target = argparse.ArgumentParser(add_help=False)
-    target.add_argument("--device", default=default_device(),
-                        help=f"cpu, cuda or cuda:N (default here: {default_device()}: the GPU when there is one)")
-    target.add_argument("--dtype", default=None, choices=list(DTYPES),
+    target.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when this machine has a GPU, else cpu); "
+                             "meta builds an arch: model without weights, for `inspect` of its FLOPs")
+    target.add_argument("--dtype", default=None, choices=list(DTYPE_NAMES),
                         help="weights and activations: fp32, bf16, fp16 (default: fp32; an artifact keeps its own)")
     sub = p.add_subparsers(dest="command", required=True)
-    from .models import ARCH_CONFIGS
-
     model_help = (f"builtin:tiny-dit, arch:NAME (published config, random weights: {', '.join(ARCH_CONFIGS)}), "
                   "or a local diffusers model dir of any denoiser class")
     inputs_help = ("safetensors file of example tensors named as the forward's arguments (a__b for a nested a={'b': ...}); "
@@ -397,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", default=None,
                    help="MODEL is a local diffusers pipeline dir: generate this prompt plain and with cachec, side by side")
     r.add_argument("--image-size", type=int, default=None, help="--prompt runs: image height and width in pixels")
+    r.add_argument("--repeats", type=int, default=5,
+                   help="timed trajectories of the policy and of none, interleaved; the speedup is the ratio of "
+                        "the medians, and a spread that includes 1x is reported as within the noise")
+    r.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
@@ -406,13 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", formatter_class=_DefaultsShown, parents=[common, target], help="regions, segments and the cache nodes of each variant")
     i.add_argument("model", help=model_help + ", or an artifact directory")
-    i.add_argument("--policy", default="fora:3")
+    i.add_argument("--policy", default="fora:3",
+                   help="policy whose cache nodes and variants to show (default: fora:3, unlike compile's none: "
+                        "inspect is for seeing what a policy inserts; --policy none shows the plain program)")
     i.add_argument("--batch", type=int, default=2, help="example batch (FLOPs are reported per sample)")
     i.add_argument("--image-size", type=int, default=None,
                    help="image side in pixels, e.g. 1024 (default: the config's sample size, or a small one)")
     i.add_argument("--text-tokens", type=int, default=None, help="prompt tokens of a text-conditioned model, e.g. 512")
     i.add_argument("--steps", type=int, default=50, help="trajectory length for the per-trajectory FLOPs")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.add_argument("--allow-version-mismatch", action="store_true",
                     help="try an artifact written by a newer cachec or (eager) another torch version")
     i.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
@@ -480,13 +526,23 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_options(sv)
     sv.set_defaults(fn=cmd_serve)
 
+    ex = sub.add_parser("example-pipeline", formatter_class=_DefaultsShown, parents=[common],
+                        help="write a small local diffusers pipeline (random weights) for `cachec run DIR --prompt`")
+    ex.add_argument("kind", choices=["flux", "pixart"], help="pipeline class: FluxPipeline or PixArtAlphaPipeline")
+    ex.add_argument("out", help="folder to write (atomically)")
+    ex.add_argument("--force", action="store_true", help="replace the folder if it exists")
+    ex.set_defaults(fn=cmd_example_pipeline)
+
     pol = sub.add_parser("policies", formatter_class=_DefaultsShown, parents=[common], help="list every policy with its parameters and defaults")
     pol.set_defaults(fn=cmd_policies)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .quiet import install
+
     logging.basicConfig(level=logging.WARNING, format="[cachec] %(message)s")
+    install()  # known-harmless third-party warnings (cachec/quiet.py)
     args = build_parser().parse_args(argv)
     if args.debug:
         logging.getLogger("cachec").setLevel(logging.DEBUG)

@@ -51,11 +51,19 @@ def is_artifact(folder: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == ARTIFACT_FORMAT
 
 
-def check_replaceable(out: str | Path, force: bool, protected: Iterable[str | Path] = ()) -> None:
+def is_pipeline(folder: Path) -> bool:
+    """Whether ``folder`` is a saved diffusers pipeline (what ``cachec example-pipeline`` writes)."""
+    return (folder / "model_index.json").is_file()
+
+
+def check_replaceable(out: str | Path, force: bool, protected: Iterable[str | Path] = (),
+                      replaceable=is_artifact, what: str = "a cachec artifact (no cachec manifest.json)") -> None:
     """Refuse an output that exists unless ``force`` may replace it (see the module docstring).
 
     ``protected`` are paths the compile reads (the model folder, an ``--inputs`` file): a folder
-    holding one of them is never replaced.
+    holding one of them is never replaced. ``replaceable`` says which non-empty folders the
+    command itself writes (default: artifacts; ``example-pipeline`` passes :func:`is_pipeline`),
+    and ``what`` names them in the refusal.
     """
     target = _absolute(out)
     if not target.exists() and not target.is_symlink():
@@ -73,8 +81,8 @@ def check_replaceable(out: str | Path, force: bool, protected: Iterable[str | Pa
         p = Path(path).resolve()
         if real == p or real in p.parents:
             raise ArtifactError(f"{refuse} it holds {path}, which this compile reads; choose another --out")
-    if not is_artifact(real) and any(real.iterdir()):
-        raise ArtifactError(f"{refuse} it is neither a cachec artifact (no cachec manifest.json) nor empty, so it may "
+    if not replaceable(real) and any(real.iterdir()):
+        raise ArtifactError(f"{refuse} it is neither {what} nor empty, so it may "
                             "hold other files; remove it yourself or choose another --out")
 
 

@@ -20,7 +20,7 @@ import torch
 
 from .devices import resolve_device, resolve_dtype
 from .errors import CachecError, ModelError
-from .progress import stage
+from .progress import library_bars_off_terminal, stage
 from .sample_grids import side_by_side
 
 
@@ -31,6 +31,7 @@ def is_pipeline_dir(path: str | Path) -> bool:
 def load_pipeline(path: str | Path, device: torch.device, dtype: torch.dtype):
     import diffusers
 
+    library_bars_off_terminal()
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any loading failure is reported with the path

@@ -93,9 +93,10 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
     from .capture import capture
     from .planner import compile_program
     from .policy import parse_policy
-    from .progress import busy
+    from .progress import busy, library_bars_off_terminal
     from .runtime import signature_of
 
+    library_bars_off_terminal()  # a local model directory loads with diffusers' bars
     bundle = resolve(model_spec, dtype=resolve_dtype(dtype), device=device)
     if image_size is not None:
         if image_size < 8 or image_size % 8:

@@ -327,3 +327,14 @@ def test_run_batch_above_the_artifacts_max_batch_is_refused(artifact, tmp_path, 
     assert main(["run", str(artifact), "--device", "cpu", "--steps", "1", "--batch", "8", "--out", str(tmp_path)]) == 2
     assert "above this program's max_batch 4" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_example_pipeline_force_never_deletes_user_files(tmp_path, capsys):
+    """`example-pipeline DIR --force` replaces only a saved pipeline or an empty folder, checked
+    before anything is built (it used to delete whatever DIR held)."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    assert main(["example-pipeline", "flux", str(folder), "--force"]) == 2
+    assert "neither a saved pipeline" in capsys.readouterr().err
+    assert (folder / "notes.txt").read_text() == "keep me"
