@@ -17,7 +17,7 @@ import math
 from .errors import PolicyError
 from .methods import METHODS
 from .methods.base import Method, Param
-from .methods.hybrid import DECISIONS, FORECASTERS, HybridPolicy, check_forecaster_args, forecast_keys
+from .methods.hybrid import DECISIONS, HybridPolicy, check_forecaster_args, forecast_keys, forecasters
 
 Policy = Method  # a parsed spec: an instance of the method it names
 POLICIES = METHODS  # the names the language knows
@@ -84,12 +84,12 @@ def _parse_hybrid(spec: str) -> Method:
     if len(parts) != 2 or not all(parts):
         raise PolicyError(f"{spec!r}: a hybrid is DECISION+FORECASTER, two specs joined by one '+' "
                           f"(e.g. dbcache:F=1,t=0.08+taylorseer:O=1); decisions: {', '.join(DECISIONS)}; "
-                          f"forecasters: {', '.join(FORECASTERS)}")
+                          f"forecasters: {', '.join(forecasters())}")
     decision, forecaster = parts
     name, _, args = forecaster.partition(":")
     name = name.strip().lower()
-    if name not in FORECASTERS:
-        raise PolicyError(f"{spec!r}: {name!r} after '+' is not a forecaster; accepted: {', '.join(FORECASTERS)}")
+    if name not in forecasters():
+        raise PolicyError(f"{spec!r}: {name!r} after '+' is not a forecaster; accepted: {', '.join(forecasters())}")
     check_forecaster_args(name, args)
     policy = HybridPolicy(parse_policy(decision), parse_policy(forecaster))
     policy.validate()
@@ -113,13 +113,13 @@ def describe_policies() -> str:
 
 def _describe_hybrids() -> list[str]:
     """The hybrid spelling, after the methods it combines."""
-    keys = "; ".join(f"{n}: {', '.join(forecast_keys(POLICIES[n])) or 'no key'}" for n in FORECASTERS)
+    keys = "; ".join(f"{n}: {', '.join(forecast_keys(POLICIES[n])) or 'no key'}" for n in forecasters())
     return [
         "",
         f"{'DECISION+FORECASTER':<10} hybrid: the decision's steps (probe or F/R mask), its reused steps forecast "
         "instead of copied",
         f"{'':<10} e.g. dbcache:F=1,B=0,t=0.08+taylorseer:O=1, static:FFRRFRRF+hicache:O=1",
-        f"{'':<10} decisions: {', '.join(DECISIONS)} (all their keys); forecasters: {', '.join(FORECASTERS)} "
+        f"{'':<10} decisions: {', '.join(DECISIONS)} (all their keys); forecasters: {', '.join(forecasters())} "
         f"(forecast keys only, as KEY=VALUE: {keys})",
         f"{'':<10} the forecast uses the real distances between the decision's full steps",
     ]

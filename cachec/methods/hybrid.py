@@ -8,7 +8,7 @@ instead of the last computed one. A hybrid spells that as two specs joined by ``
     static:FFRRFRRRF+hicache:O=1,sigma=0.8
 
 The decision (:data:`DECISIONS`) keeps every parameter and its whole controller (probe, warm-up,
-limits, mask); the forecaster (:data:`FORECASTERS`) contributes only its forecast — ``O`` (and
+limits, mask); the forecaster (:func:`forecasters`) contributes only its forecast — ``O`` (and
 ``sigma``): its interval ``N``, ``streams``, ``warmup`` and ``final`` belong to the decision and are
 refused there. The decisions are those whose reuse is the *residual of a block range* (the planner's
 :meth:`~cachec.planner.Planner.range_delta`): the hybrid's plan runs the decision's plan with the
@@ -28,8 +28,16 @@ from ..forecast import ForecastTracker
 from .base import Actions, Controller, Method, StepContext
 
 DECISIONS = ("static", "fbcache", "dbcache", "teacache", "magcache")
-FORECASTERS = ("taylorseer", "hicache", "foca")
 DECISION_KEYS = ("N", "streams", "warmup", "final")  # a forecaster's keys the decision owns in a hybrid
+
+
+def forecasters() -> list[str]:
+    """The forecasting methods (:class:`~cachec.methods.forecasting.ForecastPolicy`), in registry order:
+    a new one (a module of this package) combines with every decision without a change here."""
+    from . import METHODS
+    from .forecasting import ForecastPolicy
+
+    return [name for name, cls in METHODS.items() if issubclass(cls, ForecastPolicy)]
 
 
 def forecast_keys(forecaster: type[Method]) -> list[str]:
@@ -102,9 +110,9 @@ class HybridPolicy(Method):
         if self.decision.name not in DECISIONS:
             raise PolicyError(f"{self.decision.name} cannot lead a hybrid: its reuse is not the residual of a block "
                               f"range; decisions: {', '.join(DECISIONS)}")
-        if self.forecaster.name not in FORECASTERS:
+        if self.forecaster.name not in forecasters():
             raise PolicyError(f"{self.forecaster.name} is not a forecaster; a hybrid's second part is one of "
-                              f"{', '.join(FORECASTERS)}")
+                              f"{', '.join(forecasters())}")
         if self.params.get("per_sample"):
             raise PolicyError(f"{self.decision.spec}: per_sample=1 cannot be combined with a forecast (each batch item "
                               "would need its own forecast coefficients); use per_sample=0")

@@ -92,7 +92,7 @@ def test_hybrid_matches_reference(short, spec, ref_spec, ref_kw, ratios_file):
     spec = spec.replace("RATIOS", ratios_file)
     x_ref, outs_ref, ref = _reference(short, ref_spec or spec, ref_kw)
     # preconditions: full steps at irregular distances after the warm-up, and a decision not on a knife edge
-    gaps = {b - a for a, b in zip(ref.full_steps[5:], ref.full_steps[6:])}
+    gaps = {b - a for a, b in zip(ref.full_steps[5:], ref.full_steps[6:], strict=False)}
     assert "R" in ref.schedule and len(gaps) > 1, ref.schedule
     compared = getattr(ref, "compared", [])
     if compared:
