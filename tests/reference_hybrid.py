@@ -81,7 +81,7 @@ def parse_forecaster(spec: str):
 
 
 class HybridPredictive(PredictiveReference):
-    """``dbcache`` / ``magcache`` / ``budget:base=step`` (a mask) whose reused residuals are forecast.
+    """``dbcache`` / ``magcache`` / ``budget:base=step`` (a mask) / ``easycache`` whose reused residuals are forecast.
 
     DBCache: at a full step each residual stream ``R_mid = output(block L−B−1) − output(block F−1)``
     is folded into its forecaster; a cached step replaces that output by ``output(block F−1) + R̂``.
@@ -97,6 +97,15 @@ class HybridPredictive(PredictiveReference):
         base, outs = self.cur["probe"], out_streams(out)
         new = {k: base[k] + self._fold(("mid", k), outs[k] - base[k]) for k in outs if k in base}
         return None if self.full else with_streams(out, dict(outs, **new))
+
+
+    def _easycache_output(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """EasyCache: a full step folds ``Δ = v − x`` into the forecaster; a cached step returns ``x + Δ̂``."""
+        if not self.full:
+            return x + self._fold(("delta", 0), None)
+        out = super()._easycache_output(x, v)
+        self._fold(("delta", 0), v - x)
+        return out
 
 
 class HybridTeaCache(HookedReference):

@@ -10,10 +10,11 @@ instead of the last computed one. A hybrid spells that as two specs joined by ``
 The decision (:data:`DECISIONS`) keeps every parameter and its whole controller (probe, warm-up,
 limits, mask); the forecaster (:func:`forecasters`) contributes only its forecast — ``O`` (and
 ``sigma``): its interval ``N``, ``streams``, ``warmup`` and ``final`` belong to the decision and are
-refused there. The decisions are those whose reuse is the *residual of a block range* (the planner's
-:meth:`~cachec.planner.Planner.range_delta`): the hybrid's plan runs the decision's plan with the
-planner told to forecast those residuals (one forecast stream per residual stream), so full steps
-fold the fresh residual into the forecast state and cached steps apply its forecast.
+refused there. The decisions are those whose reuse is a *residual*: of a block range (the planner's
+:meth:`~cachec.planner.Planner.range_delta`), or EasyCache's ``Δ = v − x`` of the whole call. The
+hybrid's plan runs the decision's plan with the planner told to forecast those residuals
+(:attr:`~cachec.planner.Planner.delta_forecast`; one forecast stream per residual stream), so full
+steps fold the fresh residual into the forecast state and cached steps apply its forecast.
 
 Full steps come where the decision puts them, at irregular distances: the forecast coefficients
 (:class:`~cachec.forecast.ForecastTracker`) use the real distances — the finite differences are
@@ -27,7 +28,7 @@ from ..errors import ModelError, PolicyError
 from ..forecast import ForecastTracker
 from .base import Actions, Controller, Method, StepContext
 
-DECISIONS = ("static", "fbcache", "dbcache", "teacache", "magcache")
+DECISIONS = ("static", "fbcache", "dbcache", "teacache", "magcache", "easycache")
 DECISION_KEYS = ("N", "streams", "warmup", "final")  # a forecaster's keys the decision owns in a hybrid
 
 
@@ -108,8 +109,8 @@ class HybridPolicy(Method):
 
     def validate(self) -> None:
         if self.decision.name not in DECISIONS:
-            raise PolicyError(f"{self.decision.name} cannot lead a hybrid: its reuse is not the residual of a block "
-                              f"range; decisions: {', '.join(DECISIONS)}")
+            raise PolicyError(f"{self.decision.name} cannot lead a hybrid: its reuse is not a step-level residual; "
+                              f"decisions: {', '.join(DECISIONS)}")
         if self.forecaster.name not in forecasters():
             raise PolicyError(f"{self.forecaster.name} is not a forecaster; a hybrid's second part is one of "
                               f"{', '.join(forecasters())}")

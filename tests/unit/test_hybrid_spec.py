@@ -14,6 +14,7 @@ from cachec.policy import describe_policies, parse_policy
     ("fbcache:0.1 + hicache:O=1,sigma=0.8", "fbcache:0.1+hicache:O=1,sigma=0.8"),
     ("static:FFRRFRF+foca", "static:FFRRFRF+foca"),
     ("teacache:0.3,warmup=2+taylorseer", "teacache:0.3,warmup=2+taylorseer"),
+    ("easycache:0.1+taylorseer:O=1", "easycache:0.1+taylorseer:O=1"),
 ])
 def test_spec_round_trips(spec, canonical):
     p = parse_policy(spec)
