@@ -21,7 +21,7 @@ import json
 
 import pytest
 import torch
-from reference_hybrid import HybridPredictive, HybridTeaCache
+from reference_hybrid import CacheDitTaylorSeer, HybridPredictive, HybridTeaCache
 from trajectories import Driver
 
 import cachec
@@ -86,6 +86,23 @@ def _reference(short: str, spec: str, kw: dict):
     with cls(model, spec, T, **kw) as ref:
         x, outs = DRIVER.trajectory(ref, short)
     return x, outs, ref
+
+
+def test_cachedit_taylorseer_reference_alone():
+    """cache-dit's calibrator as restated: no derivative while its counter is at most 1 (steps 0..2
+    of a first call), then a feature linear in the step is forecast exactly at any gap."""
+    def f(s):
+        return torch.tensor([2.0 + 0.5 * s, -1.0 * s])
+
+    ts = CacheDitTaylorSeer(1)
+    for s in (0, 1, 2):
+        ts.update(f(s), s)
+    assert ts.cur[1] is None
+    torch.testing.assert_close(ts.predict(4), f(2))  # order 0 only: the last value
+    ts.update(f(5), 5)  # a gap of 3
+    torch.testing.assert_close(ts.cur[1], torch.tensor([0.5, -1.0]))
+    for s in (6, 7, 9):
+        torch.testing.assert_close(ts.predict(s), f(s))
 
 
 @pytest.mark.parametrize("short, spec, ref_spec, ref_kw", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
