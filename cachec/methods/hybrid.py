@@ -78,7 +78,6 @@ class HybridController(Controller):
             while True:
                 if action.letter:
                     action.inputs = {**action.inputs, **self.tracker.step_inputs(step, action.letter == "F")}
-                    self.last_full = step if action.letter == "F" else self.last_full
                 action = inner.send((yield action))
         except StopIteration:
             return
@@ -149,5 +148,5 @@ class HybridPolicy(Method):
         finally:
             planner.delta_forecast = None
         if not planner.step_inputs:
-            raise ModelError(f"{self.spec}: the plan of {self.decision.name} cached no block-range residual to "
-                             "forecast (a bug in the hybrid's list of decisions)")
+            raise ModelError(f"{self.spec}: the plan of {self.decision.name} cached no residual to forecast "
+                             "(a bug in the hybrid's list of decisions)")
