@@ -17,6 +17,7 @@ import math
 from .errors import PolicyError
 from .methods import METHODS
 from .methods.base import Method, Param
+from .methods.hybrid import DECISIONS, HybridPolicy, check_forecaster_args, forecast_keys, forecasters
 
 Policy = Method  # a parsed spec: an instance of the method it names
 POLICIES = METHODS  # the names the language knows
@@ -45,6 +46,8 @@ def parse_policy(spec: str | Method) -> Method:
     if not isinstance(spec, str) or not spec.strip():
         raise PolicyError(f"a policy spec is a non-empty string like 'fora:3'; got {spec!r}. Known: {', '.join(POLICIES)}")
     spec = spec.strip()
+    if "+" in spec:
+        return _parse_hybrid(spec)
     name, _, args = spec.partition(":")
     name = name.strip().lower()
     if name not in POLICIES:
@@ -75,6 +78,24 @@ def parse_policy(spec: str | Method) -> Method:
     return policy
 
 
+def _parse_hybrid(spec: str) -> Method:
+    """``DECISION+FORECASTER``: a step decision whose reused steps are forecasts (:mod:`cachec.methods.hybrid`)."""
+    parts = [p.strip() for p in spec.split("+")]
+    if len(parts) != 2 or not all(parts):
+        raise PolicyError(f"{spec!r}: a hybrid is DECISION+FORECASTER, two specs joined by one '+' "
+                          f"(e.g. dbcache:F=1,t=0.08+taylorseer:O=1); decisions: {', '.join(DECISIONS)}; "
+                          f"forecasters: {', '.join(forecasters())}")
+    decision, forecaster = parts
+    name, _, args = forecaster.partition(":")
+    name = name.strip().lower()
+    if name not in forecasters():
+        raise PolicyError(f"{spec!r}: {name!r} after '+' is not a forecaster; accepted: {', '.join(forecasters())}")
+    check_forecaster_args(name, args)
+    policy = HybridPolicy(parse_policy(decision), parse_policy(forecaster))
+    policy.validate()
+    return policy
+
+
 def describe_policies() -> str:
     """The table printed by ``cachec policies``, from each method's declared parameters."""
     lines = []
@@ -87,4 +108,18 @@ def describe_policies() -> str:
             if p.lo is not None or p.hi is not None:
                 rng = f", range {p.lo if p.lo is not None else '-inf'}..{p.hi if p.hi is not None else 'inf'}"
             lines.append(f"{'':<11}{p.name + '=' + repr(p.default):<16} {p.kind.__name__}{rng}: {p.doc}{main}")
-    return "\n".join(lines)
+    return "\n".join(lines + _describe_hybrids())
+
+
+def _describe_hybrids() -> list[str]:
+    """The hybrid spelling, after the methods it combines."""
+    keys = "; ".join(f"{n}: {', '.join(forecast_keys(POLICIES[n])) or 'no key'}" for n in forecasters())
+    return [
+        "",
+        f"{'DECISION+FORECASTER':<10} hybrid: the decision's steps (probe or F/R mask), its reused steps forecast "
+        "instead of copied",
+        f"{'':<10} e.g. dbcache:F=1,B=0,t=0.08+taylorseer:O=1, static:FFRRFRRF+hicache:O=1",
+        f"{'':<10} decisions: {', '.join(DECISIONS)} (all their keys); forecasters: {', '.join(forecasters())} "
+        f"(forecast keys only, as KEY=VALUE: {keys})",
+        f"{'':<10} the forecast uses the real distances between the decision's full steps",
+    ]

@@ -86,6 +86,10 @@ class EasyCachePolicy(Method):
                                                       Store(next_value(x_pf), x_pf), Store(next_value(v_pf), v_pf),
                                                       Store(delta, delta)]
         tail_reuse = [Load(delta, delta), Run(apply)]
+        if planner.delta_forecast is not None:  # a hybrid (methods/hybrid.py): Δ forecast, not copied
+            update, forecast = planner.forecast_ops("easycache_delta", [delta], planner.delta_forecast)
+            tail_full += update
+            tail_reuse = forecast + [Run(apply)]
         planner.variants = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse,
                             "full": planner.variants["full"]}
         planner.signal, planner.feedback = d, [k, vnorm]

@@ -121,6 +121,7 @@ class Planner:
         self.feedback: list[str] = []  # scalars a tail hands back to the controller (EasyCache)
         self.step_inputs: list[str] = []  # host-computed inputs of a step (forecast coefficients)
         self.method_meta: dict = {}  # what a method's controller reads from the program (token regions)
+        self.delta_forecast: ForecastMethod | None = None  # a hybrid: range deltas are forecast, not copied
 
     # -- structure ------------------------------------------------------------------------------
     def _role(self, name: str) -> str:
@@ -225,10 +226,15 @@ class Planner:
         return {self.region_segment[r.name]: r for r in self.regions}
 
     def range_delta(self, a: int, b: int, tag: str) -> tuple[list[Op], list[Op], list[StreamPair]]:
-        """Ops that write the delta of blocks a..b on full steps, and ops that apply it instead."""
+        """Ops that write the delta of blocks a..b on full steps, and ops that apply it instead.
+
+        With :attr:`delta_forecast` set (a hybrid policy, :mod:`cachec.methods.hybrid`) the full
+        step folds the delta into its forecast state and the cached step applies its forecast."""
         segs = self.range_segments(a, b)
         inputs, outputs = self.range_io(segs)
         pairs = self.pair_streams(inputs, outputs, tag)
+        if self.delta_forecast is not None:
+            return self._forecast_delta(pairs, tag, self.delta_forecast)
         for p in pairs:
             self.meta[p.cache] = self.meta[p.output]
         w = self.add_segment(f"{tag}_write", delta_write(pairs, self.meta), "cache")
@@ -236,6 +242,18 @@ class Planner:
         write_ops = [Run(w)] + [Store(p.cache, p.cache) for p in pairs]
         apply_ops = [Load(p.cache, p.cache) for p in pairs] + [Run(r)]
         return write_ops, apply_ops, pairs
+
+    def _forecast_delta(self, pairs: list[StreamPair], tag: str,
+                        method: ForecastMethod) -> tuple[list[Op], list[Op], list[StreamPair]]:
+        """:meth:`range_delta` of a hybrid: each delta is a plain value (``TAG__rK``), forecast state
+        updates after the full step's write, a forecast before the cached step's apply."""
+        pairs = [StreamPair(p.output, p.base, f"{tag}__r{k}") for k, p in enumerate(pairs)]
+        for p in pairs:
+            self.meta[p.cache] = self.meta[p.output]
+        w = self.add_segment(f"{tag}_write", delta_write(pairs, self.meta), "cache")
+        r = self.add_segment(f"{tag}_apply", delta_apply(pairs, self.meta), "cache")
+        update, forecast = self.forecast_ops(tag, [p.cache for p in pairs], method)
+        return [Run(w)] + update, forecast + [Run(r)], pairs
 
     def replace(self, segs: list[str], ops: list[Op], variant: list[Op] | None = None) -> list[Op]:
         """``variant`` (default: the full one) with the run of ``segs`` replaced by ``ops``."""
