@@ -15,27 +15,13 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
+from small_loras import lora_state_dict
 from small_models import TEXT_TOKENS, make
 
 import cachec
 from cachec.models import example_inputs
 
 pytestmark = pytest.mark.slow  # each change is a new capture (a few seconds each on two cores)
-
-TARGETS = ("transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.proj_mlp")
-
-
-def lora_state_dict(model, targets=TARGETS, rank=2, seed=0, prefix="transformer") -> dict:
-    """A LoRA in the diffusers/PEFT format: random A and B matrices for ``targets``."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for t in targets:
-        linear = model.get_submodule(t)
-        linear = getattr(linear, "base_layer", linear)
-        sd[f"{prefix}.{t}.lora_A.weight"] = torch.randn(rank, linear.in_features, generator=g) * 0.3
-        sd[f"{prefix}.{t}.lora_B.weight"] = torch.randn(linear.out_features, rank, generator=g) * 0.3
-    return sd
-
 
 class Compiled:
     """A tiny FLUX and its ``none`` runtime, shared by the tests of this module."""
