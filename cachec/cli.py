@@ -61,7 +61,8 @@ def cmd_compile(args) -> int:
 
     get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
     policy = parse_policy(args.policy).spec
-    session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype, inputs_file=args.inputs)
+    session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype, inputs_file=args.inputs,
+                         loras=args.lora)
     if session.is_artifact:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
     program = session.program(policy)
@@ -322,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "activation memory for it; 1024 otherwise)")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
+    c.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
+                   help="a LoRA safetensors file (diffusers/PEFT format) fused into the weights before export; repeatable")
     c.set_defaults(fn=cmd_compile)
 
     r = sub.add_parser("run", formatter_class=_DefaultsShown, parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")

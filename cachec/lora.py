@@ -48,3 +48,56 @@ def with_lora_api(denoiser_class: type) -> type:
     namespace["__module__"] = denoiser_class.__module__
     namespace["__doc__"] = denoiser_class.__doc__
     return type(denoiser_class.__name__, (denoiser_class, ModelMixin), namespace)
+
+
+# -- `cachec compile --lora FILE[:SCALE]`: fused into the weights before export --------------------
+LORA_SPEC = "FILE[:SCALE]"
+
+
+def parse_lora_spec(spec: str):
+    """``"style.safetensors:0.8"`` -> (path, 0.8); a spec without a scale has scale 1."""
+    from pathlib import Path
+
+    from .errors import CachecError
+
+    path, sep, scale = spec.rpartition(":")
+    try:
+        value = float(scale) if sep else 1.0
+    except ValueError:
+        path, value = spec, 1.0  # a colon that is part of the file name
+    path = Path(path if sep and path else spec)
+    if not path.is_file():
+        raise CachecError(f"--lora {spec}: no such file; give a LoRA safetensors file in the diffusers/PEFT format, "
+                          f"as {LORA_SPEC} (e.g. style.safetensors:0.8)")
+    return path, value
+
+
+def fuse_lora_files(model, specs: list[str]) -> None:
+    """Fuse the LoRA files ``specs`` (``FILE[:SCALE]``) into ``model``'s weights and drop the adapters.
+
+    Why fused: an artifact holds a program and its weights, not a live model whose adapters could
+    be switched, so the LoRAs become part of the weights it is compiled from.
+    """
+    from safetensors.torch import load_file
+
+    from .errors import ModelError
+
+    if not hasattr(model, "load_lora_adapter"):
+        raise ModelError(f"{type(model).__name__} takes no LoRA adapters (it is not a diffusers model with PEFT "
+                         "support); --lora applies to diffusers denoisers such as FLUX, SD3, Wan and the U-Net")
+    names, scales = [], []
+    for i, spec in enumerate(specs):
+        path, scale = parse_lora_spec(spec)
+        state = load_file(str(path))
+        firsts = {k.split(".", 1)[0] for k in state}  # "transformer.…" keys, as diffusers saves a pipeline's LoRA
+        prefix = next(iter(firsts)) if len(firsts) == 1 and firsts <= {"transformer", "unet", "prior"} else None
+        name = f"cachec_lora{i}"
+        model.load_lora_adapter(state, adapter_name=name, prefix=prefix)
+        if name not in (getattr(model, "peft_config", None) or {}):
+            raise ModelError(f"--lora {spec}: none of its keys names a module of {type(model).__name__} "
+                             f"(keys like {next(iter(state), '?')!r}; expected <module>.lora_A.weight / lora_B.weight)")
+        names.append(name)
+        scales.append(scale)
+    model.set_adapters(names, scales)
+    model.fuse_lora(adapter_names=names)
+    model.unload_lora()

@@ -201,6 +201,13 @@ class CacheRuntime(torch.nn.Module):
             branch.controller = None  # the next call starts a new trajectory
         return self
 
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """New weights of the same names, shapes and dtypes, without compiling again (another LoRA
+        fused into them, say): :func:`cachec.weights.load_weights`."""
+        from .weights import load_weights
+
+        load_weights(self, state_dict)
+
     def replace_program(self, program: Program) -> None:
         """Run ``program`` from now on (a :class:`~cachec.staleness.Watch` rebuilt it from the changed
         model): lowered again, and every branch starts a new trajectory with new caches."""

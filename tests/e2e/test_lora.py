@@ -69,3 +69,51 @@ def test_the_lora_api_works_after_enable_and_equals_the_plain_pipeline():
     assert isinstance(cached.transformer, cachec.CachedDenoiser)
     rebuilds = sum(rt.watch.rebuilds for rt in cached.transformer.runtimes.values())
     assert rebuilds >= 5  # each change above recompiled (none was served stale)
+
+
+def _fused(model_dir, loras: list[str]):
+    """The plain model with ``loras`` fused the way ``cachec compile --lora`` fuses them."""
+    from cachec.lora import fuse_lora_files
+
+    model = diffusers.FluxTransformer2DModel.from_pretrained(model_dir).eval()
+    fuse_lora_files(model, loras)
+    return model
+
+
+def test_compile_fuses_loras_and_an_artifact_swaps_in_new_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    import cachec.cli
+    from cachec.models import example_inputs
+
+    model = make("flux")
+    model.save_pretrained(tmp_path / "model")
+    save_file(lora_state_dict(model, seed=1), str(tmp_path / "a.safetensors"))  # keys "transformer.…"
+    save_file({k.split(".", 1)[1]: v for k, v in lora_state_dict(model, seed=2).items()},
+              str(tmp_path / "b.safetensors"))  # keys without a prefix
+    loras = [f"{tmp_path / 'a.safetensors'}:0.5", str(tmp_path / "b.safetensors")]
+    args = ["compile", str(tmp_path / "model"), "--out", str(tmp_path / "art")]
+    assert cachec.cli.main(args + [x for lora in loras for x in ("--lora", lora)]) == 0
+    kw = example_inputs(model, 1, 0)
+
+    def plain(m):
+        with torch.no_grad():
+            return m(**kw, return_dict=False)[0]
+
+    fused = _fused(tmp_path / "model", loras)
+    assert (plain(fused) - plain(model)).abs().max() > 1e-3  # the LoRAs change the output
+    for backend in ("eager", "inductor"):
+        rt = cachec.load(tmp_path / "art", backend=backend)
+        tol = dict(atol=0, rtol=0) if backend == "eager" else dict(atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rt(**kw)[0], plain(fused), **tol)
+        variants = dict(rt.variants)
+        other = _fused(tmp_path / "model", [f"{tmp_path / 'a.safetensors'}:-1.5"])
+        rt.load_weights(other.state_dict())
+        cachec.reset(rt)
+        torch.testing.assert_close(rt(**kw)[0], plain(other), **tol)
+        assert rt.variants == variants  # nothing was lowered again
+    with pytest.raises(cachec.ShapeError, match="not weights of this program"):
+        rt.load_weights({"no.such.weight": torch.zeros(1)})
+    with pytest.raises(cachec.ShapeError, match="compiled with"):
+        rt.load_weights({"proj_out.weight": torch.zeros(3, 3)})
+    assert cachec.cli.main(args + ["--force", "--lora", str(tmp_path / "missing.safetensors")]) != 0
