@@ -77,7 +77,8 @@ def tensors_fingerprint(named: list[tuple[str, torch.Tensor]], modules: tuple = 
 def model_fingerprint(model: torch.nn.Module) -> Fingerprint:
     """The module tree (each module's class and PEFT adapter state) and every parameter and buffer."""
     modules = tuple(
-        (name, type(m).__qualname__, tuple(_frozen(getattr(m, a)) for a in ADAPTER_STATE if hasattr(m, a)))
+        # PEFT keeps this state as plain attributes: read from __dict__ (no failed lookup per module)
+        (name, type(m).__qualname__, tuple(_frozen(vars(m)[a]) for a in ADAPTER_STATE if a in vars(m)))
         for name, m in model.named_modules()
     )
     named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
