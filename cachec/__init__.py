@@ -63,10 +63,14 @@ def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, back
     ``backend="inductor"`` (one CUDA graph per variant on a GPU).
     """
     from .runtime import CacheRuntime, signature_of
+    from .staleness import model_watch
 
     program = build_program(model, example_inputs, policy)
-    return CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=signature_of(model),
-                        backend_options=backend_options)
+    runtime = CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=signature_of(model),
+                           backend_options=backend_options)
+    # a LoRA loaded, fused or rescaled after this call recompiles instead of running stale weights
+    runtime.watch = model_watch(model, example_inputs, lambda example: build_program(model, example, policy))
+    return runtime
 
 
 def load(path, *, backend: str | None = None, num_steps: int | None = None, policy: str | None = None,
@@ -106,9 +110,10 @@ def reset(model, num_steps: int | None = None) -> None:
         model.reset(num_steps)
         return
     if hasattr(model, "components"):  # a pipeline after cachec.enable
-        from .pipeline import denoiser_attr
+        from .pipeline import denoiser_attrs
 
-        reset(getattr(model, denoiser_attr(model)), num_steps)
+        for attr in denoiser_attrs(model):
+            reset(getattr(model, attr), num_steps)
         return
     from .compile_backend import runtimes_of
 

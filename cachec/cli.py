@@ -107,7 +107,8 @@ def _compile(args) -> int:
     _say_where_it_runs(lowering)
     policy = parse_policy(args.policy).spec
     sign_key = read_key(args.sign_key, "--sign-key") if args.sign_key else None  # a bad key fails before the export
-    session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype, inputs_file=args.inputs)
+    session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype, inputs_file=args.inputs,
+                         loras=args.lora)
     if session.is_artifact:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
     program = session.program(policy)
@@ -421,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--inputs", default=None, metavar="FILE", help=inputs_help)
     c.add_argument("--sign-key", default=None, metavar="FILE",
                    help="sign the artifact (manifest.sig, HMAC-SHA256) with the key in FILE; load it with --verify-key")
+    c.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
+                   help="a LoRA safetensors file (diffusers/PEFT format) fused into the weights before export; repeatable")
     c.set_defaults(fn=cmd_compile)
 
     r = sub.add_parser("run", formatter_class=_DefaultsShown, parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")

@@ -23,6 +23,7 @@ from .errors import BackendError
 from .planner import compile_program
 from .policy import parse_policy
 from .runtime import CacheRuntime
+from .staleness import Watch, tensors_fingerprint
 
 _USER_INPUT = re.compile(r"^L\['([A-Za-z_][A-Za-z0-9_]*)'\]$")
 _RUNTIMES: list[tuple[weakref.ref, set[int]]] = []
@@ -81,14 +82,7 @@ def cachec_backend(gm: fx.GraphModule, example_inputs: list, options: dict | Non
     if isinstance(outputs, (tuple, list)) and len(outputs) != 1:
         raise BackendError(f"cachec compiles a denoiser whose graph returns one tensor; this graph returns {len(outputs)}")
     sources = [n.meta["grapharg"].source.name for n in gm.graph.nodes if n.op == "placeholder"]
-    wrapper, user = _wrapper(gm, example_inputs, sources)
-    floating = [n for n, t in user.items() if t.is_floating_point() and t.dim() >= 2]
-    if not floating:
-        raise BackendError(f"cachec found no latent input (a floating tensor of rank >= 2) among {sorted(user)}")
-    # the first floating input in the graph's (the forward's) order; capture confirms it from the output shape
-    captured = capture_module(wrapper, user, stream_inputs=None, latent_input=floating[0],
-                              model_class="dynamo", dynamic_batch=False, structural_latent=True)
-    program = compile_program(captured, policy)
+    program, user = _program(gm, example_inputs, sources, policy)
     backend_options = {"mode": mode} if lower == "inductor" else {}
     runtime = CacheRuntime(program, policy, backend=lower, num_steps=num_steps, signature=list(user),
                            backend_options=backend_options)
@@ -97,13 +91,42 @@ def cachec_backend(gm: fx.GraphModule, example_inputs: list, options: dict | Non
     _RUNTIMES.append((weakref.ref(runtime), params))
     user_positions = [i for i, s in enumerate(sources) if _USER_INPUT.match(s)]
     names = list(user)
+    latest = [example_inputs]  # the last call's arguments: its weights are what the program must hold
+    runtime.watch = _state_watch(gm, sources, policy, latest)
 
     def compiled(*args):
+        latest[0] = args
         out = runtime(**{n: args[i] for n, i in zip(names, user_positions, strict=True)})[0]
         return (out,) if isinstance(outputs, (tuple, list)) else out
 
     compiled.runtime = runtime
     return compiled
+
+
+def _program(gm: fx.GraphModule, example_inputs: list, sources: list[str], policy):
+    """Capture and plan the Dynamo graph with ``example_inputs`` (weights included) as its state."""
+    wrapper, user = _wrapper(gm, example_inputs, sources)
+    floating = [n for n, t in user.items() if t.is_floating_point() and t.dim() >= 2]
+    if not floating:
+        raise BackendError(f"cachec found no latent input (a floating tensor of rank >= 2) among {sorted(user)}")
+    # the first floating input in the graph's (the forward's) order; capture confirms it from the output shape
+    captured = capture_module(wrapper, user, stream_inputs=None, latent_input=floating[0],
+                              model_class="dynamo", dynamic_batch=False, structural_latent=True)
+    return compile_program(captured, policy), user
+
+
+def _state_watch(gm: fx.GraphModule, sources: list[str], policy, latest: list) -> Watch:
+    """Dynamo recompiles for a new module tree, adapter state or parameter object (its guards), but
+    not for a parameter whose storage was replaced (``param.data = ...``): the program holds the
+    old storage. The watch compares the state the last call passed (once per trajectory) and
+    captures again from it."""
+    state = [i for i, s in enumerate(sources) if not _USER_INPUT.match(s)]
+
+    def snapshot():
+        return tensors_fingerprint([(sources[i], latest[0][i]) for i in state])
+
+    return Watch(snapshot, lambda _example: _program(gm, list(latest[0]), sources, policy)[0], {},
+                 what="the torch.compile'd model")
 
 
 def runtimes_of(model: torch.nn.Module) -> list[CacheRuntime]:

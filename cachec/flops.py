@@ -45,7 +45,9 @@ def node_flops(node: fx.Node) -> float:
     if t is aten.linear.default:
         w = _shape(node.args[1])
         return 2.0 * math.prod(out) * w[1]
-    if t in (aten.mm.default, aten.bmm.default, aten.matmul.default, aten.addmm.default, aten.baddbmm.default):
+    # aten._int_mm: an int8 matmul (torchao's dynamic int8 linears); its multiply-adds count as any other
+    if t in (aten.mm.default, aten.bmm.default, aten.matmul.default, aten.addmm.default, aten.baddbmm.default,
+             aten._int_mm.default):
         a = node.args[1] if t in (aten.addmm.default, aten.baddbmm.default) else node.args[0]
         k = _shape(a)[-1]
         return 2.0 * math.prod(out) * k

@@ -7,6 +7,11 @@ or prompt length; the batch is dynamic) gets its own compiled runtime, so caches
 shapes are never mixed. It looks like the model to the pipeline (``config``, ``dtype``,
 ``device``, ``return_dict``, ``cache_context``) and keeps the original module, so ``pipe.to``
 and ``cachec.disable(pipe)`` behave as a user expects.
+
+``enable`` wraps every denoiser of the pipeline (Wan 2.2's two experts each get their own
+programs, caches and step numbering: :mod:`cachec.experts`), and the diffusers LoRA API keeps
+working on them (:mod:`cachec.lora`); a runtime compiles again when its model changed
+(:mod:`cachec.staleness`).
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import torch
 
 from .errors import ModelError
 from .runtime import CacheRuntime
+from .staleness import call_constants, model_watch
 from .structure import first_tensor_input
 
 log = logging.getLogger("cachec")
 
-DENOISER_ATTRS = ("transformer", "unet")
+DENOISER_ATTRS = ("transformer", "transformer_2", "unet", "prior")
 
 
 class CachedDenoiser(torch.nn.Module):
@@ -42,6 +48,7 @@ class CachedDenoiser(torch.nn.Module):
         self._signature = [p for p in inspect.signature(model.forward).parameters if p not in ("self", "kwargs")]
         self._context: tuple[str, dict] | None = None
         self.current: CacheRuntime | None = None
+        self.steps = None  # an experts.ExpertSteps when the pipeline has several denoisers
 
     @property
     def config(self):
@@ -58,7 +65,7 @@ class CachedDenoiser(torch.nn.Module):
     @contextlib.contextmanager
     def cache_context(self, name: str, **kwargs):
         """Diffusers' branch-naming protocol, handed to the runtime that serves the call."""
-        self._context = (name, kwargs)
+        self._context = (name, kwargs if self.steps is None else self.steps.local(kwargs))
         try:
             yield
         finally:
@@ -84,15 +91,14 @@ class CachedDenoiser(torch.nn.Module):
         batch = flat[first_tensor_input(self.model, flat)].shape[0]
         key = tuple(sorted((n, tuple(t.shape[1:] if t.dim() and t.shape[0] == batch else t.shape), t.dtype)
                            for n, t in flat.items()))
-        constants = tuple(sorted((k, repr(v)) for k, v in kwargs.items() if not isinstance(v, (torch.Tensor, dict))))
-        key = key + constants
+        key = key + call_constants(kwargs)  # a LoRA scale in attention kwargs is baked into the program
         static_key = key + (("static batch", batch),)  # a model that specialises its batch serves only it
         for k in (static_key, key):
             if k in self.runtimes:
                 return self.runtimes[k]
         if self.runtimes:
-            log.warning("cachec: the denoiser is called with new input shapes; compiling for them "
-                        "(caches of different shapes are never mixed)")
+            log.warning("cachec: the denoiser is called with new input shapes or non-tensor arguments (a LoRA "
+                        "scale, say); compiling for them (caches of different programs are never mixed)")
         rt = self._compile(kwargs)
         self.runtimes[key if rt.program.meta.get("batch_dims") else static_key] = rt
         return rt
@@ -102,35 +108,59 @@ class CachedDenoiser(torch.nn.Module):
         from .runtime import signature_of
 
         program = build_program(self.model, kwargs, self.policy)  # capture takes a batch-1 call as a batch of 2
-        return CacheRuntime(program, self.policy, backend=self.backend, num_steps=self.num_steps,
-                            signature=signature_of(self.model), config=dict(self.model.config))
+        runtime = CacheRuntime(program, self.policy, backend=self.backend, num_steps=self.num_steps,
+                               signature=signature_of(self.model), config=dict(self.model.config))
+        runtime.watch = model_watch(self.model, kwargs, lambda example: build_program(self.model, example, self.policy))
+        return runtime
+
+
+def denoiser_attrs(pipe) -> list[str]:
+    """Every denoiser attribute the pipeline has (Wan 2.2: ``transformer`` and ``transformer_2``)."""
+    found = [attr for attr in DENOISER_ATTRS if getattr(pipe, attr, None) is not None]
+    if not found:
+        raise ModelError(f"{type(pipe).__name__} has no denoiser attribute; cachec looks for {', '.join(DENOISER_ATTRS)}")
+    return found
 
 
 def denoiser_attr(pipe) -> str:
-    for attr in DENOISER_ATTRS:
-        if getattr(pipe, attr, None) is not None:
-            return attr
-    raise ModelError(f"{type(pipe).__name__} has no denoiser attribute; cachec looks for {', '.join(DENOISER_ATTRS)}")
+    """The pipeline's first denoiser attribute."""
+    return denoiser_attrs(pipe)[0]
 
 
 def enable(pipe, policy: str = "fora:3", *, backend: str = "eager", num_steps: int | None = None):
-    """Replace ``pipe.transformer`` / ``pipe.unet`` by a :class:`CachedDenoiser` running ``policy``.
+    """Replace each denoiser of ``pipe`` (``transformer``, ``transformer_2``, ``unet``, ``prior``) by a
+    :class:`CachedDenoiser` running ``policy``, each with its own programs and caches.
 
     Returns the pipeline. ``num_steps`` is optional: pipelines that name their steps through
     ``cache_context`` say it themselves, and a new trajectory is also detected from the timesteps.
+    The diffusers LoRA API (``pipe.load_lora_weights``, ``set_adapters``, ``fuse_lora``…) keeps
+    working on the pipeline and the cached programs follow it.
     """
-    attr = denoiser_attr(pipe)
-    model = getattr(pipe, attr)
-    if isinstance(model, CachedDenoiser):
-        model = model.model
-    setattr(pipe, attr, CachedDenoiser(model, policy, backend=backend, num_steps=num_steps))
+    from .experts import ExpertSteps
+    from .lora import with_lora_api
+
+    attrs = denoiser_attrs(pipe)
+    for index, attr in enumerate(attrs):
+        model = getattr(pipe, attr)
+        if isinstance(model, CachedDenoiser):
+            model = model.model
+        cls = with_lora_api(CachedDenoiser) if _is_diffusers_model(model) else CachedDenoiser
+        denoiser = cls(model, policy, backend=backend, num_steps=num_steps)
+        if len(attrs) > 1:
+            denoiser.steps = ExpertSteps(pipe, index)
+        setattr(pipe, attr, denoiser)
     return pipe
 
 
+def _is_diffusers_model(model) -> bool:
+    """Whether ``model`` is a diffusers model (then its LoRA API is forwarded), without importing diffusers."""
+    return any(c.__module__.startswith("diffusers.") and c.__name__ == "ModelMixin" for c in type(model).__mro__)
+
+
 def disable(pipe):
-    """Put the original denoiser back."""
-    attr = denoiser_attr(pipe)
-    model = getattr(pipe, attr)
-    if isinstance(model, CachedDenoiser):
-        setattr(pipe, attr, model.model)
+    """Put the original denoisers back."""
+    for attr in denoiser_attrs(pipe):
+        model = getattr(pipe, attr)
+        if isinstance(model, CachedDenoiser):
+            setattr(pipe, attr, model.model)
     return pipe

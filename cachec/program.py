@@ -531,14 +531,25 @@ def _ratio(size, dim) -> tuple[int, int] | None:
     return int(r.p), int(r.q)
 
 
+def _weight_key(t: torch.Tensor) -> int:
+    """What identifies a weight: its storage address (views of one buffer are one weight). Meta
+    tensors (a model planned without its weights) all sit at address 0, and a tensor subclass that
+    wraps its data (torchao's quantized weights) has no storage of its own to ask: there the
+    tensor object stands for itself."""
+    if not t.numel() or t.is_meta:
+        return id(t)
+    try:
+        return t.untyped_storage().data_ptr()
+    except RuntimeError:
+        return id(t)
+
+
 def check_weight_ownership(program: Program) -> None:
     """Every parameter tensor is held by exactly one segment (no duplication across variants)."""
     seen: dict[int, str] = {}
     for seg in program.segments.values():
         for name, t in seg.parameters().items():
-            # storage address: views of one buffer are one weight; meta tensors (a model planned without
-            # its weights) all sit at address 0, so there the tensor object stands for itself
-            key = t.untyped_storage().data_ptr() if t.numel() and not t.is_meta else id(t)
+            key = _weight_key(t)
             if key in seen and seen[key] != seg.name:
                 raise ModelError(f"parameter {name} is held by segments {seen[key]} and {seg.name}")
             seen[key] = seg.name

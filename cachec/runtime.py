@@ -162,6 +162,8 @@ class CacheRuntime(torch.nn.Module):
         self._current = DEFAULT_BRANCH
         self._step_tensors: dict[tuple, torch.Tensor] = {}  # host-computed step inputs on the device, by value
         self._caller = SingleCaller()  # concurrent use from two threads is refused (cachec.single_caller)
+        self.watch = None  # a staleness.Watch when the runtime knows the model it was compiled from
+        self._watch_due = True  # the watch looks at the model once per trajectory
 
     # -- what pipelines read -------------------------------------------------------------------
     @property
@@ -206,6 +208,27 @@ class CacheRuntime(torch.nn.Module):
             branch.controller = None  # the next call starts a new trajectory
         return self
 
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """New weights of the same names, shapes and dtypes, without compiling again (another LoRA
+        fused into them, say): :func:`cachec.weights.load_weights`."""
+        from .weights import load_weights
+
+        load_weights(self, state_dict)
+
+    def replace_program(self, program: Program) -> None:
+        """Run ``program`` from now on (a :class:`~cachec.staleness.Watch` rebuilt it from the changed
+        model): lowered again, and every branch starts a new trajectory with new caches."""
+        self.program = program
+        self.variants = self.backend.lower(program, **self.backend_options)
+        self.items = ItemRunner(program)
+        self.full_step_flops = program.meta.get("none_flops") or program.variant_flops("full")
+        self._step_tensors.clear()
+        for branch in self.branches.values():
+            branch.caches.clear()
+            branch.shape_key = None
+            if branch.step > 0 or branch.controller is None:
+                self._reset_branch(branch)
+
     def _move_segments(self, device: torch.device) -> None:
         if not self.backend.movable:
             # its lowered files have no weights to move, only a device they cannot run on to refuse
@@ -242,6 +265,7 @@ class CacheRuntime(torch.nn.Module):
         self._caller.claim_reset(self._mid_trajectory)
         if num_steps is not None:
             self.num_steps = num_steps
+        self._watch_due = True
         for name in list(self.branches) or [DEFAULT_BRANCH]:
             self._reset_branch(self._branch(name), num_steps)
         self._last_call = None
@@ -382,6 +406,9 @@ class CacheRuntime(torch.nn.Module):
                 if t is None:
                     t = self._timestep(inputs)
                 self._last_call = (t, key, 0)
+        if self.watch is not None and (reason is not None or self._watch_due):
+            self._watch_due = False
+            self.watch.check_trajectory(self)  # may replace the program: every branch starts over
         if key != branch.shape_key:
             branch.caches.clear()
             branch.caches.update(self.new_caches(inputs))
@@ -414,6 +441,8 @@ class CacheRuntime(torch.nn.Module):
     def _forward(self, *args, **kwargs):
         return_dict = kwargs.pop("return_dict", True)  # as diffusers models: an output object, indexable by [0]
         inputs = self.bind(args, kwargs)
+        if self.watch is not None:
+            self.watch.check_call(self, kwargs)  # a changed LoRA scale in attention kwargs, say
         key = tuple((n, tuple(v.shape)) for n, v in inputs.items())
         self._current, t = self._branch_of_call(inputs, key)
         branch = self._branch(self._current)

@@ -56,13 +56,15 @@ class Session:
 
 def open_model(model_spec: str, batch: int, backend: str | None = None, allow_version_mismatch: bool = False,
                device=None, dtype=None, image_size: int | None = None, text_tokens: int | None = None,
-               inputs_file: str | None = None, *, trust_native: bool = False, verify_key=None) -> Session:
+               inputs_file: str | None = None, loras: list[str] | None = None, *, trust_native: bool = False,
+               verify_key=None) -> Session:
     """Resolve MODEL (a model spec, a diffusers directory, or an artifact directory).
 
     ``device``/``dtype`` (names or torch objects; default: the GPU if there is one, fp32) say where
     the model is built and run; ``Session.device`` tells the caller where runtimes must go.
     ``image_size`` (pixels) and ``text_tokens`` set the example inputs the model is captured with.
     ``trust_native``/``verify_key`` apply to an artifact (:func:`cachec.artifact.read_trusted`).
+    ``loras`` (``FILE[:SCALE]``) are fused into the model's weights before it is captured.
     """
     from . import artifact
     from .devices import resolve_device, resolve_dtype
@@ -110,6 +112,10 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
         if text_tokens < 1:
             raise CachecError(f"--text-tokens must be at least 1; got {text_tokens}")
         bundle.text_tokens = text_tokens
+    if loras:
+        from .lora import fuse_lora_files
+
+        fuse_lora_files(bundle.model, loras)
     with busy(f"exporting {bundle.class_name} ({model_spec})"):
         captured = capture(bundle.model, bundle.example_inputs(batch=batch))
 

@@ -19,6 +19,8 @@ The surviving node is the first one, so the graph stays in order.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import fx
 from torch.fx.passes.dialect.common.cse_pass import get_CSE_banned_ops
@@ -35,6 +37,30 @@ def _mutates(target) -> bool:
     return schema is not None and schema.is_mutable
 
 
+def _aliases(target) -> bool:
+    """Whether the op's output may be a view of an input (``reshape``, ``view``, ``t``…) or an item of it."""
+    if target is operator.getitem:
+        return True
+    schema = getattr(target, "_schema", None)
+    return schema is not None and any(r.alias_info is not None for r in schema.returns)
+
+
+def _changed_in_place(node: fx.Node) -> bool:
+    """Whether an op changes ``node``'s value in place, directly or through a view of it
+    (``linear(x).reshape(...).add_(bias)``, as torchao's quantized linears are exported)."""
+    stack, seen = [node], {node}
+    while stack:
+        for user in stack.pop().users:
+            if user.op != "call_function" or user in seen:
+                continue
+            if _mutates(user.target):
+                return True
+            if _aliases(user.target):
+                seen.add(user)
+                stack.append(user)
+    return False
+
+
 def _mergeable(node: fx.Node) -> bool:
     """A pure conditioning node whose value no later op changes in place.
 
@@ -48,7 +74,7 @@ def _mergeable(node: fx.Node) -> bool:
         return False
     if torch.Tag.nondeterministic_seeded in getattr(target, "tags", ()):
         return False
-    return not any(u.op == "call_function" and _mutates(u.target) for u in node.users)
+    return not _changed_in_place(node)
 
 
 def _key(value):
