@@ -233,21 +233,32 @@ def served(artifact):
     ray.shutdown()
 
 
-def post(url: str, body=None, raw: bytes | None = None, timeout: float = 120) -> tuple[int, dict, dict]:
+def post(url: str, body=None, raw: bytes | None = None, timeout: float = 120) -> tuple[int, dict, object]:
+    """Status, JSON reply and headers (case-insensitive) of one POST /generate."""
     data = raw if raw is not None else json.dumps(body).encode()
     r = urllib.request.Request(url + "/generate", data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(r, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read()), dict(resp.headers)
+            return resp.status, json.loads(resp.read()), resp.headers
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read()), dict(e.headers)
+        return e.code, json.loads(e.read()), e.headers
 
 
-def concurrently(url: str, bodies: list) -> list:
+def post_politely(url: str, body) -> tuple[int, dict, object]:
+    """A client that honours Retry-After: a full queue (503) is retried after the delay it names."""
+    for _ in range(30):
+        code, reply, headers = post(url, body)
+        if code != 503 or headers.get("Retry-After") is None:
+            return code, reply, headers
+        time.sleep(float(headers["Retry-After"]))
+    return code, reply, headers
+
+
+def concurrently(url: str, bodies: list, send_one=post_politely) -> list:
     results: list = [None] * len(bodies)
 
     def send(i):
-        results[i] = post(url, bodies[i])
+        results[i] = send_one(url, bodies[i])
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
     for t in threads:
@@ -259,15 +270,15 @@ def concurrently(url: str, bodies: list) -> list:
 
 @pytest.mark.slow
 def test_http_bad_labels_fail_alone_and_files_are_not_named(served):
-    bodies = [req(seed=1), {"steps": STEPS, "inputs": {"class_labels": labels(99)}}, req(seed=2),
-              {"steps": STEPS, "inputs": {"class_labels": labels(-1)}},
-              {"steps": STEPS, "inputs": {"class_labels": labels(2**62)}}, req(seed=3)]
+    # at once, the bad one between the good ones (the module's server queues one request: the client retries)
+    bodies = [req(seed=1), {"steps": STEPS, "inputs": {"class_labels": labels(99)}}, req(seed=2)]
     results = concurrently(served, bodies)
-    for i in (0, 2, 5):
-        assert results[i][0] == 200, results[i]
-    for i, value in ((1, 99), (3, -1), (4, 2**62)):
-        assert results[i][:2] == (422, {"detail": f"inputs.class_labels: {value} is out of range; this model has "
-                                                  "classes 0..9"})
+    assert results[0][0] == results[2][0] == 200, results
+    assert max(results[0][1]["batch_size"], results[2][1]["batch_size"]) <= MAX_BATCH
+    for value in HOSTILE_LABELS:
+        code, reply, _ = post(served, {"steps": STEPS, "inputs": {"class_labels": labels(value)}})
+        assert (code, reply) == (422, {"detail": f"inputs.class_labels: {value} is out of range; this model has "
+                                                 "classes 0..9"})
     answers = {json.dumps(post(served, req(policy=f"budget:3,calib={path}"))[:2])
                for path in ("/etc/passwd", "/etc/shadow", "/nonexistent", "/tmp")}
     assert len(answers) == 1 and '"policy: calib names a file' in answers.pop()
@@ -286,7 +297,7 @@ def test_http_body_limit_and_clipped_echoes(served):
 
 @pytest.mark.slow
 def test_http_a_full_queue_answers_503_with_retry_after(served):
-    results = concurrently(served, [req(seed=i, steps=200) for i in range(10)])
+    results = concurrently(served, [req(seed=i, steps=200) for i in range(10)], send_one=post)
     codes = [code for code, _, _ in results]
     assert set(codes) == {200, 503}, codes
     for code, reply, headers in results:
