@@ -171,6 +171,26 @@ def served_files(p, served):
     return out
 
 
+def value_ranges(config) -> dict[str, tuple[int, int]]:
+    """Declared ranges of a model's integer inputs: a class index must lie in its label table."""
+    n = config.get("num_embeds_ada_norm") or config.get("num_class_embeds")
+    return {"class_labels": (0, n - 1)} if n else {}
+
+
+def check_values(label: str, t: torch.Tensor, bounds: tuple[int, int] | None) -> None:
+    """A request's tensor within the model's declared range (else the batch it joins would fail):
+    floats finite, integers within ``bounds``. ``label`` is the request field, for the message."""
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()):
+            raise RequestError(f"{label}: holds NaN or infinite values; send finite numbers")
+        return
+    if bounds is not None and t.numel():
+        lo, hi = bounds
+        bad = int(t.min()) if int(t.min()) < lo else int(t.max())
+        if not lo <= bad <= hi:
+            raise RequestError(f"{label}: {bad} is out of range; this model has classes {lo}..{hi}")
+
+
 def check_device(device: str, *, here: bool = True) -> str:
     """A device name cachec accepts; with ``here``, one this machine has (a cluster's driver may have no GPU)."""
     from .devices import resolve_device
@@ -304,21 +324,8 @@ class ArtifactWorker:
         key = (p.spec, req.steps, digest.hexdigest())
         return Job(req, p.spec, req.steps, alone, key, latent, cond, shared)
 
-    def value_ranges(self) -> dict[str, tuple[int, int]]:
-        """Declared ranges of integer inputs: a class index must lie in the model's label table."""
-        n = self.bundle.config.get("num_embeds_ada_norm") or self.bundle.config.get("num_class_embeds")
-        return {"class_labels": (0, n - 1)} if n else {}
-
     def _check_values(self, label: str, name: str, t: torch.Tensor) -> None:
-        """A request's tensor within the model's declared range (else the batch it joins would fail)."""
-        if t.is_floating_point():
-            if not bool(torch.isfinite(t).all()):
-                raise RequestError(f"{label}: holds NaN or infinite values; send finite numbers")
-            return
-        lo, hi = self.value_ranges().get(name, (None, None))
-        if lo is not None and t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
-            bad = int(t.min()) if int(t.min()) < lo else int(t.max())
-            raise RequestError(f"{label}: {bad} is out of range; this model has classes {lo}..{hi}")
+        check_values(label, t, value_ranges(self.bundle.config).get(name))
 
     def _given(self, req: GenerateRequest) -> dict[str, torch.Tensor]:
         given = {}
@@ -522,8 +529,14 @@ class PipelineWorker:
             if param not in self.params:
                 raise RequestError(f"{fname}: {type(self.pipe).__name__} does not take {param}; it takes "
                                    f"{', '.join(self.info()['fields'])}")
-            cond[param] = [value] if fname == "class_label" else value if fname == "prompt" \
-                else decode_tensor(value, fname).to(self.device)
+            if fname == "class_label":
+                lo, hi = value_ranges(self.model.config).get("class_labels", (0, value))
+                if not lo <= value <= hi:  # a Python int: any size a client sends
+                    raise RequestError(f"class_label: {value} is out of range; this model has classes {lo}..{hi}")
+            elif fname != "prompt":
+                value = decode_tensor(value, fname)
+                check_values(fname, value, None)
+            cond[param] = [value] if fname == "class_label" else value if fname == "prompt" else value.to(self.device)
         if not cond:
             raise RequestError(f"missing field: give one of {', '.join(self.info()['fields'])}")
         job = Job(req, p.spec, req.steps, alone=True)
