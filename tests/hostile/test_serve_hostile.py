@@ -330,26 +330,38 @@ def test_http_the_cluster_cannot_place_a_huge_replica(served):
 
 # -- fuzz: any body is a 200 or a 4xx JSON error, never a 500, and the server keeps answering ------------------
 def _bodies():
+    """Near-valid requests with hostile parts: each field is often valid, sometimes out of range,
+    sometimes JSON of another type or shape, so that bodies reach every check and some run."""
     from hypothesis import strategies as st
 
     scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
-                        st.floats(allow_nan=False), st.text(max_size=40))
+                        st.floats(), st.text(max_size=40))
     junk = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                          st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                         max_leaves=12)
-    tensor = st.fixed_dictionaries({
+    int64 = st.integers(-2**63, 2**63 - 1).map(labels)
+    raw = st.fixed_dictionaries({
         "shape": st.one_of(st.lists(st.integers(-2, 2**40), max_size=4), junk),
         "dtype": st.one_of(st.sampled_from(["int64", "int32", "float32", "float16", "bfloat16"]), junk),
         "data": st.one_of(st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()), junk)})
-    fields = {"class_label": st.one_of(st.integers(-2**64, 2**64), junk), "seed": st.one_of(st.integers(-1, 2**64), junk),
-              "steps": st.one_of(st.integers(-5, 30), junk), "policy": st.one_of(
-                  st.sampled_from(["budget:2", "budget:3,calib=/etc/passwd", "none", "fora:2", "budget:nfe=0",
-                                   "magcache:ratios=/etc/hostname", "budget:3,base=step", "budget:2,warmup=9"]), junk),
-              "inputs": st.one_of(st.dictionaries(st.sampled_from(["class_labels", "timestep", "x"]), tensor,
-                                                  max_size=2), junk),
-              "return_latent": st.one_of(st.booleans(), junk), "prompt": junk, "prompt_embeds": st.one_of(tensor, junk)}
-    known = st.fixed_dictionaries({}, optional=fields)
-    return st.one_of(known, known.map(lambda d: {**d, "extra": 1}), junk)
+    fields = {
+        "class_label": st.one_of(st.integers(0, 9), st.integers(-2**64, 2**64), junk),
+        "seed": st.one_of(st.integers(0, 2**63 - 1), st.integers(-2**64, 2**64), junk),
+        "steps": st.one_of(st.integers(1, 12), st.sampled_from([0, -1, 1001, 2**31, 2**63]), junk),
+        "policy": st.one_of(st.sampled_from(["budget:2", "budget:3,calib=/etc/passwd", "none", "fora:2",
+                                             "budget:nfe=0", "magcache:ratios=/etc/hostname", "budget:3,base=step",
+                                             "budget:2,warmup=9", "budget:" + "9" * 300]), junk),
+        "inputs": st.one_of(st.dictionaries(st.sampled_from(["class_labels", "timestep", "x"]),
+                                            st.one_of(int64, raw), max_size=2), junk),
+        "return_latent": st.one_of(st.booleans(), junk),
+        "prompt": junk, "prompt_embeds": st.one_of(raw, junk)}
+    required = st.fixed_dictionaries({"class_label": fields["class_label"]},
+                                      optional={k: v for k, v in fields.items() if k != "class_label"})
+    valid = st.fixed_dictionaries({"class_label": st.integers(0, 9), "seed": st.integers(0, 2**63 - 1),
+                                   "steps": st.integers(4, 8)})
+    one_bad_field = st.sampled_from(sorted(fields)).flatmap(
+        lambda key: fields[key].map(lambda value: {"class_label": 1, "steps": 4, key: value}))
+    return st.one_of(valid, one_bad_field, required, st.fixed_dictionaries({}, optional=fields), junk)
 
 
 @pytest.mark.slow
@@ -366,5 +378,6 @@ def test_http_fuzzed_bodies_get_200_or_a_clean_4xx(served):
         assert code == 200 or (400 <= code < 500 and isinstance(reply.get("detail"), str)), (code, body, reply)
 
     one()
-    assert seen.get(422, 0) > 10  # most bodies are bad, and were answered as such
+    print("fuzzed bodies by status:", dict(sorted(seen.items())))
+    assert seen.get(422, 0) > 10 and seen.get(200, 0) > 2  # bad bodies answered as such, and some ran
     assert post(served, req(seed=5))[0] == 200  # and the server still serves
