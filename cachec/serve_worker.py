@@ -161,7 +161,7 @@ def served_files(p, served):
     fixed = {prm.name: served.params[prm.name] if served.name == p.name else prm.default for prm in files}
     named = [prm.name for prm in files if p.params[prm.name] not in (prm.default, fixed[prm.name])]
     if named:
-        raise RequestError(f"policy: {', '.join(named)} names a file, and only the server sets files (cachec serve "
+        raise RequestError(f"policy: {', '.join(named)} may name a file, and only the server sets files (cachec serve "
                            f"--policy, or the artifact's compiled policy {served.spec!r}); leave "
                            f"{', '.join(k + '=' for k in named)} out of the request")
     if all(p.params[k] == v for k, v in fixed.items()):
@@ -399,7 +399,7 @@ class ArtifactWorker:
 
         A batched trajectory that fails is run again one job at a time: a request that slipped past
         validation then fails alone, and the requests that shared its batch still get their images
-        (each equal to its batched result: a job alone runs with the same padded rows)."""
+        (each equal to its batched result: a job alone runs with the same padded rows, unless ``pad=False``)."""
         results: list[dict | Exception] = [Abandoned("the client went away before its job started")] * len(jobs)
         live = [i for i, j in enumerate(jobs) if not j.cancelled]
         self.abandoned += len(jobs) - len(live)

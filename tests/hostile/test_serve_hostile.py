@@ -112,7 +112,7 @@ def test_a_request_naming_a_file_is_refused_without_touching_it(worker, tmp_path
     monkeypatch.setattr("pathlib.Path.read_text", lambda self, *a, **k: opened.append(str(self)) or "")
     answers = set()
     for path in (secret, tmp_path / "missing.json", "/etc/passwd", tmp_path):
-        with pytest.raises(RequestError, match=f"policy: {key} names a file, and only the server sets files") as e:
+        with pytest.raises(RequestError, match=f"policy: {key} may name a file, and only the server sets files") as e:
             worker.prepare(req(policy=f"{method}:{key}={path}"))
         answers.add(str(e.value))
     assert not [p for p in opened if str(tmp_path) in p or p == "/etc/passwd"]
@@ -281,7 +281,7 @@ def test_http_bad_labels_fail_alone_and_files_are_not_named(served):
                                                  "classes 0..9"})
     answers = {json.dumps(post(served, req(policy=f"budget:3,calib={path}"))[:2])
                for path in ("/etc/passwd", "/etc/shadow", "/nonexistent", "/tmp")}
-    assert len(answers) == 1 and '"policy: calib names a file' in answers.pop()
+    assert len(answers) == 1 and '"policy: calib may name a file' in answers.pop()
 
 
 @pytest.mark.slow
