@@ -20,6 +20,7 @@ from .backends import with_mode
 from .errors import CachecError, ModelError
 from .interrupts import Terminated, terminate_raises
 from .progress import stage
+from .serve_limits import DEFAULT_MAX_QUEUED
 from .session import open_model
 
 # Nothing imported above may import torch or diffusers: `cachec --help` must not wait for them.
@@ -525,6 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="resend a request whose replica died this many times before answering 503")
     sv.add_argument("--autoscale", default=None, metavar="MIN-MAX", help="autoscale replicas on queue length")
     sv.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves per replica")
+    sv.add_argument("--max-body-bytes", type=int, default=None,
+                    help="largest request body, else 413 (default: twice the largest valid request, at least 1 MiB; "
+                         "16 MiB for a pipeline directory)")
+    sv.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED,
+                    help="requests waiting per replica; beyond them a request gets 503 with Retry-After")
     sv.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto); default: start a local Ray")
     _trust_options(sv)
     sv.set_defaults(fn=cmd_serve)

@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import RequestError
+from .serve_limits import ECHO_CHARS, POLICY_CHARS, clip, clip_detail
 
 TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32")
 
@@ -30,7 +31,7 @@ class TensorData(BaseModel):
     @classmethod
     def _known_dtype(cls, v: str) -> str:
         if v not in TENSOR_DTYPES:
-            raise ValueError(f"dtype {v!r} is not supported; use one of {', '.join(TENSOR_DTYPES)}")
+            raise ValueError(f"dtype {clip(v)} is not supported; use one of {', '.join(TENSOR_DTYPES)}")
         return v
 
     @field_validator("shape")
@@ -83,7 +84,7 @@ class GenerateRequest(BaseModel):
                                           description="other denoiser inputs by name, one sample each")
     seed: int = Field(0, ge=0, lt=2**63, description="seed of the starting noise")
     steps: int = Field(50, ge=1, description="denoising steps (the server's maximum: GET /info)")
-    policy: str | None = Field(None, description="policy override, e.g. fora:4: run-time parameters of the "
+    policy: str | None = Field(None, max_length=POLICY_CHARS, description="policy override, e.g. fora:4: run-time parameters of the "
                                                  "served policy only (or none); default: the served policy")
     return_latent: bool = Field(False, description="also return the final sample as an exact float32 tensor "
                                                    "(a served pipeline: the decoded image in [0, 1])")
@@ -120,13 +121,19 @@ def parse_request(body) -> GenerateRequest:
         raise RequestError(validation_message(exc.errors())) from None
 
 
+def _clip_key(key) -> str:
+    """A field name as an error quotes it: a client's own key (an unknown field) cut to a few words."""
+    text = str(key)
+    return text if len(text) <= ECHO_CHARS else clip(text)
+
+
 def validation_message(errors) -> str:
     """pydantic's errors as one line per field: ``seed: Input should be greater than or equal to 0``."""
     parts = []
     for e in errors:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "request"
-        msg = e.get("msg", "invalid")
+        where = ".".join(_clip_key(x) for x in e.get("loc", ()) if x != "body") or "request"
+        msg = clip_detail(e.get("msg", "invalid"))
         if e.get("type") == "extra_forbidden":
             msg = f"unknown field (fields: {', '.join(GenerateRequest.model_fields)})"
         parts.append(f"{where}: {msg}")
-    return "; ".join(parts)
+    return clip_detail("; ".join(parts))

@@ -7,7 +7,14 @@ Ray Serve deployment (:mod:`cachec.serve`) calls:
 * :meth:`prepare` turns a request into a :class:`Job` or raises :class:`RequestError` (HTTP 422)
   before the request is queued, so a bad request never enters a batch;
 * :meth:`run` runs the jobs Ray Serve batched together and returns one reply or one exception per
-  job, so a failure is confined to the jobs that share its trajectory.
+  job. A batched trajectory that fails anyway is run again one job at a time, so only the job that
+  caused the failure fails; a job whose client went away (``Job.cancelled``) is dropped before it
+  starts, and its trajectory stops between steps once every job in it is abandoned.
+
+What a request may not do (docs/serving.md, "Security"): name a file (a policy parameter declared
+``file=True`` is fixed by the server), send a value outside the model's declared range (a class
+index beyond the embedding table, a NaN embedding), or make the replica load the artifact again
+(runtimes for other policies share the one loaded program, and at most ``RUNTIME_CACHE`` are kept).
 
 **Batching is exact.** Jobs with the same policy, steps and shared inputs run as one batched
 trajectory: caches are per batch row (cachec's runtime), and a static policy's decisions do not
@@ -39,6 +46,7 @@ import torch
 
 from .devices import default_device
 from .errors import CachecError, PolicyError, RequestError
+from .serve_limits import RUNTIME_CACHE, clip
 from .serve_schema import GenerateRequest, decode_tensor, encode_tensor, parse_request
 
 log = logging.getLogger("cachec")
@@ -46,7 +54,6 @@ log = logging.getLogger("cachec")
 # request field -> the denoiser input it feeds
 ALIASES = {"class_label": "class_labels", "prompt_embeds": "encoder_hidden_states",
            "pooled_prompt_embeds": "pooled_projections"}
-RUNTIME_CACHE = 8  # (policy, rows) runtimes a replica keeps loaded
 
 
 @dataclass
@@ -62,6 +69,11 @@ class Job:
     cond: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample inputs, batch 1
     shared: dict[str, torch.Tensor] = field(default_factory=dict)  # inputs without a batch dimension
     arrived: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # the client went away: skip the job, stop its trajectory if no one else waits
+
+
+class Abandoned(RuntimeError):
+    """Every client of a trajectory went away, so it stopped between steps (no one reads the reply)."""
 
 
 def replica_name() -> str:
@@ -113,7 +125,7 @@ def check_policy(spec: str, compiled_spec: str, blocks: int, steps: int, policy_
     from .policy import parse_policy
 
     try:
-        p = parse_policy(spec)
+        p = served_files(parse_policy(spec), parse_policy(compiled_spec))
     except PolicyError as exc:
         raise RequestError(f"policy: {exc}") from None
     if p.cfg_pairs:
@@ -134,6 +146,49 @@ def check_policy(spec: str, compiled_spec: str, blocks: int, steps: int, policy_
     except (CachecError, ValueError, OSError) as exc:
         raise RequestError(f"policy: {p.spec!r} cannot run {steps} steps here: {exc}") from None
     return p
+
+
+def served_files(p, served):
+    """``p`` with the server's values of its file-valued parameters (declared ``file=True``).
+
+    A request must never make the server open a path it names: its answer would tell whether the
+    file exists and what it holds. Such a parameter keeps the served policy's value (empty for
+    another method); a request that names another value is refused without the file being touched.
+    """
+    import dataclasses
+
+    files = [prm for prm in p.all_params() if prm.file]
+    fixed = {prm.name: served.params[prm.name] if served.name == p.name else prm.default for prm in files}
+    named = [prm.name for prm in files if p.params[prm.name] not in (prm.default, fixed[prm.name])]
+    if named:
+        raise RequestError(f"policy: {', '.join(named)} may name a file, and only the server sets files (cachec serve "
+                           f"--policy, or the artifact's compiled policy {served.spec!r}); leave "
+                           f"{', '.join(k + '=' for k in named)} out of the request")
+    if all(p.params[k] == v for k, v in fixed.items()):
+        return p
+    out = type(p)(dataclasses.replace(p.params, **fixed))
+    out.validate()
+    return out
+
+
+def value_ranges(config) -> dict[str, tuple[int, int]]:
+    """Declared ranges of a model's integer inputs: a class index must lie in its label table."""
+    n = config.get("num_embeds_ada_norm") or config.get("num_class_embeds")
+    return {"class_labels": (0, n - 1)} if n else {}
+
+
+def check_values(label: str, t: torch.Tensor, bounds: tuple[int, int] | None) -> None:
+    """A request's tensor within the model's declared range (else the batch it joins would fail):
+    floats finite, integers within ``bounds``. ``label`` is the request field, for the message."""
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()):
+            raise RequestError(f"{label}: holds NaN or infinite values; send finite numbers")
+        return
+    if bounds is not None and t.numel():
+        lo, hi = bounds
+        bad = int(t.min()) if int(t.min()) < lo else int(t.max())
+        if not lo <= bad <= hi:
+            raise RequestError(f"{label}: {bad} is out of range; this model has classes {lo}..{hi}")
 
 
 def check_device(device: str, *, here: bool = True) -> str:
@@ -191,6 +246,8 @@ class ArtifactWorker:
                         "run alone so that each equals the request run alone bit for bit", self.path, ROW_ALIGN,
                         ", ".join(self.unaligned[:3]))
         self._runtimes: OrderedDict[tuple, object] = OrderedDict()
+        self._loaded = None  # the one runtime loaded from the artifact; the others share its program
+        self.abandoned = 0  # jobs dropped or stopped because their client went away (GET /info)
         batched = not (self.unaligned or parse_policy(self.policy).dynamic
                        or parse_policy(self.policy).granularity == "token")
         # load once at start, with the rows most requests will run with: a broken artifact fails here
@@ -212,6 +269,7 @@ class ArtifactWorker:
                     "shape": self._want_shape(n), "dtype": self.inputs[n]["dtype"]}
                 for n in self.cond_names},
             "num_classes": self.bundle.config.get("num_embeds_ada_norm"),
+            "abandoned": self.abandoned,
         }
 
     def _batching(self) -> str:
@@ -242,6 +300,8 @@ class ArtifactWorker:
         for name in self.cond_names:
             spec = self.inputs[name]
             field_name = {v: k for k, v in ALIASES.items()}.get(name, f"inputs.{name}")
+            if name in req.inputs:  # the field the client used, so that the message names what it sent
+                field_name = f"inputs.{name}"
             if name not in given:
                 if name in self.batch_dims or name not in self.defaults:
                     raise RequestError(f"missing field {field_name}: this model needs input {name} of shape "
@@ -252,6 +312,7 @@ class ArtifactWorker:
                 label = field_name if field_name.endswith(name) else f"{field_name} ({name})"
                 raise RequestError(f"{label}: shape {list(t.shape)} {str(t.dtype).replace('torch.', '')} is not "
                                    f"accepted; this model takes {self._want_shape(name)} {spec['dtype']}")
+            self._check_values(field_name if field_name.endswith(name) else f"{field_name} ({name})", name, t)
             (cond if name in self.batch_dims else shared)[name] = t
         spec = self.inputs[self.latent_name]
         g = torch.Generator().manual_seed(req.seed)
@@ -263,6 +324,9 @@ class ArtifactWorker:
             digest.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.dim() else repr(t.item()).encode())
         key = (p.spec, req.steps, digest.hexdigest())
         return Job(req, p.spec, req.steps, alone, key, latent, cond, shared)
+
+    def _check_values(self, label: str, name: str, t: torch.Tensor) -> None:
+        check_values(label, t, value_ranges(self.bundle.config).get(name))
 
     def _given(self, req: GenerateRequest) -> dict[str, torch.Tensor]:
         given = {}
@@ -282,7 +346,7 @@ class ArtifactWorker:
                 given[input_name] = decode_tensor(value, fname)
         for name, value in req.inputs.items():
             if name not in self.cond_names:
-                raise RequestError(f"inputs.{name}: not an input of this model; its conditioning inputs are "
+                raise RequestError(f"inputs.{clip(name)}: not an input of this model; its conditioning inputs are "
                                    f"{self.cond_names or 'none'}")
             if name in given:
                 raise RequestError(f"inputs.{name}: given twice (also as a named field)")
@@ -291,17 +355,32 @@ class ArtifactWorker:
 
     # -- run --------------------------------------------------------------------------------------
     def runtime(self, policy: str, rows: int):
-        """The runtime for ``policy`` at ``rows`` rows (one shape per runtime: caches never re-allocate)."""
+        """The runtime for ``policy`` at ``rows`` rows (one shape per runtime: caches never re-allocate).
+
+        The artifact is loaded once (the first call); a runtime for another policy or row count is
+        built on that loaded program (same weights, same lowering: bit for bit what ``cachec.load``
+        with that policy gives), so a stream of distinct policies costs no reload, and at most
+        ``RUNTIME_CACHE`` runtimes (their cache buffers) are kept."""
         key = (policy, rows)
         if key not in self._runtimes:
-            import cachec
-
-            self._runtimes[key] = cachec.load(self.path, policy=None if policy == self.policy else policy,
-                                              device=self.device, **self.trust)
+            self._runtimes[key] = self._build_runtime(policy)
             while len(self._runtimes) > RUNTIME_CACHE:
                 self._runtimes.popitem(last=False)
         self._runtimes.move_to_end(key)
         return self._runtimes[key]
+
+    def _build_runtime(self, policy: str):
+        if self._loaded is None:
+            import cachec
+
+            self._loaded = cachec.load(self.path, policy=None if policy == self.policy else policy,
+                                       device=self.device, **self.trust)
+            return self._loaded
+        from .runtime import CacheRuntime
+
+        base = self._loaded
+        return CacheRuntime(base.program, policy, backend=base.backend.name, signature=base.signature,
+                            backend_options=base.backend_options, config=dict(base.config), device=self.device)
 
     def groups(self, jobs: list[Job]) -> list[list[int]]:
         """Indices of jobs that share a trajectory: equal keys, at most ``max_batch``; alone jobs alone."""
@@ -317,18 +396,53 @@ class ArtifactWorker:
         return [c for chunks in out.values() for c in chunks]
 
     def run(self, jobs: list[Job]) -> list[dict | Exception]:
-        """One reply dict or one exception per job, in order."""
-        results: list[dict | Exception | None] = [None] * len(jobs)
-        for group in self.groups(jobs):
+        """One reply dict or one exception per job, in order.
+
+        A batched trajectory that fails is run again one job at a time: a request that slipped past
+        validation then fails alone, and the requests that shared its batch still get their images
+        (each equal to its batched result: a job alone runs with the same padded rows, unless ``pad=False``)."""
+        results: list[dict | Exception] = [Abandoned("the client went away before its job started")] * len(jobs)
+        live = [i for i, j in enumerate(jobs) if not j.cancelled]
+        self.abandoned += len(jobs) - len(live)
+        for group in self.groups([jobs[i] for i in live]):
+            group = [live[i] for i in group]
             try:
                 replies = self._run_group([jobs[i] for i in group])
-            except Exception as exc:  # noqa: BLE001 - confined to this group's jobs, reported to each
-                log.exception("cachec serve: a trajectory failed")
-                replies = [RuntimeError(f"sampling failed on replica {replica_name()}: {type(exc).__name__}: {exc}")
-                           ] * len(group)
+            except Abandoned as exc:
+                self.abandoned += len(group)
+                replies = [exc] * len(group)
+            except Exception as exc:  # noqa: BLE001 - confined to this group's jobs
+                if len(group) == 1:
+                    replies = [self._failure(exc)]
+                else:
+                    log.warning("cachec serve: a batch of %d failed (%s: %s); running its requests one by one",
+                                len(group), type(exc).__name__, exc)
+                    replies = [self._run_alone(jobs[i]) for i in group]
             for i, r in zip(group, replies, strict=True):
                 results[i] = r
         return results
+
+    def _run_alone(self, job: Job) -> dict | Exception:
+        try:
+            return self._run_group([job])[0]
+        except Abandoned as exc:
+            self.abandoned += 1
+            return exc
+        except Exception as exc:  # noqa: BLE001 - this job's own failure
+            return self._failure(exc)
+
+    @staticmethod
+    def _failure(exc: Exception) -> RuntimeError:
+        log.error("cachec serve: a trajectory failed", exc_info=exc)
+        return RuntimeError(f"sampling failed on replica {replica_name()}: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _stop_if_abandoned(group: list[Job]):
+        """A step callback that stops the trajectory once every client of the group went away."""
+        def check(step: int, _x) -> None:
+            if all(j.cancelled for j in group):
+                raise Abandoned(f"every client of this trajectory went away; stopped after step {step + 1}")
+        return check
 
     def _run_group(self, group: list[Job]) -> list[dict]:
         from .metrics import to_unit
@@ -346,7 +460,7 @@ class ArtifactWorker:
                                      device=self.device)
         rt = self.runtime(first.policy, rows)
         rt.reset(first.steps)
-        traj = denoise(rt, self.bundle, x, kw, first.steps)
+        traj = denoise(rt, self.bundle, x, kw, first.steps, callback=self._stop_if_abandoned(group))
         stats = rt.stats
         done = time.perf_counter()
         replies = []
@@ -416,8 +530,14 @@ class PipelineWorker:
             if param not in self.params:
                 raise RequestError(f"{fname}: {type(self.pipe).__name__} does not take {param}; it takes "
                                    f"{', '.join(self.info()['fields'])}")
-            cond[param] = [value] if fname == "class_label" else value if fname == "prompt" \
-                else decode_tensor(value, fname).to(self.device)
+            if fname == "class_label":
+                lo, hi = value_ranges(self.model.config).get("class_labels", (0, value))
+                if not lo <= value <= hi:  # a Python int: any size a client sends
+                    raise RequestError(f"class_label: {value} is out of range; this model has classes {lo}..{hi}")
+            elif fname != "prompt":
+                value = decode_tensor(value, fname)
+                check_values(fname, value, None)
+            cond[param] = [value] if fname == "class_label" else value if fname == "prompt" else value.to(self.device)
         if not cond:
             raise RequestError(f"missing field: give one of {', '.join(self.info()['fields'])}")
         job = Job(req, p.spec, req.steps, alone=True)
@@ -436,6 +556,9 @@ class PipelineWorker:
     def run(self, jobs: list[Job]) -> list[dict | Exception]:
         results = []
         for job in jobs:
+            if job.cancelled:
+                results.append(Abandoned("the client went away before its job started"))
+                continue
             try:
                 results.append(self._run_one(job))
             except Exception as exc:  # noqa: BLE001 - confined to this job

@@ -44,11 +44,13 @@ class Param:
     doc: str
     lo: float | None = None
     hi: float | None = None
+    file: bool = False  # names a file the method reads: set by whoever runs cachec, never by a served request
 
 
-def param(default, doc: str, lo: float | None = None, hi: float | None = None):
-    """A dataclass field of a method's ``Params``: its default, one-line doc and accepted range."""
-    return field(default=default, metadata={"doc": doc, "lo": lo, "hi": hi})
+def param(default, doc: str, lo: float | None = None, hi: float | None = None, *, file: bool = False):
+    """A dataclass field of a method's ``Params``: its default, one-line doc and accepted range.
+    ``file``: the value may name a file the method reads (``cachec serve`` lets no request set it)."""
+    return field(default=default, metadata={"doc": doc, "lo": lo, "hi": hi, "file": file})
 
 
 _KINDS = {"int": int, "float": float, "str": str}
@@ -70,7 +72,8 @@ class Params(Mapping):
         fields = dataclasses.fields(cls)
         ordered = [f for f in fields if f.name not in COMMON] + [f for f in fields if f.name in COMMON]
         return tuple(Param(f.name, _KINDS[f.type] if isinstance(f.type, str) else f.type, f.default,
-                           f.metadata["doc"], f.metadata["lo"], f.metadata["hi"]) for f in ordered)
+                           f.metadata["doc"], f.metadata["lo"], f.metadata["hi"], f.metadata.get("file", False))
+                     for f in ordered)
 
     def __getitem__(self, key: str):
         if key not in {f.name for f in dataclasses.fields(self)}:

@@ -18,7 +18,8 @@ from .base import Controller, Method, Params, param
 class BudgetParams(Params):
     nfe: int = param(10, "number of full steps K (forced warmup/final steps included)", 1, 100000)
     base: str = param("module", "what cached steps do: module (FORA reuse), step (stack residual), forecast (TaylorSeer order 1)")
-    calib: str = param("", "calibration file from `cachec calibrate` (empty: evenly spaced full steps)")
+    calib: str = param("", "calibration file from `cachec calibrate` (empty: evenly spaced full steps)",
+                        file=True)
 
 
 class BudgetController(Controller):

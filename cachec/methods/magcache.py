@@ -17,7 +17,8 @@ class MagCacheParams(Params):
     t: float = param(0.24, "threshold on the accumulated ratio error", 0.0, 100.0)
     K: int = param(5, "most consecutive reused steps", 0, 1000)
     r: float = param(0.1, "retention: the first round(r*T) steps are full", 0.0, 1.0)
-    ratios: str = param("", "magnitude ratios: a method_constants.json key (flux.1-dev) or a file from `cachec calibrate`")
+    ratios: str = param("", "magnitude ratios: a method_constants.json key (flux.1-dev) or a file from `cachec calibrate`",
+                         file=True)
 
 
 class MagCacheController(Controller):
