@@ -60,7 +60,7 @@ from ..program import (
     split_segment,
     value_spec,
 )
-from ..regions import find_blocks, module_regions
+from ..regions import ModuleIndex, find_blocks, module_regions
 from . import cfg_cache
 from .coalesce import coalesce
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
@@ -82,13 +82,14 @@ class Planner:
         gm = captured.graph_module
         PassManager([StripExportArtifacts(), RemoveNoOps(), HoistConditioning(captured.stream_inputs),
                      DedupeConditioning()])(gm)
-        self.blocks = find_blocks(gm)
+        modules = ModuleIndex(gm)  # read once: the questions below each visit only their own nodes
+        self.blocks = find_blocks(modules)
         if not self.blocks:
             raise ModelError(
                 f"{captured.model_class}: found no repeated blocks (numbered children such as "
                 "transformer_blocks.0) in the module hierarchy, so there is nothing to cache"
             )
-        self.regions = module_regions(gm, self.blocks, captured.cross_attention)
+        self.regions = module_regions(modules, self.blocks, captured.cross_attention)
         region_nodes = {n: r for r in self.regions for n in r.nodes}
         assign = AssignSegments(self.blocks, self.regions, region_nodes)
         try:
