@@ -110,7 +110,11 @@ class Planner:
         self.meta[captured.output_name] = self.meta[next(n for n in gm.graph.nodes if n.op == "output").args[0][0].name]
         self.bsym = batch_symbol(gm, captured.latent_input)
         self.region_segment = {r.name: r.segment for r in self.regions}
-        self.block_segments = [[s for s in self.order if s.startswith(f"b{i}_")] for i in range(len(self.blocks))]
+        self.block_segments: list[list[str]] = [[] for _ in self.blocks]  # a block's segments are named b<i>_...
+        for s in self.order:
+            head = s.split("_", 1)[0]
+            if "_" in s and re.fullmatch(r"b\d+", head) and int(head[1:]) < len(self.blocks):
+                self.block_segments[int(head[1:])].append(s)
         self.latent_dependent = self._latent_closure()
         total = sum(s.flops for s in self.segments.values())
         for r in self.regions:
