@@ -69,7 +69,7 @@ def reset(model, num_steps: int | None = None) -> None:
 
         reset(getattr(model, denoiser_attr(model)), num_steps)
         return
-    from .compile_backend import runtimes_of
+    from .torch_compile import runtimes_of
 
     runtimes = runtimes_of(model)
     if not runtimes:
