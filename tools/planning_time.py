@@ -11,8 +11,9 @@ planner's complexity is about.
     python tools/planning_time.py --model flux --depths 4 8 16
     python tools/planning_time.py --profile 28          # cProfile of planning `none` at depth 28
 
-Times are wall-clock seconds on whatever machine runs it (report how loaded it was); the
-per-block column (planning seconds / depth) stays flat when planning is linear.
+Times are wall-clock seconds (what cachec prints) and this process's CPU seconds, which a
+loaded machine disturbs far less; the per-block column (planning CPU milliseconds / depth) stays
+flat when planning is linear.
 """
 
 from __future__ import annotations
@@ -56,24 +57,27 @@ def plan(captured, policy: str):
 
 
 def timed(fn, *args):
-    start = time.perf_counter()
+    """``fn(*args)``, its wall-clock seconds and this process's CPU seconds."""
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn(*args)
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def table(model: str, depths, policies) -> list[dict]:
     rows = []
-    print(f"{'depth':>5} {'nodes':>6} {'export s':>9} " + " ".join(f"{'plan ' + p + ' s':>14} {'per block ms':>12}"
-                                                              for p in policies), flush=True)
+    print(f"{'depth':>5} {'nodes':>6} {'export s':>9} {'cpu s':>7} "
+          + " ".join(f"{'plan ' + p + ' s':>14} {'cpu s':>7} {'cpu ms/block':>12}" for p in policies), flush=True)
     for depth in depths:
         m = build(model, depth)
-        captured, export_s = timed(capture, m, example_inputs(m, batch=2))
-        row = {"depth": depth, "nodes": len(captured.graph_module.graph.nodes), "export_s": export_s}
+        captured, export_s, export_cpu = timed(capture, m, example_inputs(m, batch=2))
+        row = {"depth": depth, "nodes": len(captured.graph_module.graph.nodes), "export_s": export_s,
+               "export_cpu_s": export_cpu}
         for p in policies:
-            _, row[p] = timed(plan, captured, p)
+            _, row[p], row[p + " cpu"] = timed(plan, captured, p)
         rows.append(row)
-        print(f"{depth:>5} {row['nodes']:>6} {export_s:>9.2f} "
-              + " ".join(f"{row[p]:>14.2f} {1000 * row[p] / depth:>12.1f}" for p in policies), flush=True)
+        print(f"{depth:>5} {row['nodes']:>6} {export_s:>9.2f} {export_cpu:>7.2f} "
+              + " ".join(f"{row[p]:>14.2f} {row[p + ' cpu']:>7.2f} {1000 * row[p + ' cpu'] / depth:>12.1f}"
+                         for p in policies), flush=True)
     return rows
 
 
