@@ -115,7 +115,7 @@ def reset(model, num_steps: int | None = None) -> None:
         for attr in denoiser_attrs(model):
             reset(getattr(model, attr), num_steps)
         return
-    from .compile_backend import runtimes_of
+    from .torch_compile import runtimes_of
 
     runtimes = runtimes_of(model)
     if not runtimes:

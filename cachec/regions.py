@@ -100,62 +100,78 @@ def module_path(node: fx.Node) -> list[tuple[str, str]]:
     return out
 
 
-def _block_of(node: fx.Node, extra: tuple[str, ...]) -> str | None:
-    for fqn, _cls in module_path(node):
+def _block_of(path: list[tuple[str, str]], extra: tuple[str, ...]) -> str | None:
+    for fqn, _cls in path:
         if _NUMBERED.match(fqn) or fqn in extra:
             return fqn
     return None
 
 
-def find_blocks(gm: fx.GraphModule) -> list[str]:
+class ModuleIndex:
+    """The module hierarchy of a graph, read once: each node's module path and each module's nodes.
+
+    Reading a node's module path normalises every fqn of its ``nn_module_stack``; doing that for
+    every node once per block or region made planning quadratic in depth (FLUX.1-dev's 57 blocks
+    spent most of their planning time there). Everything that asks "which nodes does module ``m``
+    compute" asks this index instead, and the questions about a block or a region then visit only
+    that block's or region's nodes.
+    """
+
+    def __init__(self, gm: fx.GraphModule):
+        self.nodes: list[fx.Node] = list(gm.graph.nodes)
+        self.position: dict[fx.Node, int] = {n: i for i, n in enumerate(self.nodes)}
+        self.paths: dict[fx.Node, list[tuple[str, str]]] = {n: module_path(n) for n in self.nodes}
+        self._within: dict[str, list[fx.Node]] = {}
+        for n in self.nodes:
+            modules: set[str] = set()  # every module the node is inside: each fqn of its path and their parents
+            for fqn, _cls in self.paths[n]:
+                parts = fqn.split(".")
+                modules.update(".".join(parts[:k]) for k in range(1, len(parts) + 1))
+            for m in modules:
+                self._within.setdefault(m, []).append(n)
+
+    def within(self, module: str) -> list[fx.Node]:
+        """The nodes computed inside ``module`` (in it or in one of its descendants), in graph order."""
+        return self._within.get(module, [])
+
+    def stream_nodes_within(self, modules: tuple[str, ...]) -> list[fx.Node]:
+        """Stream (not conditioning) call nodes inside any of ``modules``, in graph order."""
+        found = {n for m in modules for n in self.within(m) if n.op == "call_function" and not n.meta.get(COND_KEY)}
+        return sorted(found, key=self.position.__getitem__)
+
+
+def find_blocks(index: ModuleIndex) -> list[str]:
     """Block fqns in the order the graph first runs them (stream nodes only).
 
     A block is composite: a numbered child that is a single layer (``nn.Sequential(Linear, SiLU,
     Linear)``'s ``proj.0``, a text projection) is not a block, however numbered.
     """
-    extra = EXTRA_BLOCKS
-    blocks: list[str] = []
+    blocks: dict[str, None] = {}
     composite: set[str] = set()
-    for node in gm.graph.nodes:
+    for node in index.nodes:
         if node.op != "call_function" or node.meta.get(COND_KEY):
             continue
-        b = _block_of(node, extra)
-        if b is not None and b not in blocks:
-            blocks.append(b)
-        if b is not None and any(fqn.startswith(b + ".") for fqn, _ in module_path(node)):
+        path = index.paths[node]
+        b = _block_of(path, EXTRA_BLOCKS)
+        if b is None:
+            continue
+        blocks.setdefault(b)
+        if any(fqn.startswith(b + ".") for fqn, _ in path):
             composite.add(b)
     return [b for b in blocks if b in composite]
 
 
-def block_class(gm: fx.GraphModule, block: str) -> str:
-    for node in gm.graph.nodes:
-        for fqn, cls in module_path(node):
-            if fqn == block:
-                return cls
-    return ""
+def node_block(node: fx.Node, blocks: dict[str, int]) -> int | None:
+    """The index of the block (fqn → index) that computes ``node``, or None outside every block."""
+    b = _block_of(module_path(node), EXTRA_BLOCKS)
+    return blocks.get(b) if b is not None else None
 
 
-def node_block(node: fx.Node, blocks: list[str]) -> int | None:
-    b = _block_of(node, EXTRA_BLOCKS)
-    return blocks.index(b) if b in blocks else None
-
-
-def _children(gm: fx.GraphModule, block: str) -> dict[str, str]:
-    """Direct child modules of a block that appear in the graph: child fqn → class."""
-    kids: dict[str, str] = {}
-    depth = block.count(".") + 1
-    for node in gm.graph.nodes:
-        for fqn, cls in module_path(node):
-            if fqn.startswith(block + ".") and fqn.count(".") == depth:
-                kids.setdefault(fqn, cls)
-    return kids
-
-
-def _attention_like(gm: fx.GraphModule, block: str) -> dict[str, str]:
+def _attention_like(index: ModuleIndex, block: str) -> dict[str, str]:
     """Attention and feed-forward descendants of a block (outermost only): fqn → class."""
     found: dict[str, str] = {}
-    for node in gm.graph.nodes:
-        for fqn, cls in module_path(node):
+    for node in index.within(block):
+        for fqn, cls in index.paths[node]:
             if not fqn.startswith(block + "."):
                 continue
             leaf = fqn.rsplit(".", 1)[-1]
@@ -172,20 +188,20 @@ def _child_of(block: str, fqn: str) -> str:
     return ".".join(fqn.split(".")[: block.count(".") + 2])
 
 
-def _child_nodes(gm: fx.GraphModule, block: str) -> dict[str, list[fx.Node]]:
+def _child_nodes(index: ModuleIndex, block: str) -> dict[str, list[fx.Node]]:
     """Stream nodes of a block grouped by the block's direct child that computes them."""
     kids: dict[str, list[fx.Node]] = {}
-    for node in gm.graph.nodes:
+    for node in index.within(block):
         if node.op != "call_function" or node.meta.get(COND_KEY):
             continue
-        for fqn, _cls in module_path(node):
+        for fqn, _cls in index.paths[node]:
             if fqn.startswith(block + "."):
                 kids.setdefault(_child_of(block, fqn), []).append(node)
                 break
     return kids
 
 
-def _region_nodes(gm: fx.GraphModule, modules: tuple[str, ...], feeders: bool = False) -> list[fx.Node]:
+def _region_nodes(index: ModuleIndex, modules: tuple[str, ...], feeders: bool = False) -> list[fx.Node]:
     """Stream nodes inside ``modules`` plus the nodes on paths between them (their convex hull).
 
     A single module needs the hull too when its output projection runs on a mix of its result and
@@ -196,39 +212,34 @@ def _region_nodes(gm: fx.GraphModule, modules: tuple[str, ...], feeders: bool = 
     only the region reads: HunyuanVideo's single block slices the normalised stream into image and
     text tokens for its attention *after* its MLP branch began, and those slices, needed by nothing
     else, would otherwise cut the region in two.
+
+    Only the nodes between the region's first and last node are visited (the hull lies there).
     """
-    inside = [
-        n
-        for n in gm.graph.nodes
-        if n.op == "call_function"
-        and not n.meta.get(COND_KEY)
-        and any(fqn == m or fqn.startswith(m + ".") for fqn, _ in module_path(n) for m in modules)
-    ]
+    inside = index.stream_nodes_within(modules)
     if not inside:
         return inside
     member = set(inside)
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    lo, hi = min(order[n] for n in inside), max(order[n] for n in inside)
-    # forward reachability from region nodes within [lo, hi], then keep those that reach a region node
+    span = index.nodes[index.position[inside[0]] : index.position[inside[-1]] + 1]
+    # forward reachability from region nodes within the span, then keep those that reach a region node
     reach_fwd = set(inside)
-    for n in gm.graph.nodes:
-        if lo <= order[n] <= hi and n.op == "call_function" and any(a in reach_fwd for a in n.all_input_nodes):
+    for n in span:
+        if n.op == "call_function" and any(a in reach_fwd for a in n.all_input_nodes):
             reach_fwd.add(n)
     reach_back = set(inside)
-    for n in reversed(list(gm.graph.nodes)):
-        if lo <= order[n] <= hi and any(u in reach_back for u in n.users):
+    for n in reversed(span):
+        if any(u in reach_back for u in n.users):
             reach_back.add(n)
     hull = (reach_fwd & reach_back) | member
     if feeders:
-        for n in reversed(list(gm.graph.nodes)):
-            if (lo <= order[n] <= hi and n not in hull and n.op == "call_function" and not n.meta.get(COND_KEY)
+        for n in reversed(span):
+            if (n not in hull and n.op == "call_function" and not n.meta.get(COND_KEY)
                     and n.users and all(u in hull for u in n.users)):
                 hull.add(n)
-    return [n for n in gm.graph.nodes if n in hull]
+    return [n for n in span if n in hull]
 
 
 def module_regions(
-    gm: fx.GraphModule, blocks: list[str], cross_attention: set[str] | None = None
+    index: ModuleIndex, blocks: list[str], cross_attention: set[str] | None = None
 ) -> list[Region]:
     """Attention / cross-attention / MLP regions of every block.
 
@@ -238,13 +249,12 @@ def module_regions(
     """
     from .structure import parallel_branches
 
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     regions: list[Region] = []
     for bi, block in enumerate(blocks):
-        found = _attention_like(gm, block)
-        children = _child_nodes(gm, block)
+        found = _attention_like(index, block)
+        children = _child_nodes(index, block)
         attention = [_child_of(block, f) for f, c in found.items() if "Attention" in c]
-        parallel = parallel_branches(block, children, [a for a in attention if a], order)
+        parallel = parallel_branches(block, children, [a for a in attention if a], index.position)
         if parallel is not None:
             groups = [("mlp", f"{block}.parallel", parallel, True)]
         else:
@@ -258,7 +268,7 @@ def module_regions(
                     kind = "mlp"
                 groups.append((kind, fqn, (fqn,), False))
         for kind, name, mods, feeders in groups:
-            nodes = _region_nodes(gm, mods, feeders)
+            nodes = _region_nodes(index, mods, feeders)
             if not nodes:
                 continue
             member = set(nodes)

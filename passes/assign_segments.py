@@ -38,7 +38,8 @@ class AssignSegments(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
-        block_of = {n: (None if n.meta.get(COND_KEY) else node_block(n, self.blocks)) for n in nodes}
+        block_index = {b: i for i, b in enumerate(self.blocks)}
+        block_of = {n: (None if n.meta.get(COND_KEY) else node_block(n, block_index)) for n in nodes}
         last_block_pos = max(i for i, n in enumerate(nodes) if block_of[n] is not None)
         next_block: list[int | None] = [None] * len(nodes)  # the block of the next node that has one
         upcoming = None

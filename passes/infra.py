@@ -89,6 +89,10 @@ class PassManager:
     Dead-code elimination after every pass is what guarantees that no region, segment or variant
     computes a value nobody reads (a pass that leaves one — no-op removal, hoisting — needs no
     clean-up of its own), and lint then checks the promise.
+
+    The module's code is regenerated once, after the last pass: no pass runs the module, lint
+    reads the graph, and regenerating a whole denoiser's code costs about a second on FLUX.1-dev's
+    7,000 nodes, once per pass before.
     """
 
     def __init__(self, passes: list[Pass]):
@@ -101,10 +105,10 @@ class PassManager:
             gm = result.graph_module
             if gm.graph.eliminate_dead_code():
                 modified = True
-            gm.recompile()
             try:
                 lint(gm)
             except Exception as exc:
                 raise PassError(f"graph is invalid after pass {p.name}: {exc}") from exc
             modified |= result.modified
+        gm.recompile()
         return PassResult(gm, modified)

@@ -2,7 +2,7 @@
 
 A diffusion model is "trained" when its samples follow the data distribution,
 so the evaluation samples the model and compares the samples with fresh real
-images from :mod:`cachec.data`. The judge is a small CNN classifier fit here, on
+images from ``tools/tiny_dit_data.py``. The judge is a small CNN classifier fit here, on
 real images only (it never sees a sample), from a fixed seed:
 
 * class accuracy -- the fraction of class-conditional samples the judge assigns
@@ -38,7 +38,7 @@ from torch import nn
 
 # Run as a script from a checkout, the repository root is not on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cachec.data import CLASS_NAMES, NUM_CLASSES, make_shapes
+from tiny_dit_data import CLASS_NAMES, NUM_CLASSES, make_shapes  # beside this script (tools/)
 
 # Data seeds of the evaluation; the training stream derives its seeds with
 # numpy.random.SeedSequence, so these fixed sets are independent of it.

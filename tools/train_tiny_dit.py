@@ -4,7 +4,7 @@ cachec needs a real, trained diffusion transformer to compile and to measure
 its caching on: the step-to-step similarity of features that caching exploits
 only exists in a trained denoiser. Nothing can be downloaded, so this script
 trains one from a seed, on 2 CPU cores, in about twelve minutes, on the procedural shapes
-of :mod:`cachec.data`.
+of ``tools/tiny_dit_data.py``.
 
 The model is a stock ``diffusers.DiTTransformer2DModel`` in pixel space (16x16
 RGB in [-1, 1], patch size 2, adaLN-Zero, one class embedding per class plus the
@@ -39,8 +39,7 @@ from tqdm import tqdm
 # Run as a script, tools/ (eval_tiny_dit) is on sys.path but the repository root (cachec) is not.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval_tiny_dit import evaluate, fit_judge, format_table, init_model
-
-from cachec.data import CLASS_NAMES, NUM_CLASSES, make_shapes
+from tiny_dit_data import CLASS_NAMES, NUM_CLASSES, make_shapes
 
 MODEL_CONFIG = {
     "sample_size": 16,

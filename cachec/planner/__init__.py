@@ -60,7 +60,7 @@ from ..program import (
     split_segment,
     value_spec,
 )
-from ..regions import find_blocks, module_regions
+from ..regions import ModuleIndex, find_blocks, module_regions
 from . import cfg_cache
 from .coalesce import coalesce
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
@@ -82,13 +82,14 @@ class Planner:
         gm = captured.graph_module
         PassManager([StripExportArtifacts(), RemoveNoOps(), HoistConditioning(captured.stream_inputs),
                      DedupeConditioning()])(gm)
-        self.blocks = find_blocks(gm)
+        modules = ModuleIndex(gm)  # read once: the questions below each visit only their own nodes
+        self.blocks = find_blocks(modules)
         if not self.blocks:
             raise ModelError(
                 f"{captured.model_class}: found no repeated blocks (numbered children such as "
                 "transformer_blocks.0) in the module hierarchy, so there is nothing to cache"
             )
-        self.regions = module_regions(gm, self.blocks, captured.cross_attention)
+        self.regions = module_regions(modules, self.blocks, captured.cross_attention)
         region_nodes = {n: r for r in self.regions for n in r.nodes}
         assign = AssignSegments(self.blocks, self.regions, region_nodes)
         try:
@@ -109,7 +110,11 @@ class Planner:
         self.meta[captured.output_name] = self.meta[next(n for n in gm.graph.nodes if n.op == "output").args[0][0].name]
         self.bsym = batch_symbol(gm, captured.latent_input)
         self.region_segment = {r.name: r.segment for r in self.regions}
-        self.block_segments = [[s for s in self.order if s.startswith(f"b{i}_")] for i in range(len(self.blocks))]
+        self.block_segments: list[list[str]] = [[] for _ in self.blocks]  # a block's segments are named b<i>_...
+        for s in self.order:
+            head = s.split("_", 1)[0]
+            if "_" in s and re.fullmatch(r"b\d+", head) and int(head[1:]) < len(self.blocks):
+                self.block_segments[int(head[1:])].append(s)
         self.latent_dependent = self._latent_closure()
         total = sum(s.flops for s in self.segments.values())
         for r in self.regions:

@@ -5,8 +5,8 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 import cachec
-from cachec.compile_backend import runtimes_of
 from cachec.models import example_inputs
+from cachec.torch_compile import runtimes_of
 
 
 def _model():

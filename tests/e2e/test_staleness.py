@@ -139,4 +139,4 @@ def test_the_torch_compile_backend_follows_adapters_and_replaced_storage():
     assert_current()  # Dynamo's guards see the new modules
     model.proj_out_2.weight.data = model.proj_out_2.weight.data * 1.5
     assert_current()  # its guards do not see a new storage: the runtime's watch does
-    assert any(rt.watch.rebuilds for rt in cachec.compile_backend.runtimes_of(compiled))
+    assert any(rt.watch.rebuilds for rt in cachec.torch_compile.runtimes_of(compiled))

@@ -6,6 +6,9 @@ step the way a trained model's do (an untrained network's do not). Nothing may b
 downloaded, so the training data is generated here, deterministically from a
 seed, with numpy only.
 
+Only the tiny-DiT tools (``train_tiny_dit.py``, ``eval_tiny_dit.py``) use it, so it lives beside
+them rather than in the installed package.
+
 Every image is one anti-aliased shape on a soft, smoothly shaded background.
 A class is a (shape, colour family) pair: five shapes, each in a warm (red to
 orange) or a cool (cyan to blue) colour, so neither the shape alone nor the colour
