@@ -28,7 +28,7 @@ import torch
 from cachec.errors import ArtifactError, BackendError, ShapeError
 from cachec.program import Program
 
-from . import Backend
+from .base import Backend
 from .eager import fused_runner
 from .onnx_export import example_value, quiet_exporter
 
@@ -242,7 +242,7 @@ class AOTInductorBackend(Backend):
 
     def check_versions(self, path: Path, manifest: dict, allow_version_mismatch: bool) -> None:
         """A package's machine code calls into the torch that compiled it: same major.minor only."""
-        from . import major_minor
+        from .base import major_minor
 
         want, have = manifest["versions"]["torch"], torch.__version__
         if major_minor(want) != major_minor(have) and not allow_version_mismatch:

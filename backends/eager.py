@@ -19,16 +19,7 @@ from cachec.errors import ArtifactError
 from cachec.planner.fuse import fuse_variant, narrow_linears
 from cachec.program import Program
 
-from . import Backend, major_minor
-
-
-def store(caches: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
-    """Copy ``value`` into the buffer ``name``, allocating it once per shape (fixed address)."""
-    buf = caches.get(name)
-    if buf is None or buf.shape != value.shape or buf.dtype != value.dtype or buf.device != value.device:
-        caches[name] = value.detach().clone()
-    else:
-        buf.copy_(value)
+from .base import Backend, major_minor, store  # noqa: F401 - store: where other modules find it
 
 
 def lower_path(program: Program, path: str, compile_fn=None, runner=None):

@@ -25,7 +25,7 @@ import torch
 from cachec.errors import BackendError
 from cachec.program import Program
 
-from . import Backend
+from .base import Backend
 from .cuda_graphs import CudaGraphRunner
 from .eager import lower_path
 

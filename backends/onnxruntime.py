@@ -19,7 +19,8 @@ from cachec.errors import ArtifactError, BackendError
 from cachec.program import Op, Program
 from cachec.program_store import one_line
 
-from . import Backend, onnx_export, output_buffer, outputs_bound_to_caches, run_cache_op
+from . import onnx_export
+from .base import Backend, output_buffer, outputs_bound_to_caches, run_cache_op
 from .onnx_export import export_program, io_name
 
 

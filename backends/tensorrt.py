@@ -28,7 +28,8 @@ import torch
 from cachec.errors import ArtifactError, BackendError
 from cachec.program import Op, Program
 
-from . import Backend, onnx_export, output_buffer, outputs_bound_to_caches, run_cache_op
+from . import onnx_export
+from .base import Backend, output_buffer, outputs_bound_to_caches, run_cache_op
 from .onnx_export import io_name
 
 MODULES = ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings")

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from .policy import parse_policy
     from .runtime import CacheRuntime, signature_of  # noqa: F401
 
-__version__ = "0.1.0"
+from .build import build_program
+from .version import __version__
 
 # Imported on first use, not with the package: `import cachec.cli` (every `cachec` command, even
 # `--help`) runs this file, and these names pull in torch and diffusers (seconds of start-up).
@@ -42,17 +43,6 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
-
-
-def build_program(model: torch.nn.Module, example_inputs: dict, policy="none"):
-    """Capture ``model`` and plan ``policy``: returns the :class:`~cachec.program.Program`."""
-    from .capture import capture
-    from .planner import compile_program
-    from .policy import parse_policy
-
-    policy = parse_policy(policy)
-    cap = capture(model, example_inputs)  # the latent and the streams are found from structure
-    return compile_program(cap, policy)
 
 
 def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, backend: str = "eager",

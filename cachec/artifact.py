@@ -60,7 +60,7 @@ import torch
 
 from cachec.backends import artifact_backend, artifact_backends, get_backend, major_minor
 
-from . import __version__, output_dir, program_store, signing
+from . import output_dir, program_store, signing
 from . import program as desc
 from . import schema as sch
 from .capture import EXPORT_LOCK, MAX_BATCH, PROGRAM_FILE, Captured, flatten_exported
@@ -71,6 +71,7 @@ from .models import BUILTINS
 from .planner import compile_program
 from .policy import parse_policy
 from .program import DescriptionError, Program
+from .version import __version__
 
 FORMAT = "cachec-artifact"
 SCHEMA = 3  # 3: no pickle (program.json + safetensors); 2: the program described once; 1: mirrored at the top

@@ -104,7 +104,7 @@ class CachedDenoiser(torch.nn.Module):
         return rt
 
     def _compile(self, kwargs: dict) -> CacheRuntime:
-        from . import build_program
+        from .build import build_program
         from .runtime import signature_of
 
         program = build_program(self.model, kwargs, self.policy)  # capture takes a batch-1 call as a batch of 2

@@ -69,9 +69,8 @@ def _call(pipe, kw: dict, steps: int, seed: int, device: torch.device):
 
 def run_prompt(args) -> int:
     """The ``cachec run`` path for a pipeline directory and a prompt (argparse namespace from the CLI)."""
-    from . import disable, enable
     from .metrics import psnr, ssim
-    from .pipeline import denoiser_attr
+    from .pipeline import denoiser_attr, disable, enable
     from .policy import parse_policy
 
     policy = parse_policy(args.policy or "fora:3").spec
