@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from cachec.errors import ArtifactError, PolicyError
+from cachec.errors import ArtifactError, ModelError, PolicyError
 
 Runner = Callable[[dict, dict], float]
 
@@ -37,6 +37,9 @@ class Backend:
     * ``native_code`` — its artifact files are machine code (shared libraries, engines) that loading
       runs and no parser can vet: such an artifact loads only when trusted or signed
       (:func:`cachec.artifact.read_trusted`).
+    * ``quantized_weights`` — runs weights quantized by torchao (tensor subclasses such as
+      ``Int8Tensor``); ``saves_quantized_weights`` — its artifact can store them. Without either,
+      :meth:`check_weights` refuses the program before any work, naming the quantization.
     """
 
     name = ""
@@ -49,6 +52,8 @@ class Backend:
     writes_artifacts = False
     holds_graphs = False
     native_code = False
+    quantized_weights = False
+    saves_quantized_weights = False
     lowered_key: str | None = None  # manifest["lowered"] key listing one file per segment
     default_max_batch: int | None = None  # cap on an artifact's batch when --max-batch is not given
 
@@ -76,6 +81,20 @@ class Backend:
             from .registry import capable
 
             raise PolicyError(policy.unsupported(self.name, capable(missing)))
+
+    def check_weights(self, kind: str | None, saving: bool = False) -> None:
+        """Refuse weights quantized as ``kind`` (:func:`cachec.quantized.quantization_of`; None: plain)
+        when this backend cannot run (or, with ``saving``, store) them: one message naming the
+        quantization and what can, before any work."""
+        if kind is None or self.saves_quantized_weights or (self.quantized_weights and not saving):
+            return
+        from .registry import capable
+
+        if not self.quantized_weights:
+            use = " or ".join(capable(["quantized_weights"]))
+            raise ModelError(f"weights quantized by {kind} cannot be lowered to {self.name}; use {use}")
+        raise ModelError(f"weights quantized by {kind} cannot be saved in an artifact (it stores plain tensors); "
+                         f"compile in process instead (cachec.compile with backend={self.name!r})")
 
     # -- artifacts ------------------------------------------------------------------------------
     def save(self, out_dir: Path, program, captured) -> dict:

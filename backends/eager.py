@@ -63,6 +63,7 @@ class EagerBackend(Backend):
     movable = True
     writes_artifacts = True
     holds_graphs = True
+    quantized_weights = True  # torchao's subclass weights run as they do in the model
 
     def lower(self, program, **options) -> dict:
         return lower(program, **options)

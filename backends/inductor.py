@@ -77,6 +77,7 @@ class InductorBackend(Backend):
     fft = True  # complex FFTs fall back to aten kernels
     devices = ("cpu", "cuda")
     movable = True
+    quantized_weights = True  # Inductor compiles torchao's subclass weights (int8 kernels)
 
     def lower(self, program, **options) -> dict:
         return lower(program, **options)

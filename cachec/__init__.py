@@ -52,9 +52,12 @@ def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, back
     ``backend_options`` go to the backend's lowering, e.g. ``{"mode": "reduce-overhead"}`` for
     ``backend="inductor"`` (one CUDA graph per variant on a GPU).
     """
+    from .backends.registry import get_backend
+    from .quantized import quantization_of
     from .runtime import CacheRuntime, signature_of
     from .staleness import model_watch
 
+    get_backend(backend).check_weights(quantization_of(model.parameters()))  # before the (slow) capture
     program = build_program(model, example_inputs, policy)
     runtime = CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=signature_of(model),
                            backend_options=backend_options)

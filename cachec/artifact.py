@@ -71,6 +71,7 @@ from .models import BUILTINS
 from .planner import compile_program
 from .policy import parse_policy
 from .program import DescriptionError, Program
+from .quantized import inner_tensors, program_quantization
 from .version import __version__
 
 FORMAT = "cachec-artifact"
@@ -124,12 +125,15 @@ def _jsonable(obj):
 
 
 def weight_bytes(captured: Captured) -> int:
-    """Bytes of the model's parameters and buffers (each tensor counted once)."""
+    """Bytes of the model's parameters and buffers (each tensor counted once): a quantized weight
+    counts what it stores (int8: 1 byte an element, plus its scales), not the float it stands for."""
     seen, total = set(), 0
     for t in list(captured.exported.state_dict.values()) + list(captured.exported.constants.values()):
-        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
+        if isinstance(t, torch.Tensor):
+            for x in inner_tensors(t):  # a torchao weight has no storage: its inner tensors do
+                if x.data_ptr() not in seen:
+                    seen.add(x.data_ptr())
+                    total += x.numel() * x.element_size()
     return total
 
 
@@ -159,6 +163,7 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
                                 f"({captured.example_batch}); pass a --max-batch of at least {captured.example_batch}")
         program.meta["max_batch"] = min(program.meta["max_batch"], limit)
     lowering.check_policy(parse_policy(program.meta["policy"]))  # e.g. token variants run on some backends only
+    lowering.check_weights(program_quantization(program), saving=True)  # quantized weights: before any file is written
     tmp = output_dir.temp_dir(out)  # named by pid and host: a later compile removes it if this one is killed
     try:
         lowered = lowering.save(tmp, program, captured)

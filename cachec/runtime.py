@@ -33,6 +33,7 @@ from .errors import PolicyError, ShapeError
 from .methods.base import Action, StepContext
 from .policy import Policy, parse_policy
 from .program import Program, per_item
+from .quantized import program_quantization
 from .single_caller import SingleCaller
 
 log = logging.getLogger("cachec")
@@ -141,6 +142,7 @@ class CacheRuntime(torch.nn.Module):
             self.policy.data = program.meta["policy_data"]  # resolved at compile time (the artifact needs no file)
         self.backend = get_backend(backend)
         self.backend.check_policy(self.policy)
+        self.backend.check_weights(program_quantization(program))  # torchao weights: refused before lowering
         self.backend_options = dict(backend_options or {})
         self._device: torch.device | None = None  # where lowered files run (backends without weights to move)
         if device is not None:
