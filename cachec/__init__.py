@@ -53,10 +53,11 @@ def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, back
     ``backend="inductor"`` (one CUDA graph per variant on a GPU).
     """
     from .backends.registry import get_backend
-    from .quantized import quantization_of
+    from .quantized import check_quantizer, quantization_of
     from .runtime import CacheRuntime, signature_of
     from .staleness import model_watch
 
+    check_quantizer(model, type(model).__name__)  # bitsandbytes, GGUF...: one message, no capture
     get_backend(backend).check_weights(quantization_of(model.parameters()))  # before the (slow) capture
     program = build_program(model, example_inputs, policy)
     runtime = CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=signature_of(model),

@@ -17,6 +17,7 @@ import torch
 
 from .arch_configs import ARCH_CONFIGS
 from .errors import ModelError
+from .quantized import check_quantization_config
 
 # flow-matching models are sampled with FlowMatchEulerDiscreteScheduler, the rest with DDIM
 FLOW_MATCHING = {
@@ -378,9 +379,11 @@ def _load_dir(path: Path, dtype: torch.dtype) -> torch.nn.Module:
         else:
             raise ModelError(f"{path} has no config.json (nor transformer/ or unet/ subfolder): not a diffusers model dir")
     try:
-        cls_name = json.loads(cfg_file.read_text())["_class_name"]
-    except (json.JSONDecodeError, KeyError) as exc:
+        config = json.loads(cfg_file.read_text())
+        cls_name = config["_class_name"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ModelError(f"{cfg_file} is not a diffusers config (no _class_name): {exc}") from exc
+    check_quantization_config(config.get("quantization_config"), str(path))  # before diffusers asks for bitsandbytes
     try:
         # low_cpu_mem_usage needs `accelerate` (not a dependency); asking for the plain load keeps diffusers quiet
         low_mem = importlib.util.find_spec("accelerate") is not None

@@ -68,9 +68,19 @@ def program_quantization(program) -> str | None:
 
 
 def check_quantizer(model, what: str) -> None:
-    """Refuse a loaded model quantized by a library cachec cannot capture (bitsandbytes, GGUF...)."""
-    config = getattr(model, "quantization_config", None) or getattr(getattr(model, "config", None),
-                                                                    "quantization_config", None)
+    """Refuse a model quantized by a library cachec cannot capture (bitsandbytes, GGUF...): its
+    diffusers ``quantization_config`` names the quantizer."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    config = getattr(quantizer, "quantization_config", None)
+    if config is None:
+        model_config = getattr(model, "config", None) or {}
+        config = model_config.get("quantization_config") if hasattr(model_config, "get") else None
+    check_quantization_config(config, what)
+
+
+def check_quantization_config(config, what: str) -> None:
+    """Refuse a ``quantization_config`` (a diffusers config object or its ``config.json`` dict)
+    whose quantizer cachec cannot capture; torchao's (and none) pass."""
     if config is None:
         return
     method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
@@ -82,7 +92,7 @@ def check_quantizer(model, what: str) -> None:
         method = f"bitsandbytes_{bits}" if bits else method
     name = UNSUPPORTED_QUANTIZERS.get(method, method or type(config).__name__)
     raise ModelError(f"{what} is quantized with {name}, which cachec cannot capture; accepted: unquantized "
-                     "weights or torchao (quantize_ or diffusers' TorchAoConfig)")
+                     "weights or torchao's (quantize_, or diffusers' TorchAoConfig)")
 
 
 def _flag(config, key: str) -> bool:

@@ -17,6 +17,7 @@ from small_models import make
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 import cachec
+from cachec.errors import ModelError
 from cachec.models import example_inputs
 
 quantization = pytest.importorskip("torchao.quantization", reason="torchao is not installed (extra: quant)")
@@ -42,3 +43,91 @@ def test_an_int8_model_compiles_and_equals_the_plain_quantized_model(config, flo
     # within 1%: a small conditioning matmul that the float graph computes once stays duplicated in the
     # quantized one (its in-place bias add keeps it from being merged); before, _int_mm counted 0 (-86%)
     assert rt.program.variant_flops("full") == pytest.approx(float_flops, rel=0.01)
+
+
+def _int8_weight_only():
+    model = make("dit")
+    kw = example_inputs(model, 2, 0)
+    quantization.quantize_(model, quantization.Int8WeightOnlyConfig())
+    return model, kw
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt", "aotinductor"])
+def test_backends_without_the_capability_refuse_quantized_weights_before_capture(backend, monkeypatch):
+    from cachec.backends.registry import get_backend
+
+    try:
+        get_backend(backend)
+    except Exception as exc:  # noqa: BLE001 - the backend's own package is missing here
+        pytest.skip(f"{backend} is not usable here: {exc}")
+    model, kw = _int8_weight_only()
+    monkeypatch.setattr(cachec, "build_program", lambda *a, **k: pytest.fail("captured before refusing"))
+    with pytest.raises(ModelError, match=rf"^weights quantized by torchao Int8Tensor \(int8 weight-only\) cannot be "
+                                         rf"lowered to {backend}; use eager or inductor$"):
+        cachec.compile(model, kw, "none", backend=backend)
+
+
+def test_an_artifact_refuses_quantized_weights_and_weight_bytes_count_int8_as_one_byte(tmp_path):
+    from cachec import artifact
+    from cachec.capture import capture
+    from cachec.planner import compile_program
+    from cachec.policy import parse_policy
+
+    model, kw = _int8_weight_only()
+    plain = make("dit")
+    float_bytes = sum(t.numel() * t.element_size() for t in [*plain.parameters(), *plain.buffers()])
+    # each int8 weight: 1 byte an element instead of 4, plus a float32 scale and an int8 zero point per row
+    saved = sum(3 * w.numel() - 5 * w.shape[0] for w in model.state_dict().values() if type(w).__name__ == "Int8Tensor")
+    cap = capture(model, kw)
+    assert saved > 0 and artifact.weight_bytes(cap) == float_bytes - saved
+    program = compile_program(cap.copy(), parse_policy("none"))
+    with pytest.raises(ModelError, match=r"^weights quantized by torchao Int8Tensor \(int8 weight-only\) cannot be "
+                                         r"saved in an artifact .*cachec.compile"):
+        artifact.save(tmp_path / "out", program, cap, "m", [], backend="eager")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_model_quantized_through_diffusers_torchao_config_compiles_bit_exact(tmp_path):
+    from diffusers import TorchAoConfig
+
+    float_model = make("dit")
+    float_model.save_pretrained(tmp_path)
+    model = type(float_model).from_pretrained(
+        tmp_path, quantization_config=TorchAoConfig(quantization.Int8WeightOnlyConfig()))
+    assert is_traceable_wrapper_subclass(model.proj_out_2.weight)
+    kw = example_inputs(model, 2, 0)
+    rt = cachec.compile(model, kw, "none")
+    with torch.no_grad():
+        plain = model(**kw, return_dict=False)[0]
+    assert torch.equal(rt(**kw)[0], plain)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="float8 weights need a CUDA GPU of compute capability 8.9+ (torchao's Float8Tensor)")
+def test_a_float8_model_compiles_and_equals_the_plain_quantized_model():
+    model = make("dit").to("cuda", torch.bfloat16)
+    kw = {k: v.to("cuda", torch.bfloat16) if v.is_floating_point() else v.to("cuda")
+          for k, v in example_inputs(model, 2, 0).items()}
+    quantization.quantize_(model, quantization.Float8WeightOnlyConfig())
+    assert is_traceable_wrapper_subclass(model.proj_out_2.weight)
+    rt = cachec.compile(model, kw, "none")
+    with torch.no_grad():
+        plain = model(**kw, return_dict=False)[0]
+    assert torch.equal(rt(**kw)[0], plain)
+    with pytest.raises(ModelError, match=r"torchao Float8Tensor \(float8_e4m3fn weight-only\) cannot be lowered"):
+        cachec.compile(model, kw, "none", backend="onnxruntime")
+
+
+@pytest.mark.parametrize(("config", "named"), [({"quant_method": "bitsandbytes", "load_in_4bit": True}, "bitsandbytes 4-bit"),
+                                               ({"quant_method": "gguf", "compute_dtype": "bfloat16"}, "GGUF")])
+def test_a_model_quantized_by_a_library_cachec_cannot_capture_is_refused_at_load(config, named, tmp_path):
+    import json
+
+    from cachec.models import resolve
+
+    make("dit").save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "quantization_config": config}))
+    with pytest.raises(ModelError, match=rf"^{tmp_path} is quantized with {named}, which cachec cannot capture; "
+                                         r"accepted: unquantized weights or torchao's"):
+        resolve(str(tmp_path))
