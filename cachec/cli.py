@@ -109,7 +109,7 @@ def _compile(args) -> int:
     policy = parse_policy(args.policy).spec
     sign_key = read_key(args.sign_key, "--sign-key") if args.sign_key else None  # a bad key fails before the export
     session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype, inputs_file=args.inputs,
-                         loras=args.lora)
+                         loras=args.lora, subfolder=args.subfolder, revision=args.revision)
     if session.is_artifact:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
     program = session.program(policy)
@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights and activations: fp32, bf16, fp16 (default: fp32; an artifact keeps its own)")
     sub = p.add_subparsers(dest="command", required=True)
     model_help = (f"builtin:tiny-dit, arch:NAME (published config, random weights: {', '.join(ARCH_CONFIGS)}), "
-                  "or a local diffusers model dir of any denoiser class")
+                  "a local diffusers model dir of any denoiser class, or a Hugging Face Hub repo id (owner/name)")
     inputs_help = ("safetensors file of example tensors named as the forward's arguments (a__b for a nested a={'b': ...}); "
                    "default: built from the forward signature and config")
 
@@ -425,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sign the artifact (manifest.sig, HMAC-SHA256) with the key in FILE; load it with --verify-key")
     c.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
                    help="a LoRA safetensors file (diffusers/PEFT format) fused into the weights before export; repeatable")
+    c.add_argument("--subfolder", default=None, help="the denoiser's folder in MODEL (default: found: transformer/ or unet/)")
+    c.add_argument("--revision", default=None, help="branch, tag or commit of a Hub repo id (default: main)")
     c.set_defaults(fn=cmd_compile)
 
     r = sub.add_parser("run", formatter_class=_DefaultsShown, parents=[common, target], help="sample with a policy and compare with `none` (NFE, latency, PSNR/SSIM)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import hub
 from .arch_configs import ARCH_CONFIGS
 from .errors import ModelError
 from .quantized import check_quantization_config
@@ -329,8 +330,11 @@ def builtin_dir(name: str) -> Path:
 BUILTINS = ("tiny-dit",)
 
 
-def resolve(spec: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, device=None) -> ModelBundle:
-    """Turn ``builtin:NAME``, ``arch:NAME`` or a local directory into a :class:`ModelBundle`.
+def resolve(spec: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, device=None,
+            subfolder: str | None = None, revision: str | None = None) -> ModelBundle:
+    """Turn ``builtin:NAME``, ``arch:NAME``, a local directory or a Hugging Face Hub repo id
+    (``owner/name`` at ``revision``; :mod:`cachec.hub`) into a :class:`ModelBundle`; ``subfolder``
+    is the denoiser's folder inside a directory or repo (default: found, ``transformer``/``unet``).
 
     ``device`` is where the weights live. ``arch:`` models are built on it directly (FLUX.1-dev's
     12 B parameters never pass through host memory on the way to a GPU); ``device="meta"`` builds
@@ -359,14 +363,22 @@ def resolve(spec: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, dev
             model = _cls(cls_name)(**cfg).to(dtype).eval()
         return ModelBundle(spec, model)
     path = Path(spec)
+    if hub.is_repo_id(spec):
+        path = hub.snapshot_dir(spec, revision, subfolder)
+    elif revision is not None:
+        raise ModelError(f"--revision applies to a Hugging Face Hub repo id (owner/name), not {spec!r}")
     if path.is_dir():
-        bundle = ModelBundle(spec, _load_dir(path, dtype).to(device))
+        folder = path / subfolder if subfolder else path
+        if not folder.is_dir():
+            raise ModelError(f"{spec} has no folder {subfolder!r} (--subfolder names the denoiser's folder in it)")
+        bundle = ModelBundle(spec, _load_dir(folder, dtype).to(device))
         if (path / "model_index.json").is_file():
             bundle.pipeline_dir = path
         return bundle
     raise ModelError(
         f"cannot resolve model {spec!r}: use builtin:NAME ({', '.join(BUILTINS)}), arch:NAME "
-        f"({', '.join(ARCH_CONFIGS)}), or a local diffusers model directory with config.json and weights"
+        f"({', '.join(ARCH_CONFIGS)}), a local diffusers model directory with config.json and weights, "
+        "or a Hugging Face Hub repo id (owner/name)"
     )
 
 

@@ -57,7 +57,7 @@ class Session:
 def open_model(model_spec: str, batch: int, backend: str | None = None, allow_version_mismatch: bool = False,
                device=None, dtype=None, image_size: int | None = None, text_tokens: int | None = None,
                inputs_file: str | None = None, loras: list[str] | None = None, *, trust_native: bool = False,
-               verify_key=None) -> Session:
+               verify_key=None, subfolder: str | None = None, revision: str | None = None) -> Session:
     """Resolve MODEL (a model spec, a diffusers directory, or an artifact directory).
 
     ``device``/``dtype`` (names or torch objects; default: the GPU if there is one, fp32) say where
@@ -65,6 +65,7 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
     ``image_size`` (pixels) and ``text_tokens`` set the example inputs the model is captured with.
     ``trust_native``/``verify_key`` apply to an artifact (:func:`cachec.artifact.read_trusted`).
     ``loras`` (``FILE[:SCALE]``) are fused into the model's weights before it is captured.
+    ``subfolder``/``revision`` pick the denoiser inside a model dir or Hub repo (:func:`cachec.models.resolve`).
     """
     from . import artifact
     from .devices import resolve_device, resolve_dtype
@@ -99,7 +100,7 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
     from .runtime import signature_of
 
     library_bars_off_terminal()  # a local model directory loads with diffusers' bars
-    bundle = resolve(model_spec, dtype=resolve_dtype(dtype), device=device)
+    bundle = resolve(model_spec, dtype=resolve_dtype(dtype), device=device, subfolder=subfolder, revision=revision)
     if image_size is not None:
         if image_size < 8 or image_size % 8:
             raise CachecError(f"--image-size {image_size}: give the image side in pixels, a multiple of 8 (e.g. 1024)")

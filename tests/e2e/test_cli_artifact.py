@@ -99,7 +99,7 @@ def test_inspect_and_policies(model_dir, capsys):
         (["compile", "MODEL", "--policy", "fora:foo=1", "--out", "OUT"], "unknown key 'foo'; accepted keys: N, warmup"),
         (["compile", "MODEL", "--policy", "fora:x", "--out", "OUT"], "N='x' is not an int"),
         (["compile", "MODEL", "--policy", "teacache:coeffs=nosuch", "--out", "OUT"], "known: "),
-        (["compile", "nosuch/dir", "--out", "OUT"], "cannot resolve model"),
+        (["compile", "./nosuch/dir", "--out", "OUT"], "cannot resolve model"),  # nosuch/dir: a Hub repo id
         (["compile", "arch:nosuch", "--out", "OUT"], "unknown architecture"),
         (["compile", "MODEL", "--backend", "tensorflow", "--out", "OUT"], "unknown backend"),
         (["run", "MODEL", "--steps", "0"], "--steps"),
