@@ -37,19 +37,15 @@ def inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     return [x for n in names for x in inner_tensors(getattr(t, n))]
 
 
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes ``t`` really stores: an int8 weight counts 1 byte per element plus its scales."""
-    return sum(x.numel() * x.element_size() for x in inner_tensors(t))
-
-
 def describe(t: torch.Tensor) -> str | None:
     """The quantization of one weight, e.g. ``torchao Int8Tensor (int8 weight-only)``; None if plain."""
     if not is_traceable_wrapper_subclass(t):
         return None
     cls = type(t)
     lib = cls.__module__.split(".")[0]
-    stored = sorted({str(x.dtype).removeprefix("torch.") for x in inner_tensors(t) if not x.is_floating_point()
-                     or x.element_size() == 1})
+    # the narrow data it stores (int8, float8_e4m3fn...), not its float scales
+    stored = sorted({str(x.dtype).removeprefix("torch.") for x in inner_tensors(t)
+                     if not x.is_floating_point() or x.element_size() == 1})
     kind = "/".join(stored) or "quantized"
     if hasattr(t, "act_quant_kwargs"):
         kind += " weight-only" if t.act_quant_kwargs is None else " dynamic activation"
