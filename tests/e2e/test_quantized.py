@@ -112,20 +112,34 @@ def test_a_model_quantized_through_diffusers_torchao_config_compiles_bit_exact(t
     assert torch.equal(rt(**kw)[0], plain)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                    reason="float8 weights need a CUDA GPU of compute capability 8.9+ (torchao's Float8Tensor)")
-def test_a_float8_model_compiles_and_equals_the_plain_quantized_model():
-    model = make("dit").to("cuda", torch.bfloat16)
-    kw = {k: v.to("cuda", torch.bfloat16) if v.is_floating_point() else v.to("cuda")
+def _float8(config: str, device: str):
+    model = make("dit").to(device, torch.bfloat16)
+    kw = {k: v.to(device, torch.bfloat16) if v.is_floating_point() else v.to(device)
           for k, v in example_inputs(model, 2, 0).items()}
-    quantization.quantize_(model, quantization.Float8WeightOnlyConfig())
-    assert is_traceable_wrapper_subclass(model.proj_out_2.weight)
+    quantization.quantize_(model, getattr(quantization, config)())
+    assert type(model.proj_out_2.weight).__name__ == "Float8Tensor"
+    return model, kw
+
+
+def test_a_float8_weight_only_model_compiles_and_equals_the_plain_quantized_model():
+    model, kw = _float8("Float8WeightOnlyConfig", "cpu")  # float8 weights, bf16 matmuls: runs on a CPU
     rt = cachec.compile(model, kw, "none")
     with torch.no_grad():
         plain = model(**kw, return_dict=False)[0]
     assert torch.equal(rt(**kw)[0], plain)
-    with pytest.raises(ModelError, match=r"torchao Float8Tensor \(float8_e4m3fn weight-only\) cannot be lowered"):
+    with pytest.raises(ModelError, match=r"^weights quantized by torchao Float8Tensor \(float8_e4m3fn weight-only\) "
+                                         r"cannot be lowered to onnxruntime"):
         cachec.compile(model, kw, "none", backend="onnxruntime")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="float8 activations need torch._scaled_mm on a CUDA GPU of compute capability 8.9+")
+def test_a_dynamic_float8_model_compiles_and_equals_the_plain_quantized_model():
+    model, kw = _float8("Float8DynamicActivationFloat8WeightConfig", "cuda")
+    rt = cachec.compile(model, kw, "none")
+    with torch.no_grad():
+        plain = model(**kw, return_dict=False)[0]
+    assert torch.equal(rt(**kw)[0], plain)
 
 
 @pytest.mark.parametrize(("config", "named"), [({"quant_method": "bitsandbytes", "load_in_4bit": True}, "bitsandbytes 4-bit"),
