@@ -1,4 +1,4 @@
-"""Quantized weights: torchao int8 models capture, plan and run (eager), ``none`` bit-exact.
+"""Quantized weights: torchao int8/float8 models capture, plan and run (eager), ``none`` bit-exact.
 
 ``quantize_(model, Int8WeightOnlyConfig())`` turns each ``Linear`` weight into a tensor subclass
 without a storage of its own; planning used to ask it for one (a raw "invalid python storage"
@@ -7,6 +7,14 @@ error). ``Int8DynamicActivationInt8WeightConfig`` exports its linears as ``_int_
 on a value another block reads (now a value changed in place through a view is never merged), and
 ``_int_mm`` was not counted in the FLOPs (now it counts as any matmul: a step of the quantized
 model costs about the FLOPs of the float one).
+
+Backends that cannot carry such weights (ONNX Runtime, TensorRT, AOTInductor; an artifact, which
+stores plain tensors) refuse them by capability before any capture, naming the quantization (was:
+a raw ONNX ``ConversionError`` after the export, or a ``program.json`` namespace error). An artifact's
+``weight_bytes`` counts what an int8 weight stores (1 byte an element plus its scales); it counted
+every subclass weight as a float tensor at address 0, once for all of them. A model quantized by a
+library cachec cannot capture (bitsandbytes, GGUF) is refused at load with one message. Also here:
+diffusers' ``TorchAoConfig``, Inductor, float8 weight-only on a CPU and dynamic float8 (GPU only).
 """
 
 from __future__ import annotations
