@@ -63,6 +63,7 @@ from ..program import (
 from ..regions import ModuleIndex, find_blocks, module_regions
 from . import cfg_cache
 from .coalesce import coalesce
+from .reuse_check import check_plan_reuses
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
 from .skip_branch import deep_feature, skip_branch
 from .specialize import specialize_segments
@@ -513,6 +514,7 @@ class Planner:
         missing = sorted(policy.required_variants() - set(self.variants))
         if missing:
             raise ModelError(f"{policy.spec}: its plan built no {missing[0]!r} variant (a bug in the method)")
+        check_plan_reuses(self.variants, self.captured.model_class, policy.spec)
         return self.program(policy)
 
     def base_flops(self) -> float:

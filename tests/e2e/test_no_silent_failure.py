@@ -1,0 +1,67 @@
+"""No silent failure on classes outside the tested family (issue 22, item 8).
+
+Three diffusers classes whose structure used to fool cachec without a word, each at a tiny config:
+
+* ``StableCascadeUNet``: its blocks are flat lists mixing ResBlocks and attention, so FORA and
+  TaylorSeer found nothing to cache and planned ``reuse`` steps that ran the whole model (NFE =
+  steps, the schedule claiming reuse). Such a plan is refused, naming the class and the policy.
+* ``ZImageTransformer2DModel``: returns a list of per-sample tensors; the runtime returned sample 0's.
+* ``Kandinsky5Transformer3DModel``: its first blocks are text-encoder blocks, which never read the
+  latent; FBCache/TeaCache probed them.
+"""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+import torch
+
+import cachec
+from cachec.errors import PolicyError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _seeded(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Seeded small weights (norm scales ~1, the rest ~0): no block is an identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            noise = torch.randn(p.shape, generator=g) * 0.1
+            p.copy_(1 + noise if "norm" in name and name.endswith("weight") and p.dim() == 1 else noise)
+    return model.eval().float()
+
+
+def _r(g, *shape):
+    return torch.randn(*shape, generator=g)
+
+
+def stable_cascade(batch: int = 2):
+    torch.manual_seed(0)
+    model = diffusers.StableCascadeUNet(
+        in_channels=4, out_channels=4, timestep_ratio_embedding_dim=8, patch_size=1, conditioning_dim=16,
+        block_out_channels=(16, 16), num_attention_heads=(2, 2), down_num_layers_per_block=(1, 1),
+        up_num_layers_per_block=(1, 1), clip_text_pooled_in_channels=8, clip_seq=2, self_attn=True,
+        dropout=(0.0, 0.0), timestep_conditioning_type=("sca",))
+    g = torch.Generator().manual_seed(1)
+    kw = dict(sample=_r(g, batch, 4, 8, 8), timestep_ratio=torch.full((batch,), 0.5),
+              clip_text_pooled=_r(g, batch, 1, 8))
+    return _seeded(model), kw
+
+
+# -- (1) a plan that reuses nothing is refused -----------------------------------------------------
+@pytest.mark.parametrize("policy", ["fora:3", "taylorseer"])
+def test_a_plan_that_reuses_nothing_is_refused(policy):
+    model, kw = stable_cascade()
+    with pytest.raises(PolicyError, match=rf"{policy.split(':')[0]}.*StableCascadeUNet reuses nothing"):
+        cachec.compile(model, kw, policy, num_steps=6)
+
+
+def test_the_class_still_runs_uncached():
+    model, kw = stable_cascade()
+    rt = cachec.compile(model, kw, "none", num_steps=3)
+    with torch.no_grad():
+        want = model(**kw, return_dict=False)[0]
+        got = [rt(**kw)[0] for _ in range(3)][-1]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert rt.stats.schedule == "FFF"
