@@ -554,6 +554,7 @@ class Planner:
                 "base_path": [s for s in self.order],
                 "batch_dims": self.captured.batch_dims,
                 "max_batch": self.captured.max_batch,
+                "output_form": self.captured.output_form,
                 **self.method_meta,
             },
         )

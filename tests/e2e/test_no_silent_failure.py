@@ -65,3 +65,56 @@ def test_the_class_still_runs_uncached():
         got = [rt(**kw)[0] for _ in range(3)][-1]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert rt.stats.schedule == "FFF"
+
+
+# -- (2) outputs are returned whole ----------------------------------------------------------------
+def z_image(batch: int = 2):
+    torch.manual_seed(0)
+    model = diffusers.ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=16, n_layers=2, n_refiner_layers=1,
+        n_heads=2, n_kv_heads=2, cap_feat_dim=8, axes_dims=[4, 2, 2], axes_lens=[128, 32, 32])
+    g = torch.Generator().manual_seed(1)
+    # the pipeline passes lists of per-sample latents and captions; a stacked tensor iterates the same way
+    kw = dict(x=_r(g, batch, 4, 1, 8, 8), t=torch.full((batch,), 0.5), cap_feats=_r(g, batch, 6, 8))
+    model = _seeded(model)
+    with torch.no_grad():  # its RoPE table is built on the first call, which export cannot trace
+        model(**kw, return_dict=False)
+    return model, kw
+
+
+def test_a_list_of_per_sample_outputs_is_returned_whole():
+    from cachec.program import Program
+
+    model, kw = z_image()
+    rt = cachec.compile(model, kw, "none", num_steps=2)
+    with torch.no_grad():
+        want = model(**kw, return_dict=False)[0]
+        got = rt(**kw, return_dict=False)[0]
+    assert isinstance(want, list) and len(want) == 2
+    assert isinstance(got, list) and len(got) == len(want), f"got {type(got).__name__} of {len(got)}, not every sample"
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"sample {i}: {m}")
+    assert isinstance(rt(**kw).sample, list)  # return_dict=True too
+    # an artifact's program description keeps the form
+    assert Program.from_description(rt.program.describe()).meta["output_form"] == "list"
+
+
+class _Returns(torch.nn.Module):
+    def __init__(self, make):
+        super().__init__()
+        self.proj, self.make = torch.nn.Linear(4, 4), make
+
+    def forward(self, hidden_states, return_dict=True):
+        y = self.proj(hidden_states)
+        return (self.make(y),)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda y: {"sample": y, "extra": y}, r"returns a dict \(sample, extra\)"),
+    (lambda y: [y, y[:, :1]], r"returns a list of 2 tensors of different shapes"),
+])
+def test_an_output_cachec_cannot_return_whole_is_refused_at_capture(make, message):
+    from cachec.errors import ModelError
+
+    with pytest.raises(ModelError, match=message):
+        cachec.compile(_Returns(make), dict(hidden_states=torch.randn(2, 3, 4)), "none")
