@@ -118,3 +118,57 @@ def test_an_output_cachec_cannot_return_whole_is_refused_at_capture(make, messag
 
     with pytest.raises(ModelError, match=message):
         cachec.compile(_Returns(make), dict(hidden_states=torch.randn(2, 3, 4)), "none")
+
+
+# -- (3) probes sit on the first block that reads the latent ---------------------------------------
+def kandinsky5(batch: int = 2):
+    torch.manual_seed(0)
+    model = diffusers.Kandinsky5Transformer3DModel(
+        in_visual_dim=4, in_text_dim=8, in_text_dim2=8, time_dim=8, out_visual_dim=4, patch_size=(1, 2, 2),
+        model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 2, 2))
+    g = torch.Generator().manual_seed(1)
+    kw = dict(hidden_states=_r(g, batch, 1, 8, 8, 4), encoder_hidden_states=_r(g, batch, 6, 8),
+              timestep=torch.full((batch,), 999.0), pooled_projections=_r(g, batch, 8),
+              visual_rope_pos=[torch.arange(1), torch.arange(4), torch.arange(4)], text_rope_pos=torch.arange(6))
+    return _seeded(model), kw
+
+
+def _trajectory(call, kw, steps):
+    x, outs = kw["hidden_states"].clone(), []
+    for t in torch.linspace(999.0, 0.0, steps):
+        out = call(dict(kw, hidden_states=x, timestep=torch.full_like(kw["timestep"], float(t))))
+        outs.append(out.clone())
+        x = x - out / steps
+    return outs
+
+
+def test_the_probe_block_is_the_first_that_reads_the_latent():
+    from cachec.capture import capture
+    from cachec.planner import Planner
+
+    model, kw = kandinsky5()
+    planner = Planner(capture(model, kw))
+    assert planner.blocks[0] == "text_transformer_blocks.0"  # the text encoder's block runs first
+    assert planner.blocks[planner.first_latent_block()] == "visual_transformer_blocks.0"
+
+
+def test_teacache_probes_the_image_stream_and_reuses_it():
+    model, kw = kandinsky5()
+    steps = 6
+    rt = cachec.compile(model, kw, "teacache:100", num_steps=steps)
+    with torch.no_grad():
+        plain = _trajectory(lambda k: model(**k, return_dict=False), kw, steps)
+    got = _trajectory(lambda k: rt(**k, return_dict=False)[0], kw, steps)
+    assert rt.stats.schedule == "FRRRRF"  # the accumulated distance never reaches 100; final=1
+    torch.testing.assert_close(got[0], plain[0], rtol=1e-4, atol=1e-5)
+    assert max(float((a - b).abs().max()) for a, b in zip(got, plain, strict=True)) > 1e-4  # reuse replaced work
+
+
+def test_fbcache_names_the_image_block_it_cannot_probe():
+    """Kandinsky 5 flattens the image tokens on the way into its first visual block, so that block
+    has no residual of its input's shape: FBCache says so about *that* block, not the text block."""
+    from cachec.errors import ModelError
+
+    model, kw = kandinsky5()
+    with pytest.raises(ModelError, match=r"fbcache: blocks 1\.\.1 have no residual stream"):
+        cachec.compile(model, kw, "fbcache:0.05", num_steps=4)
