@@ -82,11 +82,18 @@ def z_image(batch: int = 2):
     return model, kw
 
 
-def test_a_list_of_per_sample_outputs_is_returned_whole():
-    from cachec.program import Program
+@pytest.mark.slow  # ~13 s: export, then an artifact saved and planned again
+def test_a_list_of_per_sample_outputs_is_returned_whole(tmp_path):
+    from cachec import artifact
+    from cachec.capture import capture
+    from cachec.planner import compile_program
+    from cachec.policy import parse_policy
+    from cachec.runtime import CacheRuntime, signature_of
 
     model, kw = z_image()
-    rt = cachec.compile(model, kw, "none", num_steps=2)
+    captured = capture(model, kw)
+    program = compile_program(captured.copy(), parse_policy("none"))
+    rt = CacheRuntime(program, "none", signature=signature_of(model), num_steps=2)
     with torch.no_grad():
         want = model(**kw, return_dict=False)[0]
         got = rt(**kw, return_dict=False)[0]
@@ -95,8 +102,11 @@ def test_a_list_of_per_sample_outputs_is_returned_whole():
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"sample {i}: {m}")
     assert isinstance(rt(**kw).sample, list)  # return_dict=True too
-    # an artifact's program description keeps the form
-    assert Program.from_description(rt.program.describe()).meta["output_form"] == "list"
+    # an artifact keeps the form, for its own policy and for one planned again from it
+    out = artifact.save(tmp_path / "art", program, captured, "ZImageTransformer2DModel", signature_of(model))
+    for policy in (None, "fora:2"):
+        loaded, _ = artifact.load_program(out, policy)
+        assert loaded.meta["output_form"] == "list", policy
 
 
 class _Returns(torch.nn.Module):
