@@ -68,6 +68,7 @@ from .errors import ArtifactError, PolicyError
 from .file_modes import follow_umask
 from .model_names import portable_config, portable_name
 from .models import BUILTINS
+from .output_forms import TENSOR
 from .planner import compile_program
 from .policy import parse_policy
 from .program import DescriptionError, Program
@@ -466,6 +467,7 @@ def load_program(path: str | Path, policy: str | None = None, *, allow_version_m
         cross_attention=None if cap["cross_attention"] is None else set(cap["cross_attention"]),
         max_batch=meta["max_batch"],
         exported=ep,
+        output_form=meta.get("output_form", TENSOR),  # re-planned programs hand back the model's output form
     )
     try:
         chosen = parse_policy(policy or own_policy)

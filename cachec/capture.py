@@ -26,6 +26,7 @@ from torch.export import Dim
 
 from . import structure
 from .errors import ModelError
+from .output_forms import TENSOR, as_one_tensor
 from .program_store import GRAPH_FILE as PROGRAM_FILE  # noqa: F401 - an eager artifact's captured program
 from .regions import WRAPPER, module_path
 
@@ -58,6 +59,7 @@ class Captured:
     example_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     batch_dims: dict[str, int] = field(default_factory=dict)
     cross_attention: set[str] | None = None  # None: unknown, ``attn2`` children are cross-attention
+    output_form: str = TENSOR  # the model's output: one tensor, or a list/tuple of per-sample ones
     max_batch: int = MAX_BATCH
     exported: torch.export.ExportedProgram | None = None
 
@@ -117,6 +119,9 @@ def _rebuild(flat: dict[str, torch.Tensor], template: dict) -> dict:
 class _Denoiser(torch.nn.Module):
     """Calls the model with rebuilt kwargs and returns its first output as a one-tuple.
 
+    A first output that is a list of per-sample tensors is stacked into one tensor and its form
+    recorded (``output_form``), so the runtime returns every sample (:mod:`cachec.output_forms`).
+
     ``forward`` is generated with one explicit parameter per flat input, because export names
     placeholders after the parameters and cannot attach dynamic shapes to ``**kwargs``.
     """
@@ -130,7 +135,9 @@ class _Denoiser(torch.nn.Module):
         kwargs = _rebuild(flat, self._template)
         kwargs["return_dict"] = False
         out = getattr(self, WRAPPER)(**kwargs)
-        return (out[0] if isinstance(out, (tuple, list)) else out,)
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        sample, self.output_form = as_one_tensor(first, type(getattr(self, WRAPPER)).__name__)
+        return (sample,)
 
 
 def _wrap(model: torch.nn.Module, template: dict, names: list[str]) -> torch.nn.Module:
@@ -239,6 +246,7 @@ def capture_module(
         cross_attention=cross_attention,
         max_batch=max_batch if dynamic_batch else batch,
         exported=ep,
+        output_form=getattr(wrapper, "output_form", TENSOR),
     )
 
 

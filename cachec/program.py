@@ -23,7 +23,8 @@ from torch import fx
 
 from .errors import ArtifactError, ModelError
 from .graph_keys import OUTPUTS_KEY, SEGMENT_KEY
-from .schema import ANY, DIM, DTYPE, NAME, NAT, NUM, POS, STR, Mismatch, list_of, map_of, nullable, record
+from .output_forms import FORMS as OUTPUT_FORMS
+from .schema import ANY, DIM, DTYPE, NAME, NAT, NUM, POS, STR, Mismatch, list_of, map_of, nullable, one_of, record
 
 CACHE_PREFIX = "cache__"
 # a dynamic policy's probe head hands its values to one of its tails (see Program.followers)
@@ -253,7 +254,7 @@ class Program:
 
 _DESCRIBED_META = (
     "model_class", "policy", "blocks", "regions", "signal", "base_path", "batch_dims", "none_flops", "max_batch",
-    "feedback", "step_inputs", "policy_data", "tokens",
+    "feedback", "step_inputs", "policy_data", "tokens", "output_form",
 )
 
 
@@ -276,7 +277,7 @@ VARIANTS = map_of(list_of(variant_op))
 _META = {"policy": NAME, "blocks": list_of(NAME), "model_class": STR, "regions": list_of(ANY),
          "signal": nullable(NAME), "base_path": list_of(NAME), "batch_dims": map_of(NAT), "none_flops": nullable(NUM),
          "max_batch": POS, "feedback": list_of(NAME), "step_inputs": list_of(NAME),
-         "policy_data": nullable(map_of(ANY)), "tokens": ANY}
+         "policy_data": nullable(map_of(ANY)), "tokens": ANY, "output_form": one_of(*OUTPUT_FORMS)}
 
 
 def description_schema(required_meta: tuple[str, ...] = ("policy", "blocks")):

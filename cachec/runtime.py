@@ -31,6 +31,7 @@ from .capture import flatten_inputs
 from .devices import resolve_device
 from .errors import PolicyError, ShapeError
 from .methods.base import Action, StepContext
+from .output_forms import restore
 from .policy import Policy, parse_policy
 from .program import Program, per_item
 from .quantized import program_quantization
@@ -461,7 +462,7 @@ class CacheRuntime(torch.nn.Module):
         stats.flops += flops * batch
         stats.full_flops = self.full_step_flops * batch
         branch.step += 1
-        out = env[self.program.output]
+        out = restore(env[self.program.output], self.program.meta.get("output_form"))
         if return_dict:
             from diffusers.models.modeling_outputs import Transformer2DModelOutput
 

@@ -55,8 +55,9 @@ class DBCachePolicy(Method):
         return (self.name, self.params.F, self.params.B)
 
     def plan(self, planner) -> None:
-        p, L = self.params, len(planner.blocks)
+        p = self.params
+        L = len(planner.blocks) - planner.first_latent_block()  # blocks before it are another stream's
         if p.F + p.B >= L:
             raise ModelError(f"dbcache: F={p.F} probe blocks plus B={p.B} tail blocks leave no block of "
-                             f"the model's {L} to cache; use F + B < {L}")
+                             f"the model's {L} that read the latent to cache; use F + B < {L}")
         planner.probe_skip(p.F, p.B, "dbcache", "db_probe", "db_mid")

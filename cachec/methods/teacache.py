@@ -77,17 +77,19 @@ class TeaCachePolicy(Method):
         return poly
 
     def plan(self, planner) -> None:
-        """Head: the prologue and block 0 up to its first attention/MLP, then the probe on that
-        region's modulated input; tails: the rest, with the stack delta written or applied."""
-        attn = next((r for r in planner.regions if r.block == 0 and r.kind in ("attn", "mlp")), None)
+        """Head: the prologue and the first block that reads the latent up to its first attention/MLP
+        (blocks before it, of another stream, run whole), then the probe on that region's modulated
+        input; tails: the rest, with the stack delta written or applied."""
+        b0 = planner.first_latent_block()
+        attn = next((r for r in planner.regions if r.block == b0 and r.kind in ("attn", "mlp")), None)
         if attn is None:
             raise ModelError("teacache needs an attention or MLP region in the first block to probe its input")
         seg_attn = planner.region_segment[attn.name]
-        first = planner.block_segments[0]
-        head_block = first[: first.index(seg_attn)]
+        first = planner.block_segments[b0]
+        ahead = first[: first.index(seg_attn)]
         m = next((i for i in planner.segments[seg_attn].inputs
                   if i in planner.latent_dependent and planner.is_stream(i)), None)
-        if m is None or not head_block:
+        if m is None or not ahead:
             raise ModelError("teacache: the first block has no modulated input ahead of its first attention")
         prev, signal = cache_name("teacache", "prev"), "teacache__signal"
         planner.meta[prev] = planner.meta[m]
@@ -98,10 +100,10 @@ class TeaCachePolicy(Method):
                                           batch_dim=planner.item_dim(m)), "probe"
         )
         L = len(planner.blocks)
-        write, apply, _ = planner.range_delta(0, L - 1, "stack")
-        head, tail = planner.split_head(["prologue"] + head_block)
+        write, apply, _ = planner.range_delta(b0, L - 1, "stack")
+        head, tail = planner.split_head(["prologue"] + planner.range_segments(0, b0 - 1) + ahead)
         head += [Load(prev, prev), Run(probe), Store("teacache__m", prev)]
-        stack = planner.range_segments(0, L - 1)
+        stack = planner.range_segments(b0, L - 1)
         planner.variants = {"head": head, "tail_full": planner.insert_after(tail, stack[-1], write),
                             "tail_reuse": planner.replace(stack, apply, tail), "full": planner.variants["full"]}
         planner.signal = signal

@@ -63,6 +63,7 @@ from ..program import (
 from ..regions import ModuleIndex, find_blocks, module_regions
 from . import cfg_cache
 from .coalesce import coalesce
+from .reuse_check import check_plan_reuses
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
 from .skip_branch import deep_feature, skip_branch
 from .specialize import specialize_segments
@@ -140,6 +141,19 @@ class Planner:
             if n.op == "call_function" and any(a.name in dep for a in n.all_input_nodes):
                 dep.add(n.name)
         return dep
+
+    def first_latent_block(self) -> int:
+        """The first block that reads the latent: where a probe belongs.
+
+        Blocks that run before it serve another stream (Kandinsky 5's text-encoder blocks refine the
+        prompt and never see the image); probing them measures how the *text* changes, so
+        FBCache/DBCache/TeaCache probe this block instead and always run the ones before it.
+        """
+        for i, segs in enumerate(self.block_segments):
+            if any(o in self.latent_dependent for s in segs for o in self.segments[s].outputs):
+                return i
+        raise ModelError(f"{self.captured.model_class}: no block reads the latent input "
+                         f"{self.captured.latent_input!r}, so there is no block to probe or cache")
 
     def range_segments(self, a: int, b: int) -> list[str]:
         return [s for i in range(a, b + 1) for s in self.block_segments[i]]
@@ -348,18 +362,20 @@ class Planner:
         return head, tail
 
     def probe_skip(self, first: int, last: int, tag: str, probe_tag: str, mid_tag: str) -> None:
-        """First-Block Cache / DBCache: blocks ``0..first-1`` always run and their residual is the
-        probe; the middle blocks are skipped by their delta; the ``last`` blocks always run."""
-        L = len(self.blocks)
-        if L < 2:
-            raise ModelError(f"{tag} needs at least two blocks")
-        probe_segs = self.range_segments(0, first - 1)
-        ins0, outs0 = self.range_io(probe_segs)
+        """First-Block Cache / DBCache: the ``first`` blocks from the first one that reads the latent
+        (:meth:`first_latent_block`) always run and their residual is the probe; the blocks before
+        them (another stream's) run too; the middle blocks are skipped by their delta; the ``last``
+        blocks always run."""
+        L, f0 = len(self.blocks), self.first_latent_block()
+        if L - f0 < 2:
+            raise ModelError(f"{tag} needs at least two blocks that read the latent")
+        probe_segs = self.range_segments(0, f0 + first - 1)
+        ins0, outs0 = self.range_io(self.range_segments(f0, f0 + first - 1))
         pairs0 = self.pair_streams(ins0, outs0, probe_tag)
         main = next((p for p in pairs0 if p.base is not None and p.base in self.latent_dependent), None)
         if main is None:
-            raise ModelError(f"{tag}: blocks 0..{first - 1} have no residual stream (an output with the shape of "
-                             "their input)")
+            raise ModelError(f"{tag}: blocks {f0}..{f0 + first - 1} have no residual stream (an output with the "
+                             "shape of their input)")
         ref, r1, signal = cache_name(tag, "ref"), f"{tag}__r1", f"{tag}__signal"
         self.meta[ref] = self.meta[main.output]
         self.meta[r1] = self.meta[main.output]
@@ -371,8 +387,8 @@ class Planner:
             "probe",
         )
         commit = self.add_segment(f"{tag}_commit", copy_values({r1: ref}, self.meta), "cache")
-        mid_segs = self.range_segments(first, L - 1 - last)
-        write, apply, _ = self.range_delta(first, L - 1 - last, mid_tag)
+        mid_segs = self.range_segments(f0 + first, L - 1 - last)
+        write, apply, _ = self.range_delta(f0 + first, L - 1 - last, mid_tag)
         head, tail = self.split_head(["prologue"] + probe_segs)
         head += [Load(ref, ref), Run(probe)]
         tail_full = self.insert_after(tail, mid_segs[-1], write + [Run(commit), Store(ref, ref)])
@@ -513,6 +529,7 @@ class Planner:
         missing = sorted(policy.required_variants() - set(self.variants))
         if missing:
             raise ModelError(f"{policy.spec}: its plan built no {missing[0]!r} variant (a bug in the method)")
+        check_plan_reuses(self.variants, self.captured.model_class, policy.spec)
         return self.program(policy)
 
     def base_flops(self) -> float:
@@ -552,6 +569,7 @@ class Planner:
                 "base_path": [s for s in self.order],
                 "batch_dims": self.captured.batch_dims,
                 "max_batch": self.captured.max_batch,
+                "output_form": self.captured.output_form,
                 **self.method_meta,
             },
         )
