@@ -353,7 +353,6 @@ def cmd_serve(args) -> int:
         raise CachecError(f"cachec serve needs Ray Serve ({exc}); install it with: pip install 'cachec[serve]'") from None
     from .quiet import is_ray_shutdown_noise, output_without
 
-    stage(f"starting Ray Serve for {args.target} (each replica loads the model first: this can take minutes)")
     with output_without(is_ray_shutdown_noise):  # Ray's harmless shutdown line (cachec/quiet.py)
         return serve.main(args)
 

@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from .errors import CachecError, RequestError
+from .progress import stage
 from .serve_limits import DEFAULT_MAX_QUEUED, RETRY_AFTER_S, check_port, clip_detail, default_body_limit
 from .serve_schema import GenerateReply, GenerateRequest, validation_message
 
@@ -293,6 +294,8 @@ def start(target: str, *, host: str = "127.0.0.1", port: int = 8000, address: st
 
     check_port(port)
     app = build_app(target, ray_cluster=address is not None, **app_options)  # validated before Ray starts
+    # after the checks, so that a refused option is the only line printed
+    stage(f"starting Ray Serve for {target} (each replica loads the model first: this can take minutes)")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     check_placement(app_options.get("cpus_per_replica", 1.0), app_options.get("device"), cluster=address is not None)

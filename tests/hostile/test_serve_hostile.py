@@ -83,7 +83,8 @@ def test_a_failed_batch_is_rerun_one_request_at_a_time(worker):
     poisoned.cond["class_labels"] = torch.tensor([10**6])
     assert [0, 1] in worker.groups([jobs[0], poisoned, jobs[1]])  # the poisoned job shares a batch
     replies = worker.run([jobs[0], poisoned, jobs[1]])
-    assert isinstance(replies[1], RuntimeError) and "IndexError" in str(replies[1])
+    # the runtime's own label check (cachec.call_checks) refuses it; without it, an IndexError
+    assert isinstance(replies[1], Exception) and "1000000" in str(replies[1]), replies[1]
     for job, reply in zip(jobs, (replies[0], replies[2]), strict=True):
         alone = worker.run([job])[0]
         assert reply["latent"] == alone["latent"] and reply["schedule"] == alone["schedule"]
