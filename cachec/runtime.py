@@ -87,6 +87,9 @@ class BranchState:
     num_steps: int | None = None
     last_t: float | None = None
     direction: float | None = None  # +1 / -1: the sign of the timestep's change, learned from the first two steps
+    # the trajectory's timesteps on the host, by step, when its caller gave them (``reset(timesteps=...)``):
+    # a timestep-window policy (PAB, FasterCache) then looks its step up instead of reading the device
+    timesteps: tuple[float, ...] | None = None
     shape_key: tuple | None = None
     history: list[TrajectoryStats] = field(default_factory=list)
 
@@ -257,8 +260,12 @@ class CacheRuntime(torch.nn.Module):
             self._context, self._context_step = None, None
 
     # -- trajectory -----------------------------------------------------------------------------
-    def reset(self, num_steps: int | None = None) -> None:
+    def reset(self, num_steps: int | None = None, timesteps=None) -> None:
         """Start a new trajectory on every branch (caches are logically empty; buffers keep their memory).
+
+        ``timesteps``: the model's timestep input of each coming step (host numbers, as the model
+        receives them). A policy gated on a timestep window then decides from them by step index,
+        without a device→host read per step; they hold for this trajectory only.
 
         Refused (:class:`~cachec.errors.ConcurrentUseError`) from a thread other than the one in the
         middle of a trajectory; afterwards any thread may run the next one."""
@@ -266,8 +273,10 @@ class CacheRuntime(torch.nn.Module):
         if num_steps is not None:
             self.num_steps = num_steps
         self._watch_due = True
+        known = tuple(float(t) for t in timesteps) if timesteps is not None else None
         for name in list(self.branches) or [DEFAULT_BRANCH]:
             self._reset_branch(self._branch(name), num_steps)
+            self.branches[name].timesteps = known
         self._last_call = None
         self._calls_per_step = None
 
@@ -287,6 +296,7 @@ class CacheRuntime(torch.nn.Module):
         branch.step = 0
         branch.last_t = None
         branch.direction = None
+        branch.timesteps = None
         branch.history.append(TrajectoryStats())
 
     @property
@@ -352,6 +362,13 @@ class CacheRuntime(torch.nn.Module):
         if t is None:
             return None
         return float(t.reshape(-1)[0]) if t.numel() else None
+
+    def _step_timestep(self, branch: BranchState, step: int, inputs) -> float | None:
+        """The step's timestep for a controller: from the trajectory's given timesteps when it has
+        them (no device read), else read from the call's input."""
+        if branch.timesteps is not None and step < len(branch.timesteps):
+            return branch.timesteps[step]
+        return self._timestep(inputs)
 
     def _branch_of_call(self, inputs, key: tuple) -> tuple[str, float | None]:
         """The branch this call belongs to, and the call's timestep if it had to be read.
@@ -475,7 +492,7 @@ class CacheRuntime(torch.nn.Module):
         then ``M`` when the items took different letters, and each item's letter is recorded in the
         trajectory's ``item_schedules``."""
         device = env[self.program.inputs[0]].device
-        ctx = StepContext(self.program.meta, branch.caches, batch, device, timestep=lambda: self._timestep(env))
+        ctx = StepContext(self.program.meta, branch.caches, batch, device, timestep=lambda: self._step_timestep(branch, step, env))
         actions = branch.controller.actions(step, ctx)
         signal_name = self.program.meta.get("signal")
         flops, signal = 0.0, None
