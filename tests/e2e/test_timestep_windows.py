@@ -73,3 +73,16 @@ def test_given_timesteps_hold_for_one_trajectory_only():
     counts = [count(rt, **dict(kw, hidden_states=x, timestep=t))[1].syncs for t in timesteps]
     fora = fora_reads()
     assert counts[2:] == [f + 1 for f in fora[2:]], (counts, fora)
+
+
+def test_pab_marks_a_step_that_reuses_no_attention_of_this_model_full():
+    """A DiT has only self-attention: PAB's steps that would reuse only temporal or cross-attention
+    compute everything, so they are full steps (``F``, a full step's FLOPs), not ``R``."""
+    _, kw = DRIVER.model_and_inputs("dit")
+    rt = compiled("pab:2,lo=50,hi=950")  # S=2, T=4, C=6; timesteps 999 ... 0: steps 1-6 in the window
+    run(rt, kw, DRIVER.timesteps("dit", kw), given=True)
+    stats = rt.stats
+    assert stats.schedule == "FRFRFRFF"
+    assert stats.full_steps == [0, 2, 4, 6, 7]
+    for letter, flops in zip(stats.schedule, stats.step_flops, strict=True):
+        assert (flops == pytest.approx(stats.full_flops)) == (letter == "F"), (letter, flops, stats.full_flops)
