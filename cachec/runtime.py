@@ -269,11 +269,11 @@ class CacheRuntime(torch.nn.Module):
 
         Refused (:class:`~cachec.errors.ConcurrentUseError`) from a thread other than the one in the
         middle of a trajectory; afterwards any thread may run the next one."""
+        known = _host_timesteps(timesteps, num_steps or self.num_steps)  # refused before anything changes
         self._caller.claim_reset(self._mid_trajectory)
         if num_steps is not None:
             self.num_steps = num_steps
         self._watch_due = True
-        known = tuple(float(t) for t in timesteps) if timesteps is not None else None
         for name in list(self.branches) or [DEFAULT_BRANCH]:
             self._reset_branch(self._branch(name), num_steps)
             self.branches[name].timesteps = known
@@ -575,6 +575,20 @@ def _host_value(t: torch.Tensor) -> float | list[float]:
     """A value read back for a controller: a float, or a list of floats for a per-item vector (one
     device→host copy either way)."""
     return float(t) if t.dim() == 0 else t.tolist()
+
+
+def _host_timesteps(timesteps, num_steps: int | None) -> tuple[float, ...] | None:
+    """``reset``'s timesteps as host floats, one per step of the trajectory (refused otherwise)."""
+    if timesteps is None:
+        return None
+    try:
+        values = tuple(float(t) for t in timesteps)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ShapeError(f"reset(timesteps=...) takes one number per step (a list or a 1-D tensor); {exc}") from None
+    if num_steps is not None and len(values) != num_steps:
+        raise ShapeError(f"reset(timesteps=...) has {len(values)} values for a trajectory of {num_steps} steps; "
+                         "give one per step")
+    return values
 
 
 def _continues(t: float, last_t: float, direction: float | None) -> bool:

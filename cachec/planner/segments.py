@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from cachec.flops import size_hint
 from cachec.graph_keys import OUTPUTS_KEY
 from cachec.program import per_item
 
@@ -157,8 +158,6 @@ def _product_shape(rows: int, stream) -> torch.Tensor:
     """The shape of a mix's ``C @ X`` (``[outputs, stream elements]``, on the meta device): with it
     :func:`cachec.flops.node_flops` counts the product (``2 · outputs · inputs`` FLOPs per stream
     element), so a forecast step's NFE includes what its forecast costs."""
-    from cachec.flops import size_hint
-
     return torch.empty((rows, math.prod(size_hint(d) for d in stream.shape)), device="meta")
 
 

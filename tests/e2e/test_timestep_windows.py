@@ -86,3 +86,11 @@ def test_pab_marks_a_step_that_reuses_no_attention_of_this_model_full():
     assert stats.full_steps == [0, 2, 4, 6, 7]
     for letter, flops in zip(stats.schedule, stats.step_flops, strict=True):
         assert (flops == pytest.approx(stats.full_flops)) == (letter == "F"), (letter, flops, stats.full_flops)
+
+
+def test_bad_timesteps_are_refused_with_what_is_accepted():
+    rt = compiled("pab:2,lo=50,hi=950")
+    with pytest.raises(cachec.ShapeError, match="3 values for a trajectory of 8 steps"):
+        rt.reset(T, timesteps=[1.0, 2.0, 3.0])
+    with pytest.raises(cachec.ShapeError, match="one number per step"):
+        rt.reset(T, timesteps=["late"] * T)
