@@ -21,10 +21,11 @@ def _shape(x) -> list[int]:
     val = x.meta.get("val") if isinstance(x, fx.Node) else x
     if val is None or not hasattr(val, "shape"):
         return []
-    return [_hint(d) for d in val.shape]
+    return [size_hint(d) for d in val.shape]
 
 
-def _hint(d) -> int:
+def size_hint(d) -> int:
+    """A dimension's size at the example shapes (a symbolic batch at its example value)."""
     if isinstance(d, int):
         return d
     node = getattr(d, "node", None)
@@ -40,7 +41,7 @@ def node_flops(node: fx.Node) -> float:
         return 0.0
     t = node.target
     out = _shape(node)
-    if not out:  # no recorded shape: a weightless op cachec built itself (the forecast mix), not counted
+    if not out:  # no recorded shape: a weightless op cachec built itself (a probe, a copy), not counted
         return 0.0
     if t is aten.linear.default:
         w = _shape(node.args[1])

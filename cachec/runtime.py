@@ -89,6 +89,9 @@ class BranchState:
     num_steps: int | None = None
     last_t: float | None = None
     direction: float | None = None  # +1 / -1: the sign of the timestep's change, learned from the first two steps
+    # the trajectory's timesteps on the host, by step, when its caller gave them (``reset(timesteps=...)``):
+    # a timestep-window policy (PAB, FasterCache) then looks its step up instead of reading the device
+    timesteps: tuple[float, ...] | None = None
     shape_key: tuple | None = None
     history: list[TrajectoryStats] = field(default_factory=list)
 
@@ -260,17 +263,23 @@ class CacheRuntime(torch.nn.Module):
             self._context, self._context_step = None, None
 
     # -- trajectory -----------------------------------------------------------------------------
-    def reset(self, num_steps: int | None = None) -> None:
+    def reset(self, num_steps: int | None = None, timesteps=None) -> None:
         """Start a new trajectory on every branch (caches are logically empty; buffers keep their memory).
+
+        ``timesteps``: the model's timestep input of each coming step (host numbers, as the model
+        receives them). A policy gated on a timestep window then decides from them by step index,
+        without a device→host read per step; they hold for this trajectory only.
 
         Refused (:class:`~cachec.errors.ConcurrentUseError`) from a thread other than the one in the
         middle of a trajectory; afterwards any thread may run the next one."""
+        known = _host_timesteps(timesteps, num_steps or self.num_steps)  # refused before anything changes
         self._caller.claim_reset(self._mid_trajectory)
         if num_steps is not None:
             self.num_steps = num_steps
         self._watch_due = True
         for name in list(self.branches) or [DEFAULT_BRANCH]:
             self._reset_branch(self._branch(name), num_steps)
+            self.branches[name].timesteps = known
         self._last_call = None
         self._calls_per_step = None
 
@@ -290,6 +299,7 @@ class CacheRuntime(torch.nn.Module):
         branch.step = 0
         branch.last_t = None
         branch.direction = None
+        branch.timesteps = None
         branch.history.append(TrajectoryStats())
 
     @property
@@ -355,6 +365,13 @@ class CacheRuntime(torch.nn.Module):
         if t is None:
             return None
         return float(t.reshape(-1)[0]) if t.numel() else None
+
+    def _step_timestep(self, branch: BranchState, step: int, inputs) -> float | None:
+        """The step's timestep for a controller: from the trajectory's given timesteps when it has
+        them (no device read), else read from the call's input."""
+        if branch.timesteps is not None and step < len(branch.timesteps):
+            return branch.timesteps[step]
+        return self._timestep(inputs)
 
     def _branch_of_call(self, inputs, key: tuple) -> tuple[str, float | None]:
         """The branch this call belongs to, and the call's timestep if it had to be read.
@@ -478,7 +495,7 @@ class CacheRuntime(torch.nn.Module):
         then ``M`` when the items took different letters, and each item's letter is recorded in the
         trajectory's ``item_schedules``."""
         device = env[self.program.inputs[0]].device
-        ctx = StepContext(self.program.meta, branch.caches, batch, device, timestep=lambda: self._timestep(env))
+        ctx = StepContext(self.program.meta, branch.caches, batch, device, timestep=lambda: self._step_timestep(branch, step, env))
         actions = branch.controller.actions(step, ctx)
         signal_name = self.program.meta.get("signal")
         flops, signal = 0.0, None
@@ -561,6 +578,20 @@ def _host_value(t: torch.Tensor) -> float | list[float]:
     """A value read back for a controller: a float, or a list of floats for a per-item vector (one
     device→host copy either way)."""
     return float(t) if t.dim() == 0 else t.tolist()
+
+
+def _host_timesteps(timesteps, num_steps: int | None) -> tuple[float, ...] | None:
+    """``reset``'s timesteps as host floats, one per step of the trajectory (refused otherwise)."""
+    if timesteps is None:
+        return None
+    try:
+        values = tuple(float(t) for t in timesteps)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ShapeError(f"reset(timesteps=...) takes one number per step (a list or a 1-D tensor); {exc}") from None
+    if num_steps is not None and len(values) != num_steps:
+        raise ShapeError(f"reset(timesteps=...) has {len(values)} values for a trajectory of {num_steps} steps; "
+                         "give one per step")
+    return values
 
 
 def _continues(t: float, last_t: float, direction: float | None) -> bool:

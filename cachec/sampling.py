@@ -63,6 +63,7 @@ def denoise(denoiser, bundle: ModelBundle, x: torch.Tensor, kw: dict, steps: int
     scheduler.set_timesteps(steps)
     is_flux = bundle.class_name == "FluxTransformer2DModel"
     timesteps = scheduler.timesteps
+    start_trajectory(denoiser, [model_timestep(t, kw["timestep"], is_flux) for t in timesteps])
     if progress:
         from tqdm import tqdm
 
@@ -73,7 +74,7 @@ def denoise(denoiser, bundle: ModelBundle, x: torch.Tensor, kw: dict, steps: int
         for i, t in enumerate(timesteps):
             t0 = time.perf_counter()
             ref_t = kw["timestep"]
-            tt = (t / 1000.0 if is_flux else t).to(ref_t.device, ref_t.dtype)
+            tt = _scaled(t, is_flux).to(ref_t.device, ref_t.dtype)
             tt = tt.expand(ref_t.shape) if ref_t.dim() else tt.reshape(())
             out = denoiser(**{latent_name: x, **kw, "timestep": tt}, return_dict=False)[0]
             out = scheduler_output(out, x)
@@ -82,6 +83,27 @@ def denoise(denoiser, bundle: ModelBundle, x: torch.Tensor, kw: dict, steps: int
             if callback is not None:
                 callback(i, x)
     return Trajectory(x, time.perf_counter() - start, step_seconds)
+
+
+def _scaled(t: torch.Tensor, is_flux: bool) -> torch.Tensor:
+    """FLUX takes the scheduler's timestep over 1000 (as its pipeline passes it)."""
+    return t / 1000.0 if is_flux else t
+
+
+def model_timestep(t: torch.Tensor, ref_t: torch.Tensor, is_flux: bool) -> float:
+    """The value the denoiser receives as its timestep at the scheduler's timestep ``t`` (read
+    on the scheduler's device, the host, before the loop)."""
+    return float(_scaled(t, is_flux).to(ref_t.dtype))
+
+
+def start_trajectory(denoiser, timesteps: list[float]) -> None:
+    """Start a cachec runtime's trajectory with the loop's timesteps, so that a policy gated on a
+    timestep window (PAB, FasterCache) looks each step's up instead of reading it from the device
+    every step; any other denoiser is left alone."""
+    from .runtime import CacheRuntime
+
+    if isinstance(denoiser, CacheRuntime):
+        denoiser.reset(len(timesteps), timesteps=timesteps)
 
 
 def scheduler_output(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

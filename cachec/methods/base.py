@@ -137,7 +137,8 @@ class StepContext:
     caches: dict
     batch: int
     device: object
-    # the step's timestep on the host, read only when a controller calls it (one device->host sync):
+    # the step's timestep on the host, only when a controller calls it: looked up in the trajectory's
+    # timesteps when its caller gave them (reset(timesteps=...)), else read (one device->host sync).
     # PAB and FasterCache gate their reuse on a timestep window, as their reference hooks do
     timestep: Callable[[], float | None] | None = None
 

@@ -29,7 +29,7 @@ from ..forecast import ForecastTracker
 from .base import Actions, Controller, Method, StepContext
 
 DECISIONS = ("static", "fbcache", "dbcache", "teacache", "magcache", "easycache")
-DECISION_KEYS = ("N", "streams", "warmup", "final")  # a forecaster's keys the decision owns in a hybrid
+DECISION_KEYS = ("N", "streams", "warmup", "final", "placement")  # a forecaster's keys the decision owns in a hybrid
 
 
 def forecasters() -> list[str]:

@@ -45,10 +45,26 @@ class PABController(Controller):
                                   "model's calls carry none (no 'timestep' input)")
             if p.lo < t < p.hi:
                 ranges = {"spatial": p.S, "temporal": p.T, "cross": p.C}
-                reuse = tuple(g for g in GROUPS if step % ranges[g] != 0)
+                present = groups_present(ctx.meta["regions"])
+                reuse = tuple(g for g in GROUPS if g in present and step % ranges[g] != 0)
         if not reuse:
             self.last_full = step
         yield Action("reuse_" + "_".join(reuse) if reuse else "full", "R" if reuse else "F")
+
+
+def group_of(kind: str, name: str) -> str | None:
+    """The attention type a region belongs to (None: not an attention region)."""
+    if kind == "cross_attn":
+        return "cross"
+    if kind == "attn":
+        return "temporal" if "temporal" in name else "spatial"
+    return None
+
+
+def groups_present(regions: list[dict]) -> frozenset[str]:
+    """The attention types this model has (a DiT has neither temporal nor cross-attention): a step
+    that would reuse only absent ones computes everything, and is a full step (``F``)."""
+    return frozenset(g for r in regions if (g := group_of(r["kind"], r["name"])) is not None)
 
 
 def _subsets() -> tuple[str, ...]:
@@ -75,8 +91,7 @@ class PABPolicy(Method):
     def plan(self, planner) -> None:
         groups = {g: [] for g in GROUPS}
         for r in planner.regions:
-            if r.kind == "cross_attn":
-                groups["cross"].append(r.segment)
-            elif r.kind == "attn":
-                groups["temporal" if "temporal" in r.name else "spatial"].append(r.segment)
+            group = group_of(r.kind, r.name)
+            if group is not None:
+                groups[group].append(r.segment)
         planner.group_reuse(groups)

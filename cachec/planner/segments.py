@@ -18,11 +18,13 @@ graphs on either side stay whole and exportable.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import fx
 
+from cachec.flops import size_hint
 from cachec.graph_keys import OUTPUTS_KEY
 from cachec.program import per_item
 
@@ -143,10 +145,20 @@ def linear_mix(groups: list[tuple[list[str], list[str]]], coefficients: str, met
             rows = g.call_function(aten.slice.Tensor, (coeff, 0, 0, len(outputs)))
             rows = g.call_function(aten.slice.Tensor, (rows, 1, 0, len(inputs)))
         mixed = g.call_function(aten.mm.default, (rows, flat))
+        mixed.meta["val"] = _product_shape(len(outputs), meta.get(inputs[0]))
+        if rows is not coeff:
+            rows.meta["val"] = torch.empty((len(outputs), len(inputs)), device="meta")
         for j, out_name in enumerate(outputs):
             row = g.call_function(aten.select.int, (mixed, 0, j))
             outs.append((out_name, g.call_function(aten.view.default, (row, shape))))
     return _module(g, outs, "LinearMix")
+
+
+def _product_shape(rows: int, stream) -> torch.Tensor:
+    """The shape of a mix's ``C @ X`` (``[outputs, stream elements]``, on the meta device): with it
+    :func:`cachec.flops.node_flops` counts the product (``2 · outputs · inputs`` FLOPs per stream
+    element), so a forecast step's NFE includes what its forecast costs."""
+    return torch.empty((rows, math.prod(size_hint(d) for d in stream.shape)), device="meta")
 
 
 def _flat_view_shape(val) -> list[int] | None:

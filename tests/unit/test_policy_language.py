@@ -64,6 +64,34 @@ def test_schedules_follow_the_rules():
     assert run("teacache:0.1", 6, [9, 0.04, 0.04, 0.04, 0.01, 0.5]) == "FRRFRF"
 
 
+def test_taylorseer_places_full_steps_as_cachec_or_as_diffusers_hook():
+    import torch
+    from diffusers.hooks.taylorseer_cache import TaylorSeerCacheHook, TaylorSeerState
+
+    T = 12
+
+    def full_steps(spec):
+        ctl = parse_policy(spec).controller(T)
+        return [s for s in range(T) if ctl.decide(s)]
+
+    def diffusers_full_steps(N, W):
+        class OneState:  # diffusers' StateManager, without the cache context it would need
+            state = TaylorSeerState()
+
+            def get_state(self):
+                return self.state
+
+        hook = TaylorSeerCacheHook(N, W, torch.float32, OneState())
+        return [s for s in range(T) if hook._measure_should_compute()[0]]
+
+    # cachec: N counted from the last warm-up step; diffusers: (step - W - 1) % N == 0 after W warm-up steps
+    assert full_steps("taylorseer:4") == [0, 1, 5, 9]
+    assert full_steps("taylorseer:4,placement=diffusers") == diffusers_full_steps(4, 2) == [0, 1, 3, 7, 11]
+    assert full_steps("taylorseer:5,warmup=3,placement=diffusers") == diffusers_full_steps(5, 3)  # its defaults
+    with pytest.raises(PolicyError, match="accepted: cachec, diffusers"):
+        parse_policy("taylorseer:4,placement=peer")
+
+
 def test_describe_lists_every_policy_and_parameter():
     text = describe_policies()
     for cls in POLICIES.values():
