@@ -8,7 +8,8 @@ accepted.
 
 Cost: :func:`check_inputs` reads shapes, devices and dtypes only (no device→host sync).
 :func:`check_labels` needs the label values: the runtime calls it on every call whose labels are
-on the CPU, and once per trajectory (its first step) for labels on a GPU, one sync per trajectory.
+on the CPU (read from host memory directly: no dispatched op, no sync), and once per trajectory
+(its first step) for labels on a GPU, one sync per trajectory.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def check_labels(inputs: dict[str, torch.Tensor], config, *, read_device: bool =
     count = label_count(config)
     if count is None:
         return
-    low, high = int(labels.min()), int(labels.max())
+    if labels.device.type == "cpu":  # host memory: read it directly (no dispatched op, nothing a GPU would pay)
+        values = labels.numpy()
+        low, high = int(values.min()), int(values.max())
+    else:
+        low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= count:
         raise ShapeError(f"class_labels hold {low if low < 0 else high}; this model takes labels 0..{count - 1}")

@@ -3,7 +3,8 @@ the trajectory's timesteps are given (``CacheRuntime.reset(timesteps=...)``, whi
 sampling loop does): they look each step's timestep up by index and read what a step-index policy
 (FORA) reads, nothing more. Counted on the tiny DiT with :mod:`cachec.dispatch_count` (reads of a
 tensor's value are what a GPU syncs on; on the CPU the runtime also checks the class labels' range
-each call, which FORA pays alike); without the timesteps every window step reads one more.
+each call, FORA alike: on the CPU it reads host memory, no sync); without the timesteps every
+window step reads one more.
 """
 
 from __future__ import annotations
