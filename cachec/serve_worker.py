@@ -373,9 +373,11 @@ class ArtifactWorker:
         if self._loaded is None:
             import cachec
 
-            self._loaded = cachec.load(self.path, policy=None if policy == self.policy else policy,
-                                       device=self.device, **self.trust)
-            return self._loaded
+            # always the artifact's own plan: a first request for `none` must not leave a program
+            # without the variants the compiled policy's later requests need
+            self._loaded = cachec.load(self.path, device=self.device, **self.trust)
+            if policy == self.policy:
+                return self._loaded
         from .runtime import CacheRuntime
 
         base = self._loaded

@@ -137,6 +137,16 @@ def test_runtimes_per_policy_are_bounded_and_share_one_loaded_artifact(worker, m
     assert programs == {id(worker._loaded.program)}  # one set of weights, however many policies
 
 
+def test_a_first_request_for_none_leaves_the_compiled_plan_for_the_next(artifact):
+    """The loaded program is always the artifact's own plan: a replica whose first request asks for
+    `none` still runs the compiled policy's requests afterwards, on the same program."""
+    fresh = ArtifactWorker(artifact, device="cpu", max_batch=MAX_BATCH)
+    plain = fresh.run([fresh.prepare(req(steps=8, policy="none"))])[0]
+    cached = fresh.run([fresh.prepare(req(steps=8))])[0]  # budget:4 over 8 steps: 4 full, 4 reused
+    assert set(plain["schedule"]) == {"F"} and "R" in cached["schedule"], (plain["schedule"], cached["schedule"])
+    assert {id(rt.program) for rt in fresh._runtimes.values()} == {id(fresh._loaded.program)}
+
+
 def test_an_abandoned_trajectory_stops_between_steps(worker, monkeypatch):
     """The client leaves at step 3 of 1000: the trajectory stops after the step it was running."""
     job = worker.prepare(req(steps=1000))
