@@ -46,6 +46,9 @@ After a trajectory, :attr:`HookedReference.full_steps` lists the full steps and
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+
 import torch
 
 ATTN_FF_NAMES = ("attn", "attn1", "attn2", "ff", "ff_context", "ffn")
@@ -316,3 +319,39 @@ class HookedReference(HookOwner):
             self.cache["R"] = img - self.cur["o1"]
             return None
         return with_streams(out, dict(out_streams(out), img=self.cur["o1"] + self.cache["R"]))
+
+
+class ReferenceDenoiser(torch.nn.Module):
+    """The hook reference as a pipeline denoiser, with one policy state per ``cache_context`` branch."""
+
+    def __init__(self, model, spec: str, steps: int):
+        super().__init__()
+        self.model = model
+        self.ref = HookedReference(model, spec, steps)
+        self.fixed = {"model", "name", "p", "T", "blocks", "handles"}  # the rest is per-trajectory state
+        self.states: dict[str, dict] = {}
+        self.branch = "default"
+        self.signature = [p for p in inspect.signature(model.forward).parameters if p != "kwargs"]
+        self.config, self.dtype, self.device = model.config, model.dtype, model.device
+
+    @contextlib.contextmanager
+    def cache_context(self, name, **_):
+        self.branch = name
+        try:
+            yield
+        finally:
+            self.branch = "default"
+
+    def forward(self, *args, **kwargs):
+        return_dict = kwargs.pop("return_dict", True)
+        kwargs.update(zip(self.signature, args, strict=False))
+        state = self.states.get(self.branch)
+        if state is None:
+            self.ref.reset()
+        else:
+            vars(self.ref).update(state)
+        out = self.ref(**kwargs)
+        self.states[self.branch] = {k: v for k, v in vars(self.ref).items() if k not in self.fixed}
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)

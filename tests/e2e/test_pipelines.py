@@ -10,14 +10,10 @@ A loaded artifact (``cachec.load``) serves as ``pipe.transformer`` too.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-
 import diffusers
 import pytest
 import torch
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
-from reference_hooks import HookedReference
+from reference_hooks import ReferenceDenoiser
 from small_models import make
 
 import cachec
@@ -28,38 +24,6 @@ pytestmark = pytest.mark.slow  # whole diffusers pipelines (tests/README.md)
 STEPS = 6
 
 
-class ReferenceDenoiser(torch.nn.Module):
-    """The hook reference as a pipeline denoiser, with one policy state per ``cache_context`` branch."""
-
-    def __init__(self, model, spec: str):
-        super().__init__()
-        self.model = model
-        self.ref = HookedReference(model, spec, STEPS)
-        self.fixed = {"model", "name", "p", "T", "blocks", "handles"}  # the rest is per-trajectory state
-        self.states: dict[str, dict] = {}
-        self.branch = "default"
-        self.signature = [p for p in inspect.signature(model.forward).parameters if p != "kwargs"]
-        self.config, self.dtype, self.device = model.config, model.dtype, model.device
-
-    @contextlib.contextmanager
-    def cache_context(self, name, **_):
-        self.branch = name
-        try:
-            yield
-        finally:
-            self.branch = "default"
-
-    def forward(self, *args, **kwargs):
-        return_dict = kwargs.pop("return_dict", True)
-        kwargs.update(zip(self.signature, args, strict=False))
-        state = self.states.get(self.branch)
-        if state is None:
-            self.ref.reset()
-        else:
-            vars(self.ref).update(state)
-        out = self.ref(**kwargs)
-        self.states[self.branch] = {k: v for k, v in vars(self.ref).items() if k not in self.fixed}
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
 
 def _vae():
@@ -175,7 +139,7 @@ def test_fora_equals_the_hook_reference_in_the_pipeline(case):
     name, pipe, kw, field, plain = case
     attr = _denoiser_attr(pipe)
     model = getattr(pipe, attr)
-    setattr(pipe, attr, ReferenceDenoiser(model, "fora:3"))
+    setattr(pipe, attr, ReferenceDenoiser(model, "fora:3", STEPS))
     try:
         expected = _run(pipe, kw, field)
         ref_schedules = {b: s["schedule"] for b, s in getattr(pipe, attr).states.items()}

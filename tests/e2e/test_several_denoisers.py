@@ -9,14 +9,10 @@ on each expert, with one state per CFG branch and the expert's own trajectory le
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-
 import diffusers
 import pytest
 import torch
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
-from reference_hooks import HookedReference
+from reference_hooks import ReferenceDenoiser
 from small_models import make
 
 import cachec
@@ -26,38 +22,6 @@ POLICY = "fora:3,final=1"
 EXPERTS = ("transformer", "transformer_2")
 
 
-class ExpertReference(torch.nn.Module):
-    """One expert under the hook reference, ``steps`` long, with a policy state per ``cache_context`` branch."""
-
-    def __init__(self, model, steps: int):
-        super().__init__()
-        self.model = model
-        self.ref = HookedReference(model, POLICY, steps)
-        self.fixed = {"model", "name", "p", "T", "blocks", "handles"}  # the rest is per-trajectory state
-        self.states: dict[str, dict] = {}
-        self.branch = "default"
-        self.signature = [p for p in inspect.signature(model.forward).parameters if p != "kwargs"]
-        self.config, self.dtype, self.device = model.config, model.dtype, model.device
-
-    @contextlib.contextmanager
-    def cache_context(self, name, **_):
-        self.branch = name
-        try:
-            yield
-        finally:
-            self.branch = "default"
-
-    def forward(self, *args, **kwargs):
-        return_dict = kwargs.pop("return_dict", True)
-        kwargs.update(zip(self.signature, args, strict=False))
-        state = self.states.get(self.branch)
-        if state is None:
-            self.ref.reset()
-        else:
-            vars(self.ref).update(state)
-        out = self.ref(**kwargs)
-        self.states[self.branch] = {k: v for k, v in vars(self.ref).items() if k not in self.fixed}
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
 
 def _embeds(*shape, seed):
@@ -96,7 +60,7 @@ def test_each_expert_has_its_own_program_caches_and_step_count():
     expected, ref_schedules = [], []
     for seed in (0, 1):  # a fresh reference per trajectory: nothing carries over
         for attr in EXPERTS:
-            setattr(pipe, attr, ExpertReference(models[attr], lengths[attr]))
+            setattr(pipe, attr, ReferenceDenoiser(models[attr], POLICY, lengths[attr]))
         expected.append(_run(pipe, seed))
         ref_schedules.append({attr: {b: st["schedule"] for b, st in getattr(pipe, attr).states.items()}
                               for attr in EXPERTS})
