@@ -7,7 +7,6 @@ streams, and which scheduler samples it. Nothing here reaches a model hub.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,6 +17,8 @@ import torch
 from . import hub
 from .arch_configs import ARCH_CONFIGS
 from .errors import ModelError
+from .input_synthesis import signature_inputs, synth_inputs  # noqa: F401 - synthesis lives there; importers use these names here
+from .model_loading import load_pretrained
 from .quantized import check_quantization_config
 
 # flow-matching models are sampled with FlowMatchEulerDiscreteScheduler, the rest with DDIM
@@ -185,144 +186,6 @@ def to_device(inputs: dict, device) -> dict:
     return out
 
 
-class _Config(dict):
-    __getattr__ = dict.get
-
-
-def synth_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_tokens: int = 8,
-                 resolution: int | None = None, frames: int = 1, dtype: torch.dtype = torch.float32,
-                 model: torch.nn.Module | None = None) -> dict:
-    """Keyword inputs for a model class and config (no module needed, so artifacts can be sampled).
-
-    Shapes follow the pipelines (latent channels and sample size from the config); values are
-    seeded noise, timesteps mid-schedule, so export and runtime checks see realistic dtypes.
-    """
-    g = torch.Generator().manual_seed(seed)
-    c = _Config(config)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g).to(dtype)
-
-    size = resolution or c.get("sample_size") or 16
-    if cls == "DiTTransformer2DModel":
-        return dict(hidden_states=randn(batch, c.in_channels, size, size),
-                    timestep=torch.full((batch,), 500, dtype=torch.long),
-                    class_labels=torch.randint(0, c.num_embeds_ada_norm, (batch,), generator=g))
-    if cls == "PixArtTransformer2DModel":
-        added = {"resolution": None, "aspect_ratio": None}
-        if c.use_additional_conditions if c.use_additional_conditions is not None else c.sample_size == 128:
-            added = {"resolution": torch.tensor([[size * 8.0, size * 8.0]] * batch, dtype=dtype),
-                     "aspect_ratio": torch.ones(batch, 1, dtype=dtype)}
-        return dict(hidden_states=randn(batch, c.in_channels, size, size),
-                    encoder_hidden_states=randn(batch, text_tokens, c.caption_channels),
-                    timestep=torch.full((batch,), 500, dtype=torch.long), added_cond_kwargs=added)
-    if cls in ("FluxTransformer2DModel", "ChromaTransformer2DModel"):  # Chroma: FLUX's layout, no pooled text
-        h = w = size // 2 if resolution else 8
-        ids = torch.zeros(h, w, 3)
-        ids[..., 1] = torch.arange(h)[:, None]
-        ids[..., 2] = torch.arange(w)[None, :]
-        kw = dict(hidden_states=randn(batch, h * w, c.in_channels),
-                  encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim))
-        if c.pooled_projection_dim:
-            kw["pooled_projections"] = randn(batch, c.pooled_projection_dim)
-        kw.update(timestep=torch.full((batch,), 0.5, dtype=dtype),
-                  img_ids=ids.reshape(h * w, 3).to(dtype), txt_ids=torch.zeros(text_tokens, 3, dtype=dtype))
-        if c.guidance_embeds:
-            kw["guidance"] = torch.full((batch,), 3.5, dtype=dtype)
-        return kw
-    if cls == "SD3Transformer2DModel":
-        return dict(hidden_states=randn(batch, c.in_channels, size, size),
-                    encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim),
-                    pooled_projections=randn(batch, c.pooled_projection_dim),
-                    timestep=torch.full((batch,), 500.0, dtype=dtype))
-    if cls == "WanTransformer3DModel":
-        size = resolution or 16
-        return dict(hidden_states=randn(batch, c.in_channels, frames, size, size),
-                    timestep=torch.full((batch,), 500, dtype=torch.long),
-                    encoder_hidden_states=randn(batch, text_tokens, c.text_dim))
-    if cls == "QwenImageTransformer2DModel":
-        # packed 2x2 latent patches, (frames, rows, cols) of the packed grid per sample, as QwenImagePipeline passes
-        h = w = size // 2 if resolution else 8
-        return dict(hidden_states=randn(batch, h * w, c.in_channels),
-                    encoder_hidden_states=randn(batch, text_tokens, c.joint_attention_dim),
-                    encoder_hidden_states_mask=torch.ones(batch, text_tokens, dtype=torch.long),
-                    timestep=torch.full((batch,), 0.5, dtype=dtype), img_shapes=[(1, h, w)] * batch)
-    if cls == "LTXVideoTransformer3DModel":
-        # packed latent tokens (frames x rows x cols, patch 1) and the grid they came from, as LTXPipeline passes them
-        size = resolution or 16
-        return dict(hidden_states=randn(batch, frames * size * size, c.in_channels),
-                    encoder_hidden_states=randn(batch, text_tokens, c.caption_channels),
-                    timestep=torch.full((batch,), 500.0, dtype=dtype),
-                    encoder_attention_mask=torch.ones(batch, text_tokens, dtype=dtype),
-                    num_frames=frames, height=size, width=size)
-    if cls == "UNet2DConditionModel":
-        # a 0-d timestep, as StableDiffusionPipeline passes it (a batched one bounds the batch at 2..63)
-        return dict(sample=randn(batch, c.in_channels, size, size),
-                    timestep=torch.tensor(500, dtype=torch.long),
-                    encoder_hidden_states=randn(batch, text_tokens, c.cross_attention_dim))
-    return signature_inputs(cls, config, batch, seed, text_tokens=text_tokens, resolution=resolution, frames=frames,
-                            dtype=dtype, model=model)
-
-
-# config keys that give a text stream's width, in the order diffusers' classes use them
-# (``caption_channels`` first: where a class has it, a caption projection maps it to ``cross_attention_dim``)
-_TEXT_DIMS = ("joint_attention_dim", "caption_channels", "cross_attention_dim", "text_dim", "text_embed_dim",
-              "encoder_hid_dim", "context_dim", "caption_projection_dim")
-
-
-def signature_inputs(cls: str, config: dict, batch: int = 2, seed: int = 0, *, text_tokens: int = 8,
-                     resolution: int | None = None, frames: int = 1, dtype: torch.dtype = torch.float32,
-                     model: torch.nn.Module | None = None) -> dict:
-    """Example inputs of any class from its forward signature and config.
-
-    The forward's first argument is the latent: ``(B, in_channels, H, W)``, with a frame axis for
-    a ``*3D*``/video class; ``timestep`` is a batch of mid-schedule values; ``encoder_hidden_states``
-    a token sequence as wide as the config's text dimension; ``pooled_projections`` as wide as
-    ``pooled_projection_dim``. Arguments with a default are left out. A required argument none of
-    these rules covers is ambiguous: the error asks for ``--inputs FILE``.
-    """
-    import inspect
-
-    g = torch.Generator().manual_seed(seed)
-    c = _Config(config)
-    forward = getattr(model, "forward", None) if model is not None else _cls(cls).forward
-    params = [p for p in inspect.signature(forward).parameters.values()
-              if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    sample_size = c.get("sample_size")
-    size = resolution or (sample_size if isinstance(sample_size, int) else 16)
-    channels = c.get("in_channels") or c.get("in_dim") or c.get("num_channels_latents")
-    video = "3D" in cls or "Video" in cls
-    out: dict = {}
-    for i, p in enumerate(params):
-        name = p.name
-        if i == 0:
-            if not channels:
-                break
-            shape = (batch, channels, frames, size, size) if video else (batch, channels, size, size)
-            out[name] = torch.randn(*shape, generator=g).to(dtype)
-        elif name in ("timestep", "timesteps", "t"):
-            out[name] = torch.full((batch,), 500.0, dtype=dtype)
-        elif name == "encoder_hidden_states" and any(c.get(k) for k in _TEXT_DIMS):
-            width = next(c.get(k) for k in _TEXT_DIMS if c.get(k))
-            out[name] = torch.randn(batch, text_tokens, width, generator=g).to(dtype)
-        elif name == "pooled_projections" and c.get("pooled_projection_dim"):
-            out[name] = torch.randn(batch, c.pooled_projection_dim, generator=g).to(dtype)
-        elif name == "encoder_attention_mask" and "encoder_hidden_states" in out and p.default is p.empty:
-            out[name] = torch.ones(batch, text_tokens, dtype=dtype)  # every text token attended
-        elif name == "guidance" and c.get("guidance_embeds"):
-            out[name] = torch.full((batch,), 3.5, dtype=dtype)  # a model with a guidance embedding needs its input
-        elif p.default is p.empty:
-            break
-    missing = [p.name for p in params if p.default is p.empty and p.name not in out]
-    if missing or not out:
-        raise ModelError(
-            f"cannot build example inputs for {cls} from its forward signature and config: no rule for the required "
-            f"input(s) {missing or [params[0].name if params else '?']}; pass them with --inputs FILE (a safetensors "
-            "file of example tensors named as the forward's arguments, a__b for a nested a={'b': ...}) or use a "
-            "pipeline with cachec.enable"
-        )
-    return out
-
 def builtin_dir(name: str) -> Path:
     return Path(str(resources.files("cachec").joinpath("builtin", name.replace("-", "_"))))
 
@@ -397,9 +260,7 @@ def _load_dir(path: Path, dtype: torch.dtype) -> torch.nn.Module:
         raise ModelError(f"{cfg_file} is not a diffusers config (no _class_name): {exc}") from exc
     check_quantization_config(config.get("quantization_config"), str(path))  # before diffusers asks for bitsandbytes
     try:
-        # low_cpu_mem_usage needs `accelerate` (not a dependency); asking for the plain load keeps diffusers quiet
-        low_mem = importlib.util.find_spec("accelerate") is not None
-        return _cls(cls_name).from_pretrained(str(path), torch_dtype=dtype, low_cpu_mem_usage=low_mem).eval()
+        return load_pretrained(_cls(cls_name), path, dtype)  # with or without `accelerate` (not a dependency)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loading failure is reported with the path

@@ -47,14 +47,18 @@ def test_a_directory_without_a_pipeline_is_named(model_dir, capsys):
     assert "needs a local diffusers pipeline directory" in capsys.readouterr().err
 
 
-def test_a_pipeline_directory_supplies_the_inputs_its_denoisers_signature_does_not_describe(tmp_path, capsys):
-    """CogView3-Plus needs size conditioning (``original_size``…) that no signature rule can build:
-    as a bare model directory it is refused with what to pass; as a pipeline directory, the
-    pipeline's own first denoiser call supplies the inputs, and the compiled artifact runs."""
+def test_a_pipeline_directory_supplies_the_inputs_its_denoisers_signature_does_not_describe(tmp_path, capsys,
+                                                                                             monkeypatch):
+    """CogView3-Plus needs size conditioning (``original_size``…) that no signature rule can build.
+    Its synthesis rule taken away (it stands for a class no rule covers): as a bare model directory
+    it is refused with what to pass; as a pipeline directory, the pipeline's own first denoiser call
+    supplies the inputs, and the compiled artifact runs."""
     from tiny_pipelines import save_cogview3plus
 
+    from cachec import input_synthesis
     from cachec.models import resolve
 
+    monkeypatch.delitem(input_synthesis.RULES, "CogView3PlusTransformer2DModel")
     pipe_dir = save_cogview3plus(tmp_path)
     # the transformer alone: a clear error naming --inputs
     assert main(["compile", str(pipe_dir / "transformer"), "--out", str(tmp_path / "bare"), "--device", "cpu"]) == 2
