@@ -25,7 +25,7 @@ from torch import fx
 from torch.export import Dim
 
 from . import structure
-from .errors import ModelError
+from .errors import CaptureError, ModelError
 from .output_forms import TENSOR, as_one_tensor
 from .program_store import GRAPH_FILE as PROGRAM_FILE  # noqa: F401 - an eager artifact's captured program
 from .regions import WRAPPER, module_path
@@ -251,10 +251,10 @@ def capture_module(
 
 
 def _capture_error(model_class: str, exc: BaseException, *, static: bool,
-                   dynamic_exc: BaseException | None = None) -> ModelError:
+                   dynamic_exc: BaseException | None = None) -> CaptureError:
     first = str(exc).splitlines()[0] if str(exc) else ""
     tried = " (a dynamic batch failed too, then the example batch statically)" if dynamic_exc is not None else ""
-    return ModelError(
+    return CaptureError(
         f"torch.export could not capture {model_class}{tried}: the model uses "
         f"{structure.export_failure_construct(exc)} — {type(exc).__name__}: {first}\n"
         "cachec accepts a denoiser that non-strict torch.export can trace: no Python branch on a tensor's value, "

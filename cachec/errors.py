@@ -18,6 +18,11 @@ class ModelError(CachecError):
     """A model that cannot be resolved, built, exported or segmented."""
 
 
+class CaptureError(ModelError):
+    """torch.export could not trace the model on its example inputs (which of the two is at fault, the
+    caller tells: :mod:`cachec.input_check` re-words it when the inputs were synthesised)."""
+
+
 class ShapeError(CachecError, ValueError):
     """Runtime inputs whose shape or dtype differ from what the program was compiled for."""
 

@@ -48,6 +48,7 @@ class ModelBundle:
     recorded: dict | None = field(default=None, repr=False)  # that call's tensors, once recorded
     artifact_inputs: Path | None = None  # an artifact's own example inputs (kept when none could be synthesised)
     latent: str | None = None  # the latent input as capture found it (an artifact's manifest says it)
+    inputs_origin: str = ""  # where the last example inputs came from: config, file, pipeline or artifact
 
     def __post_init__(self):
         if self.model is not None:
@@ -79,17 +80,20 @@ class ModelBundle:
         param = next(self.model.parameters()) if self.model is not None else None
         dtype = param.dtype if param is not None else torch.float32
         if self.inputs_file is not None:
-            inputs = load_inputs(self.inputs_file, batch, dtype)
+            inputs, self.inputs_origin = load_inputs(self.inputs_file, batch, dtype), "file"
+        elif self.recorded is not None:  # recorded once (synthesis failed or the model failed on it): kept
+            inputs, self.inputs_origin = fit_inputs(self.recorded, batch, dtype), "pipeline"
         else:
             try:
                 inputs = synth_inputs(self.cls_name, self.config, batch, seed, text_tokens=self.text_tokens,
                                       resolution=resolution or self.resolution, frames=self.frames, dtype=dtype,
                                       model=self.model)
+                self.inputs_origin = "config"
             except ModelError as exc:
                 if self.pipeline_dir is not None:
-                    inputs = fit_inputs(self.recorded_call(exc), batch, dtype)
+                    inputs, self.inputs_origin = fit_inputs(self.recorded_call(exc), batch, dtype), "pipeline"
                 elif self.artifact_inputs is not None:
-                    inputs = load_inputs(self.artifact_inputs, batch, dtype)
+                    inputs, self.inputs_origin = load_inputs(self.artifact_inputs, batch, dtype), "artifact"
                 else:
                     raise
         device = param.device if param is not None else self.device

@@ -93,7 +93,7 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
 
         own, options = artifact.runtime_backend(path, manifest, backend)
         return Session(bundle, manifest["signature"], own, options, own_policy, device, plan_artifact)
-    from .capture import capture
+    from .input_check import capture_blaming_inputs, checked_inputs
     from .planner import compile_program
     from .policy import parse_policy
     from .progress import busy, library_bars_off_terminal
@@ -118,7 +118,8 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
 
         fuse_lora_files(bundle.model, loras)
     with busy(f"exporting {bundle.class_name} ({model_spec})"):
-        captured = capture(bundle.model, bundle.example_inputs(batch=batch))
+        # the plain model runs on the example inputs first, so a failure blames the inputs, not the model
+        captured = capture_blaming_inputs(bundle, checked_inputs(bundle, batch))
 
     def plan(pol):
         # each plan consumes its own copy of the captured graph (passes rewrite it in place)

@@ -137,15 +137,29 @@ def _unexportable_resolve(monkeypatch):
     monkeypatch.setattr(models, "resolve", resolve)
 
 
-def test_unexportable_model_is_named_without_traceback(model_dir, tmp_path, monkeypatch, capsys):
+def test_unexportable_model_is_named_without_traceback(model_dir, tmp_path, tmp_path_factory, monkeypatch, capsys):
+    """On inputs synthesised from the config the message says so first (they could be the cause) and
+    points to --inputs; on the user's own inputs it names the model's construct."""
+    from safetensors.torch import save_file
+
+    from cachec.models import resolve
+
     _unexportable_resolve(monkeypatch)
     out = tmp_path / "o"
     assert main(["compile", str(model_dir), "--policy", "fora:2", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "torch.export could not capture DiTTransformer2DModel" in err
-    assert "accepts a denoiser that non-strict torch.export can trace" in err
+    assert "torch.export could not capture DiTTransformer2DModel on the example inputs cachec synthesised" in err
+    assert "data-dependent Python control flow" in err and "--inputs FILE" in err
     assert "def forward" not in err  # torch's partial-graph dump is held back
     assert "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    given = tmp_path_factory.mktemp("inputs") / "dit.safetensors"
+    save_file({k: v for k, v in resolve(str(model_dir)).example_inputs(batch=2).items()}, str(given))
+    assert main(["compile", str(model_dir), "--inputs", str(given), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "torch.export could not capture DiTTransformer2DModel" in err and "synthesised" not in err
+    assert "the model uses data-dependent Python control flow" in err
+    assert "accepts a denoiser that non-strict torch.export can trace" in err
     assert not out.exists() and not list(tmp_path.iterdir())
     with pytest.raises(cachec.errors.ModelError):  # --debug shows the traceback instead
         main(["compile", str(model_dir), "--debug", "--out", str(out)])
