@@ -112,3 +112,27 @@ def test_a_model_failing_on_a_missing_package_is_not_blamed_on_the_inputs():
     with pytest.raises(ModelError, match="NameError: name 'transforms' is not defined.*optional package") as err:
         checked_inputs(bundle, batch=2)
     assert "synthesised" not in str(err.value)
+
+
+def test_a_pipeline_directory_whose_synthesised_inputs_the_model_refuses_falls_back_to_its_own_call(tmp_path,
+                                                                                                    monkeypatch):
+    """The pipeline's recorded call stands in for a pipeline run here (tests/e2e/test_prompt_run.py
+    records a real one): what counts is that the refused synthesis is replaced, and kept replaced."""
+    from cachec import input_synthesis
+    from cachec.input_synthesis import synth_inputs
+
+    folder, model = save("UNetMotionModel", tmp_path)
+    right = synth_inputs("UNetMotionModel", dict(model.config), batch=1)  # the 5-D sample its pipeline passes
+    monkeypatch.delitem(input_synthesis.RULES, "UNetMotionModel")  # synthesis now guesses a 4-D sample
+    with no_accelerate():
+        bundle = resolve(str(folder))
+    bundle.pipeline_dir = tmp_path
+
+    def record(why):
+        bundle.recorded = right
+        return right
+
+    bundle.recorded_call = record
+    inputs = checked_inputs(bundle, batch=2)
+    assert bundle.inputs_origin == "pipeline" and inputs["sample"].shape == (2, 4, 1, 8, 8)
+    assert bundle.example_inputs(batch=1)["sample"].dim() == 5  # sampling later uses them too
