@@ -138,7 +138,7 @@ def _flux2(s: _Synth) -> dict:
     txt = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(s.text_tokens))
     kw = dict(hidden_states=s.randn(b, h * w, c.in_channels), encoder_hidden_states=s.text(c.joint_attention_dim),
               timestep=s.full(0.5), img_ids=img.expand(b, -1, -1).to(s.dtype), txt_ids=txt.expand(b, -1, -1).to(s.dtype))
-    if c.guidance_embeds if c.guidance_embeds is not None else True:  # the class default embeds guidance
+    if c.get("guidance_embeds", True):  # the class default embeds guidance
         kw["guidance"] = s.full(4.0)
     return kw
 
@@ -201,8 +201,8 @@ def _hunyuan_dit(s: _Synth) -> dict:
 
     c, b, size = s.c, s.batch, s.size
     grid, base = size // c.patch_size, 512 // 8 // c.patch_size
-    start = int(round((base - base) / 2.0))  # get_resize_crop_region_for_grid of a square grid: the whole base
-    rope = get_2d_rotary_pos_embed(c.attention_head_dim, ((start, start), (base, base)), (grid, grid), output_type="pt")
+    # the pipeline's get_resize_crop_region_for_grid of a square grid: the whole base square, uncropped
+    rope = get_2d_rotary_pos_embed(c.attention_head_dim, ((0, 0), (base, base)), (grid, grid), output_type="pt")
     pixels = float(size * 8)
     return dict(hidden_states=s.randn(b, c.in_channels, size, size),
                 encoder_hidden_states=s.text(c.cross_attention_dim, c.text_len),
