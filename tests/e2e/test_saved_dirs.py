@@ -11,6 +11,7 @@ through ``cachec inspect`` end to end (export included); and a wrong synthesis i
 
 import pytest
 import torch
+from diffusers import WanTransformer3DModel
 from saved_dirs import ALL_CLASSES, no_accelerate, save
 
 from cachec.cli import main
@@ -46,7 +47,7 @@ def test_a_saved_directory_loads_without_accelerate_and_runs_on_its_synthesised_
 def test_a_class_kept_partly_in_float32_loads_in_bf16_without_accelerate_as_diffusers_loads_it(tmp_path):
     """The hand load follows diffusers' dtype rule: modules named in ``_keep_in_fp32_modules`` stay float32."""
     folder, _ = save("WanTransformer3DModel", tmp_path)
-    reference = type(resolve(str(folder)).model).from_pretrained(str(folder), torch_dtype=torch.bfloat16)  # accelerate
+    reference = WanTransformer3DModel.from_pretrained(str(folder), torch_dtype=torch.bfloat16)  # with accelerate
     with no_accelerate():
         got = resolve(str(folder), dtype=torch.bfloat16).model
     want = reference.state_dict()
