@@ -137,3 +137,25 @@ def test_a_pipeline_directory_whose_synthesised_inputs_the_model_refuses_falls_b
     inputs = checked_inputs(bundle, batch=2)
     assert bundle.inputs_origin == "pipeline" and inputs["sample"].shape == (2, 4, 1, 8, 8)
     assert bundle.example_inputs(batch=1)["sample"].dim() == 5  # sampling later uses them too
+
+
+@pytest.mark.parametrize("patch_size_t", [None, 2], ids=["cogvideox-1.0", "cogvideox-1.5"])
+def test_cogvideox_rotary_table_is_the_one_its_pipeline_builds(patch_size_t):
+    """CogVideoX-5B's config asks for a 3-D rotary table the pipeline computes; synthesis builds the same."""
+    from types import SimpleNamespace
+
+    from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    from cachec.input_synthesis import synth_inputs
+
+    model = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=2,
+        text_embed_dim=8, num_layers=1, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        patch_size_t=patch_size_t, max_text_seq_length=6, use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False).eval()
+    kw = synth_inputs("CogVideoXTransformer3DModel", dict(model.config), batch=2, frames=2)
+    pipe = SimpleNamespace(transformer=model, vae_scale_factor_spatial=8)
+    want = CogVideoXPipeline._prepare_rotary_positional_embeddings(pipe, 8 * 8, 8 * 8, 2, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(kw["image_rotary_emb"], want, strict=True))
+    with torch.no_grad():
+        assert model(**kw, return_dict=False)[0].shape == kw["hidden_states"].shape
