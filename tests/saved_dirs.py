@@ -48,12 +48,6 @@ EXTRA: dict[str, dict] = {
 
 ALL_CLASSES = sorted({*FAMILY, *CONFIGS, *EXTRA})
 
-# the classes issue 22 names as failing through `cachec inspect DIR`
-ISSUE_CLASSES = ("HunyuanDiT2DModel", "CogVideoXTransformer3DModel", "Flux2Transformer2DModel", "UNetMotionModel",
-                 "WanTransformer3DModel", "ChronoEditTransformer3DModel", "CosmosTransformer3DModel",
-                 "Kandinsky5Transformer3DModel")
-
-
 def make(cls_name: str, seed: int = 0) -> torch.nn.Module:
     """The tiny ``cls_name`` with seeded random weights (as the family and small-model helpers build them)."""
     if cls_name in FAMILY:
