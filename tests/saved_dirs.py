@@ -48,6 +48,7 @@ EXTRA: dict[str, dict] = {
 
 ALL_CLASSES = sorted({*FAMILY, *CONFIGS, *EXTRA})
 
+
 def make(cls_name: str, seed: int = 0) -> torch.nn.Module:
     """The tiny ``cls_name`` with seeded random weights (as the family and small-model helpers build them)."""
     if cls_name in FAMILY:
