@@ -30,6 +30,11 @@ def accelerate_available() -> bool:
 
 def load_pretrained(cls: type, path: Path, dtype: torch.dtype) -> torch.nn.Module:
     """``cls`` with the weights saved in ``path``, in ``dtype`` (float32 where the class keeps modules so)."""
+    quantization = cls.load_config(str(path)).get("quantization_config")
+    if quantization and not accelerate_available():  # diffusers needs low_cpu_mem_usage, so accelerate, for these
+        method = quantization.get("quant_method", "a quantizer") if isinstance(quantization, dict) else "a quantizer"
+        raise ModelError(f"{path} holds weights quantized with {method}: diffusers loads quantized weights only with "
+                         "`accelerate` installed (pip install accelerate)")
     if accelerate_available() or not cls._keep_in_fp32_modules:
         # low_cpu_mem_usage needs accelerate; asking for the plain load without it keeps diffusers quiet
         return cls.from_pretrained(str(path), torch_dtype=dtype, low_cpu_mem_usage=accelerate_available()).eval()

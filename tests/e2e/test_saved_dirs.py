@@ -159,3 +159,17 @@ def test_cogvideox_rotary_table_is_the_one_its_pipeline_builds(patch_size_t):
     assert all(torch.equal(a, b) for a, b in zip(kw["image_rotary_emb"], want, strict=True))
     with torch.no_grad():
         assert model(**kw, return_dict=False)[0].shape == kw["hidden_states"].shape
+
+
+def test_a_quantized_directory_without_accelerate_names_accelerate(tmp_path):
+    """diffusers loads quantized weights only with low_cpu_mem_usage, which needs accelerate: one message says so."""
+    import json
+
+    from cachec.errors import ModelError
+
+    folder, _ = save("DiTTransformer2DModel", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "torchao", "quant_type": "int8_weight_only"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with no_accelerate(), pytest.raises(ModelError, match="quantized with torchao.*`accelerate` installed"):
+        resolve(str(folder))
