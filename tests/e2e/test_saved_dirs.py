@@ -6,7 +6,9 @@ Issue 22 found bare saved directories failing for classes the Python API serves:
 FLUX.2, the AnimateDiff U-Net); and every failure blamed the model. Here every class of the family
 matrix (and those) is saved tiny, loaded as the CLI loads it with accelerate hidden, and run plain
 on the inputs synthesised from its config (cheap: no export); three of the issue's classes go
-through ``cachec inspect`` end to end (export included); and a wrong synthesis is named as such.
+through ``cachec inspect`` end to end and four more through the call it makes (export included,
+``slow``); and a wrong synthesis, a missing package and a quantized checkpoint without accelerate
+are each named as such.
 """
 
 import pytest
@@ -66,6 +68,21 @@ def test_cachec_inspect_on_a_saved_directory_without_accelerate(cls_name, tmp_pa
         assert main(["inspect", str(folder), "--policy", "fora:2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{cls_name}: 2 blocks, policy fora:2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls_name", ["CogVideoXTransformer3DModel", "ChronoEditTransformer3DModel",
+                                      "CosmosTransformer3DModel", "Kandinsky5Transformer3DModel"])
+def test_the_rest_of_the_issues_classes_export_from_a_saved_directory_without_accelerate(cls_name, tmp_path):
+    """Through the call `cachec inspect/compile` makes (export included, the CLI's printing left out).
+    The AnimateDiff U-Net is left to the export-free test above: its export alone takes ~45 s."""
+    from cachec.session import open_model
+
+    folder, _ = save(cls_name, tmp_path)
+    with no_accelerate():
+        session = open_model(str(folder), 2, device="cpu")
+    assert session.bundle.inputs_origin == "config"
+    assert len(session.program("none").meta["blocks"]) >= 2
 
 
 def test_a_wrong_synthesis_is_blamed_on_the_synthesis_and_names_inputs(tmp_path, monkeypatch, capsys):
