@@ -190,3 +190,18 @@ def test_a_quantized_directory_without_accelerate_names_accelerate(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with no_accelerate(), pytest.raises(ModelError, match="quantized with torchao.*`accelerate` installed"):
         resolve(str(folder))
+
+
+def test_a_sharded_directory_loads_without_accelerate(tmp_path):
+    """Large checkpoints come in shards listed by an index: the hand load reads them all."""
+    from cachec.model_loading import read_weights
+
+    model = save("ChronoEditTransformer3DModel", tmp_path)[1]
+    folder = tmp_path / "sharded"
+    model.save_pretrained(str(folder), max_shard_size="20KB")
+    assert (folder / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert len(list(folder.glob("*.safetensors"))) > 1
+    with no_accelerate():
+        got = resolve(str(folder)).model.state_dict()
+    assert got.keys() == read_weights(folder).keys() == model.state_dict().keys()
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
