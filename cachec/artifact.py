@@ -64,6 +64,7 @@ from . import output_dir, program_store, signing
 from . import program as desc
 from . import schema as sch
 from .capture import EXPORT_LOCK, MAX_BATCH, PROGRAM_FILE, Captured, flatten_exported
+from .compatibility import compatible, with_program_data
 from .errors import ArtifactError, PolicyError
 from .file_modes import follow_umask
 from .model_names import portable_config, portable_name
@@ -430,9 +431,10 @@ def load_program(path: str | Path, policy: str | None = None, *, allow_version_m
         program = Program.from_description(described, validated=True)  # read_manifest validated it
         program.meta.update(manifest["lowered"])
         if policy is not None:
-            compiled = parse_policy(own_policy)
-            if parse_policy(policy).name not in ("none", compiled.name):
-                raise ArtifactError(f"{path} holds variants for {compiled.spec}; it cannot run {policy!r}")
+            try:
+                compatible(parse_policy(policy), parse_policy(own_policy), len(described["meta"]["blocks"]))
+            except PolicyError as exc:
+                raise ArtifactError(f"{path} holds only its lowered variants: {exc}") from None
         return program, manifest
     with EXPORT_LOCK:
         ep = program_store.load(path)  # JSON and safetensors only: see cachec.program_store
@@ -470,11 +472,9 @@ def load_program(path: str | Path, policy: str | None = None, *, allow_version_m
         output_form=meta.get("output_form", TENSOR),  # re-planned programs hand back the model's output form
     )
     try:
-        chosen = parse_policy(policy or own_policy)
         compiled = parse_policy(own_policy)
-        data = meta.get("policy_data")
-        if chosen.needs_data and data is not None and chosen.data_source() == compiled.data_source():
-            chosen.data = data  # calibration resolved at compile time: the artifact needs no file
+        # calibration resolved at compile time: the artifact needs no file (cachec.compatibility)
+        chosen = with_program_data(parse_policy(policy) if policy else compiled, compiled, meta.get("policy_data"))
         program = compile_program(captured, chosen)
     except PolicyError as exc:
         if policy is not None:
@@ -491,7 +491,7 @@ def load_program(path: str | Path, policy: str | None = None, *, allow_version_m
             f"{path / 'manifest.json'}: the program cannot be rebuilt from {PROGRAM_FILE} with the manifest's "
             f"settings ({exc}); the manifest was edited or belongs to another artifact"
         ) from exc
-    if policy is not None and parse_policy(policy).spec != parse_policy(own_policy).spec:
+    if chosen.spec != compiled.spec:  # another policy planned on the graph: the manifest describes its own
         return program, manifest
     got = program.describe()
     if got["variants"] != described["variants"] or sorted(got["segments"]) != sorted(described["segments"]):

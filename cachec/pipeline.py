@@ -40,7 +40,8 @@ class CachedDenoiser(torch.nn.Module):
         super().__init__()
         from .policy import parse_policy
 
-        self.policy = parse_policy(policy).spec  # a bad spec fails here, not at the first step
+        self.method = parse_policy(policy)  # a bad spec fails here, not at the first step
+        self.policy = self.method.spec
         self.model = model.eval()
         self.backend = backend
         self.num_steps = num_steps
@@ -107,10 +108,10 @@ class CachedDenoiser(torch.nn.Module):
         from .build import build_program
         from .runtime import signature_of
 
-        program = build_program(self.model, kwargs, self.policy)  # capture takes a batch-1 call as a batch of 2
-        runtime = CacheRuntime(program, self.policy, backend=self.backend, num_steps=self.num_steps,
+        program = build_program(self.model, kwargs, self.method)  # capture takes a batch-1 call as a batch of 2
+        runtime = CacheRuntime(program, self.method, backend=self.backend, num_steps=self.num_steps,
                                signature=signature_of(self.model), config=dict(self.model.config))
-        runtime.watch = model_watch(self.model, kwargs, lambda example: build_program(self.model, example, self.policy))
+        runtime.watch = model_watch(self.model, kwargs, lambda example: build_program(self.model, example, self.method))
         return runtime
 
 
