@@ -35,7 +35,7 @@ DENOISER_ATTRS = ("transformer", "transformer_2", "unet", "prior")
 class CachedDenoiser(torch.nn.Module):
     """A pipeline's denoiser with a cache policy, compiled on first use for the shapes it sees."""
 
-    def __init__(self, model: torch.nn.Module, policy: str = "fora:3", *, backend: str = "eager",
+    def __init__(self, model: torch.nn.Module, policy="fora:3", *, backend: str = "eager",
                  num_steps: int | None = None):
         super().__init__()
         from .policy import parse_policy
@@ -128,7 +128,7 @@ def denoiser_attr(pipe) -> str:
     return denoiser_attrs(pipe)[0]
 
 
-def enable(pipe, policy: str = "fora:3", *, backend: str = "eager", num_steps: int | None = None):
+def enable(pipe, policy="fora:3", *, backend: str = "eager", num_steps: int | None = None):
     """Replace each denoiser of ``pipe`` (``transformer``, ``transformer_2``, ``unet``, ``prior``) by a
     :class:`CachedDenoiser` running ``policy``, each with its own programs and caches.
 
@@ -139,14 +139,16 @@ def enable(pipe, policy: str = "fora:3", *, backend: str = "eager", num_steps: i
     """
     from .experts import ExpertSteps
     from .lora import with_lora_api
+    from .policy import parse_policy
 
+    method = parse_policy(policy)  # a spec or a method; one parse for every denoiser
     attrs = denoiser_attrs(pipe)
     for index, attr in enumerate(attrs):
         model = getattr(pipe, attr)
         if isinstance(model, CachedDenoiser):
             model = model.model
         cls = with_lora_api(CachedDenoiser) if _is_diffusers_model(model) else CachedDenoiser
-        denoiser = cls(model, policy, backend=backend, num_steps=num_steps)
+        denoiser = cls(model, method, backend=backend, num_steps=num_steps)
         if len(attrs) > 1:
             denoiser.steps = ExpertSteps(pipe, index)
         setattr(pipe, attr, denoiser)

@@ -94,11 +94,6 @@ class Session:
     def is_artifact(self) -> bool:
         return self.artifact_method is not None
 
-    @property
-    def artifact_policy(self) -> str | None:
-        """The spec the artifact was compiled for (None: a model spec)."""
-        return None if self.artifact_method is None else self.artifact_method.spec
-
 
 def artifact_bundle(manifest: dict, path: str | Path | None = None, device=None):
     """An artifact's sampling bundle, from its manifest: class, config, latent input and scheduler
