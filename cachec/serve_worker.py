@@ -463,7 +463,7 @@ class ArtifactWorker:
         ts = self.inputs["timestep"]
         kw["timestep"] = torch.zeros([rows if d == "B" else d for d in ts["shape"]], dtype=getattr(torch, ts["dtype"]),
                                      device=self.device)
-        rt = self.runtime(first.method or first.policy, rows)
+        rt = self.runtime(first.method, rows)
         rt.reset(first.steps)
         traj = denoise(rt, self.bundle, x, kw, first.steps, callback=self._stop_if_abandoned(group))
         stats = rt.stats
