@@ -411,12 +411,13 @@ def runtime_backend(path: str | Path, manifest: dict, backend: str | None = None
     return own.name, own.artifact_options(Path(path))
 
 
-def load_program(path: str | Path, policy: str | None = None, *, allow_version_mismatch: bool = False,
+def load_program(path: str | Path, policy=None, *, allow_version_mismatch: bool = False,
                  trust_native: bool = False, verify_key=None) -> tuple[Program, dict]:
     """Load and verify an artifact; returns the rebuilt program and its manifest.
 
-    ``policy`` plans another policy on the same captured model (``cachec run`` uses it for the
-    ``none`` baseline); only the artifact's own policy is checked against the manifest.
+    ``policy`` (a method or a spec) plans another policy on the same captured model (``cachec run``
+    uses it for the ``none`` baseline); only the artifact's own policy is checked against the
+    manifest. An artifact of lowered files only runs what :func:`cachec.compatibility.compatible` allows.
     ``allow_version_mismatch`` tries an artifact written by a newer cachec or (eager) another
     torch anyway (see :func:`check_versions`); a TensorRT mismatch is always an error.
     ``trust_native``/``verify_key``: see :func:`read_trusted`.
