@@ -48,18 +48,14 @@ class Session:
 
     def program(self, method):
         """The program of ``method`` (a Method, or a spec string), planned on first request."""
-        from .policy import parse_policy
-
-        method = parse_policy(method)
+        method = _as_method(method)
         if method.spec not in self.planned:
             self.planned[method.spec] = self.plan(method)
         return self.planned[method.spec][0]
 
     def captured(self, method):
         """The (planned, rewritten) capture a program was built from: what an artifact saves."""
-        from .policy import parse_policy
-
-        method = parse_policy(method)
+        method = _as_method(method)
         self.program(method)
         cap = self.planned[method.spec][1]
         if cap is None:
@@ -73,10 +69,9 @@ class Session:
         ``backend`` defaults to the artifact's own, else eager; ``options`` are backend options over
         the session's (``{"mode": "reduce-overhead"}``); ``program`` is one from :attr:`plan` (a
         fresh plan, e.g. to time planning), else the session's :meth:`program` of ``method``."""
-        from .policy import parse_policy
         from .runtime import CacheRuntime
 
-        method = parse_policy(method)
+        method = _as_method(method)
         return CacheRuntime(program if program is not None else self.program(method), method,
                             backend=backend or self.backend or "eager", num_steps=steps, signature=self.signature,
                             backend_options={**self.options, **(options or {})}, device=self.device)
@@ -93,6 +88,13 @@ class Session:
     @property
     def is_artifact(self) -> bool:
         return self.artifact_method is not None
+
+
+def _as_method(method):
+    """A Method as is; a spec string a caller still holds is parsed here, the session's edge."""
+    from .policy import parse_policy
+
+    return parse_policy(method)
 
 
 def artifact_bundle(manifest: dict, path: str | Path | None = None, device=None):
