@@ -428,14 +428,15 @@ def load_program(path: str | Path, policy=None, *, allow_version_mismatch: bool 
     check_versions(path, manifest, allow_version_mismatch)
     described = manifest["program"]
     own_policy = described["meta"]["policy"]
+    compiled = parse_policy(own_policy)  # validate_manifest parsed it already: it cannot fail here
+    requested = parse_policy(policy) if policy else compiled  # a bad spec is the caller's PolicyError
     if not artifact_backend(manifest["backend"]).holds_graphs:
         program = Program.from_description(described, validated=True)  # read_manifest validated it
         program.meta.update(manifest["lowered"])
-        if policy is not None:
-            try:
-                compatible(parse_policy(policy), parse_policy(own_policy), len(described["meta"]["blocks"]))
-            except PolicyError as exc:
-                raise ArtifactError(f"{path} holds only its lowered variants: {exc}") from None
+        try:
+            compatible(requested, compiled, len(described["meta"]["blocks"]))
+        except PolicyError as exc:
+            raise ArtifactError(f"{path} holds only its lowered variants: {exc}") from None
         return program, manifest
     with EXPORT_LOCK:
         ep = program_store.load(path)  # JSON and safetensors only: see cachec.program_store
@@ -472,10 +473,9 @@ def load_program(path: str | Path, policy=None, *, allow_version_mismatch: bool 
         exported=ep,
         output_form=meta.get("output_form", TENSOR),  # re-planned programs hand back the model's output form
     )
+    # calibration resolved at compile time: the artifact needs no file (cachec.compatibility)
+    chosen = with_program_data(requested, compiled, meta.get("policy_data"))
     try:
-        compiled = parse_policy(own_policy)
-        # calibration resolved at compile time: the artifact needs no file (cachec.compatibility)
-        chosen = with_program_data(parse_policy(policy) if policy else compiled, compiled, meta.get("policy_data"))
         program = compile_program(captured, chosen)
     except PolicyError as exc:
         if policy is not None:
