@@ -52,18 +52,21 @@ def compile(model: torch.nn.Module, example_inputs: dict, policy="none", *, back
     ``backend_options`` go to the backend's lowering, e.g. ``{"mode": "reduce-overhead"}`` for
     ``backend="inductor"`` (one CUDA graph per variant on a GPU).
     """
-    from .backends.registry import get_backend
+    from cachec.backends.registry import get_backend
+
+    from .policy import parse_policy
     from .quantized import check_quantizer, quantization_of
     from .runtime import CacheRuntime, signature_of
     from .staleness import model_watch
 
     check_quantizer(model, type(model).__name__)  # bitsandbytes, GGUF...: one message, no capture
     get_backend(backend).check_weights(quantization_of(model.parameters()))  # before the (slow) capture
-    program = build_program(model, example_inputs, policy)
-    runtime = CacheRuntime(program, policy, backend=backend, num_steps=num_steps, signature=signature_of(model),
+    method = parse_policy(policy)  # parsed once, here: a bad spec fails before the capture
+    program = build_program(model, example_inputs, method)
+    runtime = CacheRuntime(program, method, backend=backend, num_steps=num_steps, signature=signature_of(model),
                            backend_options=backend_options)
     # a LoRA loaded, fused or rescaled after this call recompiles instead of running stale weights
-    runtime.watch = model_watch(model, example_inputs, lambda example: build_program(model, example, policy))
+    runtime.watch = model_watch(model, example_inputs, lambda example: build_program(model, example, method))
     return runtime
 
 

@@ -64,6 +64,7 @@ from . import output_dir, program_store, signing
 from . import program as desc
 from . import schema as sch
 from .capture import EXPORT_LOCK, MAX_BATCH, PROGRAM_FILE, Captured, flatten_exported
+from .compatibility import compatible, with_program_data
 from .errors import ArtifactError, PolicyError
 from .file_modes import follow_umask
 from .model_names import portable_config, portable_name
@@ -410,12 +411,13 @@ def runtime_backend(path: str | Path, manifest: dict, backend: str | None = None
     return own.name, own.artifact_options(Path(path))
 
 
-def load_program(path: str | Path, policy: str | None = None, *, allow_version_mismatch: bool = False,
+def load_program(path: str | Path, policy=None, *, allow_version_mismatch: bool = False,
                  trust_native: bool = False, verify_key=None) -> tuple[Program, dict]:
     """Load and verify an artifact; returns the rebuilt program and its manifest.
 
-    ``policy`` plans another policy on the same captured model (``cachec run`` uses it for the
-    ``none`` baseline); only the artifact's own policy is checked against the manifest.
+    ``policy`` (a method or a spec) plans another policy on the same captured model (``cachec run``
+    uses it for the ``none`` baseline); only the artifact's own policy is checked against the
+    manifest. An artifact of lowered files only runs what :func:`cachec.compatibility.compatible` allows.
     ``allow_version_mismatch`` tries an artifact written by a newer cachec or (eager) another
     torch anyway (see :func:`check_versions`); a TensorRT mismatch is always an error.
     ``trust_native``/``verify_key``: see :func:`read_trusted`.
@@ -426,13 +428,15 @@ def load_program(path: str | Path, policy: str | None = None, *, allow_version_m
     check_versions(path, manifest, allow_version_mismatch)
     described = manifest["program"]
     own_policy = described["meta"]["policy"]
+    compiled = parse_policy(own_policy)  # validate_manifest parsed it already: it cannot fail here
+    requested = parse_policy(policy) if policy else compiled  # a bad spec is the caller's PolicyError
     if not artifact_backend(manifest["backend"]).holds_graphs:
         program = Program.from_description(described, validated=True)  # read_manifest validated it
         program.meta.update(manifest["lowered"])
-        if policy is not None:
-            compiled = parse_policy(own_policy)
-            if parse_policy(policy).name not in ("none", compiled.name):
-                raise ArtifactError(f"{path} holds variants for {compiled.spec}; it cannot run {policy!r}")
+        try:
+            compatible(requested, compiled, len(described["meta"]["blocks"]))
+        except PolicyError as exc:
+            raise ArtifactError(f"{path} holds only its lowered variants: {exc}") from None
         return program, manifest
     with EXPORT_LOCK:
         ep = program_store.load(path)  # JSON and safetensors only: see cachec.program_store
@@ -469,12 +473,9 @@ def load_program(path: str | Path, policy: str | None = None, *, allow_version_m
         exported=ep,
         output_form=meta.get("output_form", TENSOR),  # re-planned programs hand back the model's output form
     )
+    # calibration resolved at compile time: the artifact needs no file (cachec.compatibility)
+    chosen = with_program_data(requested, compiled, meta.get("policy_data"))
     try:
-        chosen = parse_policy(policy or own_policy)
-        compiled = parse_policy(own_policy)
-        data = meta.get("policy_data")
-        if chosen.needs_data and data is not None and chosen.data_source() == compiled.data_source():
-            chosen.data = data  # calibration resolved at compile time: the artifact needs no file
         program = compile_program(captured, chosen)
     except PolicyError as exc:
         if policy is not None:
@@ -491,7 +492,7 @@ def load_program(path: str | Path, policy: str | None = None, *, allow_version_m
             f"{path / 'manifest.json'}: the program cannot be rebuilt from {PROGRAM_FILE} with the manifest's "
             f"settings ({exc}); the manifest was edited or belongs to another artifact"
         ) from exc
-    if policy is not None and parse_policy(policy).spec != parse_policy(own_policy).spec:
+    if chosen.spec != compiled.spec:  # another policy planned on the graph: the manifest describes its own
         return program, manifest
     got = program.describe()
     if got["variants"] != described["variants"] or sorted(got["segments"]) != sorted(described["segments"]):

@@ -31,7 +31,8 @@ from cachec.backends import with_mode
 from .atomic_write import write_text
 from .errors import CachecError
 from .figures import write_plots
-from .policy import POLICIES, parse_policy
+from .methods import METHODS
+from .policy import parse_policy
 from .program import cache_bytes
 from .progress import stage
 from .session import open_model
@@ -54,7 +55,12 @@ def _is_number(text: str) -> bool:
 
 
 def split_policies(text: str | list[str]) -> list[str]:
-    """Split ``"fora:2,delta:2,blocks=1-4,fbcache:0.05"`` into policy specs.
+    """The specs of :func:`parse_policies` (normalised, ``none`` first)."""
+    return [m.spec for m in parse_policies(text)]
+
+
+def parse_policies(text: str | list[str]) -> list:
+    """Split ``"fora:2,delta:2,blocks=1-4,fbcache:0.05"`` into policy specs and parse each (a Method).
 
     Why not a plain ``split(",")``: policy arguments are comma-separated too. A piece whose part
     before the first ``:`` contains ``=`` (``blocks=1-4``, ``N=4``) continues the previous spec;
@@ -73,9 +79,9 @@ def split_policies(text: str | list[str]) -> list[str]:
             else:
                 specs.append(piece)
     if not specs:
-        raise BenchError(f"--policies needs at least one policy; known: {', '.join(POLICIES)}")
-    normal = [parse_policy(s).spec for s in specs]
-    return list(dict.fromkeys(["none", *normal]))
+        raise BenchError(f"--policies needs at least one policy; known: {', '.join(METHODS)}")
+    methods = {m.spec: m for m in map(parse_policy, ["none", *specs])}  # equal specs once, first-seen order
+    return list(methods.values())
 
 
 def relative_l2(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -150,7 +156,7 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
     for name, value in (("--steps", steps), ("--seeds", seeds), ("--batch", batch), ("--repeats", repeats)):
         if not isinstance(value, int) or value < 1:
             raise BenchError(f"{name} must be a positive integer; got {value!r}")
-    specs = split_policies(policies)
+    methods = parse_policies(policies)
     say = progress or (lambda msg: None)
 
     session = open_model(model, batch, backend, device=device, dtype=dtype, inputs_file=inputs_file,
@@ -159,31 +165,25 @@ def run_bench(model: str, policies: list[str], *, steps: int, seeds: int, batch:
     backend = backend or session.backend or "eager"
     if mode is not None:
         session.options = with_mode(session.options, backend, mode)
-    runs = warm_runtimes(session, specs, steps=steps, batch=batch, backend=backend, say=say)
+    runs = warm_runtimes(session, methods, steps=steps, batch=batch, backend=backend, say=say)
     seed_list = list(range(seeds))
     measure_round_robin(runs, bundle, steps=steps, seeds=seed_list, batch=batch, repeats=repeats, say=say)
 
     result = BenchResult(model=bundle.name, backend=backend, steps=steps, seeds=seed_list, batch=batch,
                          repeats=repeats, pixel_space=bundle.name.startswith("builtin:"),
                          threads=torch.get_num_threads(), runs=runs)
-    result.rows = [_row(result, pol) for pol in specs]
+    result.rows = [_row(result, m.spec) for m in methods]
     return result
 
 
-def warm_runtimes(session, specs: list[str], *, steps: int, batch: int, backend: str, say) -> dict[str, PolicyRun]:
-    """A runtime per policy on the same backend, each warmed up by a short trajectory (allocations,
-    first-call costs), so that no timed trajectory pays them."""
-    from .runtime import CacheRuntime
-    from .sampling import sample
-
+def warm_runtimes(session, methods: list, *, steps: int, batch: int, backend: str, say) -> dict[str, PolicyRun]:
+    """A warmed-up runtime per method on the same backend (:meth:`Session.warm_runtime
+    <cachec.session.Session.warm_runtime>`), so that no timed trajectory pays first-call costs; by spec."""
     runs: dict[str, PolicyRun] = {}
-    for pol in specs:
-        say(f"compiling {pol}")
-        program = session.program(pol)
-        rt = CacheRuntime(program, pol, backend=backend, num_steps=steps, signature=session.signature,
-                          backend_options=session.options, device=session.device)
-        sample(rt, session.bundle, min(2, steps), 0, batch)  # warm-up (allocations, first-call costs)
-        runs[pol] = PolicyRun(pol, cache_bytes=cache_bytes(program, batch), runtime=rt)
+    for method in methods:
+        say(f"compiling {method.spec}")
+        rt = session.warm_runtime(method, batch=batch, steps=steps, backend=backend)
+        runs[method.spec] = PolicyRun(method.spec, cache_bytes=cache_bytes(rt.program, batch), runtime=rt)
     return runs
 
 

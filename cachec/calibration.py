@@ -239,12 +239,12 @@ def _magnitude_ratios(caches: list[dict]) -> list[float]:
 
 def parse_threshold_map(spec: str) -> tuple[str, list[float]]:
     """``teacache:0.05,0.1,0.2`` or ``fbcache:0.02..0.2/10`` -> (policy name, thresholds)."""
-    from .policy import POLICIES
+    from .methods import METHODS
 
     name, _, values = spec.partition(":")
-    cls = POLICIES.get(name.strip())
+    cls = METHODS.get(name.strip())
     if cls is None or not cls.dynamic and name.strip() != "magcache":
-        dynamic = sorted(n for n, c in POLICIES.items() if c.dynamic) + ["magcache"]
+        dynamic = sorted(n for n, c in METHODS.items() if c.dynamic) + ["magcache"]
         raise PolicyError(f"--threshold-map: {name!r} is not a threshold policy; accepted: {', '.join(dynamic)}")
     try:
         if ".." in values:
@@ -275,11 +275,12 @@ def threshold_map(bundle, make_program, spec: str, *, steps: int, samples: int, 
     say = progress or (lambda msg: None)
     name, thresholds = parse_threshold_map(spec)
     main = parse_policy(name + (":" + extra if extra else "")).main
-    specs = [parse_policy(f"{name}:{main}={t:g}" + ("," + extra if extra else "")).spec for t in thresholds]
-    program = make_program(specs[0])
+    methods = [parse_policy(f"{name}:{main}={t:g}" + ("," + extra if extra else "")) for t in thresholds]
+    program = make_program(methods[0])
     rows = []
-    for pol in specs:
-        rt = CacheRuntime(program, pol, num_steps=steps)
+    for method in methods:
+        pol = method.spec
+        rt = CacheRuntime(program, method, num_steps=steps)
         nfes, fulls = [], []
         for seed in range(samples):
             rt.reset(steps)

@@ -14,9 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+from cachec.backends import with_mode
+
 from .arch_configs import ARCH_CONFIGS
 from .atomic_write import check_file_target, write_text
-from .backends import with_mode
 from .errors import CachecError, ModelError
 from .interrupts import Terminated, terminate_raises
 from .progress import stage
@@ -99,30 +100,31 @@ def cmd_compile(args) -> int:
 
 
 def _compile(args) -> int:
+    from cachec.backends import get_backend
+
     from . import artifact
-    from .backends import get_backend
     from .policy import parse_policy
     from .signing import read_key
 
     lowering = get_backend(args.backend)  # an unknown or uninstalled backend fails before any work
     _say_where_it_runs(lowering)
-    policy = parse_policy(args.policy).spec
+    method = parse_policy(args.policy)
     sign_key = read_key(args.sign_key, "--sign-key") if args.sign_key else None  # a bad key fails before the export
     session = open_model(args.model, args.batch, device=args.device, dtype=args.dtype, inputs_file=args.inputs,
                          loras=args.lora, subfolder=args.subfolder, revision=args.revision)
     if session.is_artifact:
         raise ModelError(f"{args.model} is already a compiled artifact; compile a model spec or directory")
-    program = session.program(policy)
+    program = session.program(method)
     stage(f"writing artifact to {args.out}")
     try:
-        out = artifact.save(args.out, program, session.captured(policy), args.model, session.signature,
+        out = artifact.save(args.out, program, session.captured(method), args.model, session.signature,
                             force=args.force, backend=args.backend, max_batch=args.max_batch,
                             keep_inputs=session.bundle.inputs_file is not None or session.bundle.recorded is not None,
                             sign_key=sign_key)
     except OSError as exc:  # a full disk, say: the temporary folder is gone, the old --out untouched
         raise CachecError(f"cannot write the artifact {args.out}: {exc.strerror or exc}; nothing was written") from exc
     manifest = json.loads((out / "manifest.json").read_text())
-    print(f"compiled {args.model} with policy {policy} for {args.backend}: {len(program.segments)} segments, "
+    print(f"compiled {args.model} with policy {method.spec} for {args.backend}: {len(program.segments)} segments, "
           f"variants {', '.join(program.variants)} -> {out}")
     ratio = manifest["artifact_bytes"] / max(manifest["weight_bytes"], 1)
     print(f"artifact {manifest['artifact_bytes'] / 1e6:.2f} MB = {ratio:.3f} x model weights "
@@ -152,20 +154,19 @@ def cmd_run(args) -> int:
         from .prompt_run import run_prompt
 
         return run_prompt(args)
-    if args.policy:
-        parse_policy(args.policy)  # a typo is reported before the export, not after it
+    method = parse_policy(args.policy) if args.policy else None  # a typo is reported before the export
     session = open_model(args.model, args.batch, args.backend, args.allow_version_mismatch, args.device, args.dtype,
                          inputs_file=args.inputs, trust_native=args.trust_native, verify_key=args.verify_key)
     bundle = session.bundle
-    policy = parse_policy(args.policy or session.artifact_policy or "none").spec
+    method = method or session.artifact_method or parse_policy("none")
     backend = args.backend or session.backend or "eager"
     session.options = with_mode(session.options, backend, args.mode)
     busy = busy_machine_note()
     if busy:
         stage(f"note: {busy}")
-    runs, timing = compare_with_none(session, policy, steps=args.steps, seed=args.seed, batch=args.batch,
+    runs, timing = compare_with_none(session, method, steps=args.steps, seed=args.seed, batch=args.batch,
                                      repeats=args.repeats, backend=backend, say=stage)
-    _report_run(args, bundle, policy, backend, runs, timing, busy)
+    _report_run(args, bundle, method.spec, backend, runs, timing, busy)
     return 0
 
 
@@ -223,23 +224,24 @@ def _report_run(args, bundle, policy, backend, runs, timing, busy: str | None) -
 
 def cmd_inspect(args) -> int:
     from .policy import parse_policy
-
-    policy = parse_policy(args.policy).spec
     from .program import Load, Run, Store, cache_bytes
+
+    method = parse_policy(args.policy)
+    policy = method.spec
 
     session = open_model(args.model, args.batch, allow_version_mismatch=args.allow_version_mismatch,
                          device=args.device, dtype=args.dtype, image_size=args.image_size,
                          text_tokens=args.text_tokens, inputs_file=args.inputs, trust_native=args.trust_native,
                          verify_key=args.verify_key)
     bundle = session.bundle
-    program = session.program(policy)
+    program = session.program(method)
     meta = program.meta
 
     # a forecast policy's memory depends on its stream choice: show what each would hold
     choices = {}
-    if "streams" in parse_policy(policy).params and not session.is_artifact:
+    if "streams" in method.params and not session.is_artifact:
         for streams in ("module", "step"):
-            alt = session.program(parse_policy(f"{policy},streams={streams}").spec)
+            alt = session.program(parse_policy(f"{policy},streams={streams}"))
             choices[streams] = {"buffers": len(alt.caches()), "bytes_per_item": cache_bytes(alt, 1)}
     from .variant_costs import variant_costs
 

@@ -68,14 +68,14 @@ def plain_failure(bundle, inputs: dict, exc: BaseException) -> ModelError:
                       f"denoiser call ({shapes}): {what}; give them with {INPUTS_FILE_HELP}")
 
 
-def capture_blaming_inputs(bundle, inputs: dict):
+def capture_blaming_inputs(bundle, inputs: dict, latent_input: str | None = None):
     """:func:`cachec.capture.capture` of the bundle's model; a failure on synthesised inputs says so first."""
     from .capture import capture
 
     try:
-        return capture(bundle.model, inputs)
+        return capture(bundle.model, inputs, latent_input=latent_input)
     except CaptureError as exc:
-        if bundle.inputs_origin != "config":
+        if getattr(bundle, "inputs_origin", None) != "config":
             raise  # the user's own inputs (or a pipeline's): the model's code is what export cannot trace
         raise synthesised_capture_error(bundle.class_name, inputs, exc.__cause__ or exc) from exc
 

@@ -35,12 +35,13 @@ DENOISER_ATTRS = ("transformer", "transformer_2", "unet", "prior")
 class CachedDenoiser(torch.nn.Module):
     """A pipeline's denoiser with a cache policy, compiled on first use for the shapes it sees."""
 
-    def __init__(self, model: torch.nn.Module, policy: str = "fora:3", *, backend: str = "eager",
+    def __init__(self, model: torch.nn.Module, policy="fora:3", *, backend: str = "eager",
                  num_steps: int | None = None):
         super().__init__()
         from .policy import parse_policy
 
-        self.policy = parse_policy(policy).spec  # a bad spec fails here, not at the first step
+        self.method = parse_policy(policy)  # a bad spec fails here, not at the first step
+        self.policy = self.method.spec
         self.model = model.eval()
         self.backend = backend
         self.num_steps = num_steps
@@ -107,10 +108,10 @@ class CachedDenoiser(torch.nn.Module):
         from .build import build_program
         from .runtime import signature_of
 
-        program = build_program(self.model, kwargs, self.policy)  # capture takes a batch-1 call as a batch of 2
-        runtime = CacheRuntime(program, self.policy, backend=self.backend, num_steps=self.num_steps,
+        program = build_program(self.model, kwargs, self.method)  # capture takes a batch-1 call as a batch of 2
+        runtime = CacheRuntime(program, self.method, backend=self.backend, num_steps=self.num_steps,
                                signature=signature_of(self.model), config=dict(self.model.config))
-        runtime.watch = model_watch(self.model, kwargs, lambda example: build_program(self.model, example, self.policy))
+        runtime.watch = model_watch(self.model, kwargs, lambda example: build_program(self.model, example, self.method))
         return runtime
 
 
@@ -127,7 +128,7 @@ def denoiser_attr(pipe) -> str:
     return denoiser_attrs(pipe)[0]
 
 
-def enable(pipe, policy: str = "fora:3", *, backend: str = "eager", num_steps: int | None = None):
+def enable(pipe, policy="fora:3", *, backend: str = "eager", num_steps: int | None = None):
     """Replace each denoiser of ``pipe`` (``transformer``, ``transformer_2``, ``unet``, ``prior``) by a
     :class:`CachedDenoiser` running ``policy``, each with its own programs and caches.
 
@@ -138,14 +139,16 @@ def enable(pipe, policy: str = "fora:3", *, backend: str = "eager", num_steps: i
     """
     from .experts import ExpertSteps
     from .lora import with_lora_api
+    from .policy import parse_policy
 
+    method = parse_policy(policy)  # a spec or a method; one parse for every denoiser
     attrs = denoiser_attrs(pipe)
     for index, attr in enumerate(attrs):
         model = getattr(pipe, attr)
         if isinstance(model, CachedDenoiser):
             model = model.model
         cls = with_lora_api(CachedDenoiser) if _is_diffusers_model(model) else CachedDenoiser
-        denoiser = cls(model, policy, backend=backend, num_steps=num_steps)
+        denoiser = cls(model, method, backend=backend, num_steps=num_steps)
         if len(attrs) > 1:
             denoiser.steps = ExpertSteps(pipe, index)
         setattr(pipe, attr, denoiser)

@@ -1,5 +1,11 @@
 """The policy language: ``NAME[:ARGS]`` specs parsed into a method instance.
 
+Words: a *spec* is the string (``fora:3``), a *method* the parsed, immutable instance of a
+:class:`~cachec.methods.base.Method` subclass. Specs are parsed once, where they enter cachec
+(CLI arguments, ``cachec.enable``, ``torch.compile`` options, a served request, a manifest);
+inside, methods are passed. :func:`parse_policy` returns a method unchanged, so an API that
+accepts either parses at its own edge.
+
 This module only parses and prints: the methods themselves (parameters, controllers, plans)
 are one module each under :mod:`cachec.methods`, and the parser reads their declared
 :class:`~cachec.methods.base.Params` for names, kinds, defaults and ranges.
@@ -18,9 +24,6 @@ from .errors import PolicyError
 from .methods import METHODS
 from .methods.base import Method, Param
 from .methods.hybrid import DECISIONS, HybridPolicy, check_forecaster_args, forecast_keys, forecasters
-
-Policy = Method  # a parsed spec: an instance of the method it names
-POLICIES = METHODS  # the names the language knows
 
 
 def _convert(policy: str, p: Param, raw: str):
@@ -44,15 +47,15 @@ def parse_policy(spec: str | Method) -> Method:
     if isinstance(spec, Method):
         return spec
     if not isinstance(spec, str) or not spec.strip():
-        raise PolicyError(f"a policy spec is a non-empty string like 'fora:3'; got {spec!r}. Known: {', '.join(POLICIES)}")
+        raise PolicyError(f"a policy spec is a non-empty string like 'fora:3'; got {spec!r}. Known: {', '.join(METHODS)}")
     spec = spec.strip()
     if "+" in spec:
         return _parse_hybrid(spec)
     name, _, args = spec.partition(":")
     name = name.strip().lower()
-    if name not in POLICIES:
-        raise PolicyError(f"unknown policy {name!r}; known policies: {', '.join(POLICIES)} (see `cachec policies`)")
-    cls = POLICIES[name]
+    if name not in METHODS:
+        raise PolicyError(f"unknown policy {name!r}; known policies: {', '.join(METHODS)} (see `cachec policies`)")
+    cls = METHODS[name]
     params_by_name = {p.name: p for p in cls.all_params()}
     values = {p.name: p.default for p in cls.all_params()}
     positional = cls.positional or ((cls.main,) if cls.main is not None else ())
@@ -99,7 +102,7 @@ def _parse_hybrid(spec: str) -> Method:
 def describe_policies() -> str:
     """The table printed by ``cachec policies``, from each method's declared parameters."""
     lines = []
-    for cls in POLICIES.values():
+    for cls in METHODS.values():
         lines.append(f"{cls.name:<10} {cls.doc}")
         lines.append(f"{'':<10} granularity: {cls.granularity}, schedule: {'dynamic' if cls.dynamic else 'static'}")
         for p in cls.all_params():
@@ -113,7 +116,7 @@ def describe_policies() -> str:
 
 def _describe_hybrids() -> list[str]:
     """The hybrid spelling, after the methods it combines."""
-    keys = "; ".join(f"{n}: {', '.join(forecast_keys(POLICIES[n])) or 'no key'}" for n in forecasters())
+    keys = "; ".join(f"{n}: {', '.join(forecast_keys(METHODS[n])) or 'no key'}" for n in forecasters())
     return [
         "",
         f"{'DECISION+FORECASTER':<10} hybrid: the decision's steps (probe or F/R mask), its reused steps forecast "

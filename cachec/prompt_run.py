@@ -73,7 +73,8 @@ def run_prompt(args) -> int:
     from .pipeline import denoiser_attr, disable, enable
     from .policy import parse_policy
 
-    policy = parse_policy(args.policy or "fora:3").spec
+    method = parse_policy(args.policy or "fora:3")
+    policy = method.spec
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     if not is_pipeline_dir(args.model):
         raise CachecError(f"--prompt needs a local diffusers pipeline directory (with model_index.json); "
@@ -88,7 +89,7 @@ def run_prompt(args) -> int:
     _call(pipe, kw, 2, args.seed, device)  # warm-up at the run's shapes
     ref, ref_s = _call(pipe, kw, args.steps, args.seed, device)
     stage(f"plain pipeline: {ref_s:.3f} s")
-    enable(pipe, policy)
+    enable(pipe, method)
     try:
         den = getattr(pipe, denoiser_attr(pipe))
         _call(pipe, kw, 2, args.seed, device)  # warm-up: cachec compiles from this call

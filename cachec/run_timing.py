@@ -100,17 +100,19 @@ def busy_machine_note() -> str | None:
             "an idle machine, or --threads 1, gives steadier figures")
 
 
-def compare_with_none(session, policy: str, *, steps: int, seed: int, batch: int, repeats: int, backend: str,
+def compare_with_none(session, method, *, steps: int, seed: int, batch: int, repeats: int, backend: str,
                       say) -> tuple[dict, Speedup]:
-    """Sample ``policy`` and ``none`` (warm-up, then ``repeats`` interleaved timed trajectories each).
+    """Sample ``method`` and ``none`` (warm-up, then ``repeats`` interleaved timed trajectories each).
 
-    Returns the bench's ``PolicyRun`` per policy (stats, final sample of ``seed``) and the
-    :class:`Speedup`. With ``policy == "none"`` one runtime is timed against itself.
+    Returns the bench's ``PolicyRun`` per spec (stats, final sample of ``seed``) and the
+    :class:`Speedup`. With ``none`` itself one runtime is timed against itself.
     """
     from .bench import measure_round_robin, warm_runtimes
+    from .policy import parse_policy
 
-    specs = list(dict.fromkeys(["none", policy]))
-    runs = warm_runtimes(session, specs, steps=steps, batch=batch, backend=backend, say=say)
+    policy = method.spec
+    methods = {m.spec: m for m in (parse_policy("none"), method)}
+    runs = warm_runtimes(session, list(methods.values()), steps=steps, batch=batch, backend=backend, say=say)
     measure_round_robin(runs, session.bundle, steps=steps, seeds=[seed], batch=batch, repeats=repeats, say=say,
                         keep_latents=False)
     none_s = runs["none"].seconds

@@ -28,11 +28,12 @@ from cachec.backends import get_backend
 from .batch_items import ItemRunner
 from .call_checks import check_inputs, check_labels
 from .capture import flatten_inputs
+from .compatibility import compatible
 from .devices import resolve_device
 from .errors import PolicyError, ShapeError
-from .methods.base import Action, StepContext
+from .methods.base import Action, Method, StepContext
 from .output_forms import restore
-from .policy import Policy, parse_policy
+from .policy import parse_policy
 from .program import Program, per_item
 from .quantized import program_quantization
 from .single_caller import SingleCaller
@@ -118,7 +119,7 @@ class CacheRuntime(torch.nn.Module):
     def __init__(
         self,
         program: Program,
-        policy: str | Policy | None = None,
+        policy: str | Method | None = None,
         *,
         backend: str = "eager",
         num_steps: int | None = None,
@@ -130,20 +131,11 @@ class CacheRuntime(torch.nn.Module):
     ):
         super().__init__()
         self.program = program
-        self.policy = parse_policy(policy or program.meta["policy"])
-        compiled = parse_policy(program.meta["policy"])
-        # the variants depend on the policy's kind only: thresholds and intervals may change at
-        # run time, and `none` runs the full variant of any program (the same-backend baseline)
-        blocks = len(program.meta["blocks"])
-        if self.policy.name != "none" and self.policy.plan_key(blocks) != compiled.plan_key(blocks):
-            raise PolicyError(
-                f"this program was compiled for policy {compiled.spec!r}; {self.policy.spec!r} needs other "
-                "variants: compile for it, change only run-time parameters (intervals, thresholds, "
-                "warmup/final), or use 'none'"
-            )
-        if self.policy.needs_data and self.policy.data is None and program.meta.get("policy_data") \
-                and self.policy.data_source() == compiled.data_source():
-            self.policy.data = program.meta["policy_data"]  # resolved at compile time (the artifact needs no file)
+        compiled = parse_policy(program.meta["policy"])  # the manifest's or planner's spec: an edge too
+        requested = parse_policy(policy) if policy else compiled
+        # the rule of cachec.compatibility; data read once here, not per trajectory
+        self.policy = compatible(requested, compiled, len(program.meta["blocks"]),
+                                 program.meta.get("policy_data")).resolved()
         self.backend = get_backend(backend)
         self.backend.check_policy(self.policy)
         self.backend.check_weights(program_quantization(program))  # torchao weights: refused before lowering

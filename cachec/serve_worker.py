@@ -70,6 +70,7 @@ class Job:
     shared: dict[str, torch.Tensor] = field(default_factory=dict)  # inputs without a batch dimension
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # the client went away: skip the job, stop its trajectory if no one else waits
+    method: object = None  # the parsed ``policy`` (a Method), checked against the served one
 
 
 class Abandoned(RuntimeError):
@@ -120,29 +121,32 @@ def unaligned_rows(values: dict) -> list[str]:
     return out
 
 
-def check_policy(spec: str, compiled_spec: str, blocks: int, steps: int, policy_data=None):
-    """Parse a policy override and check that the compiled variants run it for ``steps`` steps."""
+def runs_alone(method) -> bool:
+    """Whether a method's jobs always run alone at batch 1: a dynamic method decides once per step
+    for the whole batch, and a token method selects tokens from it (see the module docstring)."""
+    return method.dynamic or method.granularity == "token"
+
+
+def check_policy(spec: str | None, compiled, blocks: int, steps: int, policy_data=None):
+    """Parse a request's policy (None: the served one) and check that the variants compiled for the
+    method ``compiled`` run it for ``steps`` steps (:func:`cachec.compatibility.compatible`)."""
+    from .compatibility import compatible
     from .policy import parse_policy
 
+    compiled = parse_policy(compiled)  # the served method (a spec from a direct caller is parsed here)
     try:
-        p = served_files(parse_policy(spec), parse_policy(compiled_spec))
+        p = served_files(parse_policy(spec), compiled) if spec else compiled
     except PolicyError as exc:
         raise RequestError(f"policy: {exc}") from None
     if p.cfg_pairs:
         raise RequestError(f"policy: {p.spec!r} reads the batch as classifier-free-guidance pairs [uncond; cond], and "
                            "the server batches separate requests without guidance; use cfg=0")
-    compiled = parse_policy(compiled_spec)
     try:
-        if p.name != "none" and p.plan_key(blocks) != compiled.plan_key(blocks):
-            raise RequestError(
-                f"policy: the served model was compiled for {compiled.spec!r}; {p.spec!r} needs other variants. "
-                f"Allowed: 'none' or {compiled.name} with other run-time parameters (intervals, thresholds, "
-                f"warmup/final), e.g. {compiled.spec!r}")
-        if p.needs_data and p.data is None and policy_data is not None and p.data_source() == compiled.data_source():
-            p.data = policy_data
+        p = compatible(p, compiled, blocks, policy_data)
+    except PolicyError as exc:
+        raise RequestError(f"policy: {exc}") from None
+    try:
         p.controller(steps)  # a schedule of the wrong length, a missing calibration, ...
-    except RequestError:
-        raise
     except (CachecError, ValueError, OSError) as exc:
         raise RequestError(f"policy: {p.spec!r} cannot run {steps} steps here: {exc}") from None
     return p
@@ -210,18 +214,16 @@ class ArtifactWorker:
     def __init__(self, path, *, device: str | None = None, max_batch: int = 4, max_steps: int = 1000,
                  pad: bool = True, trust_native: bool = False, verify_key=None):
         from . import artifact
-        from .models import ModelBundle, builtin_dir, synth_inputs
+        from .models import synth_inputs
         from .policy import parse_policy
+        from .session import artifact_bundle
 
         self.path = Path(path)
         self.device = check_device(device or default_device())
         self.trust = {"trust_native": trust_native, "verify_key": verify_key}  # cachec.artifact.read_trusted
         self.manifest = m = artifact.read_trusted(self.path, **self.trust)
-        spec = m["model"]["spec"]
-        sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
-        self.bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=m["model"]["class"],
-                                  config=m["model"]["config"])
-        self.pixel = spec.startswith("builtin:")
+        self.bundle = artifact_bundle(m)
+        self.pixel = m["model"]["spec"].startswith("builtin:")
         meta = m["program"]["meta"]  # manifest schema 2: the program is described once
         if max_batch < 1 or max_batch > meta["max_batch"]:
             raise CachecError(f"--max-batch must be 1..{meta['max_batch']} for this artifact; got {max_batch}")
@@ -229,7 +231,8 @@ class ArtifactWorker:
         self.pad = pad
         train_steps = int(self.bundle.scheduler().config.num_train_timesteps)
         self.max_steps = min(max_steps, train_steps)
-        self.policy = meta["policy"]
+        self.method = parse_policy(meta["policy"])  # the manifest's spec, parsed once
+        self.policy = self.method.spec
         self.blocks = len(meta["blocks"])
         self.inputs = {n: m["program"]["values"][n] for n in m["program"]["inputs"]}
         self.batch_dims = meta["batch_dims"]
@@ -248,10 +251,9 @@ class ArtifactWorker:
         self._runtimes: OrderedDict[tuple, object] = OrderedDict()
         self._loaded = None  # the one runtime loaded from the artifact; the others share its program
         self.abandoned = 0  # jobs dropped or stopped because their client went away (GET /info)
-        batched = not (self.unaligned or parse_policy(self.policy).dynamic
-                       or parse_policy(self.policy).granularity == "token")
+        batched = not (self.unaligned or runs_alone(self.method))
         # load once at start, with the rows most requests will run with: a broken artifact fails here
-        rt = self.runtime(self.policy, max_batch if batched and pad else 1)
+        rt = self.runtime(self.method, max_batch if batched and pad else 1)
         self.policy_data = rt.program.meta.get("policy_data")
 
     # -- what the server accepts ------------------------------------------------------------------
@@ -273,13 +275,10 @@ class ArtifactWorker:
         }
 
     def _batching(self) -> str:
-        from .policy import parse_policy
-
-        p = parse_policy(self.policy)
         if self.unaligned:
             return (f"alone: per-sample rows of {', '.join(self.unaligned[:3])} are not multiples of {ROW_ALIGN} bytes, "
                     "so batched rows could round differently")
-        if p.dynamic or p.granularity == "token":
+        if runs_alone(self.method):
             return "alone: the policy takes one decision per step for the whole batch"
         return f"up to {self.max_batch} requests with the same policy and steps per trajectory"
 
@@ -294,7 +293,7 @@ class ArtifactWorker:
                                "or serve a pipeline directory")
         if req.steps > self.max_steps:
             raise RequestError(f"steps: {req.steps} is out of range; this server runs 1..{self.max_steps} steps")
-        p = check_policy(req.policy or self.policy, self.policy, self.blocks, req.steps, self.policy_data)
+        p = check_policy(req.policy, self.method, self.blocks, req.steps, self.policy_data)
         given = self._given(req)
         cond, shared = {}, {}
         for name in self.cond_names:
@@ -317,13 +316,13 @@ class ArtifactWorker:
         spec = self.inputs[self.latent_name]
         g = torch.Generator().manual_seed(req.seed)
         latent = torch.randn(self._want_shape(self.latent_name), generator=g).to(getattr(torch, spec["dtype"]))
-        alone = p.dynamic or p.granularity == "token" or bool(self.unaligned)
+        alone = runs_alone(p) or bool(self.unaligned)
         digest = hashlib.sha256()
         for n, t in sorted(shared.items()):
             digest.update(n.encode())
             digest.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.dim() else repr(t.item()).encode())
         key = (p.spec, req.steps, digest.hexdigest())
-        return Job(req, p.spec, req.steps, alone, key, latent, cond, shared)
+        return Job(req, p.spec, req.steps, alone, key, latent, cond, shared, method=p)
 
     def _check_values(self, label: str, name: str, t: torch.Tensor) -> None:
         check_values(label, t, value_ranges(self.bundle.config).get(name))
@@ -354,34 +353,38 @@ class ArtifactWorker:
         return given
 
     # -- run --------------------------------------------------------------------------------------
-    def runtime(self, policy: str, rows: int):
-        """The runtime for ``policy`` at ``rows`` rows (one shape per runtime: caches never re-allocate).
+    def runtime(self, policy, rows: int):
+        """The runtime for ``policy`` (a method, or a spec a direct caller gives) at ``rows`` rows (one
+        shape per runtime: caches never re-allocate).
 
         The artifact is loaded once (the first call); a runtime for another policy or row count is
         built on that loaded program (same weights, same lowering: bit for bit what ``cachec.load``
         with that policy gives), so a stream of distinct policies costs no reload, and at most
         ``RUNTIME_CACHE`` runtimes (their cache buffers) are kept."""
-        key = (policy, rows)
+        from .policy import parse_policy
+
+        method = parse_policy(policy)
+        key = (method.spec, rows)
         if key not in self._runtimes:
-            self._runtimes[key] = self._build_runtime(policy)
+            self._runtimes[key] = self._build_runtime(method)
             while len(self._runtimes) > RUNTIME_CACHE:
                 self._runtimes.popitem(last=False)
         self._runtimes.move_to_end(key)
         return self._runtimes[key]
 
-    def _build_runtime(self, policy: str):
+    def _build_runtime(self, method):
         if self._loaded is None:
             import cachec
 
             # always the artifact's own plan: a first request for `none` must not leave a program
             # without the variants the compiled policy's later requests need
             self._loaded = cachec.load(self.path, device=self.device, **self.trust)
-            if policy == self.policy:
+            if method.spec == self.policy:
                 return self._loaded
         from .runtime import CacheRuntime
 
         base = self._loaded
-        return CacheRuntime(base.program, policy, backend=base.backend.name, signature=base.signature,
+        return CacheRuntime(base.program, method, backend=base.backend.name, signature=base.signature,
                             backend_options=base.backend_options, config=dict(base.config), device=self.device)
 
     def groups(self, jobs: list[Job]) -> list[list[int]]:
@@ -460,7 +463,7 @@ class ArtifactWorker:
         ts = self.inputs["timestep"]
         kw["timestep"] = torch.zeros([rows if d == "B" else d for d in ts["shape"]], dtype=getattr(torch, ts["dtype"]),
                                      device=self.device)
-        rt = self.runtime(first.policy, rows)
+        rt = self.runtime(first.method, rows)
         rt.reset(first.steps)
         traj = denoise(rt, self.bundle, x, kw, first.steps, callback=self._stop_if_abandoned(group))
         stats = rt.stats
@@ -495,7 +498,8 @@ class PipelineWorker:
             self.pipe = diffusers.DiffusionPipeline.from_pretrained(str(self.path)).to(self.device)
         except Exception as exc:  # noqa: BLE001 - any loading failure is reported with the path
             raise CachecError(f"could not load a diffusers pipeline from {self.path}: {exc}") from exc
-        self.policy = parse_policy(policy).spec
+        self.method = parse_policy(policy)
+        self.policy = self.method.spec
         self.pipe.set_progress_bar_config(disable=True)
         self.attr = denoiser_attr(self.pipe)
         self.model = getattr(self.pipe, self.attr)
@@ -520,7 +524,7 @@ class PipelineWorker:
         req = parse_request(body)
         if req.steps > self.max_steps:
             raise RequestError(f"steps: {req.steps} is out of range; this server runs 1..{self.max_steps} steps")
-        p = check_policy(req.policy or self.policy, self.policy, self.blocks, req.steps)
+        p = check_policy(req.policy, self.method, self.blocks, req.steps)
         if req.inputs:
             raise RequestError(f"inputs: a served pipeline takes {', '.join(self.info()['fields'])}, not inputs")
         cond = {}
@@ -542,18 +546,18 @@ class PipelineWorker:
             cond[param] = [value] if fname == "class_label" else value if fname == "prompt" else value.to(self.device)
         if not cond:
             raise RequestError(f"missing field: give one of {', '.join(self.info()['fields'])}")
-        job = Job(req, p.spec, req.steps, alone=True)
+        job = Job(req, p.spec, req.steps, alone=True, method=p)
         job.cond = cond
         return job
 
-    def denoiser(self, policy: str):
+    def denoiser(self, method):
         from .pipeline import CachedDenoiser
 
-        if policy not in self._denoisers:
-            self._denoisers[policy] = CachedDenoiser(self.model, policy)
+        if method.spec not in self._denoisers:
+            self._denoisers[method.spec] = CachedDenoiser(self.model, method)
             while len(self._denoisers) > RUNTIME_CACHE:
                 self._denoisers.popitem(last=False)
-        return self._denoisers[policy]
+        return self._denoisers[method.spec]
 
     def run(self, jobs: list[Job]) -> list[dict | Exception]:
         results = []
@@ -570,7 +574,7 @@ class PipelineWorker:
         return results
 
     def _run_one(self, job: Job) -> dict:
-        den = self.denoiser(job.policy)
+        den = self.denoiser(job.method)
         setattr(self.pipe, self.attr, den)
         den.reset(job.steps)
         g = torch.Generator(self.device).manual_seed(job.request.seed)

@@ -1,10 +1,21 @@
-"""The front end shared by the CLI, ``cachec bench`` and ``cachec calibrate``: resolve a model,
-capture it once, plan policies on copies of that capture.
+"""The front end shared by the CLI, ``cachec bench``, ``cachec calibrate``, ``cachec serve`` and the
+tools: resolve a model, capture it once, plan methods on copies of that capture, and build (and
+warm up) the runtimes that run them.
 
 Why a layer of its own: the commands all start the same way (a model spec or an artifact
-directory in, a sampling bundle and programs out), and before this module the bench reached
-into the CLI's private helpers while the CLI imported the bench — an import circle. Now both
-sit on top of this module and neither imports the other.
+directory in, a sampling bundle, programs and runtimes out), and before this module the bench
+reached into the CLI's private helpers while the CLI imported the bench — an import circle —
+and the CLI, the bench, the serve worker and the tools each wrote the runtime, its warm-up and
+the artifact's sampling bundle by hand. Now they all sit on top of this module:
+
+* :func:`open_model` (a model spec, a diffusers directory or an artifact) and :func:`open_bundle`
+  (a model already built, with the inputs to capture it with) return a :class:`Session`;
+* :meth:`Session.program` plans a method, :meth:`Session.runtime` builds its runtime on the
+  session's backend, options and device, :meth:`Session.warm_runtime` also warms it up;
+* :func:`artifact_bundle` is the one way from an artifact's manifest to its sampling bundle.
+
+Methods come in parsed (:class:`~cachec.methods.base.Method`); a spec string is parsed at that
+edge for callers that hold one.
 """
 
 from __future__ import annotations
@@ -19,39 +30,88 @@ from .errors import CachecError, ModelError
 class Session:
     """A model opened for sampling and planning.
 
-    ``bundle`` samples (scheduler, inputs); ``program(spec)`` returns the planned program of a
-    policy (planned once per spec, each on its own copy of the single capture) and
+    ``bundle`` samples (scheduler, inputs); ``program(method)`` returns the planned program of a
+    method (planned once per spec, each on its own copy of the single capture) and
     ``signature`` the model's positional input names. For an artifact directory, ``backend``
-    and ``options`` point a runtime at the artifact's lowered files and ``artifact_policy`` is
-    the policy it was compiled for; a model spec has neither.
+    and ``options`` point a runtime at the artifact's lowered files and ``artifact_method`` is
+    the method it was compiled for; a model spec has neither.
     """
 
     bundle: object
     signature: list[str]
     backend: str | None = None
     options: dict = field(default_factory=dict)
-    artifact_policy: str | None = None
+    artifact_method: object = None  # a Method
     device: object = None  # where the model was built, and where runtimes must go (--device)
-    plan: object = field(default=None, repr=False)  # spec -> (program, the capture it rewrote or None)
-    planned: dict = field(default_factory=dict, repr=False)
+    plan: object = field(default=None, repr=False)  # Method -> (program, the capture it rewrote or None)
+    planned: dict = field(default_factory=dict, repr=False)  # spec -> what plan returned
 
-    def program(self, spec: str):
-        """The program of policy ``spec``, planned on first request."""
-        if spec not in self.planned:
-            self.planned[spec] = self.plan(spec)
-        return self.planned[spec][0]
+    def program(self, method):
+        """The program of ``method`` (a Method, or a spec string), planned on first request."""
+        method = _as_method(method)
+        if method.spec not in self.planned:
+            self.planned[method.spec] = self.plan(method)
+        return self.planned[method.spec][0]
 
-    def captured(self, spec: str):
+    def captured(self, method):
         """The (planned, rewritten) capture a program was built from: what an artifact saves."""
-        self.program(spec)
-        cap = self.planned[spec][1]
+        method = _as_method(method)
+        self.program(method)
+        cap = self.planned[method.spec][1]
         if cap is None:
             raise ModelError("this model was opened from a compiled artifact; compile a model spec or directory")
         return cap
 
+    def runtime(self, method, *, backend: str | None = None, steps: int | None = None, options: dict | None = None,
+                program=None):
+        """A runtime of ``method`` with the session's signature, backend options and device.
+
+        ``backend`` defaults to the artifact's own, else eager; ``options`` are backend options over
+        the session's (``{"mode": "reduce-overhead"}``); ``program`` is one from :attr:`plan` (a
+        fresh plan, e.g. to time planning), else the session's :meth:`program` of ``method``."""
+        from .runtime import CacheRuntime
+
+        method = _as_method(method)
+        return CacheRuntime(program if program is not None else self.program(method), method,
+                            backend=backend or self.backend or "eager", num_steps=steps, signature=self.signature,
+                            backend_options={**self.options, **(options or {})}, device=self.device)
+
+    def warm_runtime(self, method, *, batch: int, steps: int, backend: str | None = None):
+        """:meth:`runtime`, warmed up by a short trajectory (allocations, first-call costs, a lazy
+        compile), so that no timed trajectory pays them."""
+        from .sampling import sample
+
+        rt = self.runtime(method, backend=backend, steps=steps)
+        sample(rt, self.bundle, min(2, steps), 0, batch)
+        return rt
+
     @property
     def is_artifact(self) -> bool:
-        return self.artifact_policy is not None
+        return self.artifact_method is not None
+
+
+def _as_method(method):
+    """A Method as is; a spec string a caller still holds is parsed here, the session's edge."""
+    from .policy import parse_policy
+
+    return parse_policy(method)
+
+
+def artifact_bundle(manifest: dict, path: str | Path | None = None, device=None):
+    """An artifact's sampling bundle, from its manifest: class, config, latent input and scheduler
+    (a builtin model's own; others use the default), and (with ``path``) the example inputs it
+    kept. The one place that reads a manifest into a :class:`~cachec.models.ModelBundle`."""
+    from . import artifact
+    from .models import ModelBundle, builtin_dir
+
+    spec = manifest["model"]["spec"]
+    sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
+    bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=manifest["model"]["class"],
+                         config=manifest["model"]["config"], device=device,
+                         latent=manifest["capture"]["latent_input"])
+    if path is not None and artifact.EXAMPLE_INPUTS in manifest["files"]:
+        bundle.artifact_inputs = Path(path) / artifact.EXAMPLE_INPUTS
+    return bundle
 
 
 def open_model(model_spec: str, batch: int, backend: str | None = None, allow_version_mismatch: bool = False,
@@ -69,35 +129,26 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
     """
     from . import artifact
     from .devices import resolve_device, resolve_dtype
-    from .models import ModelBundle, builtin_dir, resolve
+    from .models import resolve
+    from .policy import parse_policy
 
     device = resolve_device(device)
     path = Path(model_spec)
     if path.is_dir() and (path / "manifest.json").exists():
         manifest = artifact.read_trusted(path, trust_native=trust_native, verify_key=verify_key)
-        spec = manifest["model"]["spec"]
-        sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
-        bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=manifest["model"]["class"],
-                             config=manifest["model"]["config"], device=device,
-                             latent=manifest["capture"]["latent_input"])
-        if artifact.EXAMPLE_INPUTS in manifest["files"]:
-            bundle.artifact_inputs = path / artifact.EXAMPLE_INPUTS
+        bundle = artifact_bundle(manifest, path, device)
+        own = parse_policy(manifest["program"]["meta"]["policy"])  # the manifest: an edge
 
-        own_policy = manifest["program"]["meta"]["policy"]
-
-        def plan_artifact(pol):
-            program, _ = artifact.load_program(path, None if pol == own_policy else pol,
+        def plan_artifact(method):
+            program, _ = artifact.load_program(path, None if method.spec == own.spec else method,
                                                allow_version_mismatch=allow_version_mismatch,
                                                trust_native=trust_native, verify_key=verify_key)
             return program, None
 
-        own, options = artifact.runtime_backend(path, manifest, backend)
-        return Session(bundle, manifest["signature"], own, options, own_policy, device, plan_artifact)
-    from .input_check import capture_blaming_inputs, checked_inputs
-    from .planner import compile_program
-    from .policy import parse_policy
-    from .progress import busy, library_bars_off_terminal
-    from .runtime import signature_of
+        backend, options = artifact.runtime_backend(path, manifest, backend)
+        return Session(bundle, manifest["signature"], backend, options, own, device, plan_artifact)
+    from .input_check import checked_inputs
+    from .progress import library_bars_off_terminal
 
     library_bars_off_terminal()  # a local model directory loads with diffusers' bars
     bundle = resolve(model_spec, dtype=resolve_dtype(dtype), device=device, subfolder=subfolder, revision=revision)
@@ -117,14 +168,29 @@ def open_model(model_spec: str, batch: int, backend: str | None = None, allow_ve
         from .lora import fuse_lora_files
 
         fuse_lora_files(bundle.model, loras)
-    with busy(f"exporting {bundle.class_name} ({model_spec})"):
-        # the plain model runs on the example inputs first, so a failure blames the inputs, not the model
-        captured = capture_blaming_inputs(bundle, checked_inputs(bundle, batch))
+    # the plain model runs on the example inputs first, so a failure blames the inputs, not the model
+    return open_bundle(bundle, lambda: checked_inputs(bundle, batch), label=model_spec, device=device)
 
-    def plan(pol):
+
+def open_bundle(bundle, example_inputs, *, latent_input: str | None = None, label: str | None = None,
+                device=None) -> Session:
+    """A session of a model already built (``bundle.model``), captured once with ``example_inputs``
+    (a dict, or a function that makes it: a pipeline directory records them from its own first
+    call, which takes as long as the export); ``latent_input``: which of them is the latent, when
+    the structure should not decide. ``device``: where runtimes go (default: where the weights are)."""
+    from .input_check import capture_blaming_inputs
+    from .planner import compile_program
+    from .progress import busy
+    from .runtime import signature_of
+
+    with busy(f"exporting {bundle.class_name} ({label or bundle.name})"):
+        inputs = example_inputs() if callable(example_inputs) else example_inputs
+        captured = capture_blaming_inputs(bundle, inputs, latent_input=latent_input)
+
+    def plan(method):
         # each plan consumes its own copy of the captured graph (passes rewrite it in place)
-        with busy(f"planning {pol}"):
+        with busy(f"planning {method.spec}"):
             cap = captured.copy()
-            return compile_program(cap, parse_policy(pol)), cap
+            return compile_program(cap, method), cap
 
     return Session(bundle, signature_of(bundle.model), None, {}, None, device, plan)

@@ -175,13 +175,12 @@ _MAKE = {}
 
 def cachec_method(spec, steps, batch, reference="none (cachec)"):
     """cachec's runtime on the eager backend; one export of the model is shared by every policy."""
-    from cachec.runtime import CacheRuntime
+    from cachec.policy import parse_policy
     from cachec.session import open_model
 
     if batch not in _MAKE:
         _MAKE[batch] = open_model(MODEL, batch)
-    session = _MAKE[batch]
-    rt = CacheRuntime(session.program(spec), spec, backend="eager", num_steps=steps, signature=session.signature)
+    rt = _MAKE[batch].runtime(parse_policy(spec), backend="eager", steps=steps)
     name = "none (cachec)" if spec == "none" else f"cachec {spec}"
     m = Method(name, "cachec", reference if spec != "none" else name, rt, lambda: rt.reset(steps),
                lambda: rt.stats.schedule, pair=None if spec == "none" else spec)

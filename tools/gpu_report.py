@@ -45,11 +45,9 @@ from dataclasses import dataclass, field
 import torch
 
 import cachec
-from cachec.capture import capture
 from cachec.models import ARCH_CONFIGS, resolve
-from cachec.planner import compile_program
 from cachec.policy import parse_policy
-from cachec.runtime import CacheRuntime, signature_of
+from cachec.session import open_bundle
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -374,24 +372,23 @@ def run_case(report: Report, case: Case, steps: int, tiny: bool, inductor: bool,
             cache_interval=4, max_order=2, disable_cache_before_step=2, taylor_factors_dtype=torch.float32,
             cache_identifiers=case.taylorseer_ids)))
 
-    captured = {}
+    sessions = {}  # the one capture of the model (cachec.session), made on first use
 
-    def capture_once():
-        if "cap" not in captured:
+    def session_once():
+        if "s" not in sessions:
             t = time.perf_counter()
-            captured["cap"] = capture(model, kw, latent_input=latent)
+            sessions["s"] = open_bundle(bundle, kw, latent_input=latent, label=case.name)
             log(f"{case.name}: torch.export in {time.perf_counter() - t:.1f} s")
-        return captured["cap"]
+        return sessions["s"]
 
     def cachec_rows(policy, backend, mode=None):
         def go():
             t = time.perf_counter()
-            cap = capture_once().copy()
-            program = compile_program(cap, parse_policy(policy))
+            session, method = session_once(), parse_policy(policy)
+            program, _ = session.plan(method)  # a fresh plan per row, so plan_s times planning each time
             plan_s = time.perf_counter() - t
-            options = {"mode": mode} if mode else {}
-            rt = CacheRuntime(program, policy, backend=backend, num_steps=steps, signature=signature_of(model),
-                              backend_options=options)
+            rt = session.runtime(method, backend=backend, steps=steps, options={"mode": mode} if mode else {},
+                                 program=program)
             with torch.no_grad():
                 t = time.perf_counter()
                 # warm-up: Inductor compiles each variant on its first use, anywhere in a trajectory
@@ -427,11 +424,11 @@ def run_case(report: Report, case: Case, steps: int, tiny: bool, inductor: bool,
 
             from cachec import artifact
 
-            cap = capture_once().copy()
-            program = compile_program(cap, parse_policy(policy))
+            session = session_once()
+            program, cap = session.plan(parse_policy(policy))
             with tempfile.TemporaryDirectory(prefix="gpu-report-") as tmp:
                 t = time.perf_counter()
-                out = artifact.save(Path(tmp) / "art", program, cap, f"arch:{case.arch}", signature_of(model),
+                out = artifact.save(Path(tmp) / "art", program, cap, f"arch:{case.arch}", session.signature,
                                     backend=backend)
                 build_s = time.perf_counter() - t
                 manifest = json.loads((out / "manifest.json").read_text())
@@ -475,7 +472,7 @@ def run_case(report: Report, case: Case, steps: int, tiny: bool, inductor: bool,
             r["ideal_speedup"] = round(len(r["schedule"]) / r["nfe"], 3) if r["nfe"] else None
             if r["ideal_speedup"]:
                 r["measured_over_ideal"] = round(r["speedup_vs_none"] / r["ideal_speedup"], 3)
-    captured.clear()  # the exported graph holds the weights alive
+    sessions.clear()  # the exported graph holds the weights alive
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

@@ -69,13 +69,11 @@ def reference(artifact: str, body: dict, rows: int, served_policy: str) -> torch
     """The request run alone through ``cachec.load`` (no Serve), repeated to ``rows`` rows; row 0."""
     import cachec
     from cachec.artifact import read_manifest
-    from cachec.models import ModelBundle, builtin_dir
     from cachec.sampling import denoise
+    from cachec.session import artifact_bundle
 
     m = read_manifest(artifact)
-    spec = m["model"]["spec"]
-    sched = builtin_dir(spec.split(":", 1)[1]) / "scheduler" if spec.startswith("builtin:") else None
-    bundle = ModelBundle(spec, None, scheduler_dir=sched, cls_name=m["model"]["class"], config=m["model"]["config"])
+    bundle = artifact_bundle(m)
     key = (body["policy"], rows)
     cache = reference.__dict__.setdefault("runtimes", {})
     if key not in cache:
@@ -93,9 +91,9 @@ def reference(artifact: str, body: dict, rows: int, served_policy: str) -> torch
 def rows_for(info: dict, policy: str) -> int:
     """How many rows the server runs this policy's trajectories with (see cachec/serve_worker.py)."""
     from cachec.policy import parse_policy
+    from cachec.serve_worker import runs_alone
 
-    p = parse_policy(policy)
-    if p.dynamic or p.granularity == "token" or not info["pad"]:
+    if runs_alone(parse_policy(policy)) or not info["pad"]:
         return 1
     return info["max_batch"]
 

@@ -280,9 +280,27 @@ class Method:
     cfg_pairs = False
     rank = 1000  # position in `cachec policies` (new methods list after the built-in ones)
 
-    def __init__(self, params: Params):
+    def __init__(self, params: Params, data: dict | None = None):
         self.params = params
-        self.data: dict | None = None
+        self._data = data  # set here only: a method never changes after construction
+
+    @property
+    def data(self) -> dict | None:
+        """The method's resolved data (calibration, published constants), or None while unread."""
+        return self._data
+
+    def with_data(self, data: dict) -> Method:
+        """This method with ``data`` resolved: a new instance, so a parsed method is never mutated
+        (the same spec may be shared by a runtime, a served request and a planner)."""
+        out = type(self)(self.params, data)
+        out.validate()  # what validate derives from the parameters (budget's needs_data)
+        return out
+
+    def resolved(self) -> Method:
+        """This method with its data read, if it needs data and has none yet (reads the file once)."""
+        if self.needs_data and self.data is None:
+            return self.with_data(self.load_data())
+        return self
 
     # -- the spec ---------------------------------------------------------------------------------
     @classmethod
@@ -304,7 +322,7 @@ class Method:
         return self.name + (":" + ",".join(parts) if parts else "")
 
     def __repr__(self) -> str:
-        return f"Policy({self.spec})"
+        return f"Method({self.spec})"
 
     # -- data -------------------------------------------------------------------------------------
     def data_source(self) -> str:
@@ -317,7 +335,7 @@ class Method:
     # -- run time ---------------------------------------------------------------------------------
     def controller(self, num_steps: int | None) -> Controller:
         if self.needs_data and self.data is None:
-            self.data = self.load_data()
+            return self.resolved().controller(num_steps)
         forced = self.params.warmup + self.params.final
         if num_steps is not None and self.name != "none" and forced >= num_steps:
             # every step would be full, silently: say so instead

@@ -76,9 +76,7 @@ class BudgetPolicy(Method):
 
     def schedule_for(self, num_steps: int | None) -> str:
         if self.params.calib:
-            if self.data is None:
-                self.data = self.load_data()
-            schedule = self.data["schedule"]
+            schedule = self.resolved().data["schedule"]
             if num_steps is not None and num_steps != len(schedule):
                 raise PolicyError(f"{self.spec}: the calibrated schedule has {len(schedule)} steps but the trajectory "
                                   f"has {num_steps}; calibrate for {num_steps} steps (cachec calibrate --steps {num_steps})")

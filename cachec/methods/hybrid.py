@@ -102,9 +102,10 @@ class HybridPolicy(Method):
     def data(self):
         return self.decision.data
 
-    @data.setter
-    def data(self, value):
-        self.decision.data = value
+    def with_data(self, data: dict) -> HybridPolicy:
+        out = HybridPolicy(self.decision.with_data(data), self.forecaster)
+        out.validate()
+        return out
 
     def validate(self) -> None:
         if self.decision.name not in DECISIONS:

@@ -523,8 +523,7 @@ class Planner:
     def plan(self, policy) -> Program:
         """The program of ``policy`` (a :class:`~cachec.methods.base.Method`): it plans its variants
         with the primitives above, then the planner checks it built the ones its controller runs."""
-        if policy.needs_data and policy.data is None:
-            policy.data = policy.load_data()  # calibration problems surface at compile time
+        policy = policy.resolved()  # calibration problems surface at compile time
         policy.plan(self)
         missing = sorted(policy.required_variants() - set(self.variants))
         if missing:

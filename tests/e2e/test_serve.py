@@ -217,10 +217,10 @@ def test_row_alignment_rule():
 def test_a_failing_trajectory_fails_only_its_own_requests(fora_worker, artifacts, monkeypatch):
     real = fora_worker.runtime
 
-    def runtime(policy, rows):
-        if policy == "fora:2":
+    def runtime(method, rows):  # the worker hands its runtimes parsed methods
+        if method.spec == "fora:2":
             raise RuntimeError("simulated device fault")
-        return real(policy, rows)
+        return real(method, rows)
 
     monkeypatch.setattr(fora_worker, "runtime", runtime)
     reqs = [req(seed=31), req(seed=32, policy="fora:2"), req(seed=33)]

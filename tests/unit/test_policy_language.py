@@ -5,8 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachec.errors import PolicyError
+from cachec.methods import METHODS
 from cachec.methods.teacache import teacache_coefficients
-from cachec.policy import POLICIES, describe_policies, parse_policy
+from cachec.policy import describe_policies, parse_policy
 
 
 def test_main_value_and_keys():
@@ -94,7 +95,7 @@ def test_taylorseer_places_full_steps_as_cachec_or_as_diffusers_hook():
 
 def test_describe_lists_every_policy_and_parameter():
     text = describe_policies()
-    for cls in POLICIES.values():
+    for cls in METHODS.values():
         assert cls.name in text
         for p in cls.all_params():
             assert f"{p.name}=" in text
@@ -107,7 +108,7 @@ def test_any_string_parses_or_raises_policy_error(text):
         p = parse_policy(text)
     except PolicyError:
         return
-    assert p.name in POLICIES
+    assert p.name in METHODS
     assert parse_policy(p.spec).params == p.params
 
 
@@ -129,8 +130,8 @@ def _value():
 def _structured_spec(draw):
     """A spec generated from the grammar: a known name (or a near miss), a bare main value or
     none, then KEY=VALUE items with known keys, near-miss keys and repeats, odd whitespace."""
-    name = draw(st.sampled_from(sorted(POLICIES) * 4 + ["FORA", " fora ", "fora2", "tea-cache", ""]))
-    keys = [p.name for p in POLICIES[name.strip().lower()].all_params()] if name.strip().lower() in POLICIES else []
+    name = draw(st.sampled_from(sorted(METHODS) * 4 + ["FORA", " fora ", "fora2", "tea-cache", ""]))
+    keys = [p.name for p in METHODS[name.strip().lower()].all_params()] if name.strip().lower() in METHODS else []
     items = []
     if draw(st.booleans()):
         items.append(draw(_value()))
@@ -148,7 +149,7 @@ def test_grammar_generated_specs_parse_to_valid_policies_or_raise_policy_error(s
         p = parse_policy(spec)
     except PolicyError:
         return
-    assert p.name in POLICIES
+    assert p.name in METHODS
     params = {q.name: q for q in type(p).all_params()}
     assert set(p.params) == set(params)
     for key, value in p.params.items():  # every accepted value has its declared kind and range
