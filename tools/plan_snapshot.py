@@ -48,7 +48,10 @@ def describe(program) -> list[str]:
         lines.extend("    " + line for line in seg.module.code.strip().splitlines())
     for name, spec in program.values.items():
         lines.append(f"value {name}: {spec.shape} {spec.dtype}")
-    lines.append("meta " + json.dumps(program.meta, sort_keys=True, default=repr))
+    meta = dict(program.meta)
+    # diffusers keeps the names of defaulted config keys in a set: their order changes from run to run
+    meta["config"] = {k: v for k, v in meta["config"].items() if k != "_use_default_values"}
+    lines.append("meta " + json.dumps(meta, sort_keys=True, default=repr))
     return lines
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..planner.plan import Plan
 from . import register
 from .base import Interval, Method, Params, param
 
@@ -25,5 +26,5 @@ class ForaPolicy(Method):
     controller_cls = Interval
     rank = 2
 
-    def plan(self, planner) -> None:
-        planner.module_reuse()
+    def plan(self, planner) -> Plan:
+        return planner.module_reuse()

@@ -12,8 +12,8 @@ limits, mask); the forecaster (:func:`forecasters`) contributes only its forecas
 ``sigma``): its interval ``N``, ``streams``, ``warmup`` and ``final`` belong to the decision and are
 refused there. The decisions are those whose reuse is a *residual*: of a block range (the planner's
 :meth:`~cachec.planner.Planner.range_delta`), or EasyCache's ``Δ = v − x`` of the whole call. The
-hybrid's plan runs the decision's plan with the planner told to forecast those residuals
-(:attr:`~cachec.planner.Planner.delta_forecast`; one forecast stream per residual stream), so full
+hybrid's plan is the decision's plan on a view of the planner that forecasts those residuals
+(:meth:`~cachec.planner.Planner.forecasting`; one forecast stream per residual stream), so full
 steps fold the fresh residual into the forecast state and cached steps apply its forecast.
 
 Full steps come where the decision puts them, at irregular distances: the forecast coefficients
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from ..errors import ModelError, PolicyError
 from ..forecast import ForecastTracker
+from ..planner.plan import Plan
 from .base import Actions, Controller, Method, StepContext
 
 DECISIONS = ("static", "fbcache", "dbcache", "teacache", "magcache", "easycache")
@@ -140,13 +141,10 @@ class HybridPolicy(Method):
     def forecast_method(self):
         return self.forecaster.forecast_method()
 
-    def plan(self, planner) -> None:
+    def plan(self, planner) -> Plan:
         """The decision's plan, with every residual it caches forecast instead of copied."""
-        planner.delta_forecast = self.forecaster.forecast_method()
-        try:
-            self.decision.plan(planner)
-        finally:
-            planner.delta_forecast = None
-        if not planner.step_inputs:
+        plan = self.decision.plan(planner.forecasting(self.forecaster.forecast_method()))
+        if not plan.step_inputs:
             raise ModelError(f"{self.spec}: the plan of {self.decision.name} cached no residual to forecast "
                              "(a bug in the hybrid's list of decisions)")
+        return plan

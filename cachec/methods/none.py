@@ -3,6 +3,7 @@ against, and what any program runs as ``none`` (its full variant) for a same-bac
 
 from __future__ import annotations
 
+from ..planner.plan import Plan
 from . import register
 from .base import Always, Method
 
@@ -15,5 +16,6 @@ class NonePolicy(Method):
     variants = ("full",)
     rank = 0
 
-    def plan(self, planner) -> None:
+    def plan(self, planner) -> Plan:
         """The full variant the planner starts from is the whole plan."""
+        return planner.new_plan()
