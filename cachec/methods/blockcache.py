@@ -105,7 +105,7 @@ class BlockCacheController(Controller):
 
 
 @register
-class BlockCachePolicy(Method):
+class BlockCacheMethod(Method):
     name = "blockcache"
     doc = ("per-block adaptive caching (Block Caching / Foresight / AdaCache): each block reuses its delta while its "
            "predicted accumulated change stays below its threshold, refreshed at least every N steps")

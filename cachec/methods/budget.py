@@ -43,7 +43,7 @@ class BudgetController(Controller):
 
 
 @register
-class BudgetPolicy(Method):
+class BudgetMethod(Method):
     name = "budget"
     doc = "exactly nfe=K full steps: evenly spaced, or the calibrated schedule of least predicted error (calib=FILE)"
     granularity = "module, step (base=)"

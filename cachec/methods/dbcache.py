@@ -42,7 +42,7 @@ class DBCacheController(Controller):
 
 
 @register
-class DBCachePolicy(Method):
+class DBCacheMethod(Method):
     name = "dbcache"
     doc = "DBCache (cache-dit): the first F blocks probe, the middle blocks' delta is reused below t, the last B blocks always run"
     dynamic = True

@@ -63,7 +63,7 @@ class DeepCacheController(Controller):
 
 
 @register
-class DeepCachePolicy(Method):
+class DeepCacheMethod(Method):
     name = "deepcache"
     doc = "DeepCache (U-Net): full every N steps caches skip branch k's deep feature; other steps run the shallow path"
     granularity = "block"

@@ -18,7 +18,7 @@ class DeltaParams(Params):
 
 
 @register
-class DeltaPolicy(Method):
+class DeltaMethod(Method):
     name = "delta"
     doc = "Δ-DiT: reuse the residual delta of a block range (blocks=a-b, 0-based, inclusive); full every N"
     granularity = "block"

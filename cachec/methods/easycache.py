@@ -54,7 +54,7 @@ class EasyCacheController(Controller):
 
 
 @register
-class EasyCachePolicy(Method):
+class EasyCacheMethod(Method):
     name = "easycache"
     doc = "EasyCache: accumulate the predicted output change k*|Δx|/|v| (k measured at full steps); reuse v = x + Δ below tau"
     dynamic = True

@@ -134,7 +134,7 @@ class FasterCacheController(Controller):
 
 
 @register
-class FasterCachePolicy(Method):
+class FasterCacheMethod(Method):
     name = "fastercache"
     doc = ("FasterCache: inside lo < t < hi self-attention computed every N steps, skipped steps extrapolate "
            "A_last + w*(A_last - A_prev); cfg=n adds CFG-Cache (uncond half rebuilt from FFT band deltas)")

@@ -22,7 +22,7 @@ class FBCacheController(Controller):
 
 
 @register
-class FBCachePolicy(Method):
+class FBCacheMethod(Method):
     name = "fbcache"
     doc = "First-Block Cache: block 0's residual is the probe; below t (rel. L1 to the last full step) the other blocks' delta is reused"
     dynamic = True

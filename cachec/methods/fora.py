@@ -17,7 +17,7 @@ class ForaParams(Params):
 
 
 @register
-class ForaPolicy(Method):
+class ForaMethod(Method):
     name = "fora"
     doc = "FORA: reuse every block's attention and MLP outputs under the current adaLN; full every N steps"
     granularity = "module"

@@ -34,12 +34,12 @@ DECISION_KEYS = ("N", "streams", "warmup", "final", "placement")  # a forecaster
 
 
 def forecasters() -> list[str]:
-    """The forecasting methods (:class:`~cachec.methods.forecasting.ForecastPolicy`), in registry order:
+    """The forecasting methods (:class:`~cachec.methods.forecasting.ForecastMethod`), in registry order:
     a new one (a module of this package) combines with every decision without a change here."""
     from . import METHODS
-    from .forecasting import ForecastPolicy
+    from .forecasting import ForecastMethod
 
-    return [name for name, cls in METHODS.items() if issubclass(cls, ForecastPolicy)]
+    return [name for name, cls in METHODS.items() if issubclass(cls, ForecastMethod)]
 
 
 def forecast_keys(forecaster: type[Method]) -> list[str]:
@@ -64,7 +64,7 @@ class HybridController(Controller):
     """The decision's controller, with the forecast coefficients of each step added to the action
     that concludes it (``F``: fold the fresh residual in; ``R``: forecast it)."""
 
-    def __init__(self, policy: HybridPolicy, inner: Controller, num_steps: int | None):
+    def __init__(self, policy: HybridMethod, inner: Controller, num_steps: int | None):
         super().__init__(policy, num_steps)
         self.inner = inner
         self.tracker = ForecastTracker(policy.forecaster.forecast_method())
@@ -84,7 +84,7 @@ class HybridController(Controller):
             return
 
 
-class HybridPolicy(Method):
+class HybridMethod(Method):
     """A decision method and a forecasting method, composed (see the module docstring)."""
 
     name = "hybrid"  # not a registered name: the spec is DECISION+FORECASTER

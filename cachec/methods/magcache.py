@@ -51,7 +51,7 @@ class MagCacheController(Controller):
 
 
 @register
-class MagCachePolicy(Method):
+class MagCacheMethod(Method):
     name = "magcache"
     doc = "MagCache: accumulate |1 - Π magnitude ratios| of the stack residual; reuse it below t, at most K in a row"
     main = "t"

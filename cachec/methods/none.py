@@ -9,7 +9,7 @@ from .base import Always, Method
 
 
 @register
-class NonePolicy(Method):
+class NoneMethod(Method):
     name = "none"
     doc = "no caching: every step is a full forward (the reference)"
     controller_cls = Always

@@ -73,7 +73,7 @@ def _subsets() -> tuple[str, ...]:
 
 
 @register
-class PABPolicy(Method):
+class PABMethod(Method):
     name = "pab"
     doc = ("Pyramid Attention Broadcast: inside lo < t < hi, spatial / temporal / cross-attention outputs computed "
            "every S / T / C steps and broadcast in between")

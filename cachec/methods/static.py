@@ -31,7 +31,7 @@ class StaticController(Controller):
 
 
 @register
-class StaticPolicy(Method):
+class StaticMethod(Method):
     name = "static"
     doc = "explicit step schedule, one letter a step: F = full, R = reuse the whole block stack's residual"
     main = "schedule"

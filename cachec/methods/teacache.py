@@ -45,7 +45,7 @@ class TeaCacheController(Controller):
 
 
 @register
-class TeaCachePolicy(Method):
+class TeaCacheMethod(Method):
     name = "teacache"
     doc = "TeaCache: rescaled relative L1 of block 0's modulated input, accumulated; reuse the stack residual below t"
     dynamic = True

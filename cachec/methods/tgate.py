@@ -57,7 +57,7 @@ class TGateController(Controller):
 
 
 @register
-class TGatePolicy(Method):
+class TGateMethod(Method):
     name = "tgate"
     doc = ("T-GATE: cross-attention frozen from gate step G on (output of step G-1 reused); before the gate, "
            "self-attention reused between every sa-th step")

@@ -245,7 +245,7 @@ class TokenController(Controller):
 # the method
 
 
-class TokenPolicy(Method):
+class TokenMethod(Method):
     """Base of ToCa and DuCa: their plan, plan key and backend needs."""
 
     granularity = "token"
