@@ -506,6 +506,11 @@ class Planner:
             plan.variants["tail_full"] = [Run(rest)] + plan.variants["tail_full"]
 
     # -- result ---------------------------------------------------------------------------------
+    def plan(self, policy) -> Program:
+        """The program of ``policy`` (a :class:`~cachec.methods.base.Method`), without ``none_flops``
+        (:func:`compile_program` adds them)."""
+        return self.program(self.plan_of(policy), policy)
+
     def plan_of(self, policy) -> Plan:
         """The :class:`Plan` ``policy`` returns, checked: it built the variants its controller runs,
         and its cached variants reuse something."""
