@@ -23,7 +23,7 @@ class ForecastController(Interval):
         return self.tracker.step_inputs(step, full)
 
 
-class ForecastMethod(Method):
+class ForecastingMethod(Method):
     granularity = "module, step (streams=)"
     main = "N"
     controller_cls = ForecastController

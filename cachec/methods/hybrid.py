@@ -34,12 +34,12 @@ DECISION_KEYS = ("N", "streams", "warmup", "final", "placement")  # a forecaster
 
 
 def forecasters() -> list[str]:
-    """The forecasting methods (:class:`~cachec.methods.forecasting.ForecastMethod`), in registry order:
+    """The forecasting methods (:class:`~cachec.methods.forecasting.ForecastingMethod`), in registry order:
     a new one (a module of this package) combines with every decision without a change here."""
     from . import METHODS
-    from .forecasting import ForecastMethod
+    from .forecasting import ForecastingMethod
 
-    return [name for name, cls in METHODS.items() if issubclass(cls, ForecastMethod)]
+    return [name for name, cls in METHODS.items() if issubclass(cls, ForecastingMethod)]
 
 
 def forecast_keys(forecaster: type[Method]) -> list[str]:
