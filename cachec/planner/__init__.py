@@ -85,7 +85,8 @@ _STRUCTURAL = {
 
 
 class Planner:
-    """Holds the segmented base program and the primitives methods build their variants with."""
+    """The segmented base program, questions about it, and the primitives methods build their
+    :class:`Plan` with. Read-only once built: a method's choices live in the Plan it returns."""
 
     def __init__(self, captured: Captured):
         self.captured = captured
