@@ -23,7 +23,7 @@ import math
 from .errors import PolicyError
 from .methods import METHODS
 from .methods.base import Method, Param
-from .methods.hybrid import DECISIONS, HybridPolicy, check_forecaster_args, forecast_keys, forecasters
+from .methods.hybrid import DECISIONS, HybridMethod, check_forecaster_args, forecast_keys, forecasters
 
 
 def _convert(policy: str, p: Param, raw: str):
@@ -94,7 +94,7 @@ def _parse_hybrid(spec: str) -> Method:
     if name not in forecasters():
         raise PolicyError(f"{spec!r}: {name!r} after '+' is not a forecaster; accepted: {', '.join(forecasters())}")
     check_forecaster_args(name, args)
-    policy = HybridPolicy(parse_policy(decision), parse_policy(forecaster))
+    policy = HybridMethod(parse_policy(decision), parse_policy(forecaster))
     policy.validate()
     return policy
 

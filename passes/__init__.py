@@ -6,7 +6,9 @@ broken rewrite is caught where it happens, not three passes later.
 """
 
 from .assign_segments import AssignSegments
+from .attention_scores import ScoreError, TapTokenScore
 from .dedupe_conditioning import DedupeConditioning
+from .gather_scatter import GatherScatter, TokenwiseError
 from .hoist_conditioning import HoistConditioning
 from .infra import Pass, PassManager, PassResult
 from .narrow_chunked_linears import NarrowChunkedLinears
@@ -23,4 +25,8 @@ __all__ = [
     "AssignSegments",
     "DedupeConditioning",
     "NarrowChunkedLinears",
+    "GatherScatter",
+    "TokenwiseError",
+    "TapTokenScore",
+    "ScoreError",
 ]

@@ -6,9 +6,10 @@ A method module (one per method under :mod:`cachec.methods`) defines
   one-line doc, range). The spec parser (:mod:`cachec.policy`) converts and range-checks spec
   values from it and ``cachec policies`` prints it, so a parameter is declared exactly once.
   Every method has ``warmup`` and ``final`` (first / last K steps always full).
-* a :class:`Method` subclass — the parsed, immutable policy: which variants the program needs
-  (``variants``; :meth:`Method.plan` builds them from the planner's shared primitives), which
-  parameters the compiled variants depend on (:meth:`Method.plan_key`), and its controller.
+* a :class:`Method` subclass — the parsed, immutable method: which variants the program needs
+  (``variants``; :meth:`Method.plan` returns a :class:`~cachec.planner.plan.Plan` of them, built
+  from the planner's primitives), which parameters the compiled variants depend on
+  (:meth:`Method.plan_key`), and its controller.
 * a :class:`Controller` — the small per-trajectory state machine of the *step protocol*: for each
   step it yields :class:`Action` s (which variant to run, the host-side inputs of the step, the
   values it wants read back), and the runtime runs them. Probing methods yield a probe variant
@@ -17,6 +18,45 @@ A method module (one per method under :mod:`cachec.methods`) defines
 Why a controller sees only the step index, the trajectory length and host scalars (plus, for
 token methods, the cache buffers of its scores): the runtime stays model-agnostic and every
 schedule rule is testable against the papers without a model.
+
+Adding a method
+---------------
+
+One new file, ``cachec/methods/mymethod.py`` (plus its tests); nothing else changes — the spec
+parser, ``cachec policies``, the planner, the runtime and every backend find it through the
+registry (:data:`cachec.methods.METHODS`)::
+
+    @dataclass(frozen=True)
+    class MyParams(Params):
+        N: int = param(3, "interval: one full step, then N-1 reuse steps", 1, 1000)
+
+    class MyController(Controller):                # the schedule: which steps are full
+        def rule(self, step, signal):
+            return step - self.last_full >= self.policy.params.N
+
+    @register
+    class MyMethod(Method):                        # classes are named XxxMethod
+        name, doc, main = "mine", "reuse every attention/MLP output for N-1 steps", "N"
+        Params, controller_cls = MyParams, MyController
+        variants = ("full", "reuse")               # what the controller runs; the planner checks them
+
+        def plan(self, planner) -> Plan:           # returns the Plan; changes nothing else
+            return planner.module_reuse()
+
+``plan`` receives a read-only :class:`~cachec.planner.Planner` (the model's blocks, regions,
+segments and value specs) and returns a :class:`~cachec.planner.plan.Plan`: its ``variants`` (op
+lists of :class:`~cachec.program.Run` / ``Load`` / ``Store``), the segments it ``added`` (cache
+writes, probes, forecasts), the ``examples`` of the values it made, and what the controller reads
+(``signal``, ``feedback``, ``step_inputs``, ``meta``). A method of an existing family returns the
+family's primitive (``module_reuse``, ``range_reuse``, ``probe_skip``, ``group_reuse``,
+``forecast``); one with a plan of its own starts from ``planner.new_plan()`` and composes the
+building blocks (``add_segment``, ``cache_ops``, ``range_delta``, ``forecast_ops``,
+``split_base``, ``rewritten`` for a segment through passes, and the op-list functions of
+:mod:`cachec.planner.plan`), keeping any graph code only it needs in its own module (EasyCache's
+write in :mod:`cachec.methods.easycache`, DeepCache's branch in :mod:`cachec.methods.skip_branch`,
+FasterCache's CFG-Cache in :mod:`cachec.methods.cfg_cache`). TeaCache's ``plan`` is a short
+example of the second kind. A method module that registers nothing (shared code of a family)
+is imported with the others and ignored by the registry.
 """
 
 from __future__ import annotations
@@ -26,9 +66,13 @@ import json
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from ..errors import PolicyError
 from ..program import per_item
+
+if TYPE_CHECKING:
+    from ..planner.plan import Plan
 
 # ---------------------------------------------------------------------------------------------
 # parameters
@@ -362,9 +406,9 @@ class Method:
     def streams(self) -> str:
         return self.params.get("streams", "module")
 
-    def plan(self, planner) -> None:
-        """Set ``planner.variants`` (and the planner's signal/feedback/step inputs) for this method,
-        from the planner's primitives (:class:`cachec.planner.Planner`)."""
+    def plan(self, planner) -> Plan:
+        """This method's :class:`~cachec.planner.plan.Plan` on ``planner`` (a read-only
+        :class:`cachec.planner.Planner`), built from its primitives (see the module docstring)."""
         raise NotImplementedError
 
     def unsupported(self, backend: str, capable: list[str]) -> str:

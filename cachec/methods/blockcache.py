@@ -34,9 +34,9 @@ import torch
 from torch import fx
 
 from ..errors import ModelError, PolicyError
-from ..flops import graph_flops
-from ..graph_keys import OUTPUTS_KEY
-from ..program import Load, Run, Store, cache_name, split_segment
+from ..planner.plan import Plan
+from ..planner.segments import computed, graph_module, placeholder
+from ..program import Load, Run, Store, cache_name
 from . import register
 from .base import Action, Controller, Method, Params, choice, param
 
@@ -105,7 +105,7 @@ class BlockCacheController(Controller):
 
 
 @register
-class BlockCachePolicy(Method):
+class BlockCacheMethod(Method):
     name = "blockcache"
     doc = ("per-block adaptive caching (Block Caching / Foresight / AdaCache): each block reuses its delta while its "
            "predicted accumulated change stays below its threshold, refreshed at least every N steps")
@@ -136,11 +136,13 @@ class BlockCachePolicy(Method):
             return "meta.feedback", f"should name {SIGNALS!r}, the block changes policy {self.spec} reads"
         return None
 
-    def plan(self, planner) -> None:
+    def plan(self, planner) -> Plan:
         """The full variant split at the block boundaries: the prologue, two variants per block
         and the epilogue, which also stacks the blocks' changes into one vector for the host."""
         L = len(planner.blocks)
-        full = planner.variants["full"]
+        plan = planner.new_plan()
+        ex = plan.examples
+        full = plan.variants["full"]
         block_segs = [planner.range_segments(i, i) for i in range(L)]
         inside = {s for segs in block_segs for s in segs}
         runs = [i for i, op in enumerate(full) if isinstance(op, Run) and op.segment in inside]
@@ -151,27 +153,27 @@ class BlockCachePolicy(Method):
         for i, segs in enumerate(block_segs):
             if not segs:
                 raise ModelError(f"blockcache: block {i} ({planner.blocks[i]}) has no segment of its own")
-            write, apply, pairs = planner.range_delta(i, i, f"blk{i}")
+            write, apply, pairs = planner.range_delta(plan, i, i, f"blk{i}")
             old = {p.cache: f"blockcache__old{i}_{k}" for k, p in enumerate(pairs)}
             for cache, value in old.items():
-                planner.meta[value] = planner.meta[cache]
+                ex[value] = ex[cache]
             signal, sig_cache = f"blockcache__change{i}", cache_name("blockcache", "change", str(i))
-            planner.meta[signal] = planner.meta[sig_cache] = torch.empty(())
-            probe = planner.add_segment(f"blk{i}_change", _relative_change(
-                [(old[p.cache], p.output, p.base) for p in pairs], signal, planner.meta), "probe")
+            ex[signal] = ex[sig_cache] = torch.empty(())
+            probe = planner.add_segment(plan, f"blk{i}_change", _relative_change(
+                [(old[p.cache], p.output, p.base) for p in pairs], signal, ex), "probe")
             # the change is measured before the write: a backend may write the new delta straight
             # into the cache buffer the old one is read from (ONNX Runtime's bound outputs)
             variants[f"blk{i}_full"] = ([Run(s) for s in segs] + [Load(c, v) for c, v in old.items()]
                                         + [Run(probe)] + write + [Store(signal, sig_cache)])
             variants[f"blk{i}_reuse"] = apply
             sig_caches.append(sig_cache)
-        planner.meta[SIGNALS] = torch.empty((L,))
-        stack = planner.add_segment("blockcache_stack", _stack(sig_caches, SIGNALS, planner.meta), "probe")
+        ex[SIGNALS] = torch.empty((L,))
+        stack = planner.add_segment(plan, "blockcache_stack", _stack(sig_caches, SIGNALS, ex), "probe")
         variants["blocks_epilogue"] = [Load(c, c) for c in sig_caches] + [Run(stack)] + full[runs[-1] + 1:]
-        planner.variants = variants
-        planner.feedback = [SIGNALS]  # read on the host after the epilogue (Program.host_reads)
+        plan.variants = variants
+        plan.feedback = [SIGNALS]  # read on the host after the epilogue (Program.host_reads)
         for i in range(L):
-            _move_conditioning_into_block(planner, i)
+            _move_conditioning_into_block(planner, plan, i)
         # the chained variants hand their values on to the ones after them in the same step
         order = ["blocks_prologue"] + [f"blk{i}" for i in range(L)] + ["blocks_epilogue"]
         later = {}
@@ -179,42 +181,20 @@ class BlockCachePolicy(Method):
             after = [v for n in order[k + 1:] for v in ((f"{n}_full", f"{n}_reuse") if n.startswith("blk") else (n,))]
             for v in ((f"{name}_full", f"{name}_reuse") if name.startswith("blk") else (name,)):
                 later[v] = after
-        planner.method_meta["followers"] = later
+        plan.meta["followers"] = later
+        return plan
 
 
-def _move_conditioning_into_block(planner, i: int) -> None:
+def _move_conditioning_into_block(planner, plan: Plan, i: int) -> None:
     """Move what only block i reads out of the prologue (its hoisted adaLN modulation, its share of
     the timestep embedding) into a segment its full variant runs first: a reused block then costs
     nothing but its residual add, and FLOPs are counted per block."""
-    own = f"blk{i}_full"
-    needed = {planner.captured.output_name, *planner.feedback}
-    for name, ops in planner.variants.items():
-        for op in ops:
-            if isinstance(op, Run) and op.segment != "prologue" and not (name in (own, "full") and
-                                                                         op.segment in planner.range_segments(i, i)):
-                needed.update(planner.segment(op.segment).inputs)
-            elif isinstance(op, Store):
-                needed.add(op.value)
-    first, rest = split_segment(planner.segments["prologue"], needed, f"prologue_blk{i}")
-    if rest is None:
-        return
-    for seg in (first, rest):
-        seg.flops = graph_flops(seg.module, planner.batch)
-    planner.segments["prologue"], planner.segments[rest.name] = first, rest  # rest: part of the uncached model
-    planner.variants[own] = [Run(rest.name)] + planner.variants[own]
-    planner.variants["full"] = planner.insert_after(planner.variants["full"], "prologue", [Run(rest.name)])
-
-
-def _placeholder(g: fx.Graph, name: str, meta: dict) -> fx.Node:
-    node = g.placeholder(name)
-    node.meta["val"] = meta.get(name)
-    return node
-
-
-def _call(g: fx.Graph, op, args, val) -> fx.Node:
-    node = g.call_function(op, args)
-    node.meta["val"] = val
-    return node
+    own, block = f"blk{i}_full", planner.range_segments(i, i)
+    needed = planner.values_read(plan, list(plan.variants), lambda variant, seg: seg == "prologue" or (
+        variant in (own, "full") and seg in block))
+    rest = planner.split_base(plan, "prologue", needed, f"prologue_blk{i}")
+    if rest is not None:
+        plan.variants[own] = [Run(rest)] + plan.variants[own]
 
 
 def _relative_change(streams: list[tuple[str, str, str | None]], signal: str, meta: dict) -> fx.GraphModule:
@@ -228,29 +208,23 @@ def _relative_change(streams: list[tuple[str, str, str | None]], signal: str, me
 
     def value(name: str) -> fx.Node:
         if name not in seen:
-            seen[name] = _placeholder(g, name, meta)
+            seen[name] = placeholder(g, name, meta)
         return seen[name]
 
     for old, output, base in streams:
         ex = meta.get(output)
         o, n = value(old), value(output)
         if base is not None:
-            n = _call(g, aten.sub.Tensor, (n, value(base)), ex)
-        d = _call(g, aten.sum.default, (_call(g, aten.abs.default, (_call(g, aten.sub.Tensor, (o, n), ex),), ex),), zero)
-        m = _call(g, aten.sum.default, (_call(g, aten.abs.default, (n,), ex),), zero)
-        num = d if num is None else _call(g, aten.add.Tensor, (num, d), zero)
-        den = m if den is None else _call(g, aten.add.Tensor, (den, m), zero)
-    g.output((_call(g, aten.div.Tensor, (num, den), zero),))
-    gm = fx.GraphModule({}, g, class_name="BlockChange").eval()
-    gm.meta[OUTPUTS_KEY] = [signal]
-    return gm
+            n = computed(g, aten.sub.Tensor, (n, value(base)), ex)
+        d = computed(g, aten.sum.default, (computed(g, aten.abs.default, (computed(g, aten.sub.Tensor, (o, n), ex),), ex),), zero)
+        m = computed(g, aten.sum.default, (computed(g, aten.abs.default, (n,), ex),), zero)
+        num = d if num is None else computed(g, aten.add.Tensor, (num, d), zero)
+        den = m if den is None else computed(g, aten.add.Tensor, (den, m), zero)
+    return graph_module(g, [(signal, computed(g, aten.div.Tensor, (num, den), zero))], "BlockChange")
 
 
 def _stack(names: list[str], out: str, meta: dict) -> fx.GraphModule:
     """The blocks' 0-d changes as one vector: one host read per step instead of one per block."""
     g = fx.Graph()
-    phs = [_placeholder(g, n, meta) for n in names]
-    g.output((_call(g, torch.ops.aten.stack.default, (phs,), meta[out]),))
-    gm = fx.GraphModule({}, g, class_name="StackChanges").eval()
-    gm.meta[OUTPUTS_KEY] = [out]
-    return gm
+    phs = [placeholder(g, n, meta) for n in names]
+    return graph_module(g, [(out, computed(g, torch.ops.aten.stack.default, (phs,), meta[out]))], "StackChanges")

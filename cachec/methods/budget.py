@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import PolicyError
 from ..forecast import ForecastTracker, Taylor
+from ..planner.plan import Plan
 from ..schedules import budget_schedule, even_schedule, read_calibration
 from . import register
 from .base import Controller, Method, Params, param
@@ -42,7 +43,7 @@ class BudgetController(Controller):
 
 
 @register
-class BudgetPolicy(Method):
+class BudgetMethod(Method):
     name = "budget"
     doc = "exactly nfe=K full steps: evenly spaced, or the calibrated schedule of least predicted error (calib=FILE)"
     granularity = "module, step (base=)"
@@ -87,11 +88,11 @@ class BudgetPolicy(Method):
         p = self.params
         return even_schedule(num_steps, p.nfe, warmup=p.warmup, final=p.final)
 
-    def plan(self, planner) -> None:
+    def plan(self, planner) -> Plan:
         base = self.params.base
         if base == "forecast":
-            planner.forecast(self.forecast_method(), "module")
+            return planner.forecast(self.forecast_method(), "module")
         elif base == "module":
-            planner.module_reuse()
+            return planner.module_reuse()
         else:
-            planner.range_reuse(0, len(planner.blocks) - 1, "stack")
+            return planner.range_reuse(0, len(planner.blocks) - 1, "stack")

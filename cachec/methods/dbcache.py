@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ModelError
+from ..planner.plan import Plan
 from . import register
 from .base import Controller, Method, ProbeParams, param
 
@@ -41,7 +42,7 @@ class DBCacheController(Controller):
 
 
 @register
-class DBCachePolicy(Method):
+class DBCacheMethod(Method):
     name = "dbcache"
     doc = "DBCache (cache-dit): the first F blocks probe, the middle blocks' delta is reused below t, the last B blocks always run"
     dynamic = True
@@ -54,10 +55,10 @@ class DBCachePolicy(Method):
     def plan_key(self, num_blocks: int) -> tuple:
         return (self.name, self.params.F, self.params.B)
 
-    def plan(self, planner) -> None:
+    def plan(self, planner) -> Plan:
         p = self.params
         L = len(planner.blocks) - planner.first_latent_block()  # blocks before it are another stream's
         if p.F + p.B >= L:
             raise ModelError(f"dbcache: F={p.F} probe blocks plus B={p.B} tail blocks leave no block of "
                              f"the model's {L} that read the latent to cache; use F + B < {L}")
-        planner.probe_skip(p.F, p.B, "dbcache", "db_probe", "db_mid")
+        return planner.probe_skip(p.F, p.B, "dbcache", "db_probe", "db_mid")

@@ -9,7 +9,8 @@ On SD-1.5/SDXL (three skip features per down block) that is ``cache_branch_id = 
 cache_layer_id``; the paper's default is branch 0. Full steps: ``step % N == 0`` (the reference's
 uniform ``interval_seq``), or ``schedule=pow`` — the reference pipeline's non-uniform
 ``sample_from_quad``: the same number of full steps, denser at the start of the trajectory.
-A transformer (DiT) has no skip branches: planning it is an error.
+A transformer (DiT) has no skip branches: planning it is an error. The plan (the graph surgery that
+finds the branch and the shallow path) is :mod:`cachec.methods.skip_branch`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PolicyError
+from ..planner.plan import Plan
 from . import register
 from .base import Controller, Method, Params, choice, param
+from .skip_branch import deep_feature, skip_branch
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class DeepCacheController(Controller):
 
 
 @register
-class DeepCachePolicy(Method):
+class DeepCacheMethod(Method):
     name = "deepcache"
     doc = "DeepCache (U-Net): full every N steps caches skip branch k's deep feature; other steps run the shallow path"
     granularity = "block"
@@ -75,5 +78,6 @@ class DeepCachePolicy(Method):
     def plan_key(self, num_blocks: int) -> tuple:
         return (self.name, self.params.branch)
 
-    def plan(self, planner) -> None:
-        planner.skip_branch(self.params.branch, f"deepcache_k{self.params.branch}", self.spec)
+    def plan(self, planner) -> Plan:
+        return skip_branch(planner, deep_feature(planner, self.params.branch, self.spec),
+                           f"deepcache_k{self.params.branch}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PolicyError
+from ..planner.plan import Plan
 from . import register
 from .base import Interval, Method, Params, param
 
@@ -17,7 +18,7 @@ class DeltaParams(Params):
 
 
 @register
-class DeltaPolicy(Method):
+class DeltaMethod(Method):
     name = "delta"
     doc = "Δ-DiT: reuse the residual delta of a block range (blocks=a-b, 0-based, inclusive); full every N"
     granularity = "block"
@@ -43,6 +44,6 @@ class DeltaPolicy(Method):
             raise PolicyError(f"delta: blocks={text} is outside the model's blocks 0-{num_blocks - 1}")
         return a, b
 
-    def plan(self, planner) -> None:
+    def plan(self, planner) -> Plan:
         a, b = self.block_range(len(planner.blocks))
-        planner.range_reuse(a, b, f"delta_b{a}_{b}")
+        return planner.range_reuse(a, b, f"delta_b{a}_{b}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from . import register
 from .base import param
-from .tokenwise import TokenParams, TokenPolicy
+from .tokenwise import TokenMethod, TokenParams
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class DucaParams(TokenParams):
 
 
 @register
-class DucaPolicy(TokenPolicy):
+class DucaMethod(TokenMethod):
     name = "duca"
     doc = ("DuCa: each cycle is a full step, then conservative (partial, random tokens) and aggressive "
            "(reuse every module) steps in turn")

@@ -18,7 +18,7 @@ variant, scatters back) and rebuilds the unconditional output from the condition
 band deltas of the last step that ran both halves, scaled by ``alpha_low`` while
 ``low_lo < t < low_hi`` and by ``alpha_high`` while ``high_lo < t < high_hi`` (the scaling
 compounds, as the hook's). The rule and the arithmetic are diffusers' ``FasterCacheDenoiserHook``
-(see :mod:`cachec.planner.cfg_cache`), with its block hooks for a CFG batch: attention is then
+(see :mod:`cachec.methods.cfg_cache`), with its block hooks for a CFG batch: attention is then
 skipped only on the steps that run the conditional half, and extrapolated from its history. The
 FFTs need a backend with the ``fft`` capability (eager, Inductor).
 """
@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 from ..errors import PolicyError
 from ..forecast import ForecastMethod, ForecastTracker, Matrix
-from ..planner.cfg_cache import WEIGHTS
+from ..planner.plan import Plan
 from . import register
 from .base import Action, Controller, Method, Params, param
+from .cfg_cache import WEIGHTS, add_cfg_cache
 
 
 class Extrapolate(ForecastMethod):
@@ -133,7 +134,7 @@ class FasterCacheController(Controller):
 
 
 @register
-class FasterCachePolicy(Method):
+class FasterCacheMethod(Method):
     name = "fastercache"
     doc = ("FasterCache: inside lo < t < hi self-attention computed every N steps, skipped steps extrapolate "
            "A_last + w*(A_last - A_prev); cfg=n adds CFG-Cache (uncond half rebuilt from FFT band deltas)")
@@ -173,7 +174,8 @@ class FasterCachePolicy(Method):
     def plan_key(self, num_blocks: int) -> tuple:
         return (self.name, "cfg") if self.params.cfg else (self.name,)
 
-    def plan(self, planner) -> None:
-        planner.forecast(self.forecast_method(), "module", kinds=("attn",))
+    def plan(self, planner) -> Plan:
+        plan = planner.forecast(self.forecast_method(), "module", kinds=("attn",))
         if self.params.cfg:
-            planner.cfg_cache("fastercache_cfg", self.spec)
+            add_cfg_cache(planner, plan, "fastercache_cfg", self.spec)
+        return plan

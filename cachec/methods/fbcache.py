@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..planner.plan import Plan
 from . import register
 from .base import Controller, Method, ProbeParams, param
 
@@ -21,7 +22,7 @@ class FBCacheController(Controller):
 
 
 @register
-class FBCachePolicy(Method):
+class FBCacheMethod(Method):
     name = "fbcache"
     doc = "First-Block Cache: block 0's residual is the probe; below t (rel. L1 to the last full step) the other blocks' delta is reused"
     dynamic = True
@@ -31,5 +32,5 @@ class FBCachePolicy(Method):
     variants = ("full", "head", "tail_full", "tail_reuse")
     rank = 4
 
-    def plan(self, planner) -> None:
-        planner.probe_skip(1, 0, "fbcache", "fb_b0", "fb_tail")
+    def plan(self, planner) -> Plan:
+        return planner.probe_skip(1, 0, "fbcache", "fb_b0", "fb_tail")

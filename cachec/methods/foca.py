@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..forecast import FoCa
 from . import register
 from .base import Params, param
-from .forecasting import STREAMS, ForecastPolicy
+from .forecasting import STREAMS, ForecastingMethod
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class FoCaParams(Params):
 
 
 @register
-class FoCaPolicy(ForecastPolicy):
+class FoCaMethod(ForecastingMethod):
     name = "foca"
     doc = "FoCa: features integrated as an ODE step by step (BDF2 predictor, Heun corrector; cachec's reading); full every N"
     Params = FoCaParams

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..planner.plan import Plan
 from . import register
 from .base import Interval, Method, Params, param
 
@@ -16,7 +17,7 @@ class ForaParams(Params):
 
 
 @register
-class ForaPolicy(Method):
+class ForaMethod(Method):
     name = "fora"
     doc = "FORA: reuse every block's attention and MLP outputs under the current adaLN; full every N steps"
     granularity = "module"
@@ -25,5 +26,5 @@ class ForaPolicy(Method):
     controller_cls = Interval
     rank = 2
 
-    def plan(self, planner) -> None:
-        planner.module_reuse()
+    def plan(self, planner) -> Plan:
+        return planner.module_reuse()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..errors import PolicyError
 from ..forecast import ForecastTracker
+from ..planner.plan import Plan
 from .base import Interval, Method, param
 
 STREAMS = param("module", "module: forecast every attention/MLP output; step: one residual of the whole block stack")
@@ -22,7 +23,7 @@ class ForecastController(Interval):
         return self.tracker.step_inputs(step, full)
 
 
-class ForecastPolicy(Method):
+class ForecastingMethod(Method):
     granularity = "module, step (streams=)"
     main = "N"
     controller_cls = ForecastController
@@ -38,5 +39,5 @@ class ForecastPolicy(Method):
         m = self.forecast_method()
         return (m.name, m.state, m.predict_writes, self.params.streams)
 
-    def plan(self, planner) -> None:
-        planner.forecast(self.forecast_method(), self.params.streams)
+    def plan(self, planner) -> Plan:
+        return planner.forecast(self.forecast_method(), self.params.streams)

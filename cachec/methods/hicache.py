@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..forecast import Hermite
 from . import register
 from .base import Params, param
-from .forecasting import STREAMS, ForecastPolicy
+from .forecasting import STREAMS, ForecastingMethod
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class HiCacheParams(Params):
 
 
 @register
-class HiCachePolicy(ForecastPolicy):
+class HiCacheMethod(ForecastingMethod):
     name = "hicache"
     doc = "HiCache: TaylorSeer's finite differences on a scaled Hermite basis; full every N"
     Params = HiCacheParams

@@ -12,8 +12,8 @@ limits, mask); the forecaster (:func:`forecasters`) contributes only its forecas
 ``sigma``): its interval ``N``, ``streams``, ``warmup`` and ``final`` belong to the decision and are
 refused there. The decisions are those whose reuse is a *residual*: of a block range (the planner's
 :meth:`~cachec.planner.Planner.range_delta`), or EasyCache's ``Δ = v − x`` of the whole call. The
-hybrid's plan runs the decision's plan with the planner told to forecast those residuals
-(:attr:`~cachec.planner.Planner.delta_forecast`; one forecast stream per residual stream), so full
+hybrid's plan is the decision's plan on a view of the planner that forecasts those residuals
+(:meth:`~cachec.planner.Planner.forecasting`; one forecast stream per residual stream), so full
 steps fold the fresh residual into the forecast state and cached steps apply its forecast.
 
 Full steps come where the decision puts them, at irregular distances: the forecast coefficients
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from ..errors import ModelError, PolicyError
 from ..forecast import ForecastTracker
+from ..planner.plan import Plan
 from .base import Actions, Controller, Method, StepContext
 
 DECISIONS = ("static", "fbcache", "dbcache", "teacache", "magcache", "easycache")
@@ -33,12 +34,12 @@ DECISION_KEYS = ("N", "streams", "warmup", "final", "placement")  # a forecaster
 
 
 def forecasters() -> list[str]:
-    """The forecasting methods (:class:`~cachec.methods.forecasting.ForecastPolicy`), in registry order:
+    """The forecasting methods (:class:`~cachec.methods.forecasting.ForecastingMethod`), in registry order:
     a new one (a module of this package) combines with every decision without a change here."""
     from . import METHODS
-    from .forecasting import ForecastPolicy
+    from .forecasting import ForecastingMethod
 
-    return [name for name, cls in METHODS.items() if issubclass(cls, ForecastPolicy)]
+    return [name for name, cls in METHODS.items() if issubclass(cls, ForecastingMethod)]
 
 
 def forecast_keys(forecaster: type[Method]) -> list[str]:
@@ -63,7 +64,7 @@ class HybridController(Controller):
     """The decision's controller, with the forecast coefficients of each step added to the action
     that concludes it (``F``: fold the fresh residual in; ``R``: forecast it)."""
 
-    def __init__(self, policy: HybridPolicy, inner: Controller, num_steps: int | None):
+    def __init__(self, policy: HybridMethod, inner: Controller, num_steps: int | None):
         super().__init__(policy, num_steps)
         self.inner = inner
         self.tracker = ForecastTracker(policy.forecaster.forecast_method())
@@ -83,7 +84,7 @@ class HybridController(Controller):
             return
 
 
-class HybridPolicy(Method):
+class HybridMethod(Method):
     """A decision method and a forecasting method, composed (see the module docstring)."""
 
     name = "hybrid"  # not a registered name: the spec is DECISION+FORECASTER
@@ -141,13 +142,10 @@ class HybridPolicy(Method):
     def forecast_method(self):
         return self.forecaster.forecast_method()
 
-    def plan(self, planner) -> None:
+    def plan(self, planner) -> Plan:
         """The decision's plan, with every residual it caches forecast instead of copied."""
-        planner.delta_forecast = self.forecaster.forecast_method()
-        try:
-            self.decision.plan(planner)
-        finally:
-            planner.delta_forecast = None
-        if not planner.step_inputs:
+        plan = self.decision.plan(planner.forecasting(self.forecaster.forecast_method()))
+        if not plan.step_inputs:
             raise ModelError(f"{self.spec}: the plan of {self.decision.name} cached no residual to forecast "
                              "(a bug in the hybrid's list of decisions)")
+        return plan

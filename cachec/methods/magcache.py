@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PolicyError
+from ..planner.plan import Plan
 from . import register
 from .base import Controller, Method, Params, method_constants, param
 
@@ -50,7 +51,7 @@ class MagCacheController(Controller):
 
 
 @register
-class MagCachePolicy(Method):
+class MagCacheMethod(Method):
     name = "magcache"
     doc = "MagCache: accumulate |1 - Π magnitude ratios| of the stack residual; reuse it below t, at most K in a row"
     main = "t"
@@ -76,5 +77,5 @@ class MagCachePolicy(Method):
 
         return {"ratios": read_calibration(src)["ratios"]}
 
-    def plan(self, planner) -> None:
-        planner.range_reuse(0, len(planner.blocks) - 1, "stack")
+    def plan(self, planner) -> Plan:
+        return planner.range_reuse(0, len(planner.blocks) - 1, "stack")

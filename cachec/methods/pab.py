@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PolicyError
+from ..planner.plan import Plan
 from . import register
 from .base import Action, Controller, Method, Params, param
 
@@ -72,7 +73,7 @@ def _subsets() -> tuple[str, ...]:
 
 
 @register
-class PABPolicy(Method):
+class PABMethod(Method):
     name = "pab"
     doc = ("Pyramid Attention Broadcast: inside lo < t < hi, spatial / temporal / cross-attention outputs computed "
            "every S / T / C steps and broadcast in between")
@@ -88,10 +89,10 @@ class PABPolicy(Method):
         if not self.params.lo < self.params.hi:
             raise PolicyError(f"pab: the window needs lo < hi; got lo={self.params.lo}, hi={self.params.hi}")
 
-    def plan(self, planner) -> None:
+    def plan(self, planner) -> Plan:
         groups = {g: [] for g in GROUPS}
         for r in planner.regions:
             group = group_of(r.kind, r.name)
             if group is not None:
                 groups[group].append(r.segment)
-        planner.group_reuse(groups)
+        return planner.group_reuse(groups)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PolicyError
+from ..planner.plan import Plan
 from . import register
 from .base import Controller, Method, Params, param
 
@@ -30,7 +31,7 @@ class StaticController(Controller):
 
 
 @register
-class StaticPolicy(Method):
+class StaticMethod(Method):
     name = "static"
     doc = "explicit step schedule, one letter a step: F = full, R = reuse the whole block stack's residual"
     main = "schedule"
@@ -43,5 +44,5 @@ class StaticPolicy(Method):
         if not s or set(s) - {"F", "R"} or s[0] != "F":
             raise PolicyError(f"static:{s!r}: the schedule is letters F (full) and R (reuse), starting with F")
 
-    def plan(self, planner) -> None:
-        planner.range_reuse(0, len(planner.blocks) - 1, "stack")
+    def plan(self, planner) -> Plan:
+        return planner.range_reuse(0, len(planner.blocks) - 1, "stack")

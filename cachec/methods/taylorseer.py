@@ -16,7 +16,7 @@ from ..errors import PolicyError
 from ..forecast import Taylor
 from . import register
 from .base import Params, param
-from .forecasting import STREAMS, ForecastController, ForecastPolicy
+from .forecasting import STREAMS, ForecastController, ForecastingMethod
 
 PLACEMENTS = ("cachec", "diffusers")
 
@@ -42,7 +42,7 @@ class TaylorSeerController(ForecastController):
 
 
 @register
-class TaylorSeerPolicy(ForecastPolicy):
+class TaylorSeerMethod(ForecastingMethod):
     name = "taylorseer"
     doc = "TaylorSeer: forecast each cached stream by a Taylor series of finite differences taken at full steps; full every N"
     Params = TaylorSeerParams

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ModelError, PolicyError
+from ..planner.plan import Plan, insert_after, replace, split_head
 from ..planner.segments import rel_l1_probe
 from ..program import Load, Run, Store, cache_name
 from . import register
@@ -44,7 +45,7 @@ class TeaCacheController(Controller):
 
 
 @register
-class TeaCachePolicy(Method):
+class TeaCacheMethod(Method):
     name = "teacache"
     doc = "TeaCache: rescaled relative L1 of block 0's modulated input, accumulated; reuse the stack residual below t"
     dynamic = True
@@ -76,7 +77,7 @@ class TeaCachePolicy(Method):
 
         return poly
 
-    def plan(self, planner) -> None:
+    def plan(self, planner) -> Plan:
         """Head: the prologue and the first block that reads the latent up to its first attention/MLP
         (blocks before it, of another stream, run whole), then the probe on that region's modulated
         input; tails: the rest, with the stack delta written or applied."""
@@ -91,19 +92,23 @@ class TeaCachePolicy(Method):
                   if i in planner.latent_dependent and planner.is_stream(i)), None)
         if m is None or not ahead:
             raise ModelError("teacache: the first block has no modulated input ahead of its first attention")
+        plan = planner.new_plan()
+        ex = plan.examples
         prev, signal = cache_name("teacache", "prev"), "teacache__signal"
-        planner.meta[prev] = planner.meta[m]
-        planner.meta["teacache__m"] = planner.meta[m]
-        planner.meta[signal] = torch.empty(())
+        ex[prev] = ex[m]
+        ex["teacache__m"] = ex[m]
+        ex[signal] = torch.empty(())
         probe = planner.add_segment(
-            "teacache_probe", rel_l1_probe(m, prev, signal, planner.meta, emit_current_as="teacache__m",
-                                          batch_dim=planner.item_dim(m)), "probe"
+            plan, "teacache_probe", rel_l1_probe(m, prev, signal, ex, emit_current_as="teacache__m",
+                                                batch_dim=planner.item_dim(m)), "probe"
         )
         L = len(planner.blocks)
-        write, apply, _ = planner.range_delta(b0, L - 1, "stack")
-        head, tail = planner.split_head(["prologue"] + planner.range_segments(0, b0 - 1) + ahead)
+        write, apply, _ = planner.range_delta(plan, b0, L - 1, "stack")
+        full = plan.variants["full"]
+        head, tail = split_head(full, ["prologue"] + planner.range_segments(0, b0 - 1) + ahead)
         head += [Load(prev, prev), Run(probe), Store("teacache__m", prev)]
         stack = planner.range_segments(b0, L - 1)
-        planner.variants = {"head": head, "tail_full": planner.insert_after(tail, stack[-1], write),
-                            "tail_reuse": planner.replace(stack, apply, tail), "full": planner.variants["full"]}
-        planner.signal = signal
+        plan.variants = {"head": head, "tail_full": insert_after(tail, stack[-1], write),
+                         "tail_reuse": replace(tail, stack, apply), "full": full}
+        plan.signal = signal
+        return plan

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..planner.plan import Plan
 from . import register
 from .base import Action, Controller, Method, Params, param
 
@@ -56,7 +57,7 @@ class TGateController(Controller):
 
 
 @register
-class TGatePolicy(Method):
+class TGateMethod(Method):
     name = "tgate"
     doc = ("T-GATE: cross-attention frozen from gate step G on (output of step G-1 reused); before the gate, "
            "self-attention reused between every sa-th step")
@@ -67,6 +68,6 @@ class TGatePolicy(Method):
     variants = ("full", "reuse_self", "reuse_cross", "reuse_self_cross")
     rank = 15
 
-    def plan(self, planner) -> None:
+    def plan(self, planner) -> Plan:
         kinds = {"self": "attn", "cross": "cross_attn"}
-        planner.group_reuse({g: [r.segment for r in planner.regions if r.kind == kinds[g]] for g in GROUPS})
+        return planner.group_reuse({g: [r.segment for r in planner.regions if r.kind == kinds[g]] for g in GROUPS})

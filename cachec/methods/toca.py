@@ -5,11 +5,11 @@ ToCa's schedule. Rules, selection and plan: :mod:`cachec.methods.tokenwise`."""
 from __future__ import annotations
 
 from . import register
-from .tokenwise import TokenParams, TokenPolicy
+from .tokenwise import TokenMethod, TokenParams
 
 
 @register
-class TocaPolicy(TokenPolicy):
+class TocaMethod(TokenMethod):
     name = "toca"
     doc = ("ToCa: partial steps compute a scored token subset of MLP / cross-attn (R = share cached), "
            "reuse self-attn; full steps per schedule")

@@ -67,13 +67,12 @@ from dataclasses import dataclass
 
 import torch
 
-from cachec.passes import PassManager
-from cachec.passes.attention_scores import ScoreError, TapTokenScore
-from cachec.passes.gather_scatter import GatherScatter, TokenwiseError
+from cachec.passes import GatherScatter, ScoreError, TapTokenScore, TokenwiseError
 
 from ..errors import ModelError, PolicyError
 from ..flops import flops_in_tokens, graph_flops, propagate
-from ..program import Load, Run, Store, cache_name
+from ..planner.plan import Plan, per_segment
+from ..program import Load, Op, Run, Store, cache_name
 from .base import Action, Controller, Method, Params, choice, param
 
 SELECT_RULES = ("random", "knorm", "vnorm", "attn")
@@ -246,7 +245,7 @@ class TokenController(Controller):
 # the method
 
 
-class TokenPolicy(Method):
+class TokenMethod(Method):
     """Base of ToCa and DuCa: their plan, plan key and backend needs."""
 
     granularity = "token"
@@ -280,21 +279,23 @@ class TokenPolicy(Method):
         return (f"{self.name}: partial (gather/scatter) variants change their token count every step, which the "
                 f"{backend} backend does not lower yet; use --backend {' or '.join(capable)}")
 
-    def plan(self, planner) -> None:
-        plan_tokens(planner, self)
+    def plan(self, planner) -> Plan:
+        return plan_tokens(planner, self)
 
 
 def _is_token_region(kind: str, attn_mode: str) -> bool:
     return kind in ("mlp", "cross_attn") or (kind == "attn" and attn_mode == "sdpa")
 
 
-def _example(planner, names: list[str]) -> dict[str, torch.Tensor]:
-    return {n: planner.meta[n] for n in names}
+def _example(plan: Plan, names: list[str]) -> dict[str, torch.Tensor]:
+    return {n: plan.examples[n] for n in names}
 
 
-def plan_tokens(planner, policy) -> None:
-    """Set the planner's full/partial/reuse variants of ``policy`` and its ``meta["tokens"]``."""
+def plan_tokens(planner, policy) -> Plan:
+    """The full/partial/reuse variants of ``policy`` and its ``meta["tokens"]``."""
     attn_mode, rule = policy.params.attn, policy.params.select
+    plan = planner.new_plan()
+    ex = plan.examples
     by_seg = planner.region_by_segment()
     variants: dict[str, str] = {}  # region segment -> its token variant segment
     regions: list[dict] = []
@@ -303,58 +304,48 @@ def plan_tokens(planner, policy) -> None:
             continue
         seg = planner.segments[seg_name]
         outs = seg.outputs
-        n = int(planner.meta[outs[0]].shape[1])
+        n = int(ex[outs[0]].shape[1])
         caches = {o: cache_name(seg_name, str(k)) for k, o in enumerate(outs)}
         for o, c in caches.items():
-            planner.meta[c] = planner.meta[o]
+            ex[c] = ex[o]
         index = INDEX_PREFIX + seg_name
+        val = ex[outs[0]]
+        ex[index] = val.new_empty((val.shape[0], n), dtype=torch.int64)
         try:
-            gm = PassManager([GatherScatter(n, index, caches)])(seg.module).graph_module
+            token_seg = planner.rewritten(plan, seg_name, [GatherScatter(n, index, caches)], f"{seg_name}__tokens")
         except TokenwiseError as exc:
             raise ModelError(
                 f"{policy.name}: region {region.name} ({region.kind}) cannot be computed on a subset of its tokens: "
                 f"{exc}. Token-wise policies support DiT/PixArt-style MLP and attention regions"
                 + ("; try attn=reuse" if region.kind == "attn" else "")
             ) from None
-        val = planner.meta[outs[0]]
-        planner.meta[index] = val.new_empty((val.shape[0], n), dtype=torch.int64)
-        fixed, per_token = flops_in_tokens(gm, _example(planner, [*seg.inputs, *caches.values()]), index, n)
-        name = planner.add_segment(f"{seg_name}__tokens", gm, "region")
-        planner.extra[name].flops = fixed + per_token * n
-        variants[seg_name] = name
-        regions.append({"segment": name, "region": region.name, "kind": region.kind, "block": region.block,
+        fixed, per_token = flops_in_tokens(token_seg.module, _example(plan, [*seg.inputs, *caches.values()]), index, n)
+        token_seg.flops = fixed + per_token * n
+        variants[seg_name] = token_seg.name
+        regions.append({"segment": token_seg.name, "region": region.name, "kind": region.kind, "block": region.block,
                         "index": index, "tokens": n, "outputs": outs, "caches": list(caches.values()),
                         "fixed_flops": fixed, "token_flops": per_token, "score": None})
     if not regions:
         raise ModelError(f"{policy.name}: {planner.captured.model_class} has no MLP or attention region to compute token-wise")
-    scores = _tap_scores(planner, policy, rule, by_seg, variants, regions) if rule != "random" else {}
-    full, partial, reuse = [], [], []
-    for op in planner.variants["full"]:
-        region = by_seg.get(op.segment)
-        if region is None:
-            for ops in (full, partial, reuse):
-                ops.append(op)
-            continue
-        outs = [o for o in planner.segments[op.segment].outputs if not o.startswith("score__")]
-        caches = [cache_name(op.segment, str(k)) for k in range(len(outs))]
-        for o, c in zip(outs, caches, strict=True):
-            planner.meta[c] = planner.meta[o]
-        loads = [Load(c, o) for o, c in zip(outs, caches, strict=True)]
-        stores = [Store(o, c) for o, c in zip(outs, caches, strict=True)]
+    scores = _tap_scores(planner, plan, policy, rule, by_seg, variants, regions) if rule != "random" else {}
+
+    def rewrite(op: Run) -> dict[str, list[Op]] | None:
+        if op.segment not in by_seg:
+            return None
+        outs = [o for o in plan.base[op.segment].outputs if not o.startswith("score__")]
+        stores, loads = planner.cache_ops(plan, op.segment, outs)
         score = [Store(*scores[op.segment])] if op.segment in scores else []
         if op.segment in variants:
-            run = [Load(c, c) for c in caches] + [Run(variants[op.segment])] + stores
-            full += run + score
-            partial += run
-        else:
-            full += [op] + stores + score
-            partial += loads
-        reuse += loads
-    planner.variants = {"full": full, "partial": partial, "reuse": reuse}
-    planner.method_meta["tokens"] = {"regions": regions, "layers": len(planner.blocks)}
+            run = [Load(s.cache, s.cache) for s in stores] + [Run(variants[op.segment])] + stores
+            return {"full": run + score, "partial": run, "reuse": loads}
+        return {"full": [op, *stores, *score], "partial": loads, "reuse": loads}
+
+    plan.variants = per_segment(plan.variants["full"], ["full", "partial", "reuse"], rewrite)
+    plan.meta["tokens"] = {"regions": regions, "layers": len(planner.blocks)}
+    return plan
 
 
-def _tap_scores(planner, policy, rule, by_seg, variants, regions) -> dict[str, tuple[str, str]]:
+def _tap_scores(planner, plan: Plan, policy, rule, by_seg, variants, regions) -> dict[str, tuple[str, str]]:
     """Add the rule's score output to each needed self-attention segment: segment -> (value, cache)."""
     attn_of_block = {r.block: seg for seg, r in by_seg.items() if r.kind == "attn"}
     taps: dict[str, tuple[str, str]] = {}
@@ -365,27 +356,26 @@ def _tap_scores(planner, policy, rule, by_seg, variants, regions) -> dict[str, t
                               "which this model does not have; use select=random")
         value, cache = f"score__{seg_name}", cache_name("score", seg_name)
         if seg_name not in taps:
-            seg = planner.segment(variants.get(seg_name, seg_name))
             try:
-                PassManager([TapTokenScore(rule, value)])(seg.module)
+                seg = planner.rewritten(plan, variants.get(seg_name, seg_name), [TapTokenScore(rule, value)])
             except ScoreError as exc:
                 raise PolicyError(f"{policy.name}: select={rule} on {by_seg[seg_name].name}: {exc}") from None
             if rule == "attn":  # the materialised attention map costs FLOPs: recount from the shapes
-                _recount(planner, seg, regions)
+                _recount(plan, seg, regions)
             taps[seg_name] = (value, cache)
-            ref = planner.meta[seg.outputs[0]]
-            planner.meta[value] = planner.meta[cache] = ref.new_empty(tuple(ref.shape[:2]))
-        if planner.meta[taps[seg_name][0]].shape[1] != entry["tokens"]:
+            ref = plan.examples[seg.outputs[0]]
+            plan.examples[value] = plan.examples[cache] = ref.new_empty(tuple(ref.shape[:2]))
+        if plan.examples[taps[seg_name][0]].shape[1] != entry["tokens"]:
             raise PolicyError(f"{policy.name}: select={rule}: block {entry['block']}'s self-attention has another "
                               f"token count than {entry['region']}; use select=random")
         entry["score"] = taps[seg_name][1]
     return taps
 
 
-def _recount(planner, seg, regions: list[dict]) -> None:
+def _recount(plan: Plan, seg, regions: list[dict]) -> None:
     """FLOPs of a rewritten attention segment, from its new shapes (per token for a token variant)."""
     entry = next((e for e in regions if e["segment"] == seg.name), None)
-    example = _example(planner, seg.inputs)
+    example = _example(plan, seg.inputs)
     if entry is not None:
         fixed, per = flops_in_tokens(seg.module, example, entry["index"], entry["tokens"])
         entry["fixed_flops"], entry["token_flops"] = fixed, per

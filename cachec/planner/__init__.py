@@ -1,30 +1,40 @@
 """From a captured graph and a method to a :class:`~cachec.program.Program`.
 
 The planner runs the structural passes once (strip export scaffolding → remove no-ops → hoist
-conditioning → assign segments), splits the graph into segments, and offers the *planning
-primitives* methods build their variants from (:meth:`Method.plan <cachec.methods.base.Method.plan>`
-calls them; the planner knows no method):
+conditioning → assign segments), splits the graph into segments, and from then on is read-only:
+it answers questions about the model (blocks, regions, streams, value specs) and offers the
+*planning primitives* methods build their :class:`~cachec.planner.plan.Plan` from.
+:meth:`Method.plan <cachec.methods.base.Method.plan>` returns that Plan; the planner checks it
+and turns it into the Program (:meth:`Planner.program`). The planner knows no method.
+
+Primitives that return a whole plan, one per family of methods:
 
 * :meth:`Planner.module_reuse` (FORA): the reuse variant skips every attention/MLP region segment
   and loads its outputs from caches; the full variant stores them.
 * :meth:`Planner.range_reuse` (static, Δ-DiT, budget): a weightless residual-delta segment writes
   ``out − in`` of a block range on full steps and applies ``in + delta`` on cached ones.
 * :meth:`Planner.probe_skip` (FBCache, DBCache): a step split into a *head* (up to the probe) and
-  two *tails*; :meth:`Planner.split_head` is the split itself (TeaCache).
+  two *tails*.
 * :meth:`Planner.group_reuse` (PAB, T-GATE): module reuse decided per group of regions (self-,
   cross-, temporal attention), one variant per subset of groups reused.
-* :meth:`Planner.skip_branch` (DeepCache): a U-Net's cached step loads one skip branch's deep
-  feature and runs only the shallow path.
 * :meth:`Planner.forecast` (TaylorSeer, HiCache, FoCa): state updates on full steps, forecasts on
   cached ones.
 
-The segment factories these use are in :mod:`cachec.planner.segments`; fusing and coalescing
-variants in :mod:`cachec.planner.fuse` and :mod:`cachec.planner.coalesce`.
+Building blocks that add to a plan (a method with a plan of its own composes them):
+:meth:`Planner.new_plan`, :meth:`~Planner.add_segment`, :meth:`~Planner.cache_ops` (store after /
+load instead), :meth:`~Planner.range_delta`, :meth:`~Planner.forecast_ops`,
+:meth:`~Planner.split_base`, :meth:`~Planner.rewritten` (a segment through passes), and the op-list
+functions of :mod:`cachec.planner.plan`. The segment factories are in
+:mod:`cachec.planner.segments`; fusing and coalescing variants in :mod:`cachec.planner.fuse` and
+:mod:`cachec.planner.coalesce`.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+from collections import ChainMap
+from collections.abc import Callable
 
 import torch
 from torch import fx
@@ -61,11 +71,10 @@ from ..program import (
     value_spec,
 )
 from ..regions import ModuleIndex, find_blocks, module_regions
-from . import cfg_cache
 from .coalesce import coalesce
+from .plan import Plan, insert_after, per_segment, replace, split_head
 from .reuse_check import check_plan_reuses
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
-from .skip_branch import deep_feature, skip_branch
 from .specialize import specialize_segments
 
 _STRUCTURAL = {
@@ -76,7 +85,8 @@ _STRUCTURAL = {
 
 
 class Planner:
-    """Holds the segmented base program and the primitives methods build their variants with."""
+    """The segmented base program, questions about it, and the primitives methods build their
+    :class:`Plan` with. Read-only once built: a method's choices live in the Plan it returns."""
 
     def __init__(self, captured: Captured):
         self.captured = captured
@@ -121,13 +131,7 @@ class Planner:
         for r in self.regions:
             r.flops = self.segments[self.region_segment[r.name]].flops
             r.share = r.flops / total if total else 0.0
-        self.extra: dict[str, Segment] = {}
-        self.variants: dict[str, list[Op]] = {"full": [Run(s) for s in self.order]}
-        self.signal: str | None = None  # the probe value a dynamic method's controller reads
-        self.feedback: list[str] = []  # scalars a tail hands back to the controller (EasyCache)
-        self.step_inputs: list[str] = []  # host-computed inputs of a step (forecast coefficients)
-        self.method_meta: dict = {}  # what a method's controller reads from the program (token regions)
-        self.delta_forecast: ForecastMethod | None = None  # a hybrid: range deltas are forecast, not copied
+        self.delta_forecast: ForecastMethod | None = None  # a hybrid's view: range deltas are forecast, not copied
 
     # -- structure ------------------------------------------------------------------------------
     def _role(self, name: str) -> str:
@@ -226,99 +230,168 @@ class Planner:
         node = None if name == self.captured.output_name else self.nodes.get(name)
         return value_spec(node if node is not None else self.meta.get(name), self.bsym)
 
-    # -- building blocks of variants ------------------------------------------------------------
-    def add_segment(self, name: str, module: fx.GraphModule, role: str) -> str:
-        seg = Segment(name, module, graph_flops(module, self.batch), role)
-        self.extra[name] = seg
-        out = next(n for n in module.graph.nodes if n.op == "output")
-        for value, node in zip(seg.outputs, out.args[0], strict=True):
-            if value not in self.meta and "val" in node.meta:  # a value only this segment makes (a per-item signal)
-                self.meta[value] = node.meta["val"]
-        return name
-
-    def segment(self, name: str) -> Segment:
-        """A segment of the base program or one a method added."""
-        return self.extra.get(name) or self.segments[name]
-
     def region_by_segment(self) -> dict:
         """Region segment name -> its :class:`~cachec.regions.Region`."""
         return {self.region_segment[r.name]: r for r in self.regions}
 
-    def range_delta(self, a: int, b: int, tag: str) -> tuple[list[Op], list[Op], list[StreamPair]]:
+    # -- a plan, and the building blocks methods add to it --------------------------------------
+    def new_plan(self) -> Plan:
+        """The plan every method starts from: the model's own segments, run in order as ``full``."""
+        return Plan(variants={"full": [Run(s) for s in self.order]}, base=dict(self.segments), order=list(self.order),
+                    examples=ChainMap({}, self.meta))
+
+    def forecasting(self, method: ForecastMethod) -> Planner:
+        """A view of this planner whose range deltas are forecast by ``method`` instead of copied
+        (a hybrid policy, :mod:`cachec.methods.hybrid`); this planner is unchanged."""
+        view = copy.copy(self)
+        view.delta_forecast = method
+        return view
+
+    def add_segment(self, plan: Plan, name: str, module: fx.GraphModule, role: str) -> str:
+        """Add a segment the method built to ``plan`` (its FLOPs counted at the capture's batch)."""
+        seg = Segment(name, module, graph_flops(module, self.batch), role)
+        plan.added[name] = seg
+        out = next(n for n in module.graph.nodes if n.op == "output")
+        for value, node in zip(seg.outputs, out.args[0], strict=True):
+            if value not in plan.examples and "val" in node.meta:  # a value only this segment makes (a per-item signal)
+                plan.examples[value] = node.meta["val"]
+        return name
+
+    def rewritten(self, plan: Plan, segment: str, passes: list, name: str | None = None, role: str = "region") -> Segment:
+        """Rewrite a segment of ``plan`` with ``passes`` (:mod:`cachec.passes`, linted after each).
+
+        With ``name`` the result is a new segment of that name (the token variant of a region);
+        without, it takes the segment's place in the plan. A segment of the model's own is
+        rewritten as a copy that shares its weights, so the planner stays as it was."""
+        seg = plan.segment(segment)
+        module = seg.module if segment in plan.added or name is not None else _graph_copy(seg.module)
+        module = PassManager(passes)(module).graph_module
+        if name is not None:
+            return plan.segment(self.add_segment(plan, name, module, role))
+        new = Segment(seg.name, module, seg.flops, seg.role)
+        (plan.added if segment in plan.added else plan.base)[segment] = new
+        return new
+
+    def cache_ops(self, plan: Plan, segment: str, outputs: list[str]) -> tuple[list[Op], list[Op]]:
+        """Store after / load instead: the stores of ``outputs`` of ``segment`` into their caches
+        (``cache__SEGMENT__K``), and the loads that stand in for running it."""
+        caches = [cache_name(segment, str(k)) for k in range(len(outputs))]
+        for o, c in zip(outputs, caches, strict=True):
+            plan.examples[c] = plan.examples[o]
+        stores = [Store(o, c) for o, c in zip(outputs, caches, strict=True)]
+        loads = [Load(c, o) for o, c in zip(outputs, caches, strict=True)]
+        return stores, loads
+
+    def split_base(self, plan: Plan, segment: str, needed: set[str], rest_name: str) -> str | None:
+        """Cut a segment of the model's own in two (:func:`~cachec.program.split_segment`): the first
+        part keeps the name and computes ``needed``, ``rest_name`` the rest, run right after it in
+        ``full``. Returns the rest's name, or None when nothing would move."""
+        first, rest = split_segment(plan.base[segment], needed, rest_name)
+        if rest is None:
+            return None
+        for seg in (first, rest):
+            seg.flops = graph_flops(seg.module, self.batch)
+        plan.base[segment], plan.base[rest_name] = first, rest  # rest: still part of the uncached model
+        plan.variants["full"] = insert_after(plan.variants["full"], segment, [Run(rest_name)])
+        return rest_name
+
+    def values_read(self, plan: Plan, variants: list[str], skip: Callable[[str, str], bool]) -> set[str]:
+        """What the output, the host reads and ``variants`` need: inputs of their runs (except those
+        ``skip(variant, segment)`` names) and the values they store."""
+        needed = {self.captured.output_name, *plan.feedback}
+        if plan.signal:
+            needed.add(plan.signal)
+        for name in variants:
+            for op in plan.variants[name]:
+                if isinstance(op, Run) and not skip(name, op.segment):
+                    needed.update(plan.segment(op.segment).inputs)
+                elif isinstance(op, Store):
+                    needed.add(op.value)
+        return needed
+
+    def range_delta(self, plan: Plan, a: int, b: int, tag: str) -> tuple[list[Op], list[Op], list[StreamPair]]:
         """Ops that write the delta of blocks a..b on full steps, and ops that apply it instead.
 
-        With :attr:`delta_forecast` set (a hybrid policy, :mod:`cachec.methods.hybrid`) the full
+        On a :meth:`forecasting` view (a hybrid policy, :mod:`cachec.methods.hybrid`) the full
         step folds the delta into its forecast state and the cached step applies its forecast."""
         segs = self.range_segments(a, b)
         inputs, outputs = self.range_io(segs)
         pairs = self.pair_streams(inputs, outputs, tag)
         if self.delta_forecast is not None:
-            return self._forecast_delta(pairs, tag, self.delta_forecast)
+            return self._forecast_delta(plan, pairs, tag, self.delta_forecast)
         for p in pairs:
-            self.meta[p.cache] = self.meta[p.output]
-        w = self.add_segment(f"{tag}_write", delta_write(pairs, self.meta), "cache")
-        r = self.add_segment(f"{tag}_apply", delta_apply(pairs, self.meta), "cache")
+            plan.examples[p.cache] = plan.examples[p.output]
+        w = self.add_segment(plan, f"{tag}_write", delta_write(pairs, plan.examples), "cache")
+        r = self.add_segment(plan, f"{tag}_apply", delta_apply(pairs, plan.examples), "cache")
         write_ops = [Run(w)] + [Store(p.cache, p.cache) for p in pairs]
         apply_ops = [Load(p.cache, p.cache) for p in pairs] + [Run(r)]
         return write_ops, apply_ops, pairs
 
-    def _forecast_delta(self, pairs: list[StreamPair], tag: str,
+    def _forecast_delta(self, plan: Plan, pairs: list[StreamPair], tag: str,
                         method: ForecastMethod) -> tuple[list[Op], list[Op], list[StreamPair]]:
         """:meth:`range_delta` of a hybrid: each delta is a plain value (``TAG__rK``), forecast state
         updates after the full step's write, a forecast before the cached step's apply."""
         pairs = [StreamPair(p.output, p.base, f"{tag}__r{k}") for k, p in enumerate(pairs)]
         for p in pairs:
-            self.meta[p.cache] = self.meta[p.output]
-        w = self.add_segment(f"{tag}_write", delta_write(pairs, self.meta), "cache")
-        r = self.add_segment(f"{tag}_apply", delta_apply(pairs, self.meta), "cache")
-        update, forecast = self.forecast_ops(tag, [p.cache for p in pairs], method)
+            plan.examples[p.cache] = plan.examples[p.output]
+        w = self.add_segment(plan, f"{tag}_write", delta_write(pairs, plan.examples), "cache")
+        r = self.add_segment(plan, f"{tag}_apply", delta_apply(pairs, plan.examples), "cache")
+        update, forecast = self.forecast_ops(plan, tag, [p.cache for p in pairs], method)
         return [Run(w)] + update, forecast + [Run(r)], pairs
 
-    def replace(self, segs: list[str], ops: list[Op], variant: list[Op] | None = None) -> list[Op]:
-        """``variant`` (default: the full one) with the run of ``segs`` replaced by ``ops``."""
-        out, done = [], False
-        for op in self.variants["full"] if variant is None else variant:
-            if isinstance(op, Run) and op.segment in segs:
-                if not done:
-                    out.extend(ops)
-                    done = True
-                continue
-            out.append(op)
-        return out
+    def forecast_ops(self, plan: Plan, tag: str, streams: list[str],
+                     method: ForecastMethod) -> tuple[list[Op], list[Op]]:
+        """Ops that fold fresh ``streams`` into their forecast state, and ops that forecast them."""
+        if not streams:  # dead-code elimination after every pass leaves no region without outputs
+            raise ModelError(f"{self.captured.model_class}: {tag} computes no value the rest of the model reads, "
+                             "so there is nothing to forecast")
+        ex = plan.examples
+        dtype = ex[streams[0]].dtype
+        ex[UPDATE] = torch.empty((method.state, 1 + method.state), dtype=dtype)
+        ex[PREDICT] = torch.empty((1 + len(method.predict_writes), method.state), dtype=dtype)
+        for name in (UPDATE, PREDICT):
+            plan.add_step_input(name)
+        update_groups, predict_groups, loads, stores_full, stores_reuse = [], [], [], [], []
+        for k, value in enumerate(streams):
+            state = [cache_name(tag, str(k), s) for s in method.state_names()]
+            for c in state:
+                ex[c] = ex[next_value(c)] = ex[value]
+                loads.append(Load(c, c))
+            update_groups.append(([value] + state, [next_value(c) for c in state]))
+            stores_full.extend(Store(next_value(c), c) for c in state)
+            written = [state[i] for i in method.predict_writes]
+            predict_groups.append((state, [value] + [next_value(c) for c in written]))
+            stores_reuse.extend(Store(next_value(c), c) for c in written)
+        upd = self.add_segment(plan, f"{tag}_fc_update", linear_mix(update_groups, UPDATE, ex), "cache")
+        pred = self.add_segment(plan, f"{tag}_fc_predict", linear_mix(predict_groups, PREDICT, ex), "cache")
+        return loads + [Run(upd)] + stores_full, loads + [Run(pred)] + stores_reuse
 
-    @staticmethod
-    def insert_after(variant: list[Op], seg: str, ops: list[Op]) -> list[Op]:
-        i = variant.index(Run(seg))
-        return variant[: i + 1] + ops + variant[i + 1 :]
-
-    # -- planning primitives (what methods build their variants from) ----------------------------
-    def range_reuse(self, a: int, b: int, tag: str) -> None:
-        """full stores the delta of blocks a..b; reuse applies it instead of running them."""
-        write, apply, _ = self.range_delta(a, b, tag)
+    # -- planning primitives: each returns the plan of a family of methods ---------------------
+    def range_reuse(self, a: int, b: int, tag: str) -> Plan:
+        """Static, Δ-DiT, MagCache, budget: full stores the delta of blocks a..b; reuse applies it
+        instead of running them."""
+        plan = self.new_plan()
+        write, apply, _ = self.range_delta(plan, a, b, tag)
         segs = self.range_segments(a, b)
-        reuse = self.replace(segs, apply)
-        self.variants["full"] = self.insert_after(self.variants["full"], segs[-1], write)
-        self.variants["reuse"] = reuse
+        full = plan.variants["full"]
+        plan.variants = {"full": insert_after(full, segs[-1], write), "reuse": replace(full, segs, apply)}
+        return plan
 
-    def module_reuse(self) -> None:
-        """full stores every attention/MLP region's outputs; reuse loads them instead of running it."""
-        full, reuse = [], []
+    def module_reuse(self) -> Plan:
+        """FORA: full stores every attention/MLP region's outputs; reuse loads them instead of running it."""
+        plan = self.new_plan()
         by_seg = self.region_by_segment()
-        for op in self.variants["full"]:
-            if op.segment not in by_seg:
-                full.append(op)
-                reuse.append(op)
-                continue
-            outs = self.segments[op.segment].outputs
-            caches = [cache_name(op.segment, str(k)) for k in range(len(outs))]
-            for o, c in zip(outs, caches, strict=True):
-                self.meta[c] = self.meta[o]
-            full.append(op)
-            full.extend(Store(o, c) for o, c in zip(outs, caches, strict=True))
-            reuse.extend(Load(c, o) for o, c in zip(outs, caches, strict=True))
-        self.variants["full"], self.variants["reuse"] = full, reuse
 
-    def group_reuse(self, groups: dict[str, list[str]]) -> None:
+        def rewrite(op: Run) -> dict[str, list[Op]] | None:
+            if op.segment not in by_seg:
+                return None
+            stores, loads = self.cache_ops(plan, op.segment, self.segments[op.segment].outputs)
+            return {"full": [op, *stores], "reuse": loads}
+
+        plan.variants = per_segment(plan.variants["full"], ["full", "reuse"], rewrite)
+        return plan
+
+    def group_reuse(self, groups: dict[str, list[str]]) -> Plan:
         """PAB / T-GATE: module reuse decided per *group* of regions (self-, cross-, temporal attention).
 
         ``groups`` maps a group name to region segment names. Every variant runs the regions of the
@@ -327,41 +400,23 @@ class Planner:
         names in the given order) loads the outputs of the groups named instead of running them. A
         variant is built for every non-empty subset, also for a group with no region in this model,
         so the variant names depend on the policy only."""
+        plan = self.new_plan()
         group_of = {seg: g for g, segs in groups.items() for seg in segs}
-        names = list(groups)
-        subsets = [tuple(n for k, n in enumerate(names) if mask >> k & 1) for mask in range(1, 1 << len(names))]
-        built: dict[str, list[Op]] = {"full": []}
-        for subset in subsets:
-            built["reuse_" + "_".join(subset)] = []
-        for op in self.variants["full"]:
-            group = group_of.get(op.segment) if isinstance(op, Run) else None
+        order = list(groups)
+        subsets = [tuple(n for k, n in enumerate(order) if mask >> k & 1) for mask in range(1, 1 << len(order))]
+        variant = {s: "reuse_" + "_".join(s) for s in subsets}
+
+        def rewrite(op: Run) -> dict[str, list[Op]] | None:
+            group = group_of.get(op.segment)
             if group is None:
-                for ops in built.values():
-                    ops.append(op)
-                continue
-            outs = self.segments[op.segment].outputs
-            caches = [cache_name(op.segment, str(k)) for k in range(len(outs))]
-            for o, c in zip(outs, caches, strict=True):
-                self.meta[c] = self.meta[o]
-            run = [op] + [Store(o, c) for o, c in zip(outs, caches, strict=True)]
-            load = [Load(c, o) for o, c in zip(outs, caches, strict=True)]
-            built["full"].extend(run)
-            for subset in subsets:
-                built["reuse_" + "_".join(subset)].extend(load if group in subset else run)
-        self.variants.update(built)
+                return None
+            stores, loads = self.cache_ops(plan, op.segment, self.segments[op.segment].outputs)
+            return {"full": [op, *stores], **{variant[s]: loads if group in s else [op, *stores] for s in subsets}}
 
-    def skip_branch(self, branch: int, tag: str, policy: str) -> None:
-        """DeepCache: full stores the deep feature of U-Net skip branch ``branch``; reuse loads it and
-        runs only the shallow path (see :mod:`cachec.planner.skip_branch`)."""
-        skip_branch(self, deep_feature(self, branch, policy), tag)
+        plan.variants = per_segment(plan.variants["full"], ["full", *variant.values()], rewrite)
+        return plan
 
-    def split_head(self, head_segs: list[str]) -> tuple[list[Op], list[Op]]:
-        """The full variant split into the runs of ``head_segs`` (a dynamic step's head) and the rest."""
-        head = [op for op in self.variants["full"] if op.segment in head_segs]
-        tail = [op for op in self.variants["full"] if op.segment not in head_segs]
-        return head, tail
-
-    def probe_skip(self, first: int, last: int, tag: str, probe_tag: str, mid_tag: str) -> None:
+    def probe_skip(self, first: int, last: int, tag: str, probe_tag: str, mid_tag: str) -> Plan:
         """First-Block Cache / DBCache: the ``first`` blocks from the first one that reads the latent
         (:meth:`first_latent_block`) always run and their residual is the probe; the blocks before
         them (another stream's) run too; the middle blocks are skipped by their delta; the ``last``
@@ -369,6 +424,8 @@ class Planner:
         L, f0 = len(self.blocks), self.first_latent_block()
         if L - f0 < 2:
             raise ModelError(f"{tag} needs at least two blocks that read the latent")
+        plan = self.new_plan()
+        ex = plan.examples
         probe_segs = self.range_segments(0, f0 + first - 1)
         ins0, outs0 = self.range_io(self.range_segments(f0, f0 + first - 1))
         pairs0 = self.pair_streams(ins0, outs0, probe_tag)
@@ -377,26 +434,28 @@ class Planner:
             raise ModelError(f"{tag}: blocks {f0}..{f0 + first - 1} have no residual stream (an output with the "
                              "shape of their input)")
         ref, r1, signal = cache_name(tag, "ref"), f"{tag}__r1", f"{tag}__signal"
-        self.meta[ref] = self.meta[main.output]
-        self.meta[r1] = self.meta[main.output]
-        self.meta[signal] = torch.empty(())
+        ex[ref] = ex[main.output]
+        ex[r1] = ex[main.output]
+        ex[signal] = torch.empty(())
         probe = self.add_segment(
-            f"{tag}_probe",
-            rel_l1_probe(main.output, ref, signal, self.meta, residual_of=main.base, emit_current_as=r1,
+            plan, f"{tag}_probe",
+            rel_l1_probe(main.output, ref, signal, ex, residual_of=main.base, emit_current_as=r1,
                          batch_dim=self.item_dim(main.output)),
             "probe",
         )
-        commit = self.add_segment(f"{tag}_commit", copy_values({r1: ref}, self.meta), "cache")
+        commit = self.add_segment(plan, f"{tag}_commit", copy_values({r1: ref}, ex), "cache")
         mid_segs = self.range_segments(f0 + first, L - 1 - last)
-        write, apply, _ = self.range_delta(f0 + first, L - 1 - last, mid_tag)
-        head, tail = self.split_head(["prologue"] + probe_segs)
+        write, apply, _ = self.range_delta(plan, f0 + first, L - 1 - last, mid_tag)
+        full = plan.variants["full"]
+        head, tail = split_head(full, ["prologue"] + probe_segs)
         head += [Load(ref, ref), Run(probe)]
-        tail_full = self.insert_after(tail, mid_segs[-1], write + [Run(commit), Store(ref, ref)])
-        tail_reuse = self.replace(mid_segs, apply, tail)
-        self.variants = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": self.variants["full"]}
-        self.signal = signal
+        tail_full = insert_after(tail, mid_segs[-1], write + [Run(commit), Store(ref, ref)])
+        tail_reuse = replace(tail, mid_segs, apply)
+        plan.variants = {"head": head, "tail_full": tail_full, "tail_reuse": tail_reuse, "full": full}
+        plan.signal = signal
+        return plan
 
-    def forecast(self, method: ForecastMethod, streams: str, kinds: tuple[str, ...] | None = None) -> None:
+    def forecast(self, method: ForecastMethod, streams: str, kinds: tuple[str, ...] | None = None) -> Plan:
         """TaylorSeer / HiCache / FoCa: full steps update each stream's forecast state, cached steps
         replace the stream by its forecast (see :mod:`cachec.forecast`).
 
@@ -404,154 +463,97 @@ class Planner:
         those kinds, FasterCache's self-attention); ``step`` streams are the residuals of the whole
         block stack (one per residual stream), FreqCa's memory saving.
         """
+        plan = self.new_plan()
         if streams == "module":
             by_seg = self.region_by_segment()
             if kinds is not None:
                 by_seg = {s: r for s, r in by_seg.items() if r.kind in kinds}
-            full, reuse = [], []
-            for op in self.variants["full"]:
+
+            def rewrite(op: Run) -> dict[str, list[Op]] | None:
                 if op.segment not in by_seg:
-                    full.append(op)
-                    reuse.append(op)
-                    continue
-                update, forecast = self.forecast_ops(op.segment, self.segments[op.segment].outputs, method)
-                full.append(op)
-                full.extend(update)
-                reuse.extend(forecast)
-            self.variants["full"], self.variants["reuse"] = full, reuse
-            return
-        L = len(self.blocks)
-        segs = self.range_segments(0, L - 1)
+                    return None
+                update, forecast = self.forecast_ops(plan, op.segment, self.segments[op.segment].outputs, method)
+                return {"full": [op, *update], "reuse": forecast}
+
+            plan.variants = per_segment(plan.variants["full"], ["full", "reuse"], rewrite)
+            return plan
+        ex = plan.examples
+        segs = self.range_segments(0, len(self.blocks) - 1)
         inputs, outputs = self.range_io(segs)
         pairs = [StreamPair(p.output, p.base, f"fc_stack__r{k}")
                  for k, p in enumerate(self.pair_streams(inputs, outputs, "fc_stack"))]
         for p in pairs:
-            self.meta[p.cache] = self.meta[p.output]
-        write = self.add_segment("fc_stack_delta", delta_write(pairs, self.meta), "cache")
-        apply = self.add_segment("fc_stack_apply", delta_apply(pairs, self.meta), "cache")
-        update, forecast = self.forecast_ops("fc_stack", [p.cache for p in pairs], method)
-        self.variants["reuse"] = self.replace(segs, forecast + [Run(apply)])
-        self.variants["full"] = self.insert_after(self.variants["full"], segs[-1], [Run(write)] + update)
+            ex[p.cache] = ex[p.output]
+        write = self.add_segment(plan, "fc_stack_delta", delta_write(pairs, ex), "cache")
+        apply = self.add_segment(plan, "fc_stack_apply", delta_apply(pairs, ex), "cache")
+        update, forecast = self.forecast_ops(plan, "fc_stack", [p.cache for p in pairs], method)
+        full = plan.variants["full"]
+        plan.variants["reuse"] = replace(full, segs, forecast + [Run(apply)])
+        plan.variants["full"] = insert_after(full, segs[-1], [Run(write)] + update)
+        return plan
 
-    def forecast_ops(self, tag: str, streams: list[str], method: ForecastMethod) -> tuple[list[Op], list[Op]]:
-        """Ops that fold fresh ``streams`` into their forecast state, and ops that forecast them."""
-        if not streams:  # dead-code elimination after every pass leaves no region without outputs
-            raise ModelError(f"{self.captured.model_class}: {tag} computes no value the rest of the model reads, "
-                             "so there is nothing to forecast")
-        dtype = self.meta[streams[0]].dtype
-        self.meta[UPDATE] = torch.empty((method.state, 1 + method.state), dtype=dtype)
-        self.meta[PREDICT] = torch.empty((1 + len(method.predict_writes), method.state), dtype=dtype)
-        for name in (UPDATE, PREDICT):
-            if name not in self.step_inputs:
-                self.step_inputs.append(name)
-        update_groups, predict_groups, loads, stores_full, stores_reuse = [], [], [], [], []
-        for k, value in enumerate(streams):
-            state = [cache_name(tag, str(k), s) for s in method.state_names()]
-            for c in state:
-                self.meta[c] = self.meta[next_value(c)] = self.meta[value]
-                loads.append(Load(c, c))
-            update_groups.append(([value] + state, [next_value(c) for c in state]))
-            stores_full.extend(Store(next_value(c), c) for c in state)
-            written = [state[i] for i in method.predict_writes]
-            predict_groups.append((state, [value] + [next_value(c) for c in written]))
-            stores_reuse.extend(Store(next_value(c), c) for c in written)
-        upd = self.add_segment(f"{tag}_fc_update", linear_mix(update_groups, UPDATE, self.meta), "cache")
-        pred = self.add_segment(f"{tag}_fc_predict", linear_mix(predict_groups, PREDICT, self.meta), "cache")
-        return loads + [Run(upd)] + stores_full, loads + [Run(pred)] + stores_reuse
-
-    def cfg_cache(self, tag: str, policy: str) -> None:
-        """FasterCache's CFG-Cache: ``cfg_record`` stores the band deltas of a step's ``[uncond; cond]``
-        output, ``cfg_rebuild`` makes the unconditional half from the conditional one and the deltas
-        (see :mod:`cachec.planner.cfg_cache`); the controller runs them after the step's variant."""
-        out = self.captured.output_name
-        val = self.meta[out]
-        if val.dim() not in (4, 5):
-            raise ModelError(f"{policy}: CFG-Cache rebuilds the unconditional output from its 2-D spectrum, so it "
-                             f"needs an image output (B, C, H, W) or a video output (B, C, F, H, W); "
-                             f"{self.captured.model_class} returns rank {val.dim()} ({tuple(val.shape)})")
-        low, high = cache_name(tag, "low"), cache_name(tag, "high")
-        w_low, w_high = cfg_cache.WEIGHTS
-        self.meta[low] = self.meta[high] = self.meta[next_value(low)] = self.meta[next_value(high)] = \
-            torch.empty_like(val, dtype=torch.complex64)  # a fake tensor: keeps the symbolic batch
-        for w in (w_low, w_high):
-            self.meta[w] = torch.empty((), dtype=torch.float32)  # the hook's weights are Python floats
-            if w not in self.step_inputs:
-                self.step_inputs.append(w)
-        x = cfg_cache.example(val)
-        d = cfg_cache.example(val, torch.complex64)
-        w = torch.ones((), dtype=torch.float32)
-        rec = self.add_segment(f"{tag}_record", cfg_cache.traced(
-            cfg_cache.record, [(out, x)], [next_value(low), next_value(high)], "CfgRecord"), "cache")
-        reb = self.add_segment(f"{tag}_rebuild", cfg_cache.traced(
-            cfg_cache.rebuild, [(out, x), (low, d), (high, d), (w_low, w), (w_high, w)],
-            [out, next_value(low), next_value(high)], "CfgRebuild"), "cache")
-        stores = [Store(next_value(low), low), Store(next_value(high), high)]
-        self.variants["cfg_record"] = [Run(rec), *stores]
-        self.variants["cfg_rebuild"] = [Load(low, low), Load(high, high), Run(reb), *stores]
-
-    def _split_prologue_for_tails(self) -> None:
+    def _split_prologue_for_tails(self, plan: Plan) -> None:
         """A dynamic method's probe head runs the prologue, which holds every hoisted conditioning
         value: the adaLN modulation of *every* block, RoPE tables, the final layer's shift/scale.
         A cached step needs only what the head and the reuse tail read, so the rest moves into a
         segment that only the full tail (and the full variant) runs: a cached FLUX step no longer
         computes 57 blocks' modulations it never uses."""
-        head = self.variants.get("head")
-        if not head or Run("prologue") not in head or "prologue" not in self.segments:
+        head = plan.variants.get("head")
+        if not head or Run("prologue") not in head or "prologue" not in plan.base:
             return
-        segs = {**self.segments, **self.extra}
-        needed = {self.captured.output_name, *self.feedback}
-        if self.signal:
-            needed.add(self.signal)
-        for name in ("head", "tail_reuse"):
-            for op in self.variants[name]:
-                if isinstance(op, Run) and op.segment != "prologue":
-                    needed.update(segs[op.segment].inputs)
-                elif isinstance(op, Store):
-                    needed.add(op.value)
-        first, rest = split_segment(self.segments["prologue"], needed, "prologue_full")
-        if rest is None:
-            return
-        for seg in (first, rest):
-            seg.flops = graph_flops(seg.module, self.batch)
-        self.segments["prologue"] = first
-        self.segments[rest.name] = rest  # still part of the uncached model: base_flops counts it
-        run_rest = Run(rest.name)
-        self.variants["tail_full"] = [run_rest] + self.variants["tail_full"]
-        self.variants["full"] = self.insert_after(self.variants["full"], "prologue", [run_rest])
+        needed = self.values_read(plan, ["head", "tail_reuse"], lambda variant, seg: seg == "prologue")
+        rest = self.split_base(plan, "prologue", needed, "prologue_full")
+        if rest is not None:
+            plan.variants["tail_full"] = [Run(rest)] + plan.variants["tail_full"]
 
     # -- result ---------------------------------------------------------------------------------
     def plan(self, policy) -> Program:
-        """The program of ``policy`` (a :class:`~cachec.methods.base.Method`): it plans its variants
-        with the primitives above, then the planner checks it built the ones its controller runs."""
+        """The program of ``policy`` (a :class:`~cachec.methods.base.Method`), without ``none_flops``
+        (:func:`compile_program` adds them)."""
         policy = policy.resolved()  # calibration problems surface at compile time
-        policy.plan(self)
-        missing = sorted(policy.required_variants() - set(self.variants))
+        return self.program(self.plan_of(policy), policy)
+
+    def plan_of(self, policy) -> Plan:
+        """The :class:`Plan` ``policy`` returns, checked: it built the variants its controller runs,
+        and its cached variants reuse something."""
+        plan = policy.plan(self)
+        if not isinstance(plan, Plan):
+            raise ModelError(f"{policy.spec}: its plan returned {type(plan).__name__}, not a Plan (a bug in the method)")
+        missing = sorted(policy.required_variants() - set(plan.variants))
         if missing:
             raise ModelError(f"{policy.spec}: its plan built no {missing[0]!r} variant (a bug in the method)")
-        check_plan_reuses(self.variants, self.captured.model_class, policy.spec)
-        return self.program(policy)
+        check_plan_reuses(plan.variants, self.captured.model_class, policy.spec)
+        return plan
 
-    def base_flops(self) -> float:
-        """Per-sample FLOPs of the uncached model (every base segment once)."""
-        return sum(s.flops for s in self.segments.values())
+    @staticmethod
+    def base_flops(plan: Plan) -> float:
+        """Per-sample FLOPs of the uncached model (every base segment of ``plan`` once)."""
+        return sum(s.flops for s in plan.base.values())
 
-    def program(self, policy) -> Program:
-        self._split_prologue_for_tails()
-        segments = dict(self.segments)
-        segments.update(self.extra)
-        used = {op.segment for ops in self.variants.values() for op in ops if isinstance(op, Run)}
+    def spec_in(self, plan: Plan, name: str) -> ValueSpec | None:
+        """:meth:`spec` of a value of the model or one ``plan`` made."""
+        node = None if name == self.captured.output_name else self.nodes.get(name)
+        return value_spec(node if node is not None else plan.examples.get(name), self.bsym)
+
+    def program(self, plan: Plan, policy) -> Program:
+        """The :class:`~cachec.program.Program` of ``plan``: the segments its variants run, the specs
+        of the values they pass, and ``meta``; variants coalesced and segments specialised."""
+        self._split_prologue_for_tails(plan)
+        segments = dict(plan.base)
+        segments.update(plan.added)
+        used = {op.segment for ops in plan.variants.values() for op in ops if isinstance(op, Run)}
         segments = {k: v for k, v in segments.items() if k in used}
         values: dict[str, ValueSpec] = {}
-        for ops in self.variants.values():
+        for ops in plan.variants.values():
             for op in ops:
                 for n in self.op_values(segments, op):
                     if n not in values:
-                        spec = self.spec(n)
+                        spec = self.spec_in(plan, n)
                         if spec is not None:
                             values[n] = spec
         program = Program(
             segments=segments,
-            variants=dict(self.variants),
+            variants=dict(plan.variants),
             inputs=list(self.captured.input_names),
             output=self.captured.output_name,
             values=values,
@@ -561,15 +563,15 @@ class Planner:
                 "policy": policy.spec,
                 "blocks": self.blocks,
                 "regions": [r.to_json() for r in self.regions],
-                "signal": self.signal,
-                "feedback": list(self.feedback),
-                "step_inputs": list(self.step_inputs),
+                "signal": plan.signal,
+                "feedback": list(plan.feedback),
+                "step_inputs": list(plan.step_inputs),
                 "policy_data": policy.data,
-                "base_path": [s for s in self.order],
+                "base_path": list(plan.order),
                 "batch_dims": self.captured.batch_dims,
                 "max_batch": self.captured.max_batch,
                 "output_form": self.captured.output_form,
-                **self.method_meta,
+                **plan.meta,
             },
         )
         coalesce(program)
@@ -585,6 +587,16 @@ class Planner:
         return [op.cache, op.value]
 
 
+def _graph_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm``'s graph over the same weights (a pass may then rewrite it in place)."""
+    graph = fx.Graph()
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    new = fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+    new.meta.update(gm.meta)
+    return new
+
+
 def next_value(cache: str) -> str:
     """The value a variant computes as a cache's next content (not itself a cache buffer)."""
     return "next__" + cache[len(CACHE_PREFIX):]
@@ -598,6 +610,8 @@ def compile_program(captured: Captured, policy) -> Program:
     its ``none_flops`` (the cached variants of a program no longer contain the plain full step).
     """
     planner = Planner(captured)
-    program = planner.plan(policy)
-    program.meta["none_flops"] = planner.base_flops()
+    policy = policy.resolved()  # calibration problems surface at compile time
+    plan = planner.plan_of(policy)
+    program = planner.program(plan, policy)
+    program.meta["none_flops"] = planner.base_flops(plan)
     return program

@@ -1,5 +1,9 @@
 """Weightless segment factories of the planner: residual deltas, forecast mixes and probes.
 
+The small node helpers (:func:`placeholder`, :func:`computed`, :func:`graph_module`, ...) are
+public: a method that builds a graph of its own (EasyCache's write, per-block caching's change)
+builds it with them, next to the method.
+
 These build *new* small graphs (they rewrite nothing, so they are not passes) from value names
 and the example values in ``meta``; the planner adds them as segments between the model's own.
 
@@ -40,7 +44,7 @@ class StreamPair:
     cache: str
 
 
-def _placeholder(graph: fx.Graph, name: str, meta: dict[str, object]) -> fx.Node:
+def placeholder(graph: fx.Graph, name: str, meta: dict[str, object]) -> fx.Node:
     ph = graph.placeholder(name)
     if name in meta:
         ph.meta["val"] = meta[name]
@@ -54,7 +58,7 @@ def _binary(graph: fx.Graph, op, a: fx.Node, b: fx.Node) -> fx.Node:
     return node
 
 
-def _module(graph: fx.Graph, outputs: list[tuple[str, fx.Node]], name: str) -> fx.GraphModule:
+def graph_module(graph: fx.Graph, outputs: list[tuple[str, fx.Node]], name: str) -> fx.GraphModule:
     graph.output(tuple(n for _, n in outputs))
     gm = fx.GraphModule({}, graph, class_name=name).eval()
     gm.meta[OUTPUTS_KEY] = [k for k, _ in outputs]
@@ -68,7 +72,7 @@ def delta_write(pairs: list[StreamPair], meta: dict[str, object]) -> fx.GraphMod
     for p in pairs:
         for name in (p.output, p.base):
             if name is not None and name not in ph:
-                ph[name] = _placeholder(g, name, meta)
+                ph[name] = placeholder(g, name, meta)
     outs = []
     for p in pairs:
         val = ph[p.output] if p.base is None else _binary(g, aten.sub.Tensor, ph[p.output], ph[p.base])
@@ -76,7 +80,7 @@ def delta_write(pairs: list[StreamPair], meta: dict[str, object]) -> fx.GraphMod
             val = g.call_function(aten.clone.default, (val,))
             val.meta["val"] = meta.get(p.output)
         outs.append((p.cache, val))
-    return _module(g, outs, "DeltaWrite")
+    return graph_module(g, outs, "DeltaWrite")
 
 
 def delta_apply(pairs: list[StreamPair], meta: dict[str, object]) -> fx.GraphModule:
@@ -86,7 +90,7 @@ def delta_apply(pairs: list[StreamPair], meta: dict[str, object]) -> fx.GraphMod
     for p in pairs:
         for name in (p.base, p.cache):
             if name is not None and name not in ph:
-                ph[name] = _placeholder(g, name, meta)
+                ph[name] = placeholder(g, name, meta)
     outs = []
     for p in pairs:
         if p.base is None:
@@ -95,7 +99,7 @@ def delta_apply(pairs: list[StreamPair], meta: dict[str, object]) -> fx.GraphMod
         else:
             val = _binary(g, aten.add.Tensor, ph[p.base], ph[p.cache])
         outs.append((p.output, val))
-    return _module(g, outs, "DeltaApply")
+    return graph_module(g, outs, "DeltaApply")
 
 
 def copy_values(copies: dict[str, str], meta: dict[str, object]) -> fx.GraphModule:
@@ -103,11 +107,11 @@ def copy_values(copies: dict[str, str], meta: dict[str, object]) -> fx.GraphModu
     g = fx.Graph()
     outs = []
     for src, dst in copies.items():
-        ph = _placeholder(g, src, meta)
+        ph = placeholder(g, src, meta)
         node = g.call_function(aten.clone.default, (ph,))
         node.meta["val"] = meta.get(src)
         outs.append((dst, node))
-    return _module(g, outs, "Commit")
+    return graph_module(g, outs, "Commit")
 
 
 def linear_mix(groups: list[tuple[list[str], list[str]]], coefficients: str, meta: dict[str, object]) -> fx.GraphModule:
@@ -129,8 +133,8 @@ def linear_mix(groups: list[tuple[list[str], list[str]]], coefficients: str, met
     for inputs, _ in groups:
         for name in inputs:
             if name not in ph:
-                ph[name] = _placeholder(g, name, meta)
-    coeff = _placeholder(g, coefficients, meta)
+                ph[name] = placeholder(g, name, meta)
+    coeff = placeholder(g, coefficients, meta)
     outs = []
     for inputs, outputs in groups:
         shape = _flat_view_shape(meta.get(inputs[0]))
@@ -151,7 +155,7 @@ def linear_mix(groups: list[tuple[list[str], list[str]]], coefficients: str, met
         for j, out_name in enumerate(outputs):
             row = g.call_function(aten.select.int, (mixed, 0, j))
             outs.append((out_name, g.call_function(aten.view.default, (row, shape))))
-    return _module(g, outs, "LinearMix")
+    return graph_module(g, outs, "LinearMix")
 
 
 def _product_shape(rows: int, stream) -> torch.Tensor:
@@ -193,13 +197,13 @@ def _mix_by_terms(g: fx.Graph, ph: dict, coeff: fx.Node, inputs: list[str], outp
     return outs
 
 
-def _scalar(graph: fx.Graph, op, args, example) -> fx.Node:
+def computed(graph: fx.Graph, op, args, example) -> fx.Node:
     node = graph.call_function(op, args)
     node.meta["val"] = example
     return node
 
 
-def _item_means(g: fx.Graph, x: fx.Node, example, batch_dim: int) -> fx.Node:
+def item_means(g: fx.Graph, x: fx.Node, example, batch_dim: int) -> fx.Node:
     """``mean`` of ``x`` over every dimension but the batch one: one value per batch item.
 
     Per-sample decisions (:class:`cachec.methods.base.PerSample`) read these instead of the
@@ -207,7 +211,7 @@ def _item_means(g: fx.Graph, x: fx.Node, example, batch_dim: int) -> fx.Node:
     ones it would take run alone.
     """
     dims = [d for d in range(example.dim()) if d != batch_dim]
-    return _scalar(g, aten.mean.dim, (x, dims), example.abs().mean(dims))
+    return computed(g, aten.mean.dim, (x, dims), example.abs().mean(dims))
 
 
 def rel_l1_probe(
@@ -234,77 +238,27 @@ def rel_l1_probe(
     if residual_of is not None:
         base = g.placeholder(residual_of)
         base.meta["val"] = meta.get(residual_of)
-        x = _scalar(g, aten.sub.Tensor, (cur, base), meta.get(current))
+        x = computed(g, aten.sub.Tensor, (cur, base), meta.get(current))
     ref = g.placeholder(reference)
     ref.meta["val"] = meta.get(reference)
     zero = torch.empty(())
-    diff = _scalar(g, aten.sub.Tensor, (x, ref), meta.get(current))
-    num = _scalar(g, aten.mean.default, (_scalar(g, aten.abs.default, (diff,), meta.get(current)),), zero)
-    den = _scalar(g, aten.mean.default, (_scalar(g, aten.abs.default, (ref,), meta.get(current)),), zero)
-    rel = _scalar(g, aten.div.Tensor, (num, den), zero)
+    diff = computed(g, aten.sub.Tensor, (x, ref), meta.get(current))
+    num = computed(g, aten.mean.default, (computed(g, aten.abs.default, (diff,), meta.get(current)),), zero)
+    den = computed(g, aten.mean.default, (computed(g, aten.abs.default, (ref,), meta.get(current)),), zero)
+    rel = computed(g, aten.div.Tensor, (num, den), zero)
     outs = [(signal, rel)]
     if batch_dim is not None:
         example = meta.get(current)
-        num_i = _item_means(g, num.args[0], example, batch_dim)
-        den_i = _item_means(g, den.args[0], example, batch_dim)
-        outs.append((per_item(signal), _scalar(g, aten.div.Tensor, (num_i, den_i), num_i.meta["val"])))
+        num_i = item_means(g, num.args[0], example, batch_dim)
+        den_i = item_means(g, den.args[0], example, batch_dim)
+        outs.append((per_item(signal), computed(g, aten.div.Tensor, (num_i, den_i), num_i.meta["val"])))
     if emit_current_as is not None:
-        outs.append((emit_current_as, x if x is not cur else _scalar(g, aten.clone.default, (cur,), meta.get(current))))
+        outs.append((emit_current_as, x if x is not cur else computed(g, aten.clone.default, (cur,), meta.get(current))))
     g.output(tuple(n for _, n in outs))
     gm = fx.GraphModule({}, g, class_name="RelL1Probe").eval()
     gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
     return gm
 
 
-def _mean_abs(g: fx.Graph, x: fx.Node, example) -> fx.Node:
-    return _scalar(g, aten.mean.default, (_scalar(g, aten.abs.default, (x,), example),), torch.empty(()))
-
-
-def latent_step_probe(latent: str, previous: str, signal: str, emit_as: str, meta: dict[str, object],
-                      batch_dim: int | None = None) -> fx.GraphModule:
-    """EasyCache's input change ``mean|x − x_prev|``; also returns ``x`` (stored as the next ``x_prev``)
-    and, with ``batch_dim``, the change of each batch item."""
-    g = fx.Graph()
-    x, prev = g.placeholder(latent), g.placeholder(previous)
-    x.meta["val"], prev.meta["val"] = meta.get(latent), meta.get(previous)
-    ex = meta.get(latent)
-    d = _mean_abs(g, _scalar(g, aten.sub.Tensor, (x, prev), ex), ex)
-    copy = _scalar(g, aten.clone.default, (x,), ex)
-    outs = [(signal, d), (emit_as, copy)]
-    if batch_dim is not None:
-        outs.append((per_item(signal), _item_means(g, d.args[0], ex, batch_dim)))
-    g.output(tuple(n for _, n in outs))
-    gm = fx.GraphModule({}, g, class_name="LatentStepProbe").eval()
-    gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
-    return gm
-
-
-def easycache_write(latent: str, output: str, latent_full: str, output_full: str, delta: str, rate: str,
-                    output_norm: str, next_latent_full: str, next_output_full: str,
-                    meta: dict[str, object], batch_dim: int | None = None) -> fx.GraphModule:
-    """At an EasyCache full step: the transformation rate ``k = mean|v − v_pf| / mean|x − x_pf|``
-    against the previous full step, ``mean|v|``, the new ``Δ = v − x`` and copies of ``x``, ``v``
-    (``next_*``, stored as the next full step's references); with ``batch_dim`` also ``k`` and
-    ``mean|v|`` of each batch item."""
-    g = fx.Graph()
-    names = (latent, output, latent_full, output_full)
-    x, v, x_pf, v_pf = (g.placeholder(n) for n in names)
-    for node, n in zip((x, v, x_pf, v_pf), names, strict=True):
-        node.meta["val"] = meta.get(n)
-    ex = meta.get(latent)
-    num = _mean_abs(g, _scalar(g, aten.sub.Tensor, (v, v_pf), ex), ex)
-    den = _mean_abs(g, _scalar(g, aten.sub.Tensor, (x, x_pf), ex), ex)
-    k = _scalar(g, aten.div.Tensor, (num, den), torch.empty(()))
-    norm = _mean_abs(g, v, ex)
-    d = _scalar(g, aten.sub.Tensor, (v, x), ex)
-    outs = [(rate, k), (output_norm, norm), (delta, d),
-            (next_latent_full, _scalar(g, aten.clone.default, (x,), ex)),
-            (next_output_full, _scalar(g, aten.clone.default, (v,), ex))]
-    if batch_dim is not None:
-        num_i, den_i = (_item_means(g, m.args[0], ex, batch_dim) for m in (num, den))
-        outs += [(per_item(rate), _scalar(g, aten.div.Tensor, (num_i, den_i), num_i.meta["val"])),
-                 (per_item(output_norm), _item_means(g, norm.args[0], ex, batch_dim))]
-    g.output(tuple(n for _, n in outs))
-    gm = fx.GraphModule({}, g, class_name="EasyCacheWrite").eval()
-    gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
-    return gm
+def mean_abs(g: fx.Graph, x: fx.Node, example) -> fx.Node:
+    return computed(g, aten.mean.default, (computed(g, aten.abs.default, (x,), example),), torch.empty(()))

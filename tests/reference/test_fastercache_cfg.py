@@ -122,7 +122,7 @@ def test_cfg_cache_pieces_equal_the_hooks_functions():
     CFG pairs at once, for image and video outputs in each ``tensor_format`` the hook accepts."""
     from diffusers.hooks.faster_cache import _split_low_high_freq
 
-    from cachec.planner.cfg_cache import rebuild, record
+    from cachec.methods.cfg_cache import rebuild, record
 
     def slices(x, fmt):
         if fmt == "BCFHW":

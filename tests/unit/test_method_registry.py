@@ -29,7 +29,7 @@ class EveryController(Controller):
         return step % self.policy.params.k != 0
 
 
-class EveryPolicy(Method):
+class EveryMethod(Method):
     name = "every"
     doc = "toy: reuse every k-th step's attention/MLP outputs"
     granularity = "module"
@@ -37,14 +37,14 @@ class EveryPolicy(Method):
     Params = EveryParams
     controller_cls = EveryController
 
-    def plan(self, planner) -> None:
-        planner.module_reuse()
+    def plan(self, planner):
+        return planner.module_reuse()
 
 
 @pytest.fixture
 def every():
-    register(EveryPolicy)
-    yield EveryPolicy
+    register(EveryMethod)
+    yield EveryMethod
     METHODS.pop("every")
     _REGISTRY.pop("every")
 

@@ -31,6 +31,11 @@ from torch import fx
 
 from cachec.graph_keys import OUTPUTS_KEY
 
+from ..errors import ModelError
+from ..planner import next_value
+from ..planner.plan import Plan
+from ..program import Load, Run, Store, cache_name
+
 fft = torch.fft
 SPATIAL = (-2, -1)
 
@@ -125,3 +130,34 @@ def example(val, dtype=None) -> torch.Tensor:
 
 # the step inputs of the rebuild: this step's low- and high-band weights (host floats)
 WEIGHTS = ("fastercache__w_low", "fastercache__w_high")
+
+
+def add_cfg_cache(planner, plan: Plan, tag: str, policy: str) -> None:
+    """Add FasterCache's CFG-Cache variants to ``plan``: ``cfg_record`` stores the band deltas of a
+    step's ``[uncond; cond]`` output, ``cfg_rebuild`` makes the unconditional half from the
+    conditional one and the deltas; the controller runs them after the step's variant."""
+    out = planner.captured.output_name
+    ex = plan.examples
+    val = ex[out]
+    if val.dim() not in (4, 5):
+        raise ModelError(f"{policy}: CFG-Cache rebuilds the unconditional output from its 2-D spectrum, so it "
+                         f"needs an image output (B, C, H, W) or a video output (B, C, F, H, W); "
+                         f"{planner.captured.model_class} returns rank {val.dim()} ({tuple(val.shape)})")
+    low, high = cache_name(tag, "low"), cache_name(tag, "high")
+    w_low, w_high = WEIGHTS
+    ex[low] = ex[high] = ex[next_value(low)] = ex[next_value(high)] = \
+        torch.empty_like(val, dtype=torch.complex64)  # a fake tensor: keeps the symbolic batch
+    for w in (w_low, w_high):
+        ex[w] = torch.empty((), dtype=torch.float32)  # the hook's weights are Python floats
+        plan.add_step_input(w)
+    x = example(val)
+    d = example(val, torch.complex64)
+    w = torch.ones((), dtype=torch.float32)
+    rec = planner.add_segment(plan, f"{tag}_record", traced(
+        record, [(out, x)], [next_value(low), next_value(high)], "CfgRecord"), "cache")
+    reb = planner.add_segment(plan, f"{tag}_rebuild", traced(
+        rebuild, [(out, x), (low, d), (high, d), (w_low, w), (w_high, w)],
+        [out, next_value(low), next_value(high)], "CfgRebuild"), "cache")
+    stores = [Store(next_value(low), low), Store(next_value(high), high)]
+    plan.variants["cfg_record"] = [Run(rec), *stores]
+    plan.variants["cfg_rebuild"] = [Load(low, low), Load(high, high), Run(reb), *stores]

@@ -1,4 +1,4 @@
-"""DeepCache's planning primitive: cache one U-Net skip branch's deep feature and run only the shallow path.
+"""DeepCache's plan: cache one U-Net skip branch's deep feature and run only the shallow path.
 
 A U-Net's up path concatenates, layer by layer, the feature coming up from below with a skip
 feature of the down path (``torch.cat([hidden, skip], dim=1)`` in every up block). Counting those
@@ -10,7 +10,7 @@ layers from that concatenation on.
 
 Nothing here is a model table: the concatenations are found from the module hierarchy (nodes of
 an ``up_blocks.*`` block) and the cached path by liveness over the segments. Segments that mix
-shallow and deep work are split (:func:`~cachec.program.split_segment`), so the cached variant
+shallow and deep work are split (:meth:`~cachec.planner.Planner.split_base`), so the cached variant
 runs no FLOP its output does not need and every weight keeps one owner.
 """
 
@@ -21,8 +21,8 @@ import torch
 from cachec.graph_keys import SEGMENT_KEY
 
 from ..errors import ModelError
-from ..flops import graph_flops
-from ..program import Load, Run, Store, cache_name, split_segment
+from ..planner.plan import Plan, insert_after
+from ..program import Load, Store, cache_name
 from ..regions import module_path
 
 
@@ -53,46 +53,38 @@ def deep_feature(planner, branch: int, policy: str) -> str:
     return planner.nodes[cats[len(cats) - 1 - branch]].args[0][0].name
 
 
-def _replace_run(ops, seg: str, new: list) -> list:
-    i = ops.index(Run(seg))
-    return ops[:i] + new + ops[i + 1 :]
+def _split(planner, plan: Plan, seg_name: str, needed: set[str], rest_name: str) -> str | None:
+    """Split a base segment so that its first part (same name) computes ``needed``; the rest runs
+    after it, in the full variant and on the model's path."""
+    rest = planner.split_base(plan, seg_name, needed, rest_name)
+    if rest is not None:
+        plan.order.insert(plan.order.index(seg_name) + 1, rest)
+    return rest
 
 
-def _split(planner, seg_name: str, needed: set[str], rest_name: str) -> str | None:
-    """Split a base segment so that its first part (same name) computes ``needed``; the rest runs after it."""
-    head, rest = split_segment(planner.segments[seg_name], needed, rest_name)
-    if rest is None:
-        return None
-    for s in (head, rest):
-        s.flops = graph_flops(s.module, planner.batch)
-    planner.segments[seg_name], planner.segments[rest_name] = head, rest
-    planner.variants["full"] = _replace_run(planner.variants["full"], seg_name, [Run(seg_name), Run(rest_name)])
-    i = planner.order.index(seg_name)
-    planner.order.insert(i + 1, rest_name)
-    return rest_name
-
-
-def skip_branch(planner, feature: str, tag: str) -> None:
+def skip_branch(planner, feature: str, tag: str) -> Plan:
     """full stores ``feature``; reuse loads it and runs only the segments (or parts) the output needs besides it."""
+    plan = planner.new_plan()
     owner = planner.nodes[feature].meta[SEGMENT_KEY]
-    if feature not in planner.segments[owner].outputs:
-        _split(planner, owner, {feature}, f"{owner}_post")  # the rest of the segment reads the feature as an input
+    if feature not in plan.base[owner].outputs:
+        _split(planner, plan, owner, {feature}, f"{owner}_post")  # the rest of the segment reads the feature as an input
     cache = cache_name(tag, "deep")
-    planner.meta[cache] = planner.meta[feature]
+    plan.examples[cache] = plan.examples[feature]
     needed, provided, keep = {planner.captured.output_name}, {feature}, []
-    for op in reversed(list(planner.variants["full"])):
-        seg = planner.segments[op.segment]
+    for op in reversed(list(plan.variants["full"])):
+        seg = plan.base[op.segment]
         outs = set(seg.outputs) & (needed - provided)
         if not outs:
             continue
         if outs != set(seg.outputs) - provided:
-            _split(planner, op.segment, outs, f"{op.segment}_deep")  # its other outputs feed only the deep path
-            seg = planner.segments[op.segment]
+            _split(planner, plan, op.segment, outs, f"{op.segment}_deep")  # its other outputs feed only the deep path
+            seg = plan.base[op.segment]
         keep.append(op)
         needed |= set(seg.inputs)
-    if any(feature in planner.segments[op.segment].outputs for op in keep):
+    if any(feature in plan.base[op.segment].outputs for op in keep):
         raise ModelError(f"{tag}: the shallow path still needs the segment computing the cached feature {feature}")
-    full = planner.variants["full"]
-    writer = next(op.segment for op in full if feature in planner.segments[op.segment].outputs)
-    planner.variants["full"] = planner.insert_after(full, writer, [Store(feature, cache)])
-    planner.variants["reuse"] = [Load(cache, feature)] + list(reversed(keep))
+    full = plan.variants["full"]
+    writer = next(op.segment for op in full if feature in plan.base[op.segment].outputs)
+    plan.variants["full"] = insert_after(full, writer, [Store(feature, cache)])
+    plan.variants["reuse"] = [Load(cache, feature)] + list(reversed(keep))
+    return plan
