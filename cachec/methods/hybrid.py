@@ -103,8 +103,8 @@ class HybridMethod(Method):
     def data(self):
         return self.decision.data
 
-    def with_data(self, data: dict) -> HybridPolicy:
-        out = HybridPolicy(self.decision.with_data(data), self.forecaster)
+    def with_data(self, data: dict) -> HybridMethod:
+        out = HybridMethod(self.decision.with_data(data), self.forecaster)
         out.validate()
         return out
 
