@@ -130,20 +130,20 @@ class CacheRuntime(torch.nn.Module):
     ):
         super().__init__()
         self.program = program
-        self.policy = parse_policy(policy or program.meta["policy"])
-        compiled = parse_policy(program.meta["policy"])
+        self.policy = parse_policy(policy or program.planned.policy)
+        compiled = parse_policy(program.planned.policy)
         # the variants depend on the policy's kind only: thresholds and intervals may change at
         # run time, and `none` runs the full variant of any program (the same-backend baseline)
-        blocks = len(program.meta["blocks"])
+        blocks = len(program.planned.blocks)
         if self.policy.name != "none" and self.policy.plan_key(blocks) != compiled.plan_key(blocks):
             raise PolicyError(
                 f"this program was compiled for policy {compiled.spec!r}; {self.policy.spec!r} needs other "
                 "variants: compile for it, change only run-time parameters (intervals, thresholds, "
                 "warmup/final), or use 'none'"
             )
-        if self.policy.needs_data and self.policy.data is None and program.meta.get("policy_data") \
+        if self.policy.needs_data and self.policy.data is None and program.planned.policy_data \
                 and self.policy.data_source() == compiled.data_source():
-            self.policy.data = program.meta["policy_data"]  # resolved at compile time (the artifact needs no file)
+            self.policy.data = program.planned.policy_data  # resolved at compile time (the artifact needs no file)
         self.backend = get_backend(backend)
         self.backend.check_policy(self.policy)
         self.backend.check_weights(program_quantization(program))  # torchao weights: refused before lowering
@@ -151,15 +151,15 @@ class CacheRuntime(torch.nn.Module):
         self._device: torch.device | None = None  # where lowered files run (backends without weights to move)
         if device is not None:
             self._move_segments(resolve_device(device))
-        problem = self.policy.per_sample_problem(program.meta, program.values)
+        problem = self.policy.per_sample_problem(program.planned.signal, program.values)
         if problem:
             raise PolicyError(f"the program {problem}")
         self.variants = self.backend.lower(program, **self.backend_options)  # variant name -> run(env, caches)
         self.items = ItemRunner(program)  # per-sample decisions: variants run on some items of a batch
         self.num_steps = num_steps
         self.signature = signature or list(program.inputs)
-        self.full_step_flops = full_step_flops or program.meta.get("none_flops") or program.variant_flops("full")
-        self.config = _frozen_config(config if config is not None else program.meta.get("config", {}))
+        self.full_step_flops = full_step_flops or program.planned.none_flops or program.variant_flops("full")
+        self.config = _frozen_config(config if config is not None else program.model.config)
         self.branches: dict[str, BranchState] = {}
         self._context: str | None = None  # set by cache_context()
         self._context_step: int | None = None
@@ -227,7 +227,7 @@ class CacheRuntime(torch.nn.Module):
         self.program = program
         self.variants = self.backend.lower(program, **self.backend_options)
         self.items = ItemRunner(program)
-        self.full_step_flops = program.meta.get("none_flops") or program.variant_flops("full")
+        self.full_step_flops = program.planned.none_flops or program.variant_flops("full")
         self._step_tensors.clear()
         for branch in self.branches.values():
             branch.caches.clear()
@@ -238,7 +238,7 @@ class CacheRuntime(torch.nn.Module):
     def _move_segments(self, device: torch.device) -> None:
         if not self.backend.movable:
             # its lowered files have no weights to move, only a device they cannot run on to refuse
-            problem = self.backend.move_problem(self.program, device)
+            problem = self.backend.move_problem(self.program, device, **self.backend_options)
             if problem:
                 raise ShapeError(problem)
             self._device = device
@@ -479,7 +479,7 @@ class CacheRuntime(torch.nn.Module):
         stats.flops += flops * batch
         stats.full_flops = self.full_step_flops * batch
         branch.step += 1
-        out = restore(env[self.program.output], self.program.meta.get("output_form"))
+        out = restore(env[self.program.output], self.program.model.output_form)
         if return_dict:
             from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
@@ -495,9 +495,9 @@ class CacheRuntime(torch.nn.Module):
         then ``M`` when the items took different letters, and each item's letter is recorded in the
         trajectory's ``item_schedules``."""
         device = env[self.program.inputs[0]].device
-        ctx = StepContext(self.program.meta, branch.caches, batch, device, timestep=lambda: self._step_timestep(branch, step, env))
+        ctx = StepContext(self.program.planned, self.program.model, branch.caches, batch, device, timestep=lambda: self._step_timestep(branch, step, env))
         actions = branch.controller.actions(step, ctx)
-        signal_name = self.program.meta.get("signal")
+        signal_name = self.program.planned.signal
         flops, signal = 0.0, None
         letters = [""] * batch
         action = next(actions)
@@ -538,7 +538,7 @@ class CacheRuntime(torch.nn.Module):
         the update coefficients on its full variant, and zeros serve (no forecast reads that
         state). Other inputs (token positions) are tensors already.
         """
-        for name in self.program.meta.get("step_inputs") or ():
+        for name in self.program.planned.step_inputs:
             spec = self.program.values.get(name)
             if spec is None:
                 continue

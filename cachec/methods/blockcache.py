@@ -36,7 +36,8 @@ from torch import fx
 from ..errors import ModelError, PolicyError
 from ..flops import graph_flops
 from ..graph_keys import OUTPUTS_KEY
-from ..program import Load, Run, Store, cache_name, split_segment
+from ..planner.split import split_segment
+from ..program import Load, Run, Store, cache_name
 from . import register
 from .base import Action, Controller, Method, Params, choice, param
 
@@ -83,7 +84,7 @@ class BlockCacheController(Controller):
         return since >= self.policy.params.N or not (since * self.rate[i] < self.threshold(i))
 
     def actions(self, step, ctx):
-        blocks = len(ctx.meta["blocks"])
+        blocks = len(ctx.planned.blocks)
         if self.last is None or len(self.last) != blocks:
             self._start(blocks)
         full = [self.block_full(step, i) for i in range(blocks)]

@@ -47,7 +47,9 @@ from ..forecast import PREDICT, UPDATE, ForecastMethod
 from ..program import (
     CACHE_PREFIX,
     Load,
+    ModelFacts,
     Op,
+    PlanFacts,
     Program,
     Run,
     Segment,
@@ -56,8 +58,6 @@ from ..program import (
     batch_symbol,
     cache_name,
     check_weight_ownership,
-    split,
-    split_segment,
     value_spec,
 )
 from ..regions import ModuleIndex, find_blocks, module_regions
@@ -67,6 +67,7 @@ from .reuse_check import check_plan_reuses
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
 from .skip_branch import deep_feature, skip_branch
 from .specialize import specialize_segments
+from .split import split, split_segment
 
 _STRUCTURAL = {
     torch.ops.aten.add.Tensor, torch.ops.aten.cat.default, torch.ops.aten.slice.Tensor, torch.ops.aten.view.default,
@@ -126,7 +127,7 @@ class Planner:
         self.signal: str | None = None  # the probe value a dynamic method's controller reads
         self.feedback: list[str] = []  # scalars a tail hands back to the controller (EasyCache)
         self.step_inputs: list[str] = []  # host-computed inputs of a step (forecast coefficients)
-        self.method_meta: dict = {}  # what a method's controller reads from the program (token regions)
+        self.method_meta: dict = {}  # PlanFacts a method sets itself (token regions, a chain of followers)
         self.delta_forecast: ForecastMethod | None = None  # a hybrid: range deltas are forecast, not copied
 
     # -- structure ------------------------------------------------------------------------------
@@ -556,22 +557,24 @@ class Planner:
             inputs=list(self.captured.input_names),
             output=self.captured.output_name,
             values=values,
-            meta={
-                "model_class": self.captured.model_class,
-                "config": dict(self.captured.config),
-                "policy": policy.spec,
-                "blocks": self.blocks,
-                "regions": [r.to_json() for r in self.regions],
-                "signal": self.signal,
-                "feedback": list(self.feedback),
-                "step_inputs": list(self.step_inputs),
-                "policy_data": policy.data,
-                "base_path": [s for s in self.order],
-                "batch_dims": self.captured.batch_dims,
-                "max_batch": self.captured.max_batch,
-                "output_form": self.captured.output_form,
+            model=ModelFacts(
+                model_class=self.captured.model_class,
+                config=dict(self.captured.config),
+                batch_dims=self.captured.batch_dims,
+                max_batch=self.captured.max_batch,
+                output_form=self.captured.output_form,
+            ),
+            planned=PlanFacts(
+                policy=policy.spec,
+                policy_data=policy.data,
+                blocks=self.blocks,
+                regions=[r.to_json() for r in self.regions],
+                base_path=list(self.order),
+                signal=self.signal,
+                feedback=list(self.feedback),
+                step_inputs=list(self.step_inputs),
                 **self.method_meta,
-            },
+            ),
         )
         coalesce(program)
         specialize_segments(program)
@@ -600,5 +603,5 @@ def compile_program(captured: Captured, policy) -> Program:
     """
     planner = Planner(captured)
     program = planner.plan(policy)
-    program.meta["none_flops"] = planner.base_flops()
+    program.planned.none_flops = planner.base_flops()
     return program

@@ -2,6 +2,7 @@
 
 These build *new* small graphs (they rewrite nothing, so they are not passes) from value names
 and the example values in ``meta``; the planner adds them as segments between the model's own.
+Each is made by :func:`~passes.infra.build_module`, which lints it once.
 
 Δ-Cache: for a range of blocks with inputs ``x`` and outputs ``y``, the full variant stores
 ``delta = y − x`` and the cached variant computes ``y = x + delta`` with the *current* ``x``.
@@ -25,7 +26,7 @@ import torch
 from torch import fx
 
 from cachec.flops import size_hint
-from cachec.graph_keys import OUTPUTS_KEY
+from cachec.passes.infra import build_module
 from cachec.program import per_item
 
 aten = torch.ops.aten
@@ -55,10 +56,10 @@ def _binary(graph: fx.Graph, op, a: fx.Node, b: fx.Node) -> fx.Node:
 
 
 def _module(graph: fx.Graph, outputs: list[tuple[str, fx.Node]], name: str) -> fx.GraphModule:
+    """The weightless segment returning ``outputs`` (name, node), built and linted by
+    :func:`~passes.infra.build_module`."""
     graph.output(tuple(n for _, n in outputs))
-    gm = fx.GraphModule({}, graph, class_name=name).eval()
-    gm.meta[OUTPUTS_KEY] = [k for k, _ in outputs]
-    return gm
+    return build_module({}, graph, name, [k for k, _ in outputs])
 
 
 def delta_write(pairs: list[StreamPair], meta: dict[str, object]) -> fx.GraphModule:
@@ -250,10 +251,7 @@ def rel_l1_probe(
         outs.append((per_item(signal), _scalar(g, aten.div.Tensor, (num_i, den_i), num_i.meta["val"])))
     if emit_current_as is not None:
         outs.append((emit_current_as, x if x is not cur else _scalar(g, aten.clone.default, (cur,), meta.get(current))))
-    g.output(tuple(n for _, n in outs))
-    gm = fx.GraphModule({}, g, class_name="RelL1Probe").eval()
-    gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
-    return gm
+    return _module(g, outs, "RelL1Probe")
 
 
 def _mean_abs(g: fx.Graph, x: fx.Node, example) -> fx.Node:
@@ -273,10 +271,7 @@ def latent_step_probe(latent: str, previous: str, signal: str, emit_as: str, met
     outs = [(signal, d), (emit_as, copy)]
     if batch_dim is not None:
         outs.append((per_item(signal), _item_means(g, d.args[0], ex, batch_dim)))
-    g.output(tuple(n for _, n in outs))
-    gm = fx.GraphModule({}, g, class_name="LatentStepProbe").eval()
-    gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
-    return gm
+    return _module(g, outs, "LatentStepProbe")
 
 
 def easycache_write(latent: str, output: str, latent_full: str, output_full: str, delta: str, rate: str,
@@ -304,7 +299,4 @@ def easycache_write(latent: str, output: str, latent_full: str, output_full: str
         num_i, den_i = (_item_means(g, m.args[0], ex, batch_dim) for m in (num, den))
         outs += [(per_item(rate), _scalar(g, aten.div.Tensor, (num_i, den_i), num_i.meta["val"])),
                  (per_item(output_norm), _item_means(g, norm.args[0], ex, batch_dim))]
-    g.output(tuple(n for _, n in outs))
-    gm = fx.GraphModule({}, g, class_name="EasyCacheWrite").eval()
-    gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
-    return gm
+    return _module(g, outs, "EasyCacheWrite")

@@ -10,7 +10,7 @@ layers from that concatenation on.
 
 Nothing here is a model table: the concatenations are found from the module hierarchy (nodes of
 an ``up_blocks.*`` block) and the cached path by liveness over the segments. Segments that mix
-shallow and deep work are split (:func:`~cachec.program.split_segment`), so the cached variant
+shallow and deep work are split (:func:`~cachec.planner.split.split_segment`), so the cached variant
 runs no FLOP its output does not need and every weight keeps one owner.
 """
 
@@ -22,8 +22,9 @@ from cachec.graph_keys import SEGMENT_KEY
 
 from ..errors import ModelError
 from ..flops import graph_flops
-from ..program import Load, Run, Store, cache_name, split_segment
+from ..program import Load, Run, Store, cache_name
 from ..regions import module_path
+from .split import split_segment
 
 
 def skip_concats(planner) -> list[str]:
