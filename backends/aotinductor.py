@@ -54,7 +54,7 @@ def _export(program: Program, fused) -> torch.export.ExportedProgram:
     specs = [program.values[n] for n in names]
     device = next((t.device for t in fused.module.state_dict().values()), torch.device("cpu"))
     args = tuple(example_value(s.shape, s.dtype, EXAMPLE_BATCH).to(device) for s in specs)
-    batch = Dim("batch", min=1, max=program.meta.get("max_batch", 1024))
+    batch = Dim("batch", min=1, max=program.model.max_batch or 1024)
     dynamic = tuple({i: batch for i, d in enumerate(s.shape) if d == "B"} or None for s in specs)
     try:
         with quiet_exporter():
@@ -143,19 +143,22 @@ def _compact(package: Path) -> None:
     tmp.replace(package)
 
 
-def lower(program: Program, package_dir: Path | None = None) -> dict:
-    packages = program.meta.get("aoti_packages")
-    if package_dir is None or packages is None:
+def lower(program: Program, package_dir: Path | None = None, aoti_packages: dict | None = None,
+          aoti_weights: dict | None = None, aoti_device: str = "cpu") -> dict:
+    """The runners of an artifact's packages (``package_dir`` and what its manifest's ``lowered``
+    records: :meth:`AOTInductorBackend.artifact_options`)."""
+    packages = aoti_packages
+    if package_dir is None or packages is None or aoti_weights is None:
         raise BackendError("the aotinductor backend runs a compiled artifact: "
                            "cachec compile --backend aotinductor --out DIR")
     from safetensors.torch import load_file
     from torch._inductor import aoti_load_package
 
-    device = program.meta["aoti_device"]
+    device = aoti_device
     if device == "cuda" and not torch.cuda.is_available():
         raise BackendError(f"{package_dir} was compiled for CUDA by AOTInductor and no GPU is available here; "
                            "compile it again with --device cpu to run on the CPU")
-    spec = program.meta["aoti_weights"]
+    spec = aoti_weights
     weights = load_file(str(Path(package_dir) / spec["file"]), device=device)
     weights.update({fqn: weights[target] for fqn, target in spec["aliases"].items()})
     runners = {}
@@ -206,9 +209,9 @@ class AOTInductorBackend(Backend):
     def lower(self, program, **options) -> dict:
         return lower(program, **options)
 
-    def move_problem(self, program, device) -> str | None:
+    def move_problem(self, program, device, aoti_device: str = "cpu", **options) -> str | None:
         """A package is machine code for the device type it was compiled for."""
-        compiled_for = program.meta.get("aoti_device", "cpu")
+        compiled_for = aoti_device
         if device.type != compiled_for:
             return (f"this AOTInductor artifact was compiled for {compiled_for} and cannot run on {device}: "
                     f"compile it again with --device {device.type}")
@@ -217,8 +220,8 @@ class AOTInductorBackend(Backend):
     def save(self, out_dir: Path, program, captured) -> dict:
         return save_packages(program, out_dir, progress=True)
 
-    def artifact_options(self, path: Path) -> dict:
-        return {"package_dir": Path(path)}
+    def artifact_options(self, path: Path, lowered: dict) -> dict:
+        return {"package_dir": Path(path), **{k: lowered[k] for k in ("aoti_packages", "aoti_weights", "aoti_device")}}
 
     def validate_lowered(self, manifest: dict, fail) -> None:
         lowered = manifest["lowered"]

@@ -66,9 +66,10 @@ class Backend:
     def supports(self, capability: str) -> bool:
         return bool(getattr(self, capability))
 
-    def move_problem(self, program, device) -> str | None:
+    def move_problem(self, program, device, **options) -> str | None:
         """Why this backend's lowered variants cannot run on ``device`` (None: they can). Backends
-        whose variants are torch modules move their weights instead (``movable``)."""
+        whose variants are torch modules move their weights instead (``movable``). ``options`` are
+        those :meth:`lower` was given (an artifact's: :meth:`artifact_options`)."""
         if device.type not in self.devices:
             return (f"the {self.name} backend runs on {' or '.join(self.devices)}, not {device}; "
                     "use the eager or inductor backend there")
@@ -105,8 +106,10 @@ class Backend:
         raise ArtifactError(f"the {self.name} backend does not write artifacts; compile for one of "
                             f"{', '.join(artifact_backends())} (and run it on {self.name} with --backend)")
 
-    def artifact_options(self, path: Path) -> dict:
-        """Options of :meth:`lower` that point it at an artifact's files."""
+    def artifact_options(self, path: Path, lowered: dict) -> dict:
+        """Options of :meth:`lower` that point it at an artifact's files: its directory ``path``
+        and what the manifest's ``lowered`` records (what :meth:`save` returned: the file of each
+        segment or variant). The program does not carry them: they are the backend's business."""
         return {}
 
     def validate_lowered(self, manifest: dict, fail) -> None:

@@ -90,7 +90,7 @@ def export_program(program: Program, out_dir: Path, progress: bool = False) -> d
         it = steps(names, "onnx export")  # a bar on a terminal, one line per item in a log
     for name in it:
         path = Path(out_dir) / f"{name}.onnx"
-        export_segment(program, name, path, program.meta.get("max_batch", 1024))
+        export_segment(program, name, path, program.model.max_batch or 1024)
         files[name] = path.name
     return files
 

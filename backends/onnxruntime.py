@@ -41,9 +41,12 @@ def check() -> None:
         raise BackendError("ONNX export needs onnxscript: pip install 'cachec[onnx]'") from exc
 
 
-def sessions_for(program: Program, onnx_dir: Path | None = None, providers: list[str] | None = None) -> dict:
+def sessions_for(program: Program, onnx_dir: Path | None = None, providers: list[str] | None = None,
+                 onnx_files: dict[str, str] | None = None) -> dict:
+    """An inference session per segment: of an artifact's files (``onnx_dir`` and its ``onnx_files``,
+    segment -> file), else of the program's segments exported into a scratch directory."""
     ort = _ort()
-    files = program.meta.get("onnx_files")
+    files = onnx_files
     scratch = None
     if onnx_dir is None or files is None:
         # no artifact: export into a scratch directory, removed once the sessions hold the models
@@ -121,8 +124,9 @@ def _np_dtype(dtype: torch.dtype):
     return torch.empty((), dtype=dtype).numpy().dtype
 
 
-def lower(program: Program, onnx_dir: Path | None = None, providers: list[str] | None = None) -> dict:
-    sessions = sessions_for(program, onnx_dir, providers)
+def lower(program: Program, onnx_dir: Path | None = None, providers: list[str] | None = None,
+          onnx_files: dict[str, str] | None = None) -> dict:
+    sessions = sessions_for(program, onnx_dir, providers, onnx_files)
     return {path: _runner(program, ops, sessions) for path, ops in program.variants.items()}
 
 
@@ -174,7 +178,7 @@ class OnnxRuntimeBackend(Backend):
     def lower(self, program, **options) -> dict:
         return lower(program, **options)
 
-    def move_problem(self, program, device) -> str | None:
+    def move_problem(self, program, device, **options) -> str | None:
         """Sessions hold the CUDA execution provider whenever onnxruntime-gpu and a GPU are there, and
         bind each step's tensors where they are: a move only needs that provider for the GPU."""
         if device.type == "cuda" and "CUDAExecutionProvider" not in _ort().get_available_providers():
@@ -186,5 +190,5 @@ class OnnxRuntimeBackend(Backend):
         files = onnx_export.export_program(program, out_dir / "onnx", progress=True)  # looked up late: tests interrupt it
         return {self.lowered_key: {k: f"onnx/{v}" for k, v in files.items()}}
 
-    def artifact_options(self, path: Path) -> dict:
-        return {"onnx_dir": Path(path)}
+    def artifact_options(self, path: Path, lowered: dict) -> dict:
+        return {"onnx_dir": Path(path), "onnx_files": lowered[self.lowered_key]}

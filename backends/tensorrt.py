@@ -151,7 +151,7 @@ def build_program_engines(program: Program, onnx_dir: Path, out_dir: Path, progr
         names = steps(names, "tensorrt build")  # a bar on a terminal, one line per item in a log
     engines = {}
     for name in names:
-        plan, io = build_engine(Path(onnx_dir) / f"{name}.onnx", program.meta.get("max_batch", 1024))
+        plan, io = build_engine(Path(onnx_dir) / f"{name}.onnx", program.model.max_batch or 1024)
         want = expected_io(program, name)
         if io != want:
             raise BackendError(f"engine {name}: I/O {io} differs from the program's {want}")
@@ -196,16 +196,16 @@ def read_plan(path: Path) -> bytes:
     return zlib.decompress(data) if Path(path).name.endswith(".z") else data
 
 
-def lower(program: Program, engine_dir: Path | None = None) -> dict:
+def lower(program: Program, engine_dir: Path | None = None, engine_files: dict[str, str] | None = None) -> dict:
     if not torch.cuda.is_available():
         raise BackendError("TensorRT engines run on a CUDA GPU; none is available here (the build works on CPU)")
-    if engine_dir is None or "engine_files" not in program.meta:
+    if engine_dir is None or engine_files is None:
         raise BackendError("the tensorrt backend runs a compiled artifact: cachec compile --backend tensorrt --out DIR")
     t = trt()
     logger = t.Logger(t.Logger.ERROR)
     runtime = t.Runtime(logger)
     engines, contexts = {}, {}
-    for name, f in program.meta["engine_files"].items():
+    for name, f in engine_files.items():
         engine = runtime.deserialize_cuda_engine(read_plan(Path(engine_dir) / f))
         if engine is None:
             major, minor = torch.cuda.get_device_capability()
@@ -226,8 +226,8 @@ def _runner(program: Program, ops: list[Op], contexts: dict, scratch: torch.Tens
         flops = 0.0
         stream = torch.cuda.current_stream().cuda_stream
         batch = program.batch_of(env)
-        if batch > program.meta.get("max_batch", batch):
-            raise BackendError(f"batch {batch} is above the {program.meta['max_batch']} these engines were built for; "
+        if program.model.max_batch is not None and batch > program.model.max_batch:
+            raise BackendError(f"batch {batch} is above the {program.model.max_batch} these engines were built for; "
                                "compile again with a larger --max-batch")
         for i, op in enumerate(ops):
             if not run_cache_op(op, env, caches):
@@ -288,8 +288,8 @@ class TensorRTBackend(Backend):
         finally:
             shutil.rmtree(onnx_dir, ignore_errors=True)
 
-    def artifact_options(self, path: Path) -> dict:
-        return {"engine_dir": Path(path)}
+    def artifact_options(self, path: Path, lowered: dict) -> dict:
+        return {"engine_dir": Path(path), "engine_files": lowered[self.lowered_key]}
 
     def versions(self) -> dict:
         return version()

@@ -163,8 +163,8 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
         if limit < captured.example_batch:
             raise ArtifactError(f"--max-batch {limit} is below the batch the model was exported at "
                                 f"({captured.example_batch}); pass a --max-batch of at least {captured.example_batch}")
-        program.meta["max_batch"] = min(program.meta["max_batch"], limit)
-    lowering.check_policy(parse_policy(program.meta["policy"]))  # e.g. token variants run on some backends only
+        program.model.max_batch = min(program.model.max_batch, limit)
+    lowering.check_policy(parse_policy(program.planned.policy))  # e.g. token variants run on some backends only
     lowering.check_weights(program_quantization(program), saving=True)  # quantized weights: before any file is written
     tmp = output_dir.temp_dir(out)  # named by pid and host: a later compile removes it if this one is killed
     try:
@@ -408,7 +408,7 @@ def runtime_backend(path: str | Path, manifest: dict, backend: str | None = None
             f"{path} was compiled for the {own.name} backend and holds only its lowered files; run it with "
             f"backend={own.name!r}, or compile the model for {backend!r}"
         )
-    return own.name, own.artifact_options(Path(path))
+    return own.name, own.artifact_options(Path(path), manifest["lowered"])
 
 
 def load_program(path: str | Path, policy=None, *, allow_version_mismatch: bool = False,
@@ -432,7 +432,6 @@ def load_program(path: str | Path, policy=None, *, allow_version_mismatch: bool 
     requested = parse_policy(policy) if policy else compiled  # a bad spec is the caller's PolicyError
     if not artifact_backend(manifest["backend"]).holds_graphs:
         program = Program.from_description(described, validated=True)  # read_manifest validated it
-        program.meta.update(manifest["lowered"])
         try:
             compatible(requested, compiled, len(described["meta"]["blocks"]))
         except PolicyError as exc:

@@ -25,12 +25,12 @@ def check_inputs(program: Program, inputs: dict[str, torch.Tensor]) -> None:
     meta = [n for n, t in inputs.items() if t.is_meta]
     if meta:
         raise ShapeError(f"inputs {meta} are meta tensors (shapes without data); the runtime runs on cpu or cuda tensors")
-    batch_dims = program.meta.get("batch_dims") or {}
+    batch_dims = program.model.batch_dims
     batches = {n: int(inputs[n].shape[d]) for n, d in batch_dims.items() if n in inputs and inputs[n].dim() > d}
     if len(set(batches.values())) > 1:
         raise ShapeError(f"inputs disagree on the batch: {batches}; every batched input needs the same batch")
     batch = next(iter(batches.values()), None)
-    limit = program.meta.get("max_batch")
+    limit = program.model.max_batch
     if batch is not None and batch < 1:
         raise ShapeError(f"the batch is {batch}; a call needs at least one item")
     if batch is not None and limit is not None and batch > limit:

@@ -235,7 +235,7 @@ def cmd_inspect(args) -> int:
                          verify_key=args.verify_key)
     bundle = session.bundle
     program = session.program(method)
-    meta = program.meta
+    planned = program.planned
 
     # a forecast policy's memory depends on its stream choice: show what each would hold
     choices = {}
@@ -246,20 +246,20 @@ def cmd_inspect(args) -> int:
     from .variant_costs import variant_costs
 
     costs = variant_costs(program, batch=1)
-    none_flops = program.meta.get("none_flops") or program.variant_flops("full")
+    none_flops = planned.none_flops or program.variant_flops("full")
     trajectory = {"steps": args.steps, "none_tflops_per_sample": none_flops * args.steps / 1e12}
     if args.json:
         print(json.dumps({"model": bundle.name, "inputs": {k: list(v.shape) for k, v in _example_shapes(bundle, args.batch)},
-                          "regions": meta["regions"], "segments": {
+                          "regions": planned.regions, "segments": {
             n: {"role": s.role, "flops_per_sample": s.flops, "inputs": s.inputs, "outputs": s.outputs}
             for n, s in program.segments.items()}, "variants": program.describe()["variants"],
             "variant_costs": costs, "trajectory": trajectory,
             "cache_buffers": len(program.caches()), "cache_bytes_per_item": cache_bytes(program, 1),
             "stream_choices": choices}, indent=1, default=str))
         return 0
-    print(f"{meta['model_class']}: {len(meta['blocks'])} blocks, policy {policy}")
+    print(f"{program.model.model_class}: {len(planned.blocks)} blocks, policy {policy}")
     print("\nregions (kind, name, share of FLOPs):")
-    for r in meta["regions"]:
+    for r in planned.regions:
         print(f"  {r['kind']:<10} {r['name']:<60} {100 * r['share']:5.1f}%")
     print("\nsegments (role, GFLOPs/sample, parameters):")
     for n, s in program.segments.items():

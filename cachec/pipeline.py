@@ -101,7 +101,7 @@ class CachedDenoiser(torch.nn.Module):
             log.warning("cachec: the denoiser is called with new input shapes or non-tensor arguments (a LoRA "
                         "scale, say); compiling for them (caches of different programs are never mixed)")
         rt = self._compile(kwargs)
-        self.runtimes[key if rt.program.meta.get("batch_dims") else static_key] = rt
+        self.runtimes[key if rt.program.model.batch_dims else static_key] = rt
         return rt
 
     def _compile(self, kwargs: dict) -> CacheRuntime:

@@ -1,7 +1,7 @@
 """The compiled program: segments (lowerable graphs) and variants (what a step runs).
 
 Values flow between segments by name in one namespace: a segment's placeholders are the names
-of the values it reads and ``meta["cachec_output_names"]`` the names of the values it writes.
+of the values it reads and ``module.meta["cachec_output_names"]`` the names of the values it writes.
 Cache state is functional: a cache is a value whose name starts with ``cache__``; a segment that
 reads it has a placeholder of that name, a segment that writes it returns it. The runtime keeps
 one buffer per cache name and moves values in and out; no graph holds hidden state, which is
@@ -22,7 +22,7 @@ import torch
 from torch import fx
 
 from .errors import ArtifactError, ModelError
-from .graph_keys import OUTPUTS_KEY, SEGMENT_KEY
+from .graph_keys import OUTPUTS_KEY
 from .output_forms import FORMS as OUTPUT_FORMS
 from .schema import ANY, DIM, DTYPE, NAME, NAT, NUM, POS, STR, Mismatch, list_of, map_of, nullable, one_of, record
 
@@ -159,40 +159,95 @@ def _attrs(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
 
 
 @dataclass
+class ModelFacts:
+    """What the capture recorded about the denoiser, which the runtime needs to call it.
+
+    ``batch_dims``: the inputs that carry the batch, and at which dimension (empty: a static batch);
+    ``max_batch``: the largest batch the program (an artifact: its lowered files) accepts;
+    ``output_form``: how the model returns its output (:mod:`cachec.output_forms`; None: a tensor);
+    ``config``: the model's config (not described: an artifact keeps it in ``model.config``).
+    """
+
+    model_class: str = ""
+    config: dict = field(default_factory=dict)
+    batch_dims: dict[str, int] = field(default_factory=dict)
+    max_batch: int | None = None
+    output_form: str | None = None
+
+
+@dataclass
+class PlanFacts:
+    """What planning decided: the policy, the structure it planned on, and the names the runtime
+    and the policy's controller look up in a step.
+
+    ``blocks``/``regions``: the model's blocks and cacheable regions (``Region.to_json``);
+    ``base_path``: the uncached segment order; ``none_flops``: per-sample FLOPs of the uncached step
+    (the NFE unit); ``signal``: the probe value a dynamic policy reads on the host; ``feedback``:
+    values a full step hands back to the controller; ``step_inputs``: per-step inputs the runtime
+    fills (a forecast's coefficients); ``tokens``: token regions of ToCa/DuCa (None: no token
+    variants); ``followers``: a program's own chain of variants within a step (per-block caching;
+    not described: see :meth:`Program.followers`).
+    """
+
+    policy: str = ""
+    policy_data: dict | None = None
+    blocks: list[str] = field(default_factory=list)
+    regions: list[dict] = field(default_factory=list)
+    base_path: list[str] = field(default_factory=list)
+    none_flops: float | None = None
+    signal: str | None = None
+    feedback: list[str] = field(default_factory=list)
+    step_inputs: list[str] = field(default_factory=list)
+    tokens: dict | None = None
+    followers: dict[str, list[str]] = field(default_factory=dict)
+
+
+# fields a description (a manifest's program.meta) records, and the facts that hold each; a field
+# that is None is left out where its checker takes no null (see _META)
+_MODEL_META = ("model_class", "batch_dims", "max_batch", "output_form")
+_PLAN_META = ("policy", "blocks", "regions", "signal", "base_path", "none_flops", "feedback", "step_inputs",
+              "policy_data", "tokens")
+_NULLABLE_META = ("signal", "policy_data")
+
+
+@dataclass
 class Program:
-    """Segments, variants and the interface of a compiled denoiser."""
+    """Segments, variants and the interface of a compiled denoiser, with what its capture recorded
+    (``model``) and its planning decided (``planned``). What a backend wrote (an artifact's lowered
+    files) is not part of it: :meth:`Backend.artifact_options
+    <cachec.backends.base.Backend.artifact_options>` hands it to the backend's lowering."""
 
     segments: dict[str, Segment]
     variants: dict[str, list[Op]]
     inputs: list[str]
     output: str
     values: dict[str, ValueSpec]
-    meta: dict = field(default_factory=dict)
+    model: ModelFacts = field(default_factory=ModelFacts)
+    planned: PlanFacts = field(default_factory=PlanFacts)
 
     def variant_flops(self, variant: str) -> float:
         return sum(self.segments[op.segment].flops for op in self.variants[variant] if isinstance(op, Run))
 
     def batch_of(self, env: dict) -> int:
         """The batch size of a step, read from an input that has the batch dimension."""
-        batched = [n for n in self.meta.get("batch_dims") or {} if n in env]
+        batched = [n for n in self.model.batch_dims if n in env]
         first = env[batched[0]] if batched else env[self.inputs[0]]
         return int(first.shape[0]) if first.dim() else 1
 
     def host_reads(self) -> set[str]:
         """Values the runtime reads on the host after a variant: the probe signal and tail feedback,
         and their per-item versions where the program has them (per-sample decisions)."""
-        names = set(self.meta.get("feedback") or ())
-        if self.meta.get("signal"):
-            names.add(self.meta["signal"])
+        names = set(self.planned.feedback)
+        if self.planned.signal:
+            names.add(self.planned.signal)
         return names | {per_item(n) for n in names if per_item(n) in self.values}
 
     def followers(self, path: str) -> tuple[str, ...]:
         """The variants a step may run after ``path`` within the same call: a dynamic policy's probe
         head hands its values to one of its tails; every other variant is the whole step, unless
-        the program declares its own chain (``meta["followers"]``: per-block caching runs a variant
+        the program declares its own chain (``planned.followers``: per-block caching runs a variant
         per block)."""
-        declared = self.meta.get("followers") or {}
-        return tuple(declared.get(path, FOLLOWERS.get(path, ())))
+        return tuple(self.planned.followers.get(path, FOLLOWERS.get(path, ())))
 
     def needed_after(self, path: str) -> set[str]:
         """Values a variant must hand on: the model output, the values the runtime reads on the host,
@@ -224,8 +279,14 @@ class Program:
             },
             "variants": {n: [op.to_json() for op in ops] for n, ops in self.variants.items()},
             "values": {n: {"shape": v.shape, "dtype": v.dtype} for n, v in self.values.items()},
-            "meta": {k: v for k, v in self.meta.items() if k in _DESCRIBED_META},
+            "meta": self.described_meta(),
         }
+
+    def described_meta(self) -> dict:
+        """The description's ``meta``: the facts a graph-less runtime needs, under their manifest names."""
+        meta = {k: getattr(self.model, k) for k in _MODEL_META}
+        meta.update({k: getattr(self.planned, k) for k in _PLAN_META})
+        return {k: v for k, v in meta.items() if v is not None or k in _NULLABLE_META}
 
     @classmethod
     def from_description(cls, d: dict, *, validated: bool = False) -> Program:
@@ -242,20 +303,16 @@ class Program:
             n: Segment(n, None, s["flops_per_sample"], s["role"], (s["inputs"], s["outputs"]))
             for n, s in d["segments"].items()
         }
+        meta = d["meta"]
         return cls(
             segments=segments,
             variants={n: [op_from_json(op) for op in ops] for n, ops in d["variants"].items()},
             inputs=list(d["inputs"]),
             output=d["output"],
             values={n: ValueSpec(v["shape"], v["dtype"]) for n, v in d["values"].items()},
-            meta=dict(d["meta"]),
+            model=ModelFacts(**{k: meta[k] for k in _MODEL_META if meta.get(k) is not None}),
+            planned=PlanFacts(**{k: meta[k] for k in _PLAN_META if meta.get(k) is not None}),
         )
-
-
-_DESCRIBED_META = (
-    "model_class", "policy", "blocks", "regions", "signal", "base_path", "batch_dims", "none_flops", "max_batch",
-    "feedback", "step_inputs", "policy_data", "tokens", "output_form",
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,185 +408,6 @@ def batch_symbol(gm: fx.GraphModule, latent: str) -> str | None:
             d0 = n.meta["val"].shape[0]
             return None if isinstance(d0, int) else str(d0)
     return None
-
-
-def _is_symint(node: fx.Node) -> bool:
-    return isinstance(node.meta.get("val"), torch.SymInt)
-
-
-def split(gm: fx.GraphModule, order: list[str], output_name: str) -> dict[str, Segment]:
-    """Cut a tagged graph (see :class:`~passes.assign_segments.AssignSegments`) into segments.
-
-    Parameters become attributes of the one segment that uses them (they are shared tensors,
-    not copies). A batch size (SymInt) needed across a boundary is re-read from a tensor input
-    of the consuming segment instead of being passed, so segment interfaces are tensors only.
-    """
-    members: dict[str, list[fx.Node]] = {s: [] for s in order}
-    for n in gm.graph.nodes:
-        if n.op == "call_function":
-            seg = n.meta[SEGMENT_KEY]
-            if seg not in members:
-                raise ModelError(f"node {n.name} is tagged with unknown segment {seg!r}")
-            members[seg].append(n)
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    final = out_node.args[0][0]
-    owner: dict[str, str] = {}
-    segments: dict[str, Segment] = {}
-    for seg in order:
-        nodes = members[seg]
-        if not nodes:
-            continue
-        inside = set(nodes)
-        for a in {a for n in nodes for a in n.all_input_nodes if a.op == "get_attr"}:
-            prev = owner.setdefault(str(a.target), seg)
-            if prev != seg:
-                raise ModelError(f"parameter {a.target} is used by segments {prev} and {seg}")
-        outputs = [n for n in nodes if n is final or any(u not in inside and u.op != "output" for u in n.users)]
-        outputs = [(output_name if n is final else n.name, n) for n in outputs if not _is_symint(n)]
-        segments[seg] = Segment(seg, _subgraph(gm, nodes, outputs, seg))
-    return segments
-
-
-
-def split_segment(seg: Segment, needed: set[str], rest_name: str) -> tuple[Segment, Segment | None]:
-    """Cut ``seg`` in two: what computes the values in ``needed``, and everything else.
-
-    ``needed`` names outputs of the segment or inner values (node names): DeepCache cuts a segment
-    at the deep feature it caches, which the rest of the segment then reads as an input.
-
-    The first part keeps the segment's name and computes ``needed`` (plus whatever the second part
-    reads from it); the second, ``rest_name``, computes the segment's other outputs. A weight read
-    by both parts stays in the first (with the nodes that read it), so weights keep one owner. A
-    batch size the second part reads is re-read from one of its own tensor inputs. Returns
-    ``(seg, None)`` when nothing would move.
-    """
-    gm = seg.module
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    produced = dict(zip(out_node.args[0], seg.outputs, strict=True))  # node -> value name
-    compute = [n for n in gm.graph.nodes if n.op == "call_function"]
-    first: set[fx.Node] = set()
-
-    def pull(node: fx.Node) -> None:
-        stack = [node]
-        while stack:
-            n = stack.pop()
-            if n.op != "call_function" or n in first:
-                continue
-            first.add(n)
-            stack.extend(n.all_input_nodes)
-
-    for node in compute:
-        if produced.get(node) in needed or node.name in needed:  # an output, or an inner value (a cut point)
-            pull(node)
-    changed = True
-    while changed:
-        changed = False
-        for n in gm.graph.nodes:
-            if n.op == "get_attr":  # a weight read in the first part takes all its readers along
-                users = [u for u in n.users if u.op == "call_function"]
-                anchored = any(u in first for u in users)
-            elif n in first and isinstance(n.meta.get("val"), (list, tuple)):
-                users = list(n.users)  # a multi-output op (chunk) keeps its getitems: a tuple is no segment value
-                anchored = True
-            else:
-                continue
-            if anchored and not all(u in first for u in users):
-                for u in users:
-                    pull(u)
-                changed = True
-    rest = [n for n in compute if n not in first and not _is_symint(n)]
-    if not rest:
-        return seg, None
-    handoff = [n for n in compute if n in first and not _is_symint(n) and any(u in rest for u in n.users)]
-    head_outputs = [(produced[n], n) for n in compute if n in first and n in produced] + \
-        [(n.name, n) for n in handoff if n not in produced]
-    tail_outputs = [(produced[n], n) for n in compute if n in rest and n in produced]
-    head = Segment(seg.name, _subgraph(gm, [n for n in compute if n in first], head_outputs, seg.name), role=seg.role)
-    tail = Segment(rest_name, _subgraph(gm, rest, tail_outputs, rest_name), role=seg.role)
-    return head, tail
-
-
-def _subgraph(gm: fx.GraphModule, nodes: list[fx.Node], outputs: list[tuple[str, fx.Node]], name: str) -> fx.GraphModule:
-    """A segment module computing ``nodes`` of ``gm``; values from outside arrive as placeholders
-    named by value (a graph input keeps its name, a handed-over node its node name)."""
-    inside = set(nodes)
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    attrs: dict[str, torch.Tensor] = {}
-    tensors: list[fx.Node] = []
-    symints: list[fx.Node] = []
-    for n in nodes:
-        for a in n.all_input_nodes:
-            if a in inside or a in env:
-                continue
-            if a.op == "get_attr":
-                attrs[str(a.target)] = operator.attrgetter(str(a.target))(gm)
-                env[a] = graph.get_attr(str(a.target))
-                env[a].meta = dict(a.meta)
-            elif _is_symint(a):
-                symints.append(a)
-                env[a] = None
-            else:
-                ph = graph.placeholder(a.name)
-                ph.meta = dict(a.meta)
-                env[a] = ph
-                tensors.append(ph)
-    for a in symints:
-        env[a] = _rematerialise(graph, a, tensors)
-    for n in nodes:
-        env[n] = graph.node_copy(n, env.__getitem__)
-    graph.output(tuple(env[n] for _, n in outputs))
-    module = fx.GraphModule(attrs, graph, class_name=f"Segment_{name}").eval()
-    module.meta[OUTPUTS_KEY] = [value for value, _ in outputs]
-    return module
-
-
-def _rematerialise(graph: fx.Graph, sym: fx.Node, tensors: list[fx.Node]) -> fx.Node:
-    """Re-read a SymInt (the batch size) from a tensor placeholder that has it as a dimension."""
-    want = str(sym.meta["val"])
-    scaled = []  # (tensor, dim, p, q): a dimension the size is p/q of (frames folded into the batch)
-    for t in tensors:
-        val = t.meta.get("val")
-        if not isinstance(val, torch.Tensor):
-            continue
-        for dim, d in enumerate(val.shape):
-            if str(d) == want:
-                with graph.inserting_after(t):
-                    node = graph.call_function(torch.ops.aten.sym_size.int, (t, dim))
-                node.meta["val"] = sym.meta["val"]
-                return node
-            ratio = _ratio(sym.meta["val"], d)
-            if ratio is not None:
-                scaled.append((t, dim, *ratio))
-    if scaled:
-        t, dim, p, q = scaled[0]
-        with graph.inserting_after(t):
-            size = graph.call_function(torch.ops.aten.sym_size.int, (t, dim))
-        size.meta["val"] = t.meta["val"].shape[dim]
-        if p != 1:
-            with graph.inserting_after(size):
-                size = graph.call_function(operator.mul, (size, p))
-            size.meta["val"] = t.meta["val"].shape[dim] * p
-        with graph.inserting_after(size):
-            node = graph.call_function(operator.floordiv, (size, q))
-        node.meta["val"] = sym.meta["val"]
-        return node
-    expr = getattr(getattr(sym.meta["val"], "node", None), "expr", None)
-    if expr is not None and any(str(s).startswith("u") for s in expr.free_symbols):
-        raise ModelError(f"a data-dependent size ({want}: computed from an input's values, e.g. from an attention "
-                         "mask) crosses a boundary between cacheable regions, which cachec cannot split there")
-    raise ModelError(f"segment boundary carries the size {want}, which no tensor input of the segment has")
-
-
-def _ratio(size, dim) -> tuple[int, int] | None:
-    """``(p, q)`` when the symbolic ``size`` is ``p/q`` times the symbolic dimension ``dim``."""
-    try:
-        r = size.node.expr / dim.node.expr
-    except AttributeError:
-        return None
-    if not r.is_Rational or r <= 0:
-        return None
-    return int(r.p), int(r.q)
 
 
 def _weight_key(t: torch.Tensor) -> int:

@@ -131,11 +131,11 @@ class CacheRuntime(torch.nn.Module):
     ):
         super().__init__()
         self.program = program
-        compiled = parse_policy(program.meta["policy"])  # the manifest's or planner's spec: an edge too
+        compiled = parse_policy(program.planned.policy)  # the manifest's or planner's spec: an edge too
         requested = parse_policy(policy) if policy else compiled
         # the rule of cachec.compatibility; data read once here, not per trajectory
-        self.policy = compatible(requested, compiled, len(program.meta["blocks"]),
-                                 program.meta.get("policy_data")).resolved()
+        self.policy = compatible(requested, compiled, len(program.planned.blocks),
+                                 program.planned.policy_data).resolved()
         self.backend = get_backend(backend)
         self.backend.check_policy(self.policy)
         self.backend.check_weights(program_quantization(program))  # torchao weights: refused before lowering
@@ -143,15 +143,15 @@ class CacheRuntime(torch.nn.Module):
         self._device: torch.device | None = None  # where lowered files run (backends without weights to move)
         if device is not None:
             self._move_segments(resolve_device(device))
-        problem = self.policy.per_sample_problem(program.meta, program.values)
+        problem = self.policy.per_sample_problem(program.planned.signal, program.values)
         if problem:
             raise PolicyError(f"the program {problem}")
         self.variants = self.backend.lower(program, **self.backend_options)  # variant name -> run(env, caches)
         self.items = ItemRunner(program)  # per-sample decisions: variants run on some items of a batch
         self.num_steps = num_steps
         self.signature = signature or list(program.inputs)
-        self.full_step_flops = full_step_flops or program.meta.get("none_flops") or program.variant_flops("full")
-        self.config = _frozen_config(config if config is not None else program.meta.get("config", {}))
+        self.full_step_flops = full_step_flops or program.planned.none_flops or program.variant_flops("full")
+        self.config = _frozen_config(config if config is not None else program.model.config)
         self.branches: dict[str, BranchState] = {}
         self._context: str | None = None  # set by cache_context()
         self._context_step: int | None = None
@@ -219,7 +219,7 @@ class CacheRuntime(torch.nn.Module):
         self.program = program
         self.variants = self.backend.lower(program, **self.backend_options)
         self.items = ItemRunner(program)
-        self.full_step_flops = program.meta.get("none_flops") or program.variant_flops("full")
+        self.full_step_flops = program.planned.none_flops or program.variant_flops("full")
         self._step_tensors.clear()
         for branch in self.branches.values():
             branch.caches.clear()
@@ -230,7 +230,7 @@ class CacheRuntime(torch.nn.Module):
     def _move_segments(self, device: torch.device) -> None:
         if not self.backend.movable:
             # its lowered files have no weights to move, only a device they cannot run on to refuse
-            problem = self.backend.move_problem(self.program, device)
+            problem = self.backend.move_problem(self.program, device, **self.backend_options)
             if problem:
                 raise ShapeError(problem)
             self._device = device
@@ -471,7 +471,7 @@ class CacheRuntime(torch.nn.Module):
         stats.flops += flops * batch
         stats.full_flops = self.full_step_flops * batch
         branch.step += 1
-        out = restore(env[self.program.output], self.program.meta.get("output_form"))
+        out = restore(env[self.program.output], self.program.model.output_form)
         if return_dict:
             from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
@@ -487,9 +487,9 @@ class CacheRuntime(torch.nn.Module):
         then ``M`` when the items took different letters, and each item's letter is recorded in the
         trajectory's ``item_schedules``."""
         device = env[self.program.inputs[0]].device
-        ctx = StepContext(self.program.meta, branch.caches, batch, device, timestep=lambda: self._step_timestep(branch, step, env))
+        ctx = StepContext(self.program.planned, self.program.model, branch.caches, batch, device, timestep=lambda: self._step_timestep(branch, step, env))
         actions = branch.controller.actions(step, ctx)
-        signal_name = self.program.meta.get("signal")
+        signal_name = self.program.planned.signal
         flops, signal = 0.0, None
         letters = [""] * batch
         action = next(actions)
@@ -530,7 +530,7 @@ class CacheRuntime(torch.nn.Module):
         the update coefficients on its full variant, and zeros serve (no forecast reads that
         state). Other inputs (token positions) are tensors already.
         """
-        for name in self.program.meta.get("step_inputs") or ():
+        for name in self.program.planned.step_inputs:
             spec = self.program.values.get(name)
             if spec is None:
                 continue

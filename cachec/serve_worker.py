@@ -254,7 +254,7 @@ class ArtifactWorker:
         batched = not (self.unaligned or runs_alone(self.method))
         # load once at start, with the rows most requests will run with: a broken artifact fails here
         rt = self.runtime(self.method, max_batch if batched and pad else 1)
-        self.policy_data = rt.program.meta.get("policy_data")
+        self.policy_data = rt.program.planned.policy_data
 
     # -- what the server accepts ------------------------------------------------------------------
     def info(self) -> dict:

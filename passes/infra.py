@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from torch import fx
 
+from cachec.graph_keys import OUTPUTS_KEY
+
 
 @dataclass
 class PassResult:
@@ -25,10 +27,13 @@ class PassError(RuntimeError):
 class Pass:
     """One graph rewrite. Subclasses implement :meth:`call`; they may override the checks.
 
-    ``in_place`` declares whether :meth:`call` rewrites the graph module it is given (every pass
-    of cachec does: graphs are large and a pass runs once per plan). A caller that needs the
-    input afterwards copies it first (:meth:`cachec.capture.Captured.copy`); the declaration is
-    what tells it so, instead of a comment at each call site.
+    ``in_place`` declares whether :meth:`call` rewrites the graph module it is given (most passes
+    of cachec do: graphs are large and a pass runs once per plan) or builds a new one and leaves
+    its input untouched (:class:`~passes.gather_scatter.GatherScatter`: the region's own segment
+    still runs in the other variants). A caller that needs the input of an in-place pass
+    afterwards copies it first (:meth:`cachec.capture.Captured.copy`). :class:`PassManager`
+    enforces the declaration, as ``onnx_ir``'s pass manager does: an in-place pass returns the
+    module it was given, a pass that is not in place returns another and has not changed its input.
     """
 
     in_place: bool = True
@@ -82,6 +87,36 @@ def lint(gm: fx.GraphModule) -> None:
                 obj = getattr(obj, part)
 
 
+def build_module(root, graph: fx.Graph, class_name: str, outputs: list[str] | None = None) -> fx.GraphModule:
+    """The one way cachec makes a graph module outside a pass: a planner cut (a segment), a fused
+    variant, a pruned copy or a new weightless segment (a delta, a probe).
+
+    ``root`` holds what the graph's ``get_attr`` nodes read (a module, or a dict of tensors);
+    ``outputs`` names the values the graph returns, in order (``meta[OUTPUTS_KEY]``, what a
+    segment hands on). The result is in eval mode and checked once by :func:`lint`, as a pass's
+    result is, so a built graph with a dead value or a dangling attribute fails here, naming the
+    graph, instead of as an empty region or a lowering error far from the cause.
+    """
+    module = fx.GraphModule(root, graph, class_name=class_name).eval()
+    if outputs is not None:
+        module.meta[OUTPUTS_KEY] = list(outputs)
+    check_built(module, class_name)
+    return module
+
+
+def check_built(module: fx.GraphModule, what: str) -> None:
+    """Lint a graph module that was built or edited outside a pass (see :func:`build_module`)."""
+    try:
+        lint(module)
+    except Exception as exc:
+        raise PassError(f"built graph {what} is invalid: {exc}") from exc
+
+
+def _fingerprint(gm: fx.GraphModule) -> list[tuple]:
+    """What a pass that is not in place must leave as it was: every node, its op, target and args."""
+    return [(n, n.op, n.target, n.args, n.kwargs) for n in gm.graph.nodes]
+
+
 class PassManager:
     """Runs passes in order, eliminating dead code and linting (:func:`lint`) after each; the result
     says whether any modified the graph.
@@ -101,7 +136,9 @@ class PassManager:
     def __call__(self, gm: fx.GraphModule) -> PassResult:
         modified = False
         for p in self.passes:
+            before = None if p.in_place else _fingerprint(gm)
             result = p(gm)
+            _check_in_place(p, gm, result.graph_module, before)
             gm = result.graph_module
             if gm.graph.eliminate_dead_code():
                 modified = True
@@ -112,3 +149,14 @@ class PassManager:
             modified |= result.modified
         gm.recompile()
         return PassResult(gm, modified)
+
+
+def _check_in_place(p: Pass, given: fx.GraphModule, returned: fx.GraphModule, before: list[tuple] | None) -> None:
+    """Hold ``p`` to its ``in_place`` declaration (see :class:`Pass`)."""
+    if p.in_place and returned is not given:
+        raise PassError(f"pass {p.name} is declared in place but returned a new graph module")
+    if not p.in_place:
+        if returned is given:
+            raise PassError(f"pass {p.name} is declared not in place but returned the graph module it was given")
+        if _fingerprint(given) != before:
+            raise PassError(f"pass {p.name} is declared not in place but changed the graph module it was given")

@@ -15,6 +15,7 @@ A policy whose planning fails prints its error (that message must not change eit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def describe(program) -> list[str]:
         lines.extend("    " + line for line in seg.module.code.strip().splitlines())
     for name, spec in program.values.items():
         lines.append(f"value {name}: {spec.shape} {spec.dtype}")
-    meta = dict(program.meta)
+    meta = {**dataclasses.asdict(program.model), **dataclasses.asdict(program.planned)}
     # diffusers keeps the names of defaulted config keys in a set: their order changes from run to run
     meta["config"] = {k: v for k, v in meta["config"].items() if k != "_use_default_values"}
     lines.append("meta " + json.dumps(meta, sort_keys=True, default=repr))

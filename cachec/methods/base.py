@@ -69,7 +69,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from ..errors import PolicyError
-from ..program import per_item
+from ..program import ModelFacts, PlanFacts, per_item
 
 if TYPE_CHECKING:
     from ..planner.plan import Plan
@@ -173,11 +173,13 @@ class Action:
 
 @dataclass
 class StepContext:
-    """What a controller may look at besides the step index: the program's ``meta`` (probe signal
-    name, feedback names, token regions), the branch's cache buffers (token scores), the batch
-    size, the device of the step's tensors and (lazily) the step's timestep."""
+    """What a controller may look at besides the step index: what the program's planning decided
+    (probe signal name, feedback names, blocks, regions, token regions) and what its capture
+    recorded (the model's class), the branch's cache buffers (token scores), the batch size, the
+    device of the step's tensors and (lazily) the step's timestep."""
 
-    meta: dict
+    planned: PlanFacts
+    model: ModelFacts
     caches: dict
     batch: int
     device: object
@@ -236,12 +238,12 @@ class Controller:
         then run the full or the cached variant, and hand the full variant's feedback back."""
         signal = None
         if self.policy.dynamic:
-            name = ctx.meta["signal"]
+            name = ctx.planned.signal
             values = yield Action("head", read=(name,))
             signal = values[name]
         full = self.decide(step, signal)
         variant = ("tail_full" if full else "tail_reuse") if self.policy.dynamic else ("full" if full else "reuse")
-        feedback = tuple(ctx.meta.get("feedback") or ()) if full and self.policy.dynamic else ()
+        feedback = tuple(ctx.planned.feedback) if full and self.policy.dynamic else ()
         values = yield Action(variant, "F" if full else "R", self.step_inputs(step, full), read=feedback)
         if feedback:
             self.observe(values)
@@ -266,14 +268,14 @@ class PerSample(Controller):
         self.items: list[Controller] | None = None
 
     def actions(self, step: int, ctx: StepContext) -> Actions:
-        name = per_item(ctx.meta["signal"])
+        name = per_item(ctx.planned.signal)
         if self.items is None or len(self.items) != ctx.batch:
             self.items = [self.policy.controller_cls(self.policy, self.num_steps) for _ in range(ctx.batch)]
         values = yield Action("head", read=(name,))
         full = [c.decide(step, s) for c, s in zip(self.items, values[name], strict=True)]
         recompute = tuple(i for i, f in enumerate(full) if f)
         reuse = tuple(i for i, f in enumerate(full) if not f)
-        feedback = tuple(ctx.meta.get("feedback") or ())
+        feedback = tuple(ctx.planned.feedback)
         if recompute:
             items = recompute if reuse else None
             values = yield Action("tail_full", "F", self.items[recompute[0]].step_inputs(step, True), items=items,
@@ -428,17 +430,17 @@ class Method:
             from ..schema import show_value
 
             return "meta.signal", f"should name the probe value a dynamic policy reads, got {show_value(meta.get('signal'))}"
-        problem = self.per_sample_problem(meta, values)
+        problem = self.per_sample_problem(meta.get("signal"), values)
         return ("meta.signal", problem) if problem else None
 
-    def per_sample_problem(self, meta: dict, values) -> str | None:
+    def per_sample_problem(self, signal: str | None, values) -> str | None:
         """Why a program cannot run this policy with per-sample decisions (None: it can, or they are off)."""
         if not self.params.get("per_sample"):
             return None
-        if not self.dynamic or not meta.get("signal"):
+        if not self.dynamic or not signal:
             return f"names no probe signal, and {self.spec} decides per sample on one"
-        if per_item(meta["signal"]) not in values:
-            return (f"has no per-item probe signal {per_item(meta['signal'])!r}, which per_sample=1 reads: compile the "
+        if per_item(signal) not in values:
+            return (f"has no per-item probe signal {per_item(signal)!r}, which per_sample=1 reads: compile the "
                     "program again with this cachec, with a dynamic batch dimension")
         return None
 

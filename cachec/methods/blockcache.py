@@ -83,7 +83,7 @@ class BlockCacheController(Controller):
         return since >= self.policy.params.N or not (since * self.rate[i] < self.threshold(i))
 
     def actions(self, step, ctx):
-        blocks = len(ctx.meta["blocks"])
+        blocks = len(ctx.planned.blocks)
         if self.last is None or len(self.last) != blocks:
             self._start(blocks)
         full = [self.block_full(step, i) for i in range(blocks)]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from cachec.graph_keys import OUTPUTS_KEY
+from cachec.passes.infra import build_module
 
 from ..errors import ModelError
 from ..planner import next_value
@@ -117,9 +117,7 @@ def traced(fn, inputs: list[tuple[str, torch.Tensor]], outputs: list[str], name:
             g.output(fx.graph.map_arg(node.args[0], env.__getitem__))
         elif node.op != "placeholder":
             env[node] = g.node_copy(node, env.__getitem__)
-    gm = fx.GraphModule(made, g, class_name=name).eval()
-    gm.meta[OUTPUTS_KEY] = list(outputs)
-    return gm
+    return build_module(made, g, name, list(outputs))
 
 
 def example(val, dtype=None) -> torch.Tensor:

@@ -10,10 +10,9 @@ import torch
 from torch import fx
 
 from ..errors import ModelError
-from ..graph_keys import OUTPUTS_KEY
 from ..planner import next_value
 from ..planner.plan import Plan
-from ..planner.segments import StreamPair, computed, delta_apply, item_means, mean_abs
+from ..planner.segments import StreamPair, computed, delta_apply, graph_module, item_means, mean_abs
 from ..program import Load, Run, Store, cache_name, per_item
 from . import register
 from .base import Controller, Method, ProbeParams, param
@@ -117,10 +116,7 @@ def latent_step_probe(latent: str, previous: str, signal: str, emit_as: str, met
     outs = [(signal, d), (emit_as, copy)]
     if batch_dim is not None:
         outs.append((per_item(signal), item_means(g, d.args[0], ex, batch_dim)))
-    g.output(tuple(n for _, n in outs))
-    gm = fx.GraphModule({}, g, class_name="LatentStepProbe").eval()
-    gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
-    return gm
+    return graph_module(g, outs, "LatentStepProbe")
 
 
 def easycache_write(latent: str, output: str, latent_full: str, output_full: str, delta: str, rate: str,
@@ -148,7 +144,4 @@ def easycache_write(latent: str, output: str, latent_full: str, output_full: str
         num_i, den_i = (item_means(g, m.args[0], ex, batch_dim) for m in (num, den))
         outs += [(per_item(rate), computed(g, aten.div.Tensor, (num_i, den_i), num_i.meta["val"])),
                  (per_item(output_norm), item_means(g, norm.args[0], ex, batch_dim))]
-    g.output(tuple(n for _, n in outs))
-    gm = fx.GraphModule({}, g, class_name="EasyCacheWrite").eval()
-    gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
-    return gm
+    return graph_module(g, outs, "EasyCacheWrite")

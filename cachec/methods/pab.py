@@ -46,7 +46,7 @@ class PABController(Controller):
                                   "model's calls carry none (no 'timestep' input)")
             if p.lo < t < p.hi:
                 ranges = {"spatial": p.S, "temporal": p.T, "cross": p.C}
-                present = groups_present(ctx.meta["regions"])
+                present = groups_present(ctx.planned.regions)
                 reuse = tuple(g for g in GROUPS if g in present and step % ranges[g] != 0)
         if not reuse:
             self.last_full = step

@@ -55,7 +55,7 @@ where the controller hands it all ``N`` token positions. One graph per region th
 kinds of step, so weights stay owned by a single segment. Variants ``full`` (token regions run
 on all tokens, other regions run and store, the selection scores are tapped and stored),
 ``partial`` (token regions on ``k ≤ N`` positions, other regions load) and ``reuse`` (every
-region loads). The program's ``meta["tokens"]`` lists, per token region, its index value, token
+region loads). The program's ``planned.tokens`` lists, per token region, its index value, token
 count, block, kind, score cache and its FLOPs as ``fixed + per_token·k``.
 """
 
@@ -215,7 +215,7 @@ class TokenController(Controller):
         return int(math.floor(r * region["tokens"] + 1e-9))
 
     def actions(self, step, ctx):
-        info = ctx.meta["tokens"]
+        info = ctx.planned.tokens
         regions, state, batch, device = info["regions"], self.tokens, ctx.batch, ctx.device
         letter = self.action(step)
         if letter == "F":
@@ -227,7 +227,7 @@ class TokenController(Controller):
             return
         ks = {}
         if letter == "P":
-            ks = {r["index"]: self.fresh_count(r, step, ctx.meta.get("model_class", ""), info["layers"])
+            ks = {r["index"]: self.fresh_count(r, step, ctx.model.model_class, info["layers"])
                   for r in regions}
         if letter == "R" or not any(ks.values()):  # nothing fresh: exactly the reuse variant, at its cost
             for r in regions:
@@ -292,7 +292,7 @@ def _example(plan: Plan, names: list[str]) -> dict[str, torch.Tensor]:
 
 
 def plan_tokens(planner, policy) -> Plan:
-    """The full/partial/reuse variants of ``policy`` and its ``meta["tokens"]``."""
+    """The full/partial/reuse variants of ``policy`` and its ``planned.tokens``."""
     attn_mode, rule = policy.params.attn, policy.params.select
     plan = planner.new_plan()
     ex = plan.examples

@@ -57,7 +57,9 @@ from ..forecast import PREDICT, UPDATE, ForecastMethod
 from ..program import (
     CACHE_PREFIX,
     Load,
+    ModelFacts,
     Op,
+    PlanFacts,
     Program,
     Run,
     Segment,
@@ -66,8 +68,6 @@ from ..program import (
     batch_symbol,
     cache_name,
     check_weight_ownership,
-    split,
-    split_segment,
     value_spec,
 )
 from ..regions import ModuleIndex, find_blocks, module_regions
@@ -76,6 +76,7 @@ from .plan import Plan, insert_after, per_segment, replace, split_head
 from .reuse_check import check_plan_reuses
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
 from .specialize import specialize_segments
+from .split import split, split_segment
 
 _STRUCTURAL = {
     torch.ops.aten.add.Tensor, torch.ops.aten.cat.default, torch.ops.aten.slice.Tensor, torch.ops.aten.view.default,
@@ -283,7 +284,7 @@ class Planner:
         return stores, loads
 
     def split_base(self, plan: Plan, segment: str, needed: set[str], rest_name: str) -> str | None:
-        """Cut a segment of the model's own in two (:func:`~cachec.program.split_segment`): the first
+        """Cut a segment of the model's own in two (:func:`~cachec.planner.split.split_segment`): the first
         part keeps the name and computes ``needed``, ``rest_name`` the rest, run right after it in
         ``full``. Returns the rest's name, or None when nothing would move."""
         first, rest = split_segment(plan.base[segment], needed, rest_name)
@@ -557,22 +558,24 @@ class Planner:
             inputs=list(self.captured.input_names),
             output=self.captured.output_name,
             values=values,
-            meta={
-                "model_class": self.captured.model_class,
-                "config": dict(self.captured.config),
-                "policy": policy.spec,
-                "blocks": self.blocks,
-                "regions": [r.to_json() for r in self.regions],
-                "signal": plan.signal,
-                "feedback": list(plan.feedback),
-                "step_inputs": list(plan.step_inputs),
-                "policy_data": policy.data,
-                "base_path": list(plan.order),
-                "batch_dims": self.captured.batch_dims,
-                "max_batch": self.captured.max_batch,
-                "output_form": self.captured.output_form,
+            model=ModelFacts(
+                model_class=self.captured.model_class,
+                config=dict(self.captured.config),
+                batch_dims=self.captured.batch_dims,
+                max_batch=self.captured.max_batch,
+                output_form=self.captured.output_form,
+            ),
+            planned=PlanFacts(
+                policy=policy.spec,
+                policy_data=policy.data,
+                blocks=self.blocks,
+                regions=[r.to_json() for r in self.regions],
+                base_path=list(plan.order),
+                signal=plan.signal,
+                feedback=list(plan.feedback),
+                step_inputs=list(plan.step_inputs),
                 **plan.meta,
-            },
+            ),
         )
         coalesce(program)
         specialize_segments(program)
@@ -613,5 +616,5 @@ def compile_program(captured: Captured, policy) -> Program:
     policy = policy.resolved()  # calibration problems surface at compile time
     plan = planner.plan_of(policy)
     program = planner.program(plan, policy)
-    program.meta["none_flops"] = planner.base_flops(plan)
+    program.planned.none_flops = planner.base_flops(plan)
     return program

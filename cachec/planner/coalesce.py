@@ -11,6 +11,7 @@ Weights stay owned by exactly one segment, since merging never copies a segment.
 
 from __future__ import annotations
 
+from cachec.graph_keys import OUTPUTS_KEY
 from cachec.program import Op, Program, Run, Segment, Store
 
 from .fuse import fuse_variant
@@ -113,7 +114,7 @@ def coalesce(program: Program) -> Program:
             if node.op == "placeholder":
                 node.name = node.target = node.name.removeprefix("in__")
         module.recompile()
-        module.meta["cachec_output_names"] = fused.outputs
+        module.meta[OUTPUTS_KEY] = fused.outputs  # fuse_variant built (and linted) it
         name = f"{chain[0].split('-')[0]}-{chain[-1].split('-')[-1]}"
         roles = {s.role for s in segs}
         merged = Segment(name, module, sum(s.flops for s in segs), roles.pop() if len(roles) == 1 else "merged")

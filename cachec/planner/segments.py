@@ -6,6 +6,7 @@ builds it with them, next to the method.
 
 These build *new* small graphs (they rewrite nothing, so they are not passes) from value names
 and the example values in ``meta``; the planner adds them as segments between the model's own.
+Each is made by :func:`~passes.infra.build_module`, which lints it once.
 
 Δ-Cache: for a range of blocks with inputs ``x`` and outputs ``y``, the full variant stores
 ``delta = y − x`` and the cached variant computes ``y = x + delta`` with the *current* ``x``.
@@ -29,7 +30,7 @@ import torch
 from torch import fx
 
 from cachec.flops import size_hint
-from cachec.graph_keys import OUTPUTS_KEY
+from cachec.passes.infra import build_module
 from cachec.program import per_item
 
 aten = torch.ops.aten
@@ -59,10 +60,10 @@ def _binary(graph: fx.Graph, op, a: fx.Node, b: fx.Node) -> fx.Node:
 
 
 def graph_module(graph: fx.Graph, outputs: list[tuple[str, fx.Node]], name: str) -> fx.GraphModule:
+    """The weightless segment returning ``outputs`` (name, node), built and linted by
+    :func:`~passes.infra.build_module`."""
     graph.output(tuple(n for _, n in outputs))
-    gm = fx.GraphModule({}, graph, class_name=name).eval()
-    gm.meta[OUTPUTS_KEY] = [k for k, _ in outputs]
-    return gm
+    return build_module({}, graph, name, [k for k, _ in outputs])
 
 
 def delta_write(pairs: list[StreamPair], meta: dict[str, object]) -> fx.GraphModule:
@@ -254,10 +255,7 @@ def rel_l1_probe(
         outs.append((per_item(signal), computed(g, aten.div.Tensor, (num_i, den_i), num_i.meta["val"])))
     if emit_current_as is not None:
         outs.append((emit_current_as, x if x is not cur else computed(g, aten.clone.default, (cur,), meta.get(current))))
-    g.output(tuple(n for _, n in outs))
-    gm = fx.GraphModule({}, g, class_name="RelL1Probe").eval()
-    gm.meta[OUTPUTS_KEY] = [k for k, _ in outs]
-    return gm
+    return graph_module(g, outs, "RelL1Probe")
 
 
 def mean_abs(g: fx.Graph, x: fx.Node, example) -> fx.Node:

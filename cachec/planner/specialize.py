@@ -24,6 +24,7 @@ import copy
 
 from cachec.flops import node_flops
 from cachec.graph_keys import OUTPUTS_KEY
+from cachec.passes.infra import check_built
 from cachec.program import Load, Program, Run, Segment, Store
 
 
@@ -39,6 +40,7 @@ def _pruned(seg: Segment, keep: list[str], name: str) -> Segment:
         graph.erase_node(node)
     module.meta[OUTPUTS_KEY] = list(keep)
     module.recompile()
+    check_built(module, f"pruned copy {name}")
     before = sum(node_flops(n) for n in seg.module.graph.nodes)
     after = sum(node_flops(n) for n in graph.nodes)
     return Segment(name, module, seg.flops * after / before if before else 0.0, seg.role)

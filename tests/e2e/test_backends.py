@@ -102,9 +102,9 @@ def onnxruntime_vs_eager(name, policy, tmp_path_factory):
     """Run one trajectory on eager and on ONNX Runtime; assert equal schedules and latents (rel 1e-4)."""
     model, program = program_for(name, policy)
     d, files = onnx_dir_for(name, policy, tmp_path_factory.getbasetemp())
-    program.meta["onnx_files"] = files
     eager = cachec.CacheRuntime(program, num_steps=20)
-    ort = cachec.CacheRuntime(program, num_steps=20, backend="onnxruntime", backend_options={"onnx_dir": d})
+    ort = cachec.CacheRuntime(program, num_steps=20, backend="onnxruntime",
+                              backend_options={"onnx_dir": d, "onnx_files": files})
     a, b = trajectory(eager, model), trajectory(ort, model)
     assert eager.stats.schedule == ort.stats.schedule
     rel = ((a - b).norm() / a.norm()).item()

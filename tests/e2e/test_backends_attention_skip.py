@@ -26,9 +26,9 @@ def test_onnxruntime_matches_eager_and_tensorrt_builds(policy, tmp_path):
     model, kw = DRIVER.model_and_inputs(short)
     program = cachec.build_program(model, kw, policy)
     files = export_program(program, tmp_path)
-    program.meta["onnx_files"] = files
     eager = cachec.CacheRuntime(program, num_steps=T)
-    ort = cachec.CacheRuntime(program, num_steps=T, backend="onnxruntime", backend_options={"onnx_dir": tmp_path})
+    ort = cachec.CacheRuntime(program, num_steps=T, backend="onnxruntime",
+                              backend_options={"onnx_dir": tmp_path, "onnx_files": files})
     (a, _), (b, _) = DRIVER.run(eager, short), DRIVER.run(ort, short)
     assert eager.stats.schedule == ort.stats.schedule and "R" in eager.stats.schedule
     assert ((a - b).norm() / a.norm()).item() <= 1e-4

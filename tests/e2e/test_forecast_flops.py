@@ -31,7 +31,7 @@ def test_taylorseer_nfe_counts_its_update_and_forecast_products():
     segs = rt.program.segments
     assert sorted(s.flops for n, s in segs.items() if n.endswith("_fc_update")) == [update] * streams
     assert sorted(s.flops for n, s in segs.items() if n.endswith("_fc_predict")) == [forecast] * streams
-    none = rt.program.meta["none_flops"]
+    none = rt.program.planned.none_flops
     assert rt.program.variant_flops("full") == pytest.approx(none + streams * update)
     schedule = rt.stats.schedule
     assert schedule == "FFRRRFRRRF"

@@ -167,9 +167,9 @@ def test_artifacts_of_lowered_files_follow_to_or_say_why_they_cannot(model_dir, 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert "pip install onnxruntime-gpu" in artifact_backend("onnxruntime").move_problem(rt.program, cuda)
     assert "runs on cuda, not cpu" in artifact_backend("tensorrt").move_problem(rt.program, torch.device("cpu"))
-    compiled_for_cpu = type("P", (), {"meta": {"aoti_device": "cpu"}})()
-    assert "compile it again with --device cuda" in artifact_backend("aotinductor").move_problem(compiled_for_cpu, cuda)
-    assert artifact_backend("aotinductor").move_problem(compiled_for_cpu, torch.device("cpu")) is None
+    aoti = artifact_backend("aotinductor")
+    assert "compile it again with --device cuda" in aoti.move_problem(rt.program, cuda, aoti_device="cpu")
+    assert aoti.move_problem(rt.program, torch.device("cpu"), aoti_device="cpu") is None
 
 
 def _graph_with_duplicates() -> fx.GraphModule:

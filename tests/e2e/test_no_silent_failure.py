@@ -106,7 +106,7 @@ def test_a_list_of_per_sample_outputs_is_returned_whole(tmp_path):
     out = artifact.save(tmp_path / "art", program, captured, "ZImageTransformer2DModel", signature_of(model))
     for policy in (None, "fora:2"):
         loaded, _ = artifact.load_program(out, policy)
-        assert loaded.meta["output_form"] == "list", policy
+        assert loaded.model.output_form == "list", policy
 
 
 class _Returns(torch.nn.Module):

@@ -82,7 +82,7 @@ def test_the_rest_of_the_issues_classes_export_from_a_saved_directory_without_ac
     with no_accelerate():
         session = open_model(str(folder), 2, device="cpu")
     assert session.bundle.inputs_origin == "config"
-    assert len(session.program("none").meta["blocks"]) >= 2
+    assert len(session.program("none").planned.blocks) >= 2
 
 
 def test_a_wrong_synthesis_is_blamed_on_the_synthesis_and_names_inputs(tmp_path, monkeypatch, capsys):

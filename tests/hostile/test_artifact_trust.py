@@ -538,9 +538,10 @@ def test_onnx_segment_files_hold_no_code_and_no_outside_data(tmp_path, marker):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weight])
     model = helper.make_model(graph)
-    program = types.SimpleNamespace(meta={"onnx_files": {"seg": "onnx/seg.onnx"}})
+    program = types.SimpleNamespace()
+    files = {"seg": "onnx/seg.onnx"}
     onnx.save(model, str(art / "onnx" / "seg.onnx"))
-    assert set(sessions_for(program, art, ["CPUExecutionProvider"])) == {"seg"}  # the plain model loads
+    assert set(sessions_for(program, art, ["CPUExecutionProvider"], files)) == {"seg"}  # the plain model loads
     stored = model.graph.initializer[0]
     stored.data_location = TensorProto.EXTERNAL
     del stored.float_data[:]
@@ -548,8 +549,8 @@ def test_onnx_segment_files_hold_no_code_and_no_outside_data(tmp_path, marker):
     stored.external_data.add(key="length", value="16")
     onnx.save(model, str(art / "onnx" / "seg.onnx"))
     with pytest.raises(ArtifactError, match="refers to tensor data in other files"):
-        sessions_for(program, art, ["CPUExecutionProvider"])
+        sessions_for(program, art, ["CPUExecutionProvider"], files)
     for payload in _pickles(marker).values():
         (art / "onnx" / "seg.onnx").write_bytes(payload)
         with pytest.raises(ArtifactError, match="seg.onnx"):
-            sessions_for(program, art, ["CPUExecutionProvider"])
+            sessions_for(program, art, ["CPUExecutionProvider"], files)

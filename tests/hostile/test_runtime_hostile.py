@@ -208,9 +208,9 @@ def test_meta_tensors_are_refused(runtime, inputs):
 
 def test_a_batch_above_max_batch_is_refused(runtime, inputs, monkeypatch):
     """An artifact records the largest batch its lowered files were built for (``--max-batch``);
-    loading puts it in the program's meta, where the runtime reads it."""
+    loading puts it in the program's ``model.max_batch``, where the runtime reads it."""
     x, labels, ts = inputs
-    monkeypatch.setitem(runtime.program.meta, "max_batch", 2)
+    monkeypatch.setattr(runtime.program.model, "max_batch", 2)
     runtime.reset(STEPS)
     with pytest.raises(ShapeError, match="above this program's max_batch 2"):
         step(runtime, torch.cat([x, x]), torch.cat([labels, labels]), torch.cat([ts, ts]), TIMESTEPS[0])

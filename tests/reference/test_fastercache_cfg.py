@@ -71,7 +71,7 @@ def test_cfg_cache_alone_is_bit_identical_to_diffusers():
     assert torch.equal(ours[0], theirs[0])
     # a rebuilt step runs the model on half the batch (the FFTs are not counted, as no element-wise op is);
     # every step also shifts the attention history, one product per stream, counted as any matmul
-    full = rt.program.variant_flops("full") / rt.program.meta["none_flops"]
+    full = rt.program.variant_flops("full") / rt.program.planned.none_flops
     assert 1 < full < 1.05 and rt.stats.nfe == pytest.approx((T - len(REBUILT) / 2) * full)
     _, plain = DRIVER.plain("pixart")
     assert max((a - b).abs().max() for a, b in zip(ours[1], plain, strict=True)) > 10 * ATOL  # not a no-op
@@ -90,7 +90,7 @@ def test_cfg_cache_with_attention_reuse_matches_diffusers(short, fmt):
         torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m, s=s: f"step {s}: {m}")
     torch.testing.assert_close(ours[0], theirs[0], rtol=RTOL, atol=ATOL)
     # NFE: a step that ran both halves is 1; a rebuilt one is half a batch of its variant
-    none, flops = rt.program.meta["none_flops"], rt.program.variant_flops
+    none, flops = rt.program.planned.none_flops, rt.program.variant_flops
     step_nfe = [0.5 * flops("reuse" if s % 2 else "full") / none if s in REBUILT else flops("full") / none
                 for s in range(T)]
     assert rt.stats.nfe == pytest.approx(sum(step_nfe))

@@ -182,7 +182,7 @@ def test_bad_per_sample_settings_are_policy_errors():
     with pytest.raises(PolicyError, match="per_sample"):
         cachec.parse_policy("fora:2,per_sample=1")  # no probe: nothing to decide per item
     prog = program("dit", "fbcache")
-    signal = per_item(prog.meta["signal"])
+    signal = per_item(prog.planned.signal)
     spec = prog.values.pop(signal)
     try:  # a program from before per-item probes (or with a fixed batch) has no per-item signal
         with pytest.raises(PolicyError, match="per-item probe signal"):

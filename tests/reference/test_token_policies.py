@@ -277,7 +277,7 @@ def test_partial_step_flops_match_the_token_share():
     # does not count scaled_dot_product_attention, which only the full step runs)
     assert rt.stats.step_flops[1] == pytest.approx(measured[1], rel=0.03)
     reuse = runtime(short, "fora:3").program.variant_flops("reuse") * BATCH
-    mlp = sum(r["flops_per_sample"] for r in rt.program.meta["regions"] if r["kind"] == "mlp") * BATCH
+    mlp = sum(r["flops_per_sample"] for r in rt.program.planned.regions if r["kind"] == "mlp") * BATCH
     # the partial step reads no attention shift/scale, so its adaLN projections skip those rows
     # (passes/narrow_chunked_linears.py); FORA's reuse figure is the segments', which compute them
     narrowed = (rt.program.variant_flops("partial") - rt.variants["partial"].fused.flops) * BATCH

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import cachec
 from cachec.methods.base import StepContext
+from cachec.program import ModelFacts, PlanFacts
 
 
 def drive_blocks(spec: str, rates: list[list[float]], steps: int):
@@ -16,7 +17,7 @@ def drive_blocks(spec: str, rates: list[list[float]], steps: int):
     around step s, so the change it reports after running at step s is that rate times the steps
     since its previous run. Returns (block schedules, variants per step)."""
     controller = cachec.parse_policy(spec).controller(steps)
-    ctx = StepContext({"blocks": ["b0", "b1"]}, {}, 1, "cpu")
+    ctx = StepContext(PlanFacts(blocks=["b0", "b1"]), ModelFacts(), {}, 1, "cpu")
     ran, last = [], [0, 0]
     for s in range(steps):
         gen = controller.actions(s, ctx)
@@ -64,7 +65,7 @@ def test_blockcache_warmup_scale_gives_each_block_its_own_threshold():
 def test_per_sample_runs_each_tail_on_its_items():
     policy = cachec.parse_policy("fbcache:0.5,per_sample=1")
     controller = policy.controller(5)
-    ctx = StepContext({"signal": "sig", "feedback": []}, {}, 3, "cpu")
+    ctx = StepContext(PlanFacts(signal="sig"), ModelFacts(), {}, 3, "cpu")
     seen = []
     for s, item_signals in enumerate([[9, 9, 9], [0.1, 0.9, 0.2], [0.1, 0.1, 0.1]]):
         gen = controller.actions(s, ctx)

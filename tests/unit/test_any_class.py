@@ -96,7 +96,7 @@ def test_a_parallel_block_outside_flux_is_found_from_the_graph():
     """Bria's single blocks: attention ∥ MLP from one norm, concatenated into proj_out."""
     m = make_family("BriaTransformer2DModel")
     program = cachec.build_program(m, family_inputs("BriaTransformer2DModel", 2), "fora:3")
-    regions = {r["name"]: r for r in program.meta["regions"]}
+    regions = {r["name"]: r for r in program.planned.regions}
     single = regions["single_transformer_blocks.1.parallel"]
     assert single["kind"] == "mlp"
     assert [mod.rsplit(".", 1)[-1] for mod in single["modules"]] == ["attn", "proj_mlp", "act_mlp", "proj_out"]
@@ -110,7 +110,7 @@ def test_a_parallel_block_whose_attention_reads_slices_and_joins_its_outputs_is_
     attention before: half of a full step's FLOPs)."""
     m = make_family("HunyuanVideoTransformer3DModel")
     program = cachec.build_program(m, family_inputs("HunyuanVideoTransformer3DModel", 2), "fora:3")
-    regions = {r["name"]: r for r in program.meta["regions"]}
+    regions = {r["name"]: r for r in program.planned.regions}
     single = [r for name, r in regions.items() if name.startswith("single_transformer_blocks.")]
     assert single and all(r["name"].endswith(".parallel") for r in single)
     assert [mod.rsplit(".", 1)[-1] for mod in single[0]["modules"]] == ["attn", "proj_mlp", "act_mlp", "proj_out"]

@@ -7,6 +7,7 @@ from cachec.errors import PolicyError
 from cachec.forecast import PREDICT, UPDATE
 from cachec.methods.base import StepContext
 from cachec.policy import describe_policies, parse_policy
+from cachec.program import ModelFacts, PlanFacts
 
 
 @pytest.mark.parametrize("spec, canonical", [
@@ -57,7 +58,7 @@ def test_forecast_coefficients_follow_the_real_gaps():
     at step 4 is D0 + 1·D1, at step 5 D0 + 2·D1."""
     policy = parse_policy("static:FFRFRRF+taylorseer:O=1")
     ctrl = policy.controller(7)
-    ctx = StepContext(meta={}, caches={}, batch=1, device="cpu")
+    ctx = StepContext(planned=PlanFacts(), model=ModelFacts(), caches={}, batch=1, device="cpu")
     seen = []
     for step in range(7):
         (action,) = list(ctrl.actions(step, ctx))

@@ -94,8 +94,8 @@ def _work(captured, policy: str, depth: int) -> tuple[Counter, int]:
         profile.enable()
         program = compile_program(captured.copy(), parse_policy(policy))
         profile.disable()
-    kinds = [r["kind"] for r in program.meta["regions"]]
-    assert len(program.meta["blocks"]) == depth and kinds == ["attn", "mlp"] * depth  # it planned every block
+    kinds = [r["kind"] for r in program.planned.regions]
+    assert len(program.planned.blocks) == depth and kinds == ["attn", "mlp"] * depth  # it planned every block
     calls = Counter({f"{path}:{line}({name})": stats[0] for (path, line, name), stats in pstats.Stats(profile).stats.items()})
     return calls, paths.call_count
 

@@ -18,7 +18,7 @@ def _dit():
 def test_dit_regions_and_flops_by_hand():
     m = _dit()
     program = cachec.build_program(m, example_inputs(m, 2), "fora:2")
-    regions = {r["name"]: r for r in program.meta["regions"]}
+    regions = {r["name"]: r for r in program.planned.regions}
     assert set(regions) == {f"transformer_blocks.{i}.{k}" for i in range(2) for k in ("attn1", "ff")}
     assert regions["transformer_blocks.0.attn1"]["kind"] == "attn"
     assert regions["transformer_blocks.0.ff"]["kind"] == "mlp"
@@ -63,11 +63,11 @@ def test_flux_single_blocks_cache_their_fused_output():
                                num_attention_heads=2, joint_attention_dim=12, pooled_projection_dim=6,
                                guidance_embeds=True, axes_dims_rope=(2, 2, 4)).eval()
     program = cachec.build_program(m, example_inputs(m, 2, text_tokens=5), "fora:3")
-    kinds = {r["name"]: r["kind"] for r in program.meta["regions"]}
+    kinds = {r["name"]: r["kind"] for r in program.planned.regions}
     assert kinds["transformer_blocks.0.attn"] == "attn"
     assert kinds["transformer_blocks.0.ff_context"] == "mlp"
     assert kinds["single_transformer_blocks.1.parallel"] == "mlp"
-    assert program.meta["blocks"] == ["transformer_blocks.0", "single_transformer_blocks.0", "single_transformer_blocks.1"]
+    assert program.planned.blocks == ["transformer_blocks.0", "single_transformer_blocks.0", "single_transformer_blocks.1"]
 
 
 def test_unet_blocks_include_the_declared_mid_block_and_cross_attention():
@@ -77,8 +77,8 @@ def test_unet_blocks_include_the_declared_mid_block_and_cross_attention():
                              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
     program = cachec.build_program(m, example_inputs(m, 2, text_tokens=5), "none")
-    assert program.meta["blocks"] == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
-    kinds = {r["name"].rsplit(".", 1)[-1]: r["kind"] for r in program.meta["regions"]}
+    assert program.planned.blocks == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
+    kinds = {r["name"].rsplit(".", 1)[-1]: r["kind"] for r in program.planned.regions}
     assert kinds["attn2"] == "cross_attn" and kinds["attn1"] == "attn"
 
 
