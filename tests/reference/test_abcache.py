@@ -1,0 +1,199 @@
+"""AB-Cache (``abcache:N,k``, standalone and as a hybrid's forecaster) against an independent reference.
+
+The reference (``AdamsBashforthStream`` in ``tests/reference_predictive.py``) is written from the
+definition in ``docs/methods.md`` and shares no code with cachec: it evaluates the polynomial
+through the last k computed values by Newton's divided differences, where cachec forms Lagrange
+weights on the host. Set-up as in ``test_policies_predictive.py`` on the bundled trained model
+``builtin:tiny-dit`` (a diffusers ``DiTTransformer2DModel``): 12-step trajectories, batch 2 (two
+classes), fp32, CPU, ``x <- x - out / T``; per case the full steps, every step's output and the
+final latent agree. The hybrid cases put full steps at irregular distances, so the variable-step
+coefficients are checked at real gaps.
+
+CI time: one capture of the model for the module (each policy plans on a copy of it), a program
+per plan kind, and trajectories of a 6-block model: a few seconds in all.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from reference_hybrid import HybridPredictive
+from reference_predictive import AdamsBashforthStream, PredictiveReference, TaylorStream
+from trajectories import Driver
+
+import cachec
+from cachec.forecast import AdamsBashforth, ForecastTracker
+from cachec.models import example_inputs, resolve
+
+T = 12
+RTOL = ATOL = 1e-4
+MASK = "FFFRFRRFRRRF"  # full at 0, 1, 2, 4, 7, 11: gaps 1, 1, 2, 3, 4
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+class TinyDitDriver(Driver):
+    """The policy tests' driver on ``builtin:tiny-dit``, the two batch items of different classes."""
+
+    def _model_and_inputs(self, short: str):
+        assert short == "tiny-dit", short
+        model = resolve("builtin:tiny-dit").model
+        kw = example_inputs(model, self.batch, 0)
+        kw["class_labels"] = torch.tensor([1, 6])
+        return model, kw
+
+
+DRIVER = TinyDitDriver(T, 2)
+SHORT = "tiny-dit"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _capture_once():
+    """Plan every policy on a copy of one capture of the model (the capture is most of a compile)."""
+    import cachec.capture as capture_module
+
+    real, captured = capture_module.capture, {}
+
+    def capture(model, inputs, **kw):
+        key = (id(model), repr(sorted(kw.items())))
+        if key not in captured:
+            captured[key] = real(model, inputs, **kw)
+        return copy.deepcopy(captured[key])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(capture_module, "capture", capture)
+        yield
+
+
+_PROGRAMS: dict = {}
+
+
+def run_cachec(spec: str) -> tuple[torch.Tensor, list[torch.Tensor], cachec.CacheRuntime]:
+    model, kw = DRIVER.model_and_inputs(SHORT)
+    key = cachec.parse_policy(spec).plan_key(6)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = cachec.build_program(model, kw, spec)
+    rt = cachec.CacheRuntime(_PROGRAMS[key], spec, num_steps=T)
+    x, outs = DRIVER.run(rt, SHORT)
+    return x, outs, rt
+
+
+def run_reference(spec: str, cls=PredictiveReference, **kw):
+    model, _ = DRIVER.model_and_inputs(SHORT)
+    with cls(model, spec, T, **kw) as ref:
+        x, outs = DRIVER.trajectory(ref, SHORT)
+    return x, outs, ref
+
+
+def assert_same(got, want, ctx: str, tol: float = ATOL) -> None:
+    (x, outs), (x_ref, outs_ref) = got, want
+    for s, (a, b) in enumerate(zip(outs, outs_ref, strict=True)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m, s=s: f"step {s} ({ctx}): {m}")
+    torch.testing.assert_close(x, x_ref, rtol=tol, atol=tol, msg=lambda m: f"final latent ({ctx}): {m}")
+
+
+def max_diff(outs_a, outs_b) -> float:
+    return max(float((a - b).abs().max()) for a, b in zip(outs_a, outs_b, strict=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# the definition, without a model
+
+
+def test_reference_is_exact_on_polynomials_of_degree_k_minus_1_at_irregular_steps():
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 2, 3, 4):
+        coeffs = [torch.randn(3, generator=g) for _ in range(k)]
+
+        def f(s, coeffs=coeffs):
+            return sum(c * float(s) ** i for i, c in enumerate(coeffs))
+
+        stream = AdamsBashforthStream(k)
+        for s in (0, 1, 3, 7, 8)[:k + 1]:
+            stream.update(f(s), s)
+        for s in (9, 10, 13):
+            torch.testing.assert_close(stream.predict(s), f(s), rtol=1e-4, atol=1e-4, msg=f"k={k}, step {s}")
+
+
+def test_uniform_coefficients_are_the_adams_bashforth_binomials():
+    """On full steps one step apart, F̂_n = Σ (−1)^{i+1}·C(k, i)·F_{n−i} (reference and cachec)."""
+    for k in (1, 2, 3, 4):
+        want = [(-1) ** (i + 1) * math.comb(k, i) for i in range(1, k + 1)]
+        tracker = ForecastTracker(AdamsBashforth(k))
+        for s in range(k):
+            tracker.step_inputs(s, True)
+        got = tracker.step_inputs(k, False)["forecast__predict"][0]
+        assert got == pytest.approx(want, abs=1e-12), (k, got)
+        stream = AdamsBashforthStream(k)
+        for s in range(k):
+            stream.update(torch.tensor([float(10 ** s)]), s)  # picks out each coefficient
+        value = float(stream.predict(k))
+        assert value == pytest.approx(sum(c * 10 ** (k - 1 - i) for i, c in enumerate(want)), rel=1e-6)
+
+
+def test_reference_k2_is_taylorseer_order1_at_any_gaps():
+    g = torch.Generator().manual_seed(1)
+    ab, ts = AdamsBashforthStream(2), TaylorStream(1)
+    for s in (0, 1, 4, 6, 11):
+        v = torch.randn(4, generator=g)
+        ab.update(v, s)
+        ts.update(v, s)
+        for x in (1, 2, 3):
+            torch.testing.assert_close(ab.predict(s + x), ts.predict(s + x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# cachec against the reference on builtin:tiny-dit
+
+CASES = ["abcache:3,k=3", "abcache:4,k=3,streams=step,warmup=3", "abcache:3,k=4,warmup=1"]
+
+
+@pytest.mark.parametrize("spec", CASES)
+def test_abcache_matches_the_reference(spec):
+    x_ref, outs_ref, ref = run_reference(spec)
+    x, outs, rt = run_cachec(spec)
+    ctx = f"cachec {rt.stats.schedule} vs reference {ref.schedule}"
+    assert rt.stats.full_steps == ref.full_steps and "R" in ref.schedule, ctx
+    assert_same((x, outs), (x_ref, outs_ref), ctx)
+    assert max_diff(outs, DRIVER.plain(SHORT)[1]) > 10 * ATOL, "caching changed nothing: the test cannot fail"
+
+
+HYBRIDS = [  # (cachec spec, reference spec, reference kwargs)
+    (f"static:{MASK}+abcache:k=3", "budget:base=step+abcache:k=3", {"schedule": MASK}),
+    (f"static:{MASK}+abcache:k=4", "budget:base=step+abcache:k=4", {"schedule": MASK}),
+]
+
+
+@pytest.mark.parametrize("spec, ref_spec, ref_kw", HYBRIDS, ids=[h[0] for h in HYBRIDS])
+def test_abcache_forecasts_a_hybrid_decision_at_irregular_gaps(spec, ref_spec, ref_kw):
+    x_ref, outs_ref, ref = run_reference(ref_spec, HybridPredictive, **ref_kw)
+    x, outs, rt = run_cachec(spec)
+    ctx = f"cachec {rt.stats.schedule} vs reference {ref.schedule}"
+    assert rt.stats.full_steps == ref.full_steps, ctx
+    gaps = {b - a for a, b in zip(ref.full_steps, ref.full_steps[1:], strict=False)}
+    assert len(gaps) > 2, gaps
+    assert_same((x, outs), (x_ref, outs_ref), ctx)
+    # the order matters: the mask's plain copy (k=1) gives other outputs
+    _, outs_copy, _ = run_cachec(spec.rsplit("=", 1)[0] + "=1")
+    assert max_diff(outs, outs_copy) > 10 * ATOL
+
+
+@pytest.mark.parametrize("ab, old", [("abcache:3,k=1", "taylorseer:3,O=0"), ("abcache:3,k=2", "taylorseer:3,O=1"),
+                                     (f"static:{MASK}+abcache:k=2", f"static:{MASK}+taylorseer:O=1")])
+def test_degenerate_orders_are_reuse_and_taylorseer_order1(ab, old):
+    """k=1 reuses the last value (taylorseer O=0, FORA), k=2 is taylorseer O=1 — also at a hybrid's gaps."""
+    x_ab, outs_ab, rt_ab = run_cachec(ab)
+    x_old, outs_old, rt_old = run_cachec(old)
+    assert rt_ab.stats.schedule == rt_old.stats.schedule and "R" in rt_ab.stats.schedule
+    assert_same((x_ab, outs_ab), (x_old, outs_old), f"{ab} vs {old}", tol=1e-5)
+
+
+def test_order3_differs_from_taylorseer_order2():
+    """Not a renamed TaylorSeer: k=3 (the quadratic through three values) and Taylor order 2
+    (backward differences on x^i/i!) give different forecasts on the same schedule."""
+    _, outs_ab, _ = run_cachec("abcache:3,k=3")
+    _, outs_ts, _ = run_cachec("taylorseer:3,O=2")
+    assert max_diff(outs_ab, outs_ts) > 10 * ATOL
