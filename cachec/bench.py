@@ -182,7 +182,10 @@ def warm_runtimes(session, specs: list[str], *, steps: int, batch: int, backend:
         program = session.program(pol)
         rt = CacheRuntime(program, pol, backend=backend, num_steps=steps, signature=session.signature,
                           backend_options=session.options, device=session.device)
-        sample(rt, session.bundle, min(2, steps), 0, batch)  # warm-up (allocations, first-call costs)
+        # warm-up (allocations, first-call costs): long enough for a step past the forced-full ones
+        # (warmup=/final=), which a policy refuses to run without
+        forced = rt.policy.params.warmup + rt.policy.params.final
+        sample(rt, session.bundle, min(max(2, forced + 1), steps), 0, batch)
         runs[pol] = PolicyRun(pol, cache_bytes=cache_bytes(program, batch), runtime=rt)
     return runs
 
