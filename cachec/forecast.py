@@ -146,6 +146,18 @@ class FoCa(ForecastMethod):
         return [forecast, list(forecast), [0.0, 0.0, 1.0, 0.0]]  # F̂, P1 <- F̂, P2 <- P1
 
 
+class HermiteHighTerms(Hermite):
+    """FreqCa's high band: HiCache's state and update, forecasting only ``G = Σ_{k≥1} D_k·σ^k·H_k(σx)/k!``
+    (the series without ``D_0``); the planner's band split adds ``D_0`` and removes ``low(G)``
+    (:meth:`cachec.planner.Planner.band_forecast`), which keeps the low band at its last value."""
+
+    name = "hermite_high"
+
+    def predict(self, x: int, n_full: int) -> Matrix:
+        row = super().predict(x, n_full)[0]
+        return [[0.0] + row[1:]]
+
+
 def lagrange_weights(at: float, points: list[float]) -> list[float]:
     """The weights ``w_j`` with ``p(at) = Σ_j w_j·p(points[j])`` for every polynomial ``p`` of degree
     below ``len(points)``: the Lagrange basis ``w_j = Π_{l≠j} (at − x_l)/(x_j − x_l)``."""

@@ -15,8 +15,9 @@ calls them; the planner knows no method):
   cross-, temporal attention), one variant per subset of groups reused.
 * :meth:`Planner.skip_branch` (DeepCache): a U-Net's cached step loads one skip branch's deep
   feature and runs only the shallow path.
-* :meth:`Planner.forecast` (TaylorSeer, HiCache, FoCa): state updates on full steps, forecasts on
-  cached ones.
+* :meth:`Planner.forecast` (TaylorSeer, HiCache, FoCa, AB-Cache): state updates on full steps,
+  forecasts on cached ones; :meth:`Planner.band_forecast` (FreqCa) forecasts the stack residual
+  with its low frequency band kept.
 
 The segment factories these use are in :mod:`cachec.planner.segments`; fusing and coalescing
 variants in :mod:`cachec.planner.fuse` and :mod:`cachec.planner.coalesce`.
@@ -61,7 +62,7 @@ from ..program import (
     value_spec,
 )
 from ..regions import ModuleIndex, find_blocks, module_regions
-from . import cfg_cache
+from . import band_split, cfg_cache
 from .coalesce import coalesce
 from .reuse_check import check_plan_reuses
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
@@ -431,6 +432,38 @@ class Planner:
         apply = self.add_segment("fc_stack_apply", delta_apply(pairs, self.meta), "cache")
         update, forecast = self.forecast_ops("fc_stack", [p.cache for p in pairs], method)
         self.variants["reuse"] = self.replace(segs, forecast + [Run(apply)])
+        self.variants["full"] = self.insert_after(self.variants["full"], segs[-1], [Run(write)] + update)
+
+    def band_forecast(self, method: ForecastMethod, cutoff: float) -> None:
+        """FreqCa: the residual of the whole block stack (the cumulative residual feature, one stream
+        per residual stream) forecast with its low band kept from the last full step
+        (:mod:`cachec.planner.band_split`). ``method``'s forecast row must leave out ``D_0``: the
+        cached step computes ``R̂ = D_0 + G − low(G)`` from its ``G``."""
+        L = len(self.blocks)
+        segs = self.range_segments(0, L - 1)
+        inputs, outputs = self.range_io(segs)
+        pairs = self.pair_streams(inputs, outputs, "fc_stack")
+        for p in pairs:
+            if p.base is None or not band_split.splittable(self.meta[p.output].shape):
+                raise ModelError(f"{self.captured.model_class}: FreqCa splits token streams [batch, tokens, channels] "
+                                 f"that are residuals of the block stack; {p.output} is "
+                                 f"{'not a residual' if p.base is None else 'shaped ' + str(list(self.meta[p.output].shape))}")
+        streams = [f"fc_stack__r{k}" for k in range(len(pairs))]
+        banded = [StreamPair(p.output, p.base, f"fc_stack__b{k}") for k, p in enumerate(pairs)]
+        for p, r, b in zip(pairs, streams, banded, strict=True):
+            self.meta[r] = self.meta[b.cache] = self.meta[p.output]
+        write = self.add_segment("fc_stack_delta", delta_write([StreamPair(p.output, p.base, r) for p, r
+                                                                in zip(pairs, streams, strict=True)], self.meta), "cache")
+        apply = self.add_segment("fc_stack_apply", delta_apply(banded, self.meta), "cache")
+        update, forecast = self.forecast_ops("fc_stack", streams, method)
+        fn = band_split.band_forecast(cutoff)
+        band_runs = []
+        for k, (r, b) in enumerate(zip(streams, banded, strict=True)):
+            last = cache_name("fc_stack", str(k), method.state_names()[0])
+            example = cfg_cache.example(self.meta[r])
+            gm = cfg_cache.traced(fn, [(r, example), (last, example)], [b.cache], f"BandForecast{k}")
+            band_runs.append(Run(self.add_segment(f"fc_stack_band{k}", gm, "cache")))
+        self.variants["reuse"] = self.replace(segs, forecast + band_runs + [Run(apply)])
         self.variants["full"] = self.insert_after(self.variants["full"], segs[-1], [Run(write)] + update)
 
     def forecast_ops(self, tag: str, streams: list[str], method: ForecastMethod) -> tuple[list[Op], list[Op]]:

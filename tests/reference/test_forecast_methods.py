@@ -1,9 +1,12 @@
-"""AB-Cache (``abcache:N,k``, standalone and as a hybrid's forecaster) against an independent reference.
+"""AB-Cache (``abcache:N,k``, standalone and as a hybrid's forecaster) and FreqCa (``freqca:N``)
+against independent references.
 
-The reference (``AdamsBashforthStream`` in ``tests/reference_predictive.py``) is written from the
-definition in ``docs/methods.md`` and shares no code with cachec: it evaluates the polynomial
-through the last k computed values by Newton's divided differences, where cachec forms Lagrange
-weights on the host. Set-up as in ``test_policies_predictive.py`` on the bundled trained model
+The references (``AdamsBashforthStream``, ``FreqCaStream`` in ``tests/reference_predictive.py``)
+are written from the definitions in ``docs/methods.md`` and share no code with cachec: AB-Cache's
+evaluates the polynomial through the last k computed values by Newton's divided differences, where
+cachec forms Lagrange weights on the host; FreqCa's splits the bands with scipy's DCT in float64
+and forecasts ``low(D_0) + high(F̂)``, where cachec's graph computes ``D_0 + G − low(G)`` with a
+DCT built from ``cos``. Set-up as in ``test_policies_predictive.py`` on the bundled trained model
 ``builtin:tiny-dit`` (a diffusers ``DiTTransformer2DModel``): 12-step trajectories, batch 2 (two
 classes), fp32, CPU, ``x <- x - out / T``; per case the full steps, every step's output and the
 final latent agree. The hybrid cases put full steps at irregular distances, so the variable-step
@@ -21,10 +24,11 @@ import math
 import pytest
 import torch
 from reference_hybrid import HybridPredictive
-from reference_predictive import AdamsBashforthStream, PredictiveReference, TaylorStream
+from reference_predictive import AdamsBashforthStream, PredictiveReference, TaylorStream, dct_low_band
 from trajectories import Driver
 
 import cachec
+from cachec.bench import cache_bytes
 from cachec.forecast import AdamsBashforth, ForecastTracker
 from cachec.models import example_inputs, resolve
 
@@ -71,12 +75,16 @@ def _capture_once():
 _PROGRAMS: dict = {}
 
 
-def run_cachec(spec: str) -> tuple[torch.Tensor, list[torch.Tensor], cachec.CacheRuntime]:
+def program(spec: str):
     model, kw = DRIVER.model_and_inputs(SHORT)
     key = cachec.parse_policy(spec).plan_key(6)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = cachec.build_program(model, kw, spec)
-    rt = cachec.CacheRuntime(_PROGRAMS[key], spec, num_steps=T)
+    return _PROGRAMS[key]
+
+
+def run_cachec(spec: str) -> tuple[torch.Tensor, list[torch.Tensor], cachec.CacheRuntime]:
+    rt = cachec.CacheRuntime(program(spec), spec, num_steps=T)
     x, outs = DRIVER.run(rt, SHORT)
     return x, outs, rt
 
@@ -197,3 +205,55 @@ def test_order3_differs_from_taylorseer_order2():
     _, outs_ab, _ = run_cachec("abcache:3,k=3")
     _, outs_ts, _ = run_cachec("taylorseer:3,O=2")
     assert max_diff(outs_ab, outs_ts) > 10 * ATOL
+
+
+# ------------------------------------------------------------------------------------------------
+# FreqCa
+
+
+@pytest.mark.parametrize("tokens", [64, 12])  # a square grid (2-D DCT) and a sequence (1-D)
+def test_band_split_matches_scipy_and_its_limits(tokens):
+    """cachec's in-graph low band equals the reference's scipy DCT; cutoff 1 keeps everything,
+    cutoff 0 only the DC term (the tokens' mean per channel)."""
+    from cachec.planner.band_split import low_pass
+
+    x = torch.randn(2, tokens, 5, generator=torch.Generator().manual_seed(3))
+    for cutoff in (0.0, 0.1, 0.3, 1.0):
+        torch.testing.assert_close(low_pass(x, cutoff), dct_low_band(x, cutoff), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dct_low_band(x, 1.0), x, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dct_low_band(x, 0.0), x.mean(1, keepdim=True).expand_as(x), rtol=1e-6, atol=1e-6)
+
+
+# (freqca spec, the same Hermite forecast on the whole band, which the test tells apart)
+FREQCA = [("freqca:3,warmup=2", "hicache:3,O=2,sigma=0.71,streams=step,warmup=2"),
+          ("freqca:4,O=1,sigma=0.5,cutoff=0.4,warmup=2", "hicache:4,O=1,sigma=0.5,streams=step,warmup=2")]
+
+
+@pytest.mark.parametrize("spec, whole_band", FREQCA)
+def test_freqca_matches_the_reference(spec, whole_band):
+    x_ref, outs_ref, ref = run_reference(spec)
+    x, outs, rt = run_cachec(spec)
+    ctx = f"cachec {rt.stats.schedule} vs reference {ref.schedule}"
+    assert rt.stats.full_steps == ref.full_steps and "R" in ref.schedule, ctx
+    assert_same((x, outs), (x_ref, outs_ref), ctx)
+    _, outs_whole, _ = run_cachec(whole_band)
+    assert max_diff(outs, outs_whole) > 10 * ATOL, "the band split changed nothing: the test cannot fail"
+
+
+@pytest.mark.parametrize("freqca", ["freqca:3,cutoff=1.0,warmup=2", "freqca:3,O=0,warmup=2"])
+def test_freqca_degenerates_to_reusing_the_stack_residual(freqca):
+    """Every frequency in the low band (cutoff 1), or a high band of order 0: the stack residual of
+    the last full step reused, i.e. ``taylorseer:N,O=0,streams=step``."""
+    x_a, outs_a, rt_a = run_cachec(freqca)
+    x_b, outs_b, rt_b = run_cachec("taylorseer:3,O=0,streams=step,warmup=2")
+    assert rt_a.stats.schedule == rt_b.stats.schedule and "R" in rt_a.stats.schedule
+    assert_same((x_a, outs_a), (x_b, outs_b), freqca, tol=1e-5)
+
+
+def test_freqca_caches_one_stream_instead_of_two_per_block():
+    """The memory saving, counted from the programs: FreqCa's cache is O+1 tensors of the stack
+    residual, TaylorSeer's (same order) O+1 per attention and MLP output of each of the 6 blocks —
+    all [batch, 64, 128] here, so exactly 12 times as many bytes."""
+    freqca, taylor = cache_bytes(program("freqca:3"), 2), cache_bytes(program("taylorseer:3,O=2"), 2)
+    assert freqca == 3 * 2 * 64 * 128 * 4  # D_0..D_2 at batch 2, fp32
+    assert taylor == 12 * freqca, (taylor, freqca)
