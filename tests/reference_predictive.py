@@ -52,6 +52,8 @@ SPECS: dict[str, tuple[dict, str]] = {
     "hicache": ({"N": 5, "O": 2, "sigma": 0.5, "streams": "module", "warmup": 3, "final": 0}, "N"),
     "foca": ({"N": 5, "streams": "module", "warmup": 3, "final": 0}, "N"),
     "abcache": ({"N": 3, "k": 2, "streams": "module", "warmup": 2, "final": 0}, "N"),
+    "speca": ({"N": 9, "O": 2, "checks": 2, "tau0": 7.0, "decay": 0.3, "tau_min": 0.1, "streams": "module",
+               "warmup": 3, "final": 0}, "N"),
     "freqca": ({"N": 6, "O": 2, "sigma": 0.71, "cutoff": 0.1, "streams": "step", "warmup": 3, "final": 0}, "N"),
     "magcache": ({"t": 0.24, "K": 5, "r": 0.1, "ratios": "", "warmup": 0, "final": 0}, "t"),
     "easycache": ({"tau": 0.05, "warmup": 5, "final": 1}, "tau"),
@@ -252,6 +254,8 @@ def make_forecaster(name: str, p: dict):
         return lambda: AdamsBashforthStream(p["k"])
     if name == "freqca":
         return lambda: FreqCaStream(p["O"], p["sigma"], p["cutoff"])
+    if name == "speca":
+        return lambda: TaylorStream(p["O"])
     if name == "budget":
         return lambda: TaylorStream(1 if p["base"] == "forecast" else 0)
     return lambda: TaylorStream(0)  # magcache: reuse the stack residual

@@ -63,6 +63,7 @@ from ..program import (
 )
 from ..regions import ModuleIndex, find_blocks, module_regions
 from . import band_split, cfg_cache
+from . import verify as verify_segment
 from .coalesce import coalesce
 from .reuse_check import check_plan_reuses
 from .segments import StreamPair, copy_values, delta_apply, delta_write, linear_mix, rel_l1_probe
@@ -465,6 +466,45 @@ class Planner:
             band_runs.append(Run(self.add_segment(f"fc_stack_band{k}", gm, "cache")))
         self.variants["reuse"] = self.replace(segs, forecast + band_runs + [Run(apply)])
         self.variants["full"] = self.insert_after(self.variants["full"], segs[-1], [Run(write)] + update)
+
+    def verified_forecast(self, method: ForecastMethod, block: int, error: str) -> None:
+        """SpeCa: :meth:`forecast` on ``module`` streams, plus a ``verify`` variant — the forecast
+        step with block ``block``'s attention/MLP computed exactly on the forecast input *and*
+        forecast, and ``error`` (:mod:`cachec.planner.verify`) comparing the two for the
+        controller. The verified step keeps the computed values."""
+        if method.predict_writes:  # the verify variant below forecasts without writing state
+            raise ModelError(f"a verified forecast needs a method whose forecast writes no state; {method.name} does")
+        full_before = list(self.variants["full"])
+        self.forecast(method, "module")
+        by_seg = self.region_by_segment()
+        checked = [s for s in self.block_segments[block] if s in by_seg]
+        if not checked:
+            raise ModelError(f"{self.captured.model_class}: block {block} has no attention or MLP output to verify")
+        # the reuse variant, with the checked regions run and their forecasts made beside them
+        verify, pairs = [], []
+        for op in full_before:
+            if op.segment not in by_seg:
+                verify.append(op)
+                continue
+            outputs = self.segments[op.segment].outputs
+            state = [[cache_name(op.segment, str(k), n) for n in method.state_names()] for k in range(len(outputs))]
+            loads = [Load(c, c) for names in state for c in names]
+            if op.segment not in checked:
+                verify.extend(loads + [Run(f"{op.segment}_fc_predict")])
+                continue
+            guesses = [f"{op.segment}__guess{k}" for k in range(len(outputs))]
+            for g, value in zip(guesses, outputs, strict=True):
+                self.meta[g] = self.meta[value]
+            mix = self.add_segment(f"{op.segment}_fc_guess",
+                                   linear_mix([(names, [g]) for names, g in zip(state, guesses, strict=True)],
+                                              PREDICT, self.meta), "cache")
+            verify.extend(loads + [Run(mix), op])
+            pairs.extend(zip(guesses, outputs, strict=True))
+        examples = [(n, cfg_cache.example(self.meta[n])) for pair in pairs for n in pair]
+        self.meta[error] = torch.empty(())
+        gm = cfg_cache.traced(verify_segment.relative_error(len(pairs)), examples, [error], "VerifyError")
+        self.variants["verify"] = verify + [Run(self.add_segment("verify_error", gm, "cache"))]
+        self.signal = error
 
     def forecast_ops(self, tag: str, streams: list[str], method: ForecastMethod) -> tuple[list[Op], list[Op]]:
         """Ops that fold fresh ``streams`` into their forecast state, and ops that forecast them."""

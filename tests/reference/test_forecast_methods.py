@@ -257,3 +257,46 @@ def test_freqca_caches_one_stream_instead_of_two_per_block():
     freqca, taylor = cache_bytes(program("freqca:3"), 2), cache_bytes(program("taylorseer:3,O=2"), 2)
     assert freqca == 3 * 2 * 64 * 128 * 4  # D_0..D_2 at batch 2, fp32
     assert taylor == 12 * freqca, (taylor, freqca)
+
+
+# ------------------------------------------------------------------------------------------------
+# SpeCa
+
+
+def test_speca_matches_the_reference_and_reports_its_acceptance():
+    """Same full steps (rejections included), the same verification errors (``stats.signals``),
+    every step's output; the acceptance rate follows from the errors and τ(s)."""
+    from reference_speca import SpecaReference
+
+    from cachec.methods.speca import acceptance, threshold
+
+    spec = "speca:6,tau0=12,decay=0.5,checks=1,warmup=2"  # verified errors 5.0 6.3 27 | 2.9 6.1 8.0: two rejections
+    x_ref, outs_ref, ref = run_reference(spec, SpecaReference)
+    x, outs, rt = run_cachec(spec)
+    ctx = f"cachec {rt.stats.schedule} vs reference {ref.schedule}"
+    assert rt.stats.full_steps == ref.full_steps, ctx
+    verified = [s for s, e in enumerate(ref.signals) if e is not None]
+    assert [s for s, e in enumerate(rt.stats.signals) if e is not None] == verified, ctx
+    # SpeCa's error divides by |y| + 1e-10 element by element: elements with y near 0 amplify float
+    # rounding (cachec's forecast is a matmul, the reference's a sum), so the errors agree to 1 %
+    # only; the thresholds keep a 5 % margin from every error, so the verdicts cannot flip on it
+    torch.testing.assert_close(torch.tensor([rt.stats.signals[s] for s in verified], dtype=torch.float64),
+                               torch.tensor([ref.signals[s] for s in verified], dtype=torch.float64), rtol=1e-2, atol=0)
+    assert_same((x, outs), (x_ref, outs_ref), ctx)
+    taus = [ref.tau(s) for s in range(T)]
+    assert min(abs(e - taus[s]) / taus[s] for s, e in enumerate(ref.signals) if e is not None) > 0.05, "knife edge"
+    # preconditions: both verdicts occur, and a rejection put a full step where the interval would not
+    rate = acceptance(rt.stats.signals, [threshold(rt.policy.params, s, T) for s in range(T)])
+    assert rate == pytest.approx(4 / 6), (rate, ref.signals, taus)
+    rejected = [s + 1 for s in verified if ref.signals[s] > taus[s] and s + 1 < T]
+    assert rejected and all(ref.schedule[s] == "F" for s in rejected), ctx
+
+
+def test_speca_without_verified_steps_is_taylorseer():
+    """checks >= N−1: no forecast step is verified, so none is rejected: SpeCa is taylorseer:N,O."""
+    spec = "speca:4,checks=3,warmup=2"
+    x_a, outs_a, rt_a = run_cachec(spec)
+    x_b, outs_b, rt_b = run_cachec("taylorseer:4,O=2,warmup=2")
+    assert rt_a.stats.schedule == rt_b.stats.schedule and "R" in rt_a.stats.schedule
+    assert all(e is None for e in rt_a.stats.signals)
+    assert_same((x_a, outs_a), (x_b, outs_b), spec, tol=1e-5)
