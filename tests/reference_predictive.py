@@ -21,6 +21,7 @@ Policies (``s = 0..T-1``; ``forced(s)`` = ``s == 0`` or ``s < warmup`` or ``s >=
     foca:N,streams=module|step,warmup=3
     abcache:N,k=2,streams=module|step,warmup=2
     freqca:N=6,O=2,sigma=0.71,cutoff=0.1,warmup=3   (always the step stream)
+    speca:tau0=7,N=9,O=2,checks=2,decay=0.3,tau_min=0.1,warmup=3   (reference_speca.py)
     magcache:t,K=5,r=0.1            + ratios=[...] (python list, constructor argument)
     easycache:tau,warmup=5,final=1
     dbcache:F=1,B=0,t=0.08,W=8,M=-1,MC=-1
@@ -53,7 +54,7 @@ SPECS: dict[str, tuple[dict, str]] = {
     "foca": ({"N": 5, "streams": "module", "warmup": 3, "final": 0}, "N"),
     "abcache": ({"N": 3, "k": 2, "streams": "module", "warmup": 2, "final": 0}, "N"),
     "speca": ({"N": 9, "O": 2, "checks": 2, "tau0": 7.0, "decay": 0.3, "tau_min": 0.1, "streams": "module",
-               "warmup": 3, "final": 0}, "N"),
+               "warmup": 3, "final": 0}, "tau0"),
     "freqca": ({"N": 6, "O": 2, "sigma": 0.71, "cutoff": 0.1, "streams": "step", "warmup": 3, "final": 0}, "N"),
     "magcache": ({"t": 0.24, "K": 5, "r": 0.1, "ratios": "", "warmup": 0, "final": 0}, "t"),
     "easycache": ({"tau": 0.05, "warmup": 5, "final": 1}, "tau"),

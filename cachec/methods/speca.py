@@ -1,4 +1,4 @@
-"""``speca:N,O`` — SpeCa (Liu et al., 2025): forecast, then verify. TaylorSeer drafts every cached
+"""``speca:tau0,N,O`` — SpeCa (Liu et al., 2025): forecast, then verify. TaylorSeer drafts every cached
 step; from the ``checks+1``-th forecast step after a full one, the step also computes the last
 block's attention and MLP exactly (on the forecast input) and compares them with their forecasts.
 When the relative error exceeds ``τ(s) = max(tau_min, tau0·decay^(s/T))`` the draft is rejected
@@ -78,7 +78,8 @@ class SpeCaMethod(Method):
     doc = ("SpeCa: TaylorSeer drafts cached steps; from the (checks+1)-th on, the last block is computed and compared "
            "with its forecast, and an error above τ(s) makes the next step full")
     granularity = "module"
-    main = "N"
+    dynamic = True  # decides on a value read back, one decision for the batch (served alone, like a probe policy)
+    main = "tau0"  # the threshold, as for the probe policies (cachec calibrate --threshold-map sweeps it)
     Params = SpeCaParams
     controller_cls = SpeCaController
     variants = ("full", "reuse", "verify")

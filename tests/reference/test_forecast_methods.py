@@ -270,7 +270,7 @@ def test_speca_matches_the_reference_and_reports_its_acceptance():
 
     from cachec.methods.speca import acceptance, threshold
 
-    spec = "speca:6,tau0=12,decay=0.5,checks=1,warmup=2"  # verified errors 5.0 6.3 27 | 2.9 6.1 8.0: two rejections
+    spec = "speca:12,N=6,decay=0.5,checks=1,warmup=2"  # verified errors 5.0 6.3 27 | 2.9 6.1 8.0: two rejections
     x_ref, outs_ref, ref = run_reference(spec, SpecaReference)
     x, outs, rt = run_cachec(spec)
     ctx = f"cachec {rt.stats.schedule} vs reference {ref.schedule}"
@@ -294,7 +294,7 @@ def test_speca_matches_the_reference_and_reports_its_acceptance():
 
 def test_speca_without_verified_steps_is_taylorseer():
     """checks >= N−1: no forecast step is verified, so none is rejected: SpeCa is taylorseer:N,O."""
-    spec = "speca:4,checks=3,warmup=2"
+    spec = "speca:N=4,checks=3,warmup=2"
     x_a, outs_a, rt_a = run_cachec(spec)
     x_b, outs_b, rt_b = run_cachec("taylorseer:4,O=2,warmup=2")
     assert rt_a.stats.schedule == rt_b.stats.schedule and "R" in rt_a.stats.schedule
