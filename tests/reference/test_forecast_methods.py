@@ -13,7 +13,8 @@ final latent agree. The hybrid cases put full steps at irregular distances, so t
 coefficients are checked at real gaps.
 
 CI time: one capture of the model for the module (each policy plans on a copy of it), a program
-per plan kind, and trajectories of a 6-block model: a few seconds in all.
+per plan kind, and trajectories of a 6-block model: about 30 s of CPU for the module (measured:
+27.7 s user time for all 21 tests, imports included).
 """
 
 from __future__ import annotations
