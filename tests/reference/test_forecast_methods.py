@@ -173,6 +173,8 @@ def test_abcache_matches_the_reference(spec):
 HYBRIDS = [  # (cachec spec, reference spec, reference kwargs)
     (f"static:{MASK}+abcache:k=3", "budget:base=step+abcache:k=3", {"schedule": MASK}),
     (f"static:{MASK}+abcache:k=4", "budget:base=step+abcache:k=4", {"schedule": MASK}),
+    # a probe decision: full at 0, 1, 2, 7, 10, 11 (every compared probe value 12 % or more from t)
+    ("fbcache:0.3,warmup=3+abcache:k=3", "dbcache:F=1,B=0,t=0.3,W=0,warmup=3+abcache:k=3", {}),
 ]
 
 
@@ -184,6 +186,8 @@ def test_abcache_forecasts_a_hybrid_decision_at_irregular_gaps(spec, ref_spec, r
     assert rt.stats.full_steps == ref.full_steps, ctx
     gaps = {b - a for a, b in zip(ref.full_steps, ref.full_steps[1:], strict=False)}
     assert len(gaps) > 2, gaps
+    if ref.compared:  # a probe decision: no compared value on a knife edge
+        assert min(abs(v - ref.p["t"]) / ref.p["t"] for v in ref.compared) > 0.05, "threshold too close to a value"
     assert_same((x, outs), (x_ref, outs_ref), ctx)
     # the order matters: the mask's plain copy (k=1) gives other outputs
     _, outs_copy, _ = run_cachec(spec.rsplit("=", 1)[0] + "=1")
