@@ -1,4 +1,4 @@
-"""Feature forecasting as linear algebra on a small per-stream state (TaylorSeer, HiCache, FoCa).
+"""Feature forecasting as linear algebra on a small per-stream state (TaylorSeer, HiCache, FoCa, AB-Cache).
 
 Every forecast method cachec supports keeps, per cached stream, a few tensors of the stream's
 shape (its *state*) and is *linear* in them: a full step maps ``[F, state]`` to the new state and
@@ -48,6 +48,12 @@ class ForecastMethod:
 
     def state_names(self) -> list[str]:
         return [f"d{i}" for i in range(self.state)]
+
+    def predict_at(self, step: int, full_steps: list[int]) -> Matrix:
+        """The forecast coefficients of cached step ``step`` after the full steps ``full_steps``
+        (ascending). Most methods need only the distance from the last one; a method whose
+        coefficients depend on every gap (Adams–Bashforth) overrides this."""
+        return self.predict(step - full_steps[-1], len(full_steps))
 
 
 class Taylor(ForecastMethod):
@@ -140,6 +146,74 @@ class FoCa(ForecastMethod):
         return [forecast, list(forecast), [0.0, 0.0, 1.0, 0.0]]  # F̂, P1 <- F̂, P2 <- P1
 
 
+class HermiteHighTerms(Hermite):
+    """FreqCa's high band: HiCache's state and update, forecasting only ``G = Σ_{k≥1} D_k·σ^k·H_k(σx)/k!``
+    (the series without ``D_0``); the planner's band split adds ``D_0`` and removes ``low(G)``
+    (:meth:`cachec.planner.Planner.band_forecast`), which keeps the low band at its last value."""
+
+    name = "hermite_high"
+
+    def predict(self, x: int, n_full: int) -> Matrix:
+        row = super().predict(x, n_full)[0]
+        return [[0.0] + row[1:]]
+
+
+def lagrange_weights(at: float, points: list[float]) -> list[float]:
+    """The weights ``w_j`` with ``p(at) = Σ_j w_j·p(points[j])`` for every polynomial ``p`` of degree
+    below ``len(points)``: the Lagrange basis ``w_j = Π_{l≠j} (at − x_l)/(x_j − x_l)``."""
+    weights = []
+    for j, xj in enumerate(points):
+        w = 1.0
+        for m, xm in enumerate(points):
+            if m != j:
+                w *= (at - xm) / (xj - xm)
+        weights.append(w)
+    return weights
+
+
+class AdamsBashforth(ForecastMethod):
+    """AB-Cache (cachec's reading, docs/methods.md): the k-th-order linear multistep forecast
+    ``F̂_n = Σ_{i=1..k} c_i·F_{n−i}`` over the last k *computed* values of the stream.
+
+    State ``[f_0, …, f_{k−1}]``: the values of the last k full steps, newest first (a full step
+    shifts them and puts the fresh value in ``f_0``; slots no full step has filled yet hold the
+    first value). The coefficients are those that make the combination exact for every feature
+    that is a polynomial of degree k−1 in the step index (truncation error O(h^k)): the Lagrange
+    weights of the full steps' positions, evaluated at the cached step. On evenly spaced full
+    steps one step apart they are the binomial ``c_i = (−1)^{i+1}·C(k, i)`` (k=2: 2, −1; k=3:
+    3, −3, 1); at irregular gaps (a hybrid's decision) they are the variable-step weights of the
+    real positions. Until k full steps exist the order is the number of full steps so far.
+    k=1 is FORA's reuse and k=2 TaylorSeer's order 1 (same forecast at any gaps).
+    """
+
+    name = "adams_bashforth"
+
+    def __init__(self, order: int):
+        self.order = order
+        self.state = order
+
+    def state_names(self) -> list[str]:
+        return [f"f{i}" for i in range(self.state)]
+
+    def update(self, n_prev_full: int, delta: int) -> Matrix:
+        m = _zeros(self.state, 1 + self.state)
+        m[0][0] = 1.0  # f_0 <- F
+        for i in range(1, self.state):
+            if n_prev_full >= i:
+                m[i][i] = 1.0  # f_i <- f_{i-1} (column 1 + (i - 1))
+            else:
+                m[i][0] = 1.0  # no value that old yet: hold the fresh one
+        return m
+
+    def predict(self, x: int, n_full: int) -> Matrix:  # pragma: no cover - predict_at is what is called
+        raise NotImplementedError("AdamsBashforth forecasts from the full steps' positions: call predict_at")
+
+    def predict_at(self, step: int, full_steps: list[int]) -> Matrix:
+        newest_first = full_steps[::-1][: self.state]
+        weights = lagrange_weights(step, newest_first)
+        return [weights + [0.0] * (self.state - len(weights))]
+
+
 class ForecastTracker:
     """Where a trajectory stands for a forecast method: which coefficients this step needs."""
 
@@ -147,6 +221,7 @@ class ForecastTracker:
         self.method = method
         self.n_full = 0
         self.last_full: int | None = None
+        self.full_steps: list[int] = []
 
     def step_inputs(self, step: int, full: bool) -> dict[str, Matrix]:
         if full:
@@ -154,5 +229,6 @@ class ForecastTracker:
             coeffs = {UPDATE: self.method.update(self.n_full, delta)}
             self.n_full += 1
             self.last_full = step
+            self.full_steps.append(step)
             return coeffs
-        return {PREDICT: self.method.predict(step - self.last_full, self.n_full)}
+        return {PREDICT: self.method.predict_at(step, self.full_steps)}

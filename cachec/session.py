@@ -82,7 +82,10 @@ class Session:
         from .sampling import sample
 
         rt = self.runtime(method, backend=backend, steps=steps)
-        sample(rt, self.bundle, min(2, steps), 0, batch)
+        # long enough for a step past the forced-full ones (warmup=/final=), which a policy refuses
+        # to run without
+        forced = rt.policy.params.warmup + rt.policy.params.final
+        sample(rt, self.bundle, min(max(2, forced + 1), steps), 0, batch)
         return rt
 
     @property

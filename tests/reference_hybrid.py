@@ -19,7 +19,7 @@ import math
 
 import torch
 from reference_hooks import HookedReference, out_streams, with_streams
-from reference_predictive import FoCaStream, HermiteStream, PredictiveReference
+from reference_predictive import AdamsBashforthStream, FoCaStream, HermiteStream, PredictiveReference
 
 
 class CacheDitTaylorSeer:
@@ -66,9 +66,9 @@ class CacheDitTaylorSeer:
 
 
 def parse_forecaster(spec: str):
-    """``taylorseer:O=1`` / ``hicache:O=1,sigma=0.8`` / ``foca`` -> a factory of per-stream forecasters."""
+    """``taylorseer:O=1`` / ``hicache:O=1,sigma=0.8`` / ``foca`` / ``abcache:k=3`` -> a factory of per-stream forecasters."""
     name, _, args = spec.partition(":")
-    p = {"O": 2, "sigma": 0.5}
+    p = {"O": 2, "sigma": 0.5, "k": 2}
     for item in (a for a in args.split(",") if a.strip()):
         key, _, value = item.partition("=")
         p[key.strip()] = type(p[key.strip()])(value)
@@ -76,6 +76,8 @@ def parse_forecaster(spec: str):
         return lambda: CacheDitTaylorSeer(p["O"])
     if name == "hicache":
         return lambda: HermiteStream(p["O"], p["sigma"])
+    if name == "abcache":
+        return lambda: AdamsBashforthStream(p["k"])
     assert name == "foca", spec
     return FoCaStream
 

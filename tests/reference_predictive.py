@@ -19,6 +19,9 @@ Policies (``s = 0..T-1``; ``forced(s)`` = ``s == 0`` or ``s < warmup`` or ``s >=
     taylorseer:N,O=2,streams=module|step,warmup=2,final=0
     hicache:N,O=2,sigma=0.5,streams=module|step,warmup=3
     foca:N,streams=module|step,warmup=3
+    abcache:N,k=2,streams=module|step,warmup=2
+    freqca:N=6,O=2,sigma=0.71,cutoff=0.1,warmup=3   (always the step stream)
+    speca:tau0=7,N=9,O=2,checks=2,decay=0.3,tau_min=0.1,warmup=3   (reference_speca.py)
     magcache:t,K=5,r=0.1            + ratios=[...] (python list, constructor argument)
     easycache:tau,warmup=5,final=1
     dbcache:F=1,B=0,t=0.08,W=8,M=-1,MC=-1
@@ -49,12 +52,16 @@ SPECS: dict[str, tuple[dict, str]] = {
     "taylorseer": ({"N": 4, "O": 2, "streams": "module", "warmup": 2, "final": 0}, "N"),
     "hicache": ({"N": 5, "O": 2, "sigma": 0.5, "streams": "module", "warmup": 3, "final": 0}, "N"),
     "foca": ({"N": 5, "streams": "module", "warmup": 3, "final": 0}, "N"),
+    "abcache": ({"N": 3, "k": 2, "streams": "module", "warmup": 2, "final": 0}, "N"),
+    "speca": ({"N": 9, "O": 2, "checks": 2, "tau0": 7.0, "decay": 0.3, "tau_min": 0.1, "streams": "module",
+               "warmup": 3, "final": 0}, "tau0"),
+    "freqca": ({"N": 6, "O": 2, "sigma": 0.71, "cutoff": 0.1, "streams": "step", "warmup": 3, "final": 0}, "N"),
     "magcache": ({"t": 0.24, "K": 5, "r": 0.1, "ratios": "", "warmup": 0, "final": 0}, "t"),
     "easycache": ({"tau": 0.05, "warmup": 5, "final": 1}, "tau"),
     "dbcache": ({"F": 1, "B": 0, "t": 0.08, "W": 8, "M": -1, "MC": -1, "warmup": 0, "final": 0}, "F"),
     "budget": ({"nfe": 10, "base": "module", "calib": "", "warmup": 0, "final": 0}, "nfe"),
 }
-FORECAST_POLICIES = ("taylorseer", "hicache", "foca")
+FORECAST_POLICIES = ("taylorseer", "hicache", "foca", "abcache", "freqca")
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -172,6 +179,70 @@ class FoCaStream:
         return forecast.clone()
 
 
+class AdamsBashforthStream:
+    """AB-Cache (cachec's reading): the forecast at step ``s`` is the value at ``s`` of the
+    polynomial of degree ``m − 1`` through the last ``m = min(k, full steps so far)`` computed
+    values at their steps — the k-step linear combination exact for features polynomial of degree
+    k − 1 in the step (on steps one apart: ``2F_{n−1} − F_{n−2}`` for k = 2, ``3F_{n−1} − 3F_{n−2} +
+    F_{n−3}`` for k = 3). Evaluated here by Newton's divided differences (cachec uses Lagrange
+    weights), so the two computations are independent.
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        self.points: list[tuple[int, torch.Tensor]] = []  # (step, value), oldest first
+
+    def update(self, F: torch.Tensor, s: int) -> None:
+        self.points = (self.points + [(s, F.clone())])[-self.k:]
+
+    def predict(self, s: int) -> torch.Tensor:
+        xs = [p[0] for p in self.points]
+        table = [p[1] for p in self.points]  # divided differences, built in place
+        coeffs = [table[0]]
+        for level in range(1, len(xs)):
+            table = [(table[i + 1] - table[i]) / (xs[i + level] - xs[i]) for i in range(len(table) - 1)]
+            coeffs.append(table[0])
+        out, basis = torch.zeros_like(coeffs[0]), 1.0
+        for level, c in enumerate(coeffs):  # Newton form: Σ c_j Π_{i<j} (s − x_i)
+            out = out + c * basis
+            basis *= s - xs[level]
+        return out
+
+
+def dct_low_band(x: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """The low band of ``x`` (``[batch, tokens, channels]``): orthonormal DCT-II over the tokens —
+    2-D over the ``s × s`` grid when the token count is a square ``s²``, else 1-D over the sequence —
+    keeping the frequencies ``(k_h, k_w)`` with ``√((k_h/h)² + (k_w/w)²) ≤ cutoff · (its largest
+    value)``, then the inverse DCT (scipy, in float64)."""
+    from scipy.fft import dctn, idctn
+
+    b, n, c = x.shape
+    side = math.isqrt(n)
+    h, w = (side, side) if side * side == n else (1, n)
+    grid = x.detach().double().numpy().reshape(b, h, w, c)
+    freq = dctn(grid, axes=(1, 2), norm="ortho")
+    kh = (torch.arange(h, dtype=torch.float64) / h)[:, None]
+    kw = (torch.arange(w, dtype=torch.float64) / w)[None, :]
+    radius = torch.sqrt(kh**2 + kw**2)
+    keep = (radius <= cutoff * radius.max() + 1e-9).numpy()
+    low = idctn(freq * keep[None, :, :, None], axes=(1, 2), norm="ortho")
+    return torch.from_numpy(low.reshape(b, n, c)).to(x.dtype)
+
+
+class FreqCaStream(HermiteStream):
+    """FreqCa on one stream (the stack residual): HiCache's state and update at full steps; a
+    cached step returns ``low(D_0) + high(F̂_hermite)`` — the low band of the last computed value,
+    the high band of the Hermite forecast (``high = x − low(x)``)."""
+
+    def __init__(self, order: int, sigma: float, cutoff: float):
+        super().__init__(order, sigma)
+        self.cutoff = cutoff
+
+    def predict(self, s: int) -> torch.Tensor:
+        forecast = super().predict(s)
+        return dct_low_band(self.D[0], self.cutoff) + forecast - dct_low_band(forecast, self.cutoff)
+
+
 def make_forecaster(name: str, p: dict):
     """The per-stream forecaster of a policy (``budget`` reuses by order 0, forecasts by order 1)."""
     if name == "taylorseer":
@@ -180,6 +251,12 @@ def make_forecaster(name: str, p: dict):
         return lambda: HermiteStream(p["O"], p["sigma"])
     if name == "foca":
         return FoCaStream
+    if name == "abcache":
+        return lambda: AdamsBashforthStream(p["k"])
+    if name == "freqca":
+        return lambda: FreqCaStream(p["O"], p["sigma"], p["cutoff"])
+    if name == "speca":
+        return lambda: TaylorStream(p["O"])
     if name == "budget":
         return lambda: TaylorStream(1 if p["base"] == "forecast" else 0)
     return lambda: TaylorStream(0)  # magcache: reuse the stack residual

@@ -17,8 +17,8 @@ Primitives that return a whole plan, one per family of methods:
   two *tails*.
 * :meth:`Planner.group_reuse` (PAB, T-GATE): module reuse decided per group of regions (self-,
   cross-, temporal attention), one variant per subset of groups reused.
-* :meth:`Planner.forecast` (TaylorSeer, HiCache, FoCa): state updates on full steps, forecasts on
-  cached ones.
+* :meth:`Planner.forecast` (TaylorSeer, HiCache, FoCa, AB-Cache): state updates on full steps,
+  forecasts on cached ones.
 
 Building blocks that add to a plan (a method with a plan of its own composes them):
 :meth:`Planner.new_plan`, :meth:`~Planner.add_segment`, :meth:`~Planner.cache_ops` (store after /

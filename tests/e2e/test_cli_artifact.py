@@ -191,3 +191,11 @@ def test_corrupt_or_foreign_artifacts_are_named(artifact_dir, tmp_path, capsys):
     assert "not a cachec manifest" in capsys.readouterr().err
     Path(bad / "manifest.json").unlink()
     assert main(["run", str(bad), "--steps", "2"]) == 2
+
+
+def test_run_warms_up_past_the_policys_forced_full_steps(artifact_dir, tmp_path, capsys):
+    """The warm-up trajectory before timing must reach a cached step: ``warmup=2`` once made the
+    2-step warm-up refuse to run (every step forced full) before anything was timed."""
+    assert main(["run", str(artifact_dir), "--policy", "fora:2,warmup=2", "--steps", "3", "--batch", "1",
+                 "--repeats", "1", "--json", "--out", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["schedule"] == "FFR"
