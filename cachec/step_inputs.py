@@ -25,7 +25,6 @@ import re
 log = logging.getLogger("cachec")
 
 PER_BLOCK = re.compile(r"^(.+)__\d+$")  # a list input flattened by capture.flatten_inputs
-_said: set[tuple] = set()
 
 
 def _reads(program, variant: str) -> set[str]:
@@ -70,12 +69,10 @@ def unread_on_reuse(program) -> dict[str, list[str]]:
 
 
 def say_unread_on_reuse(program) -> None:
-    """Log once per program kind which per-block inputs (ControlNet residuals) reused steps do not read."""
+    """Log which per-block inputs (ControlNet residuals) reused steps do not read: once per runtime."""
     unread = unread_on_reuse(program)
-    key = (program.meta.get("model_class"), program.meta.get("policy"), tuple(sorted(unread.items())))
-    if not unread or key in _said:
+    if not unread:
         return
-    _said.add(key)
     names = sorted({n for names in unread.values() for n in names})
     log.warning("cachec: reused steps of %s skip the blocks that add the per-block inputs %s (a ControlNet's "
                 "residuals, say): their cached output carries the residuals of the last full step; the other "

@@ -56,10 +56,16 @@ def _flux_text():
                 guidance_scale=3.5, height=16, width=16, output_type="latent")
 
 
+FLUX_1_1 = dict(CONFIGS["FluxTransformer2DModel"], num_layers=1, num_single_layers=1)  # export time is per block
+
+
 def _flux_parts():
-    """FLUX's packed latents have ``in_channels / 4`` channels: 2 for the small FLUX."""
+    """The small FLUX with one joint and one single block; its packed latents have ``in_channels / 4``
+    channels: 2."""
+    torch.manual_seed(0)
+    transformer = _noised(diffusers.FluxTransformer2DModel(**FLUX_1_1), seed=1)
     return dict(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=_vae(2), text_encoder=None,
-                tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=make("flux"))
+                tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
 
 
 def _sd3_text():
@@ -75,11 +81,9 @@ def _sd3_parts():
 
 
 def controlnet_flux():
-    """One joint and one single ControlNet block for the 2 + 2 block FLUX: each residual is added
-    after two denoiser blocks (diffusers' ``interval_control``)."""
+    """One joint and one single ControlNet block: a residual after each denoiser block."""
     torch.manual_seed(5)
-    cn = _noised(diffusers.FluxControlNetModel(**dict(CONFIGS["FluxTransformer2DModel"], num_layers=1,
-                                                      num_single_layers=1)), seed=6)
+    cn = _noised(diffusers.FluxControlNetModel(**FLUX_1_1), seed=6)
     pipe = diffusers.FluxControlNetPipeline(**_flux_parts(), controlnet=cn)
     return pipe, dict(_flux_text(), control_image=_image(), controlnet_conditioning_scale=0.7), "images"
 
