@@ -307,6 +307,10 @@ def markdown(rows: dict, policies, backends) -> str:
         lines.append("")
     run_here = ", ".join(b for b in BACKENDS if any(c[f"{p} / {b}"] != NOT_RUN for c in rows.values() for p in policies))
     lines.append(f"{STEPS}-step trajectories, CPU, torch {torch.__version__}; backends run: {run_here}.")
+    if any(v == NOT_RUN for c in rows.values() for v in c.values()):
+        lines.append(f"`{NOT_RUN}`: not run for this table (each cell is a capture and a lowering: Inductor and "
+                     "AOTInductor compile C++ per variant, minutes a cell on a CPU); fill them with "
+                     "`python tools/workflow_matrix.py --backends B --json B.json`, then `--backends --merge *.json`.")
     return "\n".join(lines)
 
 
