@@ -1,4 +1,4 @@
-"""Which per-block inputs a reused step does not read, said once instead of silently.
+"""Which per-block inputs a reused step does not read: said in the log, never silent.
 
 A ControlNet hands the denoiser one residual per block (FLUX ``controlnet_block_samples`` and
 ``controlnet_single_block_samples``, SD3 ``block_controlnet_hidden_states``); capture flattens each
@@ -7,11 +7,13 @@ decides what a reused step does with it:
 
 * the add lies *outside* every cached region (``fora``'s attention/MLP reuse, ``taylorseer``'s
   forecasts): the reused step adds the *current* residual, exactly as the uncached model;
-* the add lies *inside* a skipped region (``fbcache``/``teacache`` skip every block after the
-  first; a per-block or ``delta`` policy skips a block range): the reused step does not read the
-  residual at all — the cached output of the skipped blocks carries the residuals of the last full
-  step, as it carries those blocks' own work. That is the method's approximation (the control
-  signal of a reused step is the earlier step's), not a wrong input, but a user should know it.
+* the add lies *inside* a skipped region (``fbcache`` skips every block after the first,
+  ``teacache`` every block; a per-block or ``delta`` policy skips a block range): the reused step
+  does not read the residual at all — the cached output of the skipped blocks carries the residuals
+  of the last full step, as it carries those blocks' own work. That is the method's approximation
+  (the control signal of a reused step is the earlier step's), not a wrong input, but a user
+  should know it. The add after the last skipped block lies after the cached region: it reads the
+  current residual.
 
 :func:`unread_on_reuse` reads this from the program's variants (which inputs each step path reads),
 so it holds for any policy and any backend, graph-less ONNX/TensorRT programs included.
