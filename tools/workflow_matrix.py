@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -261,7 +262,12 @@ def cell(workflow: str, policy: str, backend: str) -> str:
     try:
         return WORKFLOWS[workflow](policy, backend)
     except Exception as exc:  # noqa: BLE001 - reported in the table
-        return _message(exc)
+        return _plain(_message(exc))
+
+
+def _plain(text: str) -> str:
+    """Without terminal colour codes (the ONNX exporter colours its messages)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def run(workflows, policies, backends, earlier: dict | None = None, on_row=None) -> dict:
@@ -300,7 +306,7 @@ def markdown(rows: dict, policies, backends) -> str:
     for b in BACKENDS:
         lines += [f"### {b}", "", "| workflow | " + " | ".join(policies) + " |", "|---|" + "---|" * len(policies)]
         for w, cells in rows.items():
-            texts = [cells[f"{p} / {b}"].replace("|", "\\|") for p in policies]
+            texts = [_plain(cells[f"{p} / {b}"]).replace("|", "\\|") for p in policies]
             if len(set(texts)) == 1 and not texts[0].startswith("ok") and texts[0] != NOT_RUN:
                 texts = [texts[0]] + ["〃"] * (len(texts) - 1)  # refused for every policy
             lines.append(f"| {w} | " + " | ".join(texts) + " |")
