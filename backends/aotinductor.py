@@ -12,7 +12,9 @@ weights twice (a dynamic policy: four times). Here every package is compiled wit
 ``package_constants_in_so=False`` and the weights are written once, by their names in the
 captured model, to ``weights.safetensors``. Loading reads that file once onto the package's
 device and hands the *same* tensors to every variant (``load_constants(user_managed=True)``):
-weights are stored once on disk and held once in memory.
+weights are stored once on disk and held once in memory. The same user-managed tensors let
+``rt.load_weights(state_dict)`` swap in weights of the same shapes without recompiling
+(:mod:`cachec.weights`): it copies into them in place, and every package reads the new values.
 
 A package runs on the device type it was compiled for (its kernels are C++ for the CPU, Triton
 for CUDA), so the artifact records it and refuses inputs elsewhere. Shapes are static apart from
@@ -176,6 +178,7 @@ def lower(program: Program, package_dir: Path | None = None, aoti_packages: dict
             raise ArtifactError(f"{Path(package_dir) / entry['file']} could not be loaded by torch "
                                 f"{torch.__version__} ({type(exc).__name__}: {exc})") from exc
         runners[path] = _runner(entry, model, device)
+        runners[path].user_weights = weights  # the same tensors every package reads: rt.load_weights copies into them
     return runners
 
 

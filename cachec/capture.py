@@ -90,10 +90,14 @@ class Captured:
 
 
 def flatten_inputs(kwargs: dict) -> dict[str, torch.Tensor]:
-    """Flat ``name → tensor`` view of model kwargs; nested dicts become ``outer__inner``.
+    """Flat ``name → tensor`` view of model kwargs; nested dicts become ``outer__inner`` and lists
+    or tuples of tensors ``outer__0``, ``outer__1``…
 
     PixArt takes ``added_cond_kwargs={"resolution": ..., "aspect_ratio": ...}``; the exported
-    graph and the runtime both use the flat names, so artifacts need no pytree specs.
+    graph and the runtime both use the flat names, so artifacts need no pytree specs. A ControlNet
+    hands the denoiser one residual per block as a list (``controlnet_block_samples``): those are
+    inputs that change every step, and a list left out here would be baked into the graph as the
+    first call's constants (every later step would add stale residuals, silently).
     """
     flat: dict[str, torch.Tensor] = {}
     for k, v in kwargs.items():
@@ -103,6 +107,9 @@ def flatten_inputs(kwargs: dict) -> dict[str, torch.Tensor]:
             for k2, v2 in v.items():
                 if isinstance(v2, torch.Tensor):
                     flat[f"{k}__{k2}"] = v2
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, torch.Tensor) for x in v):
+            for i, x in enumerate(v):
+                flat[f"{k}__{i}"] = x
     return flat
 
 
@@ -111,6 +118,8 @@ def _rebuild(flat: dict[str, torch.Tensor], template: dict) -> dict:
     for k, v in template.items():
         if isinstance(v, dict):
             out[k] = {k2: flat.get(f"{k}__{k2}", v2) for k2, v2 in v.items()}
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, torch.Tensor) for x in v):
+            out[k] = type(v)(flat.get(f"{k}__{i}", x) for i, x in enumerate(v))
         else:
             out[k] = flat.get(k, v)
     return out

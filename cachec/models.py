@@ -167,7 +167,9 @@ def fit_inputs(flat: dict[str, torch.Tensor], batch: int, dtype: torch.dtype) ->
             out.setdefault(outer, {})[inner] = t
         else:
             out[name] = t
-    return out
+    # ``a__0``, ``a__1``… were a list (a ControlNet's per-block residuals): a list again, in order
+    return {k: [v[i] for i in sorted(v, key=int)] if isinstance(v, dict) and all(i.isdigit() for i in v) else v
+            for k, v in out.items()}
 
 def example_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0, *, text_tokens: int = 8,
                    resolution: int | None = None, frames: int = 1) -> dict:

@@ -37,6 +37,7 @@ from .policy import parse_policy
 from .program import Program, per_item
 from .quantized import program_quantization
 from .single_caller import SingleCaller
+from .step_inputs import say_unread_on_reuse
 
 log = logging.getLogger("cachec")
 
@@ -148,6 +149,7 @@ class CacheRuntime(torch.nn.Module):
             raise PolicyError(f"the program {problem}")
         self.variants = self.backend.lower(program, **self.backend_options)  # variant name -> run(env, caches)
         self.items = ItemRunner(program)  # per-sample decisions: variants run on some items of a batch
+        say_unread_on_reuse(program)  # ControlNet residuals a reused step does not read: said, not silent
         self.num_steps = num_steps
         self.signature = signature or list(program.inputs)
         self.full_step_flops = full_step_flops or program.planned.none_flops or program.variant_flops("full")

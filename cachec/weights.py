@@ -6,9 +6,10 @@ LoRA hand the runtime the fused weights (``rt.load_weights(state_dict)``, names 
 
 * Eager and Inductor (the program's graphs hold the weights): each tensor is copied in place into
   the tensor the graphs read (Inductor's compiled code and CUDA graphs read the same storage).
+* AOTInductor: the packages run on user-managed constants (``load_constants(user_managed=True)``),
+  one set of tensors every variant's package reads: the new values are copied into those tensors.
 * ONNX Runtime and TensorRT hold the weights inside their lowered files: refused, naming the
-  backend. AOTInductor packages run on user-managed constants (``load_constants``), which would
-  allow it, but that path is not written yet: refused too.
+  backend.
 
 A name the program does not hold, or a shape or dtype that differs, is refused before anything is
 copied (never half-loaded weights).
@@ -40,15 +41,25 @@ def _check(state_dict: dict, held: dict[str, torch.Tensor]) -> None:
                              f"{tuple(t.shape)} {t.dtype} (other shapes need another compile)")
 
 
-def load_weights(runtime, state_dict: dict[str, torch.Tensor]) -> None:
-    """Replace weights of ``runtime``'s program by ``state_dict``'s (a subset is fine)."""
+def _held(runtime) -> dict[str, torch.Tensor] | None:
+    """The tensors the runtime computes with, by the model's names (None: the backend holds its own)."""
+    shared = [getattr(run, "user_weights", None) for run in runtime.variants.values()]
+    if shared and all(w is not None for w in shared):  # AOTInductor: the packages' user-managed constants
+        return {_model_name(n): t for w in shared for n, t in w.items()}
     segments = list(runtime.program.segments.values())
     if all(seg.module is not None for seg in segments):
-        held = {_model_name(n): t for seg in segments for n, t in seg.parameters().items()}
-        _check(state_dict, held)
-        with torch.no_grad():
-            for k, v in state_dict.items():
-                held[k].copy_(v)
-        return
-    raise BackendError(f"load_weights works on eager and inductor runtimes; the {runtime.backend.name} backend runs "
-                       "lowered files that hold or manage their weights apart from a graph (compile again for new weights)")
+        return {_model_name(n): t for seg in segments for n, t in seg.parameters().items()}
+    return None
+
+
+def load_weights(runtime, state_dict: dict[str, torch.Tensor]) -> None:
+    """Replace weights of ``runtime``'s program by ``state_dict``'s (a subset is fine)."""
+    held = _held(runtime)
+    if held is None:
+        raise BackendError(f"load_weights works on eager, inductor and aotinductor runtimes; the "
+                           f"{runtime.backend.name} backend runs lowered files that hold their weights "
+                           "(compile again for new weights)")
+    _check(state_dict, held)
+    with torch.no_grad():
+        for k, v in state_dict.items():
+            held[k].copy_(v)

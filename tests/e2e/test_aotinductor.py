@@ -108,3 +108,27 @@ def test_the_bundled_models_artifact_is_within_the_size_target(tmp_path):
     # the compacted packages load and sample
     assert main(["run", str(out), "--steps", "3", "--batch", "2", "--json", "--out", str(tmp_path / "samples"),
                  "--trust-native"]) == 0
+
+
+def test_load_weights_swaps_the_packages_weights_without_compiling(compiled):
+    """Another LoRA's fused weights, say: same names and shapes, copied into the user-managed
+    constants every package reads; the output is the plain model's with the new weights."""
+    model, out = compiled
+    torch.manual_seed(1)
+    other = DiTTransformer2DModel(**model.config).eval()
+    rt = cachec.load(out, num_steps=2, verify_key=out.parent / "key")
+    kw = example_inputs(model, 2, seed=1)
+    with torch.no_grad():
+        before = rt(**kw)[0]
+        variants = dict(rt.variants)
+        rt.load_weights(other.state_dict())
+        cachec.reset(rt)
+        after = rt(**kw)[0]  # step 0: the full variant
+        rt(**{**kw, "timestep": kw["timestep"] - 100})  # step 1: the reuse variant runs on the same weights
+        plain, old = other(**kw, return_dict=False)[0], model(**kw, return_dict=False)[0]
+    torch.testing.assert_close(before, old, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(after, plain, rtol=1e-4, atol=1e-4)
+    assert (plain - old).abs().max() > 1e-2  # the swap changes the output: the comparison can fail
+    assert rt.variants == variants and rt.stats.schedule == "FR"  # nothing was compiled or lowered again
+    with pytest.raises(cachec.ShapeError, match="compiled with"):
+        rt.load_weights({"proj_out_2.weight": torch.zeros(3, 3)})
