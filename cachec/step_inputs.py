@@ -79,4 +79,4 @@ def say_unread_on_reuse(program) -> None:
     log.warning("cachec: reused steps of %s skip the blocks that add the per-block inputs %s (a ControlNet's "
                 "residuals, say): their cached output carries the residuals of the last full step; the other "
                 "per-block inputs are added fresh (docs/controlnet_and_edit.md)",
-                program.meta.get("policy"), ", ".join(names))
+                program.planned.policy, ", ".join(names))
