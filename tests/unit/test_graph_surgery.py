@@ -1,82 +1,20 @@
-"""The passes and ``program.split``/``split_segment`` on a hand-built denoiser graph, against
-expectations worked out by hand (no export: every test runs in milliseconds).
-
-The toy denoiser, in aten ops, with the module paths export would record::
-
-    proj_in:        h   = x + 1                      (stream, before the blocks: prologue)
-    t_embedder:     e   = t * 2                      (conditioning: written after h, hoisted first)
-    blocks.i.norm:  n_i = h_i * e                    (glue before the attention: b{i}_g0)
-    blocks.i.attn:  a_i = n_i @ w_i                  (the region: b{i}_attn, owns weight w_i)
-    blocks.i:       h_{i+1} = h_i + a_i              (glue after the attention: b{i}_g1)
-    proj_out:       out = h_2 * 0.5                  (epilogue)
-"""
+"""The passes and ``program.split``/``split_segment`` on the hand-built toy denoiser of
+``toy_graphs.py``, against expectations worked out by hand (no export: each test takes
+milliseconds; the first symbolic trace pays torch's one-time set-up)."""
 
 import pytest
 import torch
 from torch import fx
 from torch.fx.experimental.proxy_tensor import make_fx
+from toy_graphs import ORDER, inputs, op, run_segments, segmented, toy_denoiser
 
 from cachec.errors import ModelError
 from cachec.graph_keys import COND_KEY, SEGMENT_KEY
-from cachec.passes import AssignSegments, HoistConditioning, PassManager, StripExportArtifacts
+from cachec.passes import HoistConditioning, PassManager, StripExportArtifacts
 from cachec.passes.infra import PassError
 from cachec.program import Segment, split, split_segment
-from cachec.regions import Region
 
 aten = torch.ops.aten
-ORDER = ["prologue", "b0_g0", "b0_attn", "b0_g1", "b1_g0", "b1_attn", "b1_g1", "epilogue"]
-
-
-def _op(g: fx.Graph, name: str, target, args, *path: str) -> fx.Node:
-    """A call node named ``name``, with the module path export would record (``nn_module_stack``:
-    fqn and class, outermost first)."""
-    node = g.create_node("call_function", target, args, name=name)
-    if path:
-        node.meta["nn_module_stack"] = {p: (p, "Module") for p in path}
-    return node
-
-
-def toy_denoiser(weights=None) -> fx.GraphModule:
-    torch.manual_seed(0)
-    root = torch.nn.Module()
-    for i, w in enumerate(weights or [torch.randn(4, 4), torch.randn(4, 4)]):
-        root.register_buffer(f"w{i}", w)
-    g = fx.Graph()
-    x, t = g.placeholder("x"), g.placeholder("t")
-    h = _op(g, "h0", aten.add.Tensor, (x, 1), "proj_in")
-    e = _op(g, "e", aten.mul.Tensor, (t, 2), "t_embedder")
-    for i in range(2):
-        w = g.get_attr(f"w{i}")
-        n = _op(g, f"n{i}", aten.mul.Tensor, (h, e), f"blocks.{i}", f"blocks.{i}.norm")
-        a = _op(g, f"a{i}", aten.mm.default, (n, w), f"blocks.{i}", f"blocks.{i}.attn")
-        h = _op(g, f"h{i + 1}", aten.add.Tensor, (h, a), f"blocks.{i}")
-    out = _op(g, "out", aten.mul.Tensor, (h, 0.5), "proj_out")
-    g.output((out,))
-    return fx.GraphModule(root, g)
-
-
-def inputs():
-    return {"x": torch.randn(3, 4), "t": torch.randn(3, 1)}
-
-
-def _attention_regions(gm: fx.GraphModule) -> dict[str, Region]:
-    return {f"a{i}": Region("attn", f"blocks.{i}.attn", i, local="attn") for i in range(2)}
-
-
-def segmented(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[str]]:
-    assign = AssignSegments(["blocks.0", "blocks.1"], [], _attention_regions(gm))
-    PassManager([HoistConditioning(["x"]), assign])(gm)
-    return gm, assign.order
-
-
-def run_segments(segments: dict[str, Segment], order: list[str], env: dict) -> dict:
-    """Run segments in ``order`` on named values, as the runtime's full variant does."""
-    env = dict(env)
-    for name in order:
-        seg = segments[name]
-        results = seg.module(*[env[i] for i in seg.inputs])
-        env.update(zip(seg.outputs, results, strict=True))
-    return env
 
 
 # -- passes --------------------------------------------------------------------------------------
@@ -169,11 +107,11 @@ def _one_block_segment(weight_in_norm: bool) -> Segment:
     g = fx.Graph()
     h, e = g.placeholder("h"), g.placeholder("e")
     w = g.get_attr("w")
-    n = _op(g, "n", aten.mul.Tensor, (h, e))
+    n = op(g, "n", aten.mul.Tensor, (h, e))
     if weight_in_norm:
-        n = _op(g, "nw", aten.mul.Tensor, (n, w))
-    a = _op(g, "a", aten.mm.default, (n, w))
-    y = _op(g, "y", aten.add.Tensor, (h, a))
+        n = op(g, "nw", aten.mul.Tensor, (n, w))
+    a = op(g, "a", aten.mm.default, (n, w))
+    y = op(g, "y", aten.add.Tensor, (h, a))
     g.output((y,))
     gm = fx.GraphModule(root, g)
     gm.meta["cachec_output_names"] = ["y"]
