@@ -46,11 +46,11 @@ def test_copy_values_commits_each_source_under_its_cache_name():
     assert all(torch.equal(g, w) and g is not w for g, w in zip(got, (a, b), strict=True))
 
 
-@pytest.mark.parametrize("rows, cols", [(2, 3), (4, 4)])  # C exactly the group's size, and larger (sliced)
-def test_linear_mix_is_one_product_c_times_the_stacked_inputs(rows, cols):
-    """Three inputs, two outputs: ``out_j = Σ_i C[j, i] · in_i`` (TaylorSeer's forecast with C from the runtime)."""
+def test_linear_mix_takes_the_group_s_corner_of_a_larger_coefficient_matrix():
+    """Three inputs, two outputs, a 4×4 ``C`` (one matrix for groups of several sizes): ``out_j =
+    Σ_i C[j, i] · in_i`` in one product (``unit/test_forecast.py`` checks a ``C`` of the group's size)."""
     ins = [torch.randn(2, 3, 4) for _ in range(3)]
-    c = torch.randn(rows, cols)
+    c = torch.randn(4, 4)
     meta = {"d0": ins[0], "d1": ins[1], "d2": ins[2], "C": c}
     mix = linear_mix([(["d0", "d1", "d2"], ["f0", "f1"])], "C", meta)
     assert mix.meta["cachec_output_names"] == ["f0", "f1"]
