@@ -30,6 +30,31 @@ from cachec.session import open_model
 T, K = 20, 5
 
 
+def _calibration_file(tmp_path, **override):
+    """A calibration file of 4 steps, as ``unit/test_budget.py`` writes them, with ``override``."""
+    data = {"format": "cachec-calibration", "version": 1, "model": "x", "steps": 4, "samples": 1, "seed": 0,
+            "max_gap": 3, "gains": [1.0] * 4, "ratios": [1.0] * 4,
+            "errors": {"module": [[0.0] * 4 for _ in range(4)]}}
+    data.update(override)
+    path = tmp_path / "calib.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+# each of these commands exports the bundled model before it refuses (15-25 s each on a loaded
+# 2-core machine), so the refusals are checked here rather than in unit/
+def test_cli_bad_budget_inputs_exit_2(tmp_path, capsys):
+    assert main(["calibrate", "builtin:tiny-dit", "--steps", "10", "--budget", "20", "--out", str(tmp_path / "c.json")]) == 2
+    assert "more than the trajectory's 10 steps" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
+    bad = _calibration_file(tmp_path, ratios=[1.0])
+    assert main(["compile", "builtin:tiny-dit", "--policy", f"budget:2,calib={bad}", "--out", str(tmp_path / "a")]) == 2
+    assert "'ratios' should be a list of 4 finite numbers" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert main(["calibrate", "builtin:tiny-dit", "--threshold-map", "fora:1,2"]) == 2
+    assert "not a threshold policy" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.set_num_threads(2)

@@ -2,9 +2,9 @@
 
 * The dynamic programme of :func:`cachec.schedules.budget_schedule` is checked against brute
   force over every schedule with K full steps (random costs, forced steps).
-* Bad budgets and bad calibration files get a clear :class:`PolicyError` (CLI: exit code 2).
-* The end result on ``builtin:tiny-dit`` (a calibration, then budgets against fixed intervals)
-  exports and samples the model: ``e2e/test_budget_calibrated.py``.
+* Bad budgets and bad calibration files get a clear :class:`PolicyError`.
+* The CLI's exit code 2 for them, and the end result on ``builtin:tiny-dit`` (a calibration, then
+  budgets against fixed intervals), export the model: ``e2e/test_budget_calibrated.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import random
 import pytest
 
 from cachec import schedules
-from cachec.cli import main
 from cachec.errors import PolicyError
 from cachec.policy import parse_policy
 
@@ -100,15 +99,3 @@ def test_budget_base_missing_from_the_calibration_is_named(tmp_path):
     path = _calibration_file(tmp_path)
     with pytest.raises(PolicyError, match="no measurements for base=forecast"):
         parse_policy(f"budget:2,base=forecast,calib={path}").load_data()
-
-
-def test_cli_bad_budget_inputs_exit_2(tmp_path, capsys):
-    assert main(["calibrate", "builtin:tiny-dit", "--steps", "10", "--budget", "20", "--out", str(tmp_path / "c.json")]) == 2
-    assert "more than the trajectory's 10 steps" in capsys.readouterr().err
-    assert not (tmp_path / "c.json").exists()
-    bad = _calibration_file(tmp_path, ratios=[1.0])
-    assert main(["compile", "builtin:tiny-dit", "--policy", f"budget:2,calib={bad}", "--out", str(tmp_path / "a")]) == 2
-    assert "'ratios' should be a list of 4 finite numbers" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists()
-    assert main(["calibrate", "builtin:tiny-dit", "--threshold-map", "fora:1,2"]) == 2
-    assert "not a threshold policy" in capsys.readouterr().err
