@@ -10,7 +10,7 @@ from toy_graphs import ORDER, inputs, op, run_segments, segmented, toy_denoiser
 
 from cachec.errors import ModelError
 from cachec.graph_keys import COND_KEY, SEGMENT_KEY
-from cachec.passes import HoistConditioning, PassManager, StripExportArtifacts
+from cachec.passes import DedupeConditioning, HoistConditioning, PassManager, StripExportArtifacts
 from cachec.passes.infra import PassError
 from cachec.program import Segment, split, split_segment
 
@@ -168,3 +168,37 @@ def test_split_names_a_node_with_an_unknown_segment():
     with pytest.raises(ModelError, match=r"tagged with unknown segment 'epilogue'"):
         split(gm, order[:-1], "out")
 
+
+
+def _graph_with_two_timestep_embeddings() -> fx.GraphModule:
+    """Two blocks each embed ``t`` (``sin(t * 2)``, as DiT's per-block embeddings), each builds a
+    table in place (``arange(4).div_(2)``), and two identical stream ops read ``x``."""
+    g = fx.Graph()
+    x, t = g.placeholder("x"), g.placeholder("t")
+    outs = []
+    for i in range(2):
+        s = op(g, f"sin{i}", aten.sin.default, (op(g, f"scaled{i}", aten.mul.Tensor, (t, 2)),))
+        table = g.create_node("call_function", aten.arange.default, (4,), {"dtype": torch.float32}, name=f"table{i}")
+        op(g, f"halved{i}", aten.div_.Scalar, (table, 2))
+        stream = op(g, f"stream{i}", aten.mul.Tensor, (x, 3))
+        outs += [op(g, f"out{i}", aten.add.Tensor, (op(g, f"mod{i}", aten.mul.Tensor, (stream, s)), table))]
+    g.output(tuple(outs))
+    return fx.GraphModule(torch.nn.Module(), g)
+
+
+def test_dedupe_conditioning_merges_identical_embeddings_but_no_stream_op_or_in_place_table():
+    gm = _graph_with_two_timestep_embeddings()
+    kw = {"x": torch.randn(2, 4), "t": torch.randn(2, 1)}
+    want = gm(**kw)
+    PassManager([HoistConditioning(["x"]), DedupeConditioning()])(gm)
+    names = [n.name for n in gm.graph.nodes if n.op == "call_function"]
+    assert "scaled1" not in names and "sin1" not in names  # block 1 reads block 0's embedding
+    assert {"table0", "table1", "halved0", "halved1", "stream0", "stream1"} <= set(names)
+    assert next(n for n in gm.graph.nodes if n.name == "mod1").args[1].name == "sin0"
+    for got, w in zip(gm(**kw), want, strict=True):
+        torch.testing.assert_close(got, w)
+
+
+def test_dedupe_conditioning_requires_the_hoisting_marks():
+    with pytest.raises(PassError, match="needs HoistConditioning's marks"):
+        DedupeConditioning()(_graph_with_two_timestep_embeddings())
