@@ -3,11 +3,29 @@ import os
 import pytest
 import torch
 from diffusers import DiTTransformer2DModel
+from serial_lock import module_lock
 
-# deterministic, quiet CPU runs
+# deterministic, quiet CPU runs; under pytest-xdist (`-n N`) the cores are shared by the N workers, so
+# each takes its share instead of two workers each running two threads on two cores
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.manual_seed(0)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _serial_modules_run_alone(request, tmp_path_factory):
+    """Under pytest-xdist, a module marked ``serial`` (Ray Serve clusters, HTTP floods whose outcome
+    depends on timing) runs while no other module runs; other modules share the machine. Without
+    xdist this does nothing. The lock is held per module (``--dist loadfile`` keeps a module on one
+    worker), so module fixtures that start and stop a cluster are covered too."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    exclusive = any(item.get_closest_marker("serial") for item in request.session.items
+                    if item.path == request.node.path)
+    with module_lock(tmp_path_factory.getbasetemp().parent, exclusive):
+        yield
 
 
 @pytest.fixture(scope="module")

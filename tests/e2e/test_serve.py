@@ -32,7 +32,7 @@ from cachec.models import builtin_dir, resolve
 from cachec.serve_schema import decode_tensor, encode_tensor
 from cachec.serve_worker import ArtifactWorker, PipelineWorker, unaligned_rows
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.serial, pytest.mark.usefixtures("one_thread")]
 
 STEPS = 12
 MAX_BATCH = 4

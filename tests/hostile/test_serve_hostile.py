@@ -36,7 +36,7 @@ from cachec.serve_limits import (
 )
 from cachec.serve_worker import Abandoned, ArtifactWorker
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.serial, pytest.mark.usefixtures("one_thread")]
 
 MAX_BATCH = 2
 STEPS = 4

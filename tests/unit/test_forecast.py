@@ -119,27 +119,3 @@ def test_linear_mix_segment_is_the_matrix_product():
     stacked = torch.stack([a, b, c])
     torch.testing.assert_close(y0, torch.einsum("k,k...->...", coeff[0], stacked))
     torch.testing.assert_close(y1, torch.einsum("k,k...->...", coeff[1], stacked))
-
-
-@pytest.mark.parametrize("short", ["dit", "flux"])
-def test_step_streams_hold_one_state_per_residual_stream(short):
-    """streams=step keeps (order + 1) tensors per residual stream of the block stack — the
-    buffers `static` keeps, times the state — where streams=module keeps them per module output."""
-    from small_models import make
-
-    import cachec
-    from cachec.models import example_inputs
-    from cachec.program import cache_bytes
-
-    model = make(short)
-    kw = example_inputs(model, 2, text_tokens=5)
-    progs = {spec: cachec.build_program(model, kw, spec)
-             for spec in ("static:FR", "fora:2", "taylorseer:2,O=2,streams=step", "taylorseer:2,O=2")}
-    stack = list(progs["static:FR"].caches().values())
-    step = list(progs["taylorseer:2,O=2,streams=step"].caches().values())
-    module = progs["taylorseer:2,O=2"].caches()
-    assert len(step) == 3 * len(stack)
-    assert sorted(map(str, step)) == sorted(map(str, stack * 3))  # same shapes and dtypes
-    assert len(module) == 3 * len(progs["fora:2"].caches())
-    assert cache_bytes(progs["taylorseer:2,O=2,streams=step"], 1) == 3 * cache_bytes(progs["static:FR"], 1)
-    assert cache_bytes(progs["taylorseer:2,O=2"], 1) > 2 * cache_bytes(progs["taylorseer:2,O=2,streams=step"], 1)

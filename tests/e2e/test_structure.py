@@ -5,7 +5,10 @@ import torch
 from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, UNet2DConditionModel
 
 import cachec
+from cachec.capture import capture
 from cachec.models import example_inputs
+from cachec.planner import compile_program
+from cachec.policy import parse_policy
 from cachec.program import Load, Run, Store
 
 
@@ -15,9 +18,17 @@ def _dit():
                                  attention_head_dim=8, num_embeds_ada_norm=10).eval()
 
 
-def test_dit_regions_and_flops_by_hand():
+@pytest.fixture(scope="module")
+def dit_captured():
+    """The small DiT and one capture of it; each test plans its policy on a copy, as
+    ``cachec.build_program`` does after its own capture (one export for the module instead of two)."""
     m = _dit()
-    program = cachec.build_program(m, example_inputs(m, 2), "fora:2")
+    return m, capture(m, example_inputs(m, 2))
+
+
+def test_dit_regions_and_flops_by_hand(dit_captured):
+    _, captured = dit_captured
+    program = compile_program(captured.copy(), parse_policy("fora:2"))
     regions = {r["name"]: r for r in program.planned.regions}
     assert set(regions) == {f"transformer_blocks.{i}.{k}" for i in range(2) for k in ("attn1", "ff")}
     assert regions["transformer_blocks.0.attn1"]["kind"] == "attn"
@@ -35,9 +46,9 @@ def test_dit_regions_and_flops_by_hand():
     assert sum(isinstance(op, Store) for op in program.variants["full"]) == 4
 
 
-def test_adaln_is_hoisted_and_every_parameter_has_one_segment():
-    m = _dit()
-    program = cachec.build_program(m, example_inputs(m, 2), "fbcache:0.1")
+def test_adaln_is_hoisted_and_every_parameter_has_one_segment(dit_captured):
+    m, captured = dit_captured
+    program = compile_program(captured.copy(), parse_policy("fbcache:0.1"))
     owners = {}
     for seg in program.segments.values():
         for name in seg.parameters():
