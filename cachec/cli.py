@@ -309,6 +309,11 @@ def cmd_calibrate(args) -> int:
 
     if args.samples < 1:
         raise CachecError(f"--samples must be at least 1; got {args.samples}")
+    # what the arguments alone decide fails before the model is loaded and exported
+    if args.threshold_map:
+        cal.parse_threshold_map(args.threshold_map)
+    if args.budget is not None:
+        schedules.check_budget(args.steps, args.budget, schedules.forced_steps(args.steps, 0, 0))
     session = open_model(args.model, max(args.samples, 2), device=args.device, dtype=args.dtype)
     if session.is_artifact:
         raise ModelError(f"{args.model} is a compiled artifact; calibrate the model it was compiled from")
@@ -331,8 +336,6 @@ def cmd_calibrate(args) -> int:
     if args.budget is not None:
         if args.base not in bases:
             bases.append(args.base)
-        forced = schedules.forced_steps(args.steps, 0, 0)
-        schedules.check_budget(args.steps, args.budget, forced)  # an impossible budget fails before any work
     data = cal.calibrate(bundle, program_for, steps=args.steps, samples=args.samples, seed=args.seed, bases=bases,
                          progress=stage)
     out = Path(args.out)
