@@ -71,12 +71,28 @@ def export_segment(program: Program, name: str, path: Path, max_batch: int = 102
     dynamic = tuple({i: batch for i, d in enumerate(s.shape) if d == "B"} or None for s in specs)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), quiet_exporter():
-        torch.onnx.export(
-            seg.module, args, str(path),
-            input_names=[io_name(n) for n in seg.inputs], output_names=[io_name(n) for n in seg.outputs],
-            dynamic_shapes=dynamic if any(d is not None for d in dynamic) else None,
-            opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
-        )
+        try:
+            torch.onnx.export(
+                seg.module, args, str(path),
+                input_names=[io_name(n) for n in seg.inputs], output_names=[io_name(n) for n in seg.outputs],
+                dynamic_shapes=dynamic if any(d is not None for d in dynamic) else None,
+                opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
+            )
+        except torch.onnx.OnnxExporterError as exc:
+            raise BackendError(conversion_failure(program, name, exc)) from exc
+
+
+def conversion_failure(program: Program, name: str, exc: BaseException) -> str:
+    """One line for an operator the ONNX exporter cannot convert: which model and segment, the
+    exporter's own reason (its innermost cause, where the failing operator is named), and what runs
+    instead. The exporter's full report is long and mostly generic (its 'next steps')."""
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+    return (f"the ONNX exporter (opset {OPSET}) cannot convert segment {name!r} of {program.model.model_class}: "
+            f"{reason[:300]}. The onnxruntime and tensorrt backends need every segment in ONNX; the eager, "
+            "inductor and aotinductor backends run this model (--debug shows the exporter's full report)")
 
 
 def export_program(program: Program, out_dir: Path, progress: bool = False) -> dict[str, str]:
