@@ -27,13 +27,11 @@ the ``fft`` backend capability (:mod:`cachec.backends`).
 from __future__ import annotations
 
 import torch
-from torch import fx
-
-from cachec.passes.infra import build_module
 
 from ..errors import ModelError
 from ..planner import next_value
 from ..planner.plan import Plan
+from ..planner.segments import example, traced
 from ..program import Load, Run, Store, cache_name
 
 fft = torch.fft
@@ -97,33 +95,6 @@ def rebuild(output, delta_low, delta_high, w_low, w_high):
     uncond = fft.ifft2(fft.ifftshift(freq, dim=SPATIAL)).real
     uncond = from_slices(uncond, cond).to(output.dtype)
     return torch.cat([uncond, cond], 0), stored(d_low, cond), stored(d_high, cond)
-
-
-def traced(fn, inputs: list[tuple[str, torch.Tensor]], outputs: list[str], name: str) -> fx.GraphModule:
-    """``fn`` as a segment graph: traced with symbolic shapes (any batch), placeholders named after
-    the values they read, ``OUTPUTS_KEY`` naming what it returns."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    # distinct tensors: make_fx maps one tensor object passed twice to one placeholder
-    made = make_fx(fn, tracing_mode="symbolic")(*(v.clone() for _, v in inputs))
-    g = fx.Graph()
-    env = {}
-    placeholders = [n for n in made.graph.nodes if n.op == "placeholder"]
-    for node, (value, _) in zip(placeholders, inputs, strict=True):
-        env[node] = g.placeholder(value)  # first, so that the value names win over the graph's own
-        env[node].meta = dict(node.meta)
-    for node in made.graph.nodes:
-        if node.op == "output":
-            g.output(fx.graph.map_arg(node.args[0], env.__getitem__))
-        elif node.op != "placeholder":
-            env[node] = g.node_copy(node, env.__getitem__)
-    return build_module(made, g, name, list(outputs))
-
-
-def example(val, dtype=None) -> torch.Tensor:
-    """A real tensor like the output's example value at batch 4 (two CFG pairs: no size of 1 that
-    tracing could specialise), for tracing."""
-    return torch.zeros([4, *(int(d) for d in val.shape[1:])], dtype=dtype or val.dtype)
 
 
 # the step inputs of the rebuild: this step's low- and high-band weights (host floats)

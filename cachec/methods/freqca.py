@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from ..errors import ModelError
 from ..forecast import ForecastMethod, HermiteHighTerms
 from ..planner.plan import Plan, insert_after, replace
-from ..planner.segments import StreamPair, delta_apply, delta_write
+from ..planner.segments import StreamPair, delta_apply, delta_write, example, traced
 from ..program import Run, cache_name
 from . import band_split, register
 from .base import Method, Params, param
-from .cfg_cache import example, traced
 from .forecasting import ForecastController
 
 

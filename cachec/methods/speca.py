@@ -17,12 +17,11 @@ import torch
 from ..errors import ModelError, PolicyError
 from ..forecast import PREDICT, ForecastMethod, ForecastTracker, Taylor
 from ..planner.plan import Plan
-from ..planner.segments import linear_mix
+from ..planner.segments import example, linear_mix, traced
 from ..program import Load, Run, cache_name
 from . import register
 from . import verify as verify_segment
 from .base import Action, Actions, Controller, Method, Params, StepContext, param
-from .cfg_cache import example, traced
 
 ERROR = "speca__error"
 

@@ -260,3 +260,33 @@ def rel_l1_probe(
 
 def mean_abs(g: fx.Graph, x: fx.Node, example) -> fx.Node:
     return computed(g, aten.mean.default, (computed(g, aten.abs.default, (x,), example),), torch.empty(()))
+
+
+# ---------------------------------------------------------------------------------------------
+# a segment traced from a Python function (a method's own tensor maths: FFT bands, a DCT, an error)
+
+def traced(fn, inputs: list[tuple[str, torch.Tensor]], outputs: list[str], name: str) -> fx.GraphModule:
+    """``fn`` as a segment graph: traced with symbolic shapes (any batch), placeholders named after
+    the values they read, ``OUTPUTS_KEY`` naming what it returns."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    # distinct tensors: make_fx maps one tensor object passed twice to one placeholder
+    made = make_fx(fn, tracing_mode="symbolic")(*(v.clone() for _, v in inputs))
+    g = fx.Graph()
+    env = {}
+    placeholders = [n for n in made.graph.nodes if n.op == "placeholder"]
+    for node, (value, _) in zip(placeholders, inputs, strict=True):
+        env[node] = g.placeholder(value)  # first, so that the value names win over the graph's own
+        env[node].meta = dict(node.meta)
+    for node in made.graph.nodes:
+        if node.op == "output":
+            g.output(fx.graph.map_arg(node.args[0], env.__getitem__))
+        elif node.op != "placeholder":
+            env[node] = g.node_copy(node, env.__getitem__)
+    return build_module(made, g, name, list(outputs))
+
+
+def example(val, dtype=None) -> torch.Tensor:
+    """A real tensor like the example value ``val`` at batch 4 (no size of 1 that tracing could
+    specialise; for a CFG batch, two pairs), for :func:`traced`."""
+    return torch.zeros([4, *(int(d) for d in val.shape[1:])], dtype=dtype or val.dtype)
