@@ -11,6 +11,7 @@ fixed number of times per node.
 """
 
 import cProfile
+import gc
 import pstats
 from collections import Counter
 from unittest import mock
@@ -90,10 +91,17 @@ DEPTHS = (2, 5, 8)
 def _work(captured, policy: str, depth: int) -> tuple[Counter, int]:
     """Calls per function, and module paths read, while planning ``policy`` on a copy of ``captured``."""
     profile = cProfile.Profile()
-    with mock.patch.object(regions, "module_path", wraps=regions.module_path) as paths:
-        profile.enable()
-        program = compile_program(captured.copy(), parse_policy(policy))
-        profile.disable()
+    # no garbage collection inside the profile: the weakref callbacks it runs (torch._dynamo's
+    # id tables) count the garbage earlier tests left, not planning work
+    gc.collect()
+    gc.disable()
+    try:
+        with mock.patch.object(regions, "module_path", wraps=regions.module_path) as paths:
+            profile.enable()
+            program = compile_program(captured.copy(), parse_policy(policy))
+            profile.disable()
+    finally:
+        gc.enable()
     kinds = [r["kind"] for r in program.planned.regions]
     assert len(program.planned.blocks) == depth and kinds == ["attn", "mlp"] * depth  # it planned every block
     calls = Counter({f"{path}:{line}({name})": stats[0] for (path, line, name), stats in pstats.Stats(profile).stats.items()})
