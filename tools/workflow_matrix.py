@@ -106,19 +106,21 @@ def _model_cell(make_model, policy: str, backend: str) -> str:
 def _artifact_cell(write_model, policy: str, backend: str, swap=None) -> str:
     """``cachec compile SPEC --backend B`` then ``cachec.load``. ``write_model(dir)`` returns the spec, the
     plain model, its inputs and extra compile arguments; ``swap(rt, model)`` loads other weights into
-    the runtime (``rt.load_weights``) and returns the model they come from."""
+    the runtime (``rt.load_weights``) and returns the model they come from. Inductor writes no
+    artifact of its own: its cells compile an eager artifact and load it on Inductor, as a user would."""
     from cachec.cli import main
 
     with tempfile.TemporaryDirectory() as tmp:
         spec, model, kw, extra = write_model(Path(tmp))
         out = Path(tmp) / "art"
-        args = ["compile", spec, "--policy", policy, "--backend", backend, "--out", str(out), "--device", "cpu",
+        written = "eager" if backend == "inductor" else backend
+        args = ["compile", spec, "--policy", policy, "--backend", written, "--out", str(out), "--device", "cpu",
                 *extra]
         with contextlib.redirect_stderr(sys.stdout):
             code = main(args)
         if code != 0:
             raise RuntimeError(f"cachec compile exited {code}")
-        rt = cachec.load(out, num_steps=STEPS, trust_native=True)
+        rt = cachec.load(out, backend=backend, num_steps=STEPS, trust_native=True)
         if swap is not None:
             model = swap(rt, model)
         plain = _trajectory(lambda **k: model(**k, return_dict=False), kw)

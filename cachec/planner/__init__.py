@@ -538,7 +538,8 @@ class Planner:
 
     def program(self, plan: Plan, policy) -> Program:
         """The :class:`~cachec.program.Program` of ``plan``: the segments its variants run, the specs
-        of the values they pass, and ``meta``; variants coalesced and segments specialised."""
+        of the values they pass, and what was planned (``planned``); variants coalesced and segments
+        specialised."""
         self._split_prologue_for_tails(plan)
         segments = dict(plan.base)
         segments.update(plan.added)
