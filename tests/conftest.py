@@ -53,3 +53,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def capture_once_per_model():
+    """``cachec.build_program`` captures the model for every policy; the capture depends on the
+    model and its example inputs only, so a module using this keeps one per model and plans on
+    deep copies of it (the capture is most of a compile)."""
+    import copy
+
+    import cachec.capture as capture_module
+
+    real, captured = capture_module.capture, {}
+
+    def capture(model, inputs, **kw):
+        key = (id(model), repr(sorted(kw.items())))
+        if key not in captured:
+            captured[key] = real(model, inputs, **kw)
+        return copy.deepcopy(captured[key])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(capture_module, "capture", capture)
+        yield

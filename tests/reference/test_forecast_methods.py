@@ -19,7 +19,6 @@ per plan kind, and trajectories of a 6-block model: about 30 s of CPU for the mo
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -56,21 +55,8 @@ SHORT = "tiny-dit"
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _capture_once():
-    """Plan every policy on a copy of one capture of the model (the capture is most of a compile)."""
-    import cachec.capture as capture_module
-
-    real, captured = capture_module.capture, {}
-
-    def capture(model, inputs, **kw):
-        key = (id(model), repr(sorted(kw.items())))
-        if key not in captured:
-            captured[key] = real(model, inputs, **kw)
-        return copy.deepcopy(captured[key])
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(capture_module, "capture", capture)
-        yield
+def _capture_once_per_model(capture_once_per_model):
+    """One capture per model, policies planned on copies (tests/conftest.py)."""
 
 
 _PROGRAMS: dict = {}

@@ -16,7 +16,6 @@ retention, a mask or ``warmup``) for both to hold every order.
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -53,21 +52,8 @@ DRIVER = Driver(T, 2)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _capture_once_per_model():
-    """Plan every policy on a copy of one capture per model (the capture is most of a compile)."""
-    import cachec.capture as capture_module
-
-    real, captured = capture_module.capture, {}
-
-    def capture(model, inputs, **kw):
-        key = (id(model), repr(sorted(kw.items())))
-        if key not in captured:
-            captured[key] = real(model, inputs, **kw)
-        return copy.deepcopy(captured[key])
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(capture_module, "capture", capture)
-        yield
+def _capture_once_per_model(capture_once_per_model):
+    """One capture per model, policies planned on copies (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

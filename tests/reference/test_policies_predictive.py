@@ -21,7 +21,6 @@ only, so this module captures each model once and plans every policy on a copy o
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -83,22 +82,8 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),  # tests/conftest.py
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _capture_once_per_model():
-    """``cachec.build_program`` captures the model for every policy; the capture depends on the
-    model and its example inputs only, so keep one per model and plan on deep copies of it."""
-    import cachec.capture as capture_module
-
-    real, captured = capture_module.capture, {}
-
-    def capture(model, inputs, **kw):
-        key = (id(model), repr(sorted(kw.items())))
-        if key not in captured:
-            captured[key] = real(model, inputs, **kw)
-        return copy.deepcopy(captured[key])
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(capture_module, "capture", capture)
-        yield
+def _capture_once_per_model(capture_once_per_model):
+    """One capture per model, policies planned on copies (tests/conftest.py)."""
 
 
 # ------------------------------------------------------------------------------------------------
