@@ -17,6 +17,7 @@ import json
 
 import pytest
 import torch
+from calibration_files import calibration_file
 
 from cachec import calibration as cal
 from cachec import schedules
@@ -30,15 +31,6 @@ from cachec.session import open_model
 T, K = 20, 5
 
 
-def _calibration_file(tmp_path, **override):
-    """A calibration file of 4 steps, as ``unit/test_budget.py`` writes them, with ``override``."""
-    data = {"format": "cachec-calibration", "version": 1, "model": "x", "steps": 4, "samples": 1, "seed": 0,
-            "max_gap": 3, "gains": [1.0] * 4, "ratios": [1.0] * 4,
-            "errors": {"module": [[0.0] * 4 for _ in range(4)]}}
-    data.update(override)
-    path = tmp_path / "calib.json"
-    path.write_text(json.dumps(data))
-    return path
 
 
 # each of these commands exports the bundled model before it refuses (15-25 s each on a loaded
@@ -46,7 +38,7 @@ def _calibration_file(tmp_path, **override):
 def test_cli_bad_calibration_file_exits_2(tmp_path, capsys):
     """A calibration file that does not fit the model (its block count) is refused once the model is
     known; refusals the arguments alone decide are in tests/unit/test_budget.py."""
-    bad = _calibration_file(tmp_path, ratios=[1.0])
+    bad = calibration_file(tmp_path, ratios=[1.0])
     assert main(["compile", "builtin:tiny-dit", "--policy", f"budget:2,calib={bad}", "--out", str(tmp_path / "a")]) == 2
     assert "'ratios' should be a list of 4 finite numbers" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
@@ -107,7 +99,7 @@ def test_magcache_runs_on_calibrated_ratios(tiny, calibration):
 
 
 @pytest.mark.slow
-def test_compiled_budget_carries_its_schedule_without_the_calibration_file(calibration, tmp_path):
+def test_compiled_budget_carries_its_schedule_without_thecalibration_file(calibration, tmp_path):
     import cachec
 
     data, path = calibration

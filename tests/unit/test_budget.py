@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 import itertools
-import json
 import random
 
 import pytest
+from calibration_files import calibration_file
 
 from cachec import schedules
 from cachec.errors import PolicyError
@@ -71,14 +71,6 @@ def test_impossible_budgets_are_refused(spec, steps, message):
         parse_policy(spec).controller(steps)
 
 
-def _calibration_file(tmp_path, **override):
-    data = {"format": "cachec-calibration", "version": 1, "model": "x", "steps": 4, "samples": 1, "seed": 0,
-            "max_gap": 3, "gains": [1.0] * 4, "ratios": [1.0] * 4,
-            "errors": {"module": [[0.0] * 4 for _ in range(4)]}}
-    data.update(override)
-    path = tmp_path / "calib.json"
-    path.write_text(json.dumps(data))
-    return path
 
 
 @pytest.mark.parametrize("override, message", [
@@ -90,13 +82,13 @@ def _calibration_file(tmp_path, **override):
     ({"errors": {"nosuch": []}}, "unknown base 'nosuch'"),
 ])
 def test_calibration_files_of_the_wrong_shape_are_refused(tmp_path, override, message):
-    path = _calibration_file(tmp_path, **override)
+    path = calibration_file(tmp_path, **override)
     with pytest.raises(PolicyError, match=message):
         schedules.read_calibration(path)
 
 
 def test_budget_base_missing_from_the_calibration_is_named(tmp_path):
-    path = _calibration_file(tmp_path)
+    path = calibration_file(tmp_path)
     with pytest.raises(PolicyError, match="no measurements for base=forecast"):
         parse_policy(f"budget:2,base=forecast,calib={path}").load_data()
 
