@@ -77,6 +77,17 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             shards = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
-                state.update(load_state_dict(str(path / shard)))
+                state.update(load_state_dict(str(_inside(path, shard, index))))
             return state
     raise ModelError(f"{path} holds no weights ({SAFETENSORS_WEIGHTS_NAME}, {WEIGHTS_NAME} or a sharded index)")
+
+
+def _inside(folder: Path, name: str, index: str) -> Path:
+    """A shard the index names, refused unless it is a file inside ``folder``: an index from a
+    downloaded or shared model must not make cachec read files elsewhere."""
+    root = folder.resolve()
+    shard = (folder / name).resolve()
+    if not isinstance(name, str) or root not in shard.parents or not shard.is_file():
+        raise ModelError(f"{folder / index} names the shard {str(name)[:80]!r}, which is not a file inside {folder}; "
+                         "an index lists the weight files next to it by name")
+    return shard

@@ -338,3 +338,21 @@ def test_example_pipeline_force_never_deletes_user_files(tmp_path, capsys):
     assert main(["example-pipeline", "flux", str(folder), "--force"]) == 2
     assert "neither a saved pipeline" in capsys.readouterr().err
     assert (folder / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors"])
+def test_a_weight_index_cannot_name_a_file_outside_its_model_folder(tmp_path, shard):
+    """A shared model's shard index names files by path: one outside the folder is refused, unread."""
+    import torch
+    from safetensors.torch import save_file
+
+    from cachec.errors import ModelError
+    from cachec.model_loading import read_weights
+
+    save_file({"w": torch.ones(2)}, str(tmp_path / "outside.safetensors"))
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": shard}}))
+    with pytest.raises(ModelError, match="not a file inside"):
+        read_weights(folder)
