@@ -20,8 +20,8 @@ from reference_predictive import PredictiveReference
 from trajectories import Driver
 
 import cachec
-from cachec.schedules import even_schedule
 from cachec.models import example_inputs, resolve
+from cachec.schedules import even_schedule
 
 T = 12
 TOL = 1e-4
