@@ -93,3 +93,6 @@ def test_a_budget_of_every_step_is_none(calib, program):
     x_none, outs_none = DRIVER.run(cachec.CacheRuntime(program, "none", num_steps=T), "tiny-dit")
     assert rt.stats.schedule == "F" * T
     assert all(torch.equal(a, b) for a, b in zip(outs, outs_none, strict=True)) and torch.equal(x, x_none)
+    x_plain, outs_plain = DRIVER.plain("tiny-dit")  # and the model itself, uncached
+    for s, (a, b) in enumerate(zip(outs, outs_plain, strict=True)):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL, msg=lambda m, s=s: f"step {s}: {m}")
