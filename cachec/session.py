@@ -83,9 +83,11 @@ class Session:
 
         rt = self.runtime(method, backend=backend, steps=steps)
         # long enough for a step past the forced-full ones (warmup=/final=), which a policy refuses
-        # to run without
+        # to run without; a schedule calibrated for a trajectory length (calib=: budget, OmniCache)
+        # runs at that length only
         forced = rt.policy.params.warmup + rt.policy.params.final
-        sample(rt, self.bundle, min(max(2, forced + 1), steps), 0, batch)
+        short = steps if rt.policy.params.get("calib") else min(max(2, forced + 1), steps)
+        sample(rt, self.bundle, short, 0, batch)
         return rt
 
     @property

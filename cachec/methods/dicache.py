@@ -9,12 +9,13 @@ First-Block Cache's rule (:mod:`cachec.methods.fbcache`), so ``interp=0`` *is* `
 deep residual ``R₁`` but extrapolates along the last two, ``R = R₂ + γ·(R₁ − R₂)``, where the
 probe says how far: ``γ = clip(mean|p − p₂| / mean|p₁ − p₂|, gmin, gmax)`` with ``p`` the current
 probe residual and ``p₁, p₂`` (``R₁, R₂``) those of the last and the second-last full step. Until
-two full steps exist the step reuses ``R₁`` as FBCache does (DiCache's released code). γ is
+two full steps exist the step reuses ``R₁`` as FBCache does. γ is
 computed on the device in the reused step's own graph (``tail_align``): no extra host read.
 
-Reading chosen (docs/methods.md): the clip range ``[1, 2]`` and the fallback are those of the
-released code; the decision compares with the last *full* step (FBCache's reference), where the
-paper accumulates consecutive changes — so that ``interp=0`` equals ``fbcache`` exactly.
+Reading chosen (docs/methods.md): the clip range ``[1, 2]`` and the fallback follow DiCache's
+released code as cachec read it (unverified against it here); the decision compares with the last
+*full* step (FBCache's reference), where the paper accumulates consecutive changes — so that
+``interp=0`` equals ``fbcache`` exactly.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from . import register
 from .base import Action, Actions, Controller, Method, Params, StepContext, param
 
 TAG, PROBE_TAG, MID_TAG = "dicache", "dc_b0", "dc_tail"
-EPS = 1e-12  # floor of γ's denominator: two identical full-step probes give γ = gmin, never NaN
+EPS = 1e-12  # floor of γ's denominator: two identical full-step probes give γ = gmax (gmin if p equals them), never NaN
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class DiCacheController(Controller):
             yield Action("tail_reuse", "R")
 
 
-def alignment(streams: int, gmin: float, gmax: float):
+def alignment(gmin: float, gmax: float):
     """``(p, p₁, p₂, R₁_0, R₂_0, R₁_1, R₂_1, …) -> (R_0, R_1, …)``: ``R = R₂ + γ·(R₁ − R₂)``, one γ
     from the probe residuals for every stream, its means taken in float32."""
     def fn(p, p1, p2, *deltas):
@@ -144,7 +145,7 @@ def add_alignment(planner, plan: Plan, gmin: float, gmax: float) -> None:
         ex[r1] = ex[r2] = ex[cache]
         names += [r1, r2]
         loads += [Load(cache, r1), Load(prev, r2)]
-    gm = traced(alignment(len(deltas), gmin, gmax), [(n, example(ex[n])) for n in names], deltas, "DiCacheAlign")
+    gm = traced(alignment(gmin, gmax), [(n, example(ex[n])) for n in names], deltas, "DiCacheAlign")
     align = planner.add_segment(plan, f"{TAG}_align", gm, "cache")
     kept = [op for op in reuse if not (isinstance(op, Load) and op.cache in deltas)]
     i = kept.index(Run(apply))

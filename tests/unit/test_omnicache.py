@@ -84,3 +84,28 @@ def test_bad_calibration_files_are_one_clear_error(tmp_path, override, words):
     path = calibration_file(tmp_path, **override)
     with pytest.raises(PolicyError, match=words):
         parse_policy(f"omnicache:nfe=2,calib={path}").resolved()
+
+
+@pytest.mark.parametrize("spec, length", [("omnicache:nfe=3,calib={}", 8), ("budget:3,calib={}", 8), ("fbcache:0.1", 2)])
+def test_a_warm_up_runs_a_calibrated_schedule_at_its_own_length(tmp_path, monkeypatch, spec, length):
+    """``cachec run``/``bench`` warm each runtime up by a short trajectory, which a schedule
+    calibrated for 8 steps refuses (it did: the warm-up of 2 steps made `cachec run` fail)."""
+    import cachec.sampling
+    from cachec.session import Session
+
+    path = calibration_file(tmp_path, steps=8, gains=[1.0] * 8, ratios=[1.0] * 8, curvature=BENDS,
+                            errors={"module": [[0.0] * 8 for _ in range(8)]})
+    method = parse_policy(spec.format(path))
+    runs = []
+
+    class Runtime:
+        policy = method
+
+    def sample(rt, bundle, steps, seed, batch):
+        runs.append(steps)
+        rt.policy.controller(steps)  # what the runtime's reset does: a calibrated schedule checks the length
+
+    monkeypatch.setattr(cachec.sampling, "sample", sample)
+    monkeypatch.setattr(Session, "runtime", lambda self, m, **kw: Runtime())
+    Session(bundle=None, signature=[]).warm_runtime(method, batch=1, steps=8)
+    assert runs == [length]
