@@ -1,7 +1,7 @@
 """OmniCache's rule without a model: the curvature a calibration records, the schedule chosen from
 it (against schedules worked out by hand), the data an artifact keeps, and clear errors for bad
 budgets, parameters and calibration files. The trajectory on ``builtin:tiny-dit`` is checked
-against a hook reference in ``reference/test_omnicache.py``."""
+against a hook reference in ``reference/test_dicache_omnicache.py``."""
 
 from __future__ import annotations
 
