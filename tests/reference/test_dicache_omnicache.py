@@ -108,8 +108,9 @@ def test_without_extrapolation_dicache_is_fbcache(spec):
 
 
 @pytest.mark.parametrize("spec, words", [
-    ("dicache:-1", "t"), ("dicache:0.1,interp=2", "interp"), ("dicache:0.1,P=0", "P"),
-    ("dicache:0.1,gmin=2,gmax=1", "gmin"), ("dicache:0.1,gmax=11", "gmax"), ("dicache:0.1,per_sample=1", "per_sample"),
+    ("dicache:-1", r"t=-1 is out of range; accepted: 0\.0 \.\. 10\.0"), ("dicache:0.1,interp=2", "interp=2 is out of range"),
+    ("dicache:0.1,P=0", "P=0 is out of range"), ("dicache:0.1,gmin=2,gmax=1", "gmin=2.0 is above gmax=1.0"),
+    ("dicache:0.1,gmax=11", "gmax=11 is out of range"), ("dicache:0.1,per_sample=1", "unknown key 'per_sample'"),
 ])
 def test_bad_parameters_are_one_clear_error(spec, words):
     with pytest.raises(PolicyError, match=words):
