@@ -8,8 +8,8 @@ fallback. Kept apart from the measuring code so that the ``budget`` method (and 
 neither a runtime nor a model, and so that importing a method never imports the runtime.
 
 Calibration file (JSON): ``format``, ``version``, ``model``, ``steps`` T, ``samples``, ``seed``,
-``max_gap``, ``gains`` [T], ``ratios`` [T], ``curvature`` [T] (OmniCache's), ``errors``: ``{"module": T×T, "step": T×T, "forecast":
-{"p,i": [errors for j = i+1 .. ]}}`` (p = -1: no earlier full step, j up to T-1; otherwise
+``max_gap``, ``gains`` [T], ``ratios`` [T], ``curvature`` [T] (OmniCache's; optional), ``errors``:
+``{"module": T×T, "step": T×T, "forecast": {"p,i": [errors for j = i+1 .. ]}}`` (p = -1: no earlier full step, j up to T-1; otherwise
 ``i − p ≤ max_gap`` and j up to ``i + max_gap``). :func:`read_calibration` checks one.
 """
 

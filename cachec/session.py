@@ -86,8 +86,8 @@ class Session:
         # to run without; a schedule calibrated for a trajectory length (calib=: budget, OmniCache)
         # runs at that length only
         forced = rt.policy.params.warmup + rt.policy.params.final
-        short = steps if rt.policy.params.get("calib") else min(max(2, forced + 1), steps)
-        sample(rt, self.bundle, short, 0, batch)
+        length = steps if rt.policy.params.get("calib") else min(max(2, forced + 1), steps)
+        sample(rt, self.bundle, length, 0, batch)
         return rt
 
     @property
