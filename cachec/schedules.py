@@ -9,8 +9,9 @@ neither a runtime nor a model, and so that importing a method never imports the 
 
 Calibration file (JSON): ``format``, ``version``, ``model``, ``steps`` T, ``samples``, ``seed``,
 ``max_gap``, ``gains`` [T], ``ratios`` [T], ``curvature`` [T] (OmniCache's; optional), ``errors``:
-``{"module": T×T, "step": T×T, "forecast": {"p,i": [errors for j = i+1 .. ]}}`` (p = -1: no earlier full step, j up to T-1; otherwise
-``i − p ≤ max_gap`` and j up to ``i + max_gap``). :func:`read_calibration` checks one.
+``{"module": T×T, "step": T×T, "forecast": {"p,i": [errors for j = i+1 .. ]}}`` (p = -1: no earlier
+full step, j up to T-1; otherwise ``i − p ≤ max_gap`` and j up to ``i + max_gap``).
+:func:`read_calibration` checks one.
 """
 
 from __future__ import annotations
