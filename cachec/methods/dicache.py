@@ -122,12 +122,12 @@ def add_alignment(planner, plan: Plan, gmin: float, gmax: float) -> None:
     with the residual loads replaced by the alignment segment's outputs."""
     ex = plan.examples
     reuse = plan.variants["tail_reuse"]
-    apply = next(op.segment for op in reuse if isinstance(op, Run) and op.segment == f"{MID_TAG}_apply")
+    apply = f"{MID_TAG}_apply"  # the segment range_delta made: base + cached residual
     apply_inputs = set(plan.segment(apply).inputs)
     deltas = [op.cache for op in reuse if isinstance(op, Load) and op.value in apply_inputs]
     if not deltas:
         raise ModelError("dicache: the reused step loads no cached residual to align (a bug in the plan)")
-    ref, current = cache_name(TAG, "ref"), f"{TAG}__r1"
+    ref, current = cache_name(TAG, "ref"), f"{TAG}__r1"  # probe_skip's names: the reference, the current probe
     p2 = cache_name(TAG, "ref", "prev")
     shift = [(ref, p2)] + [(c, cache_name(MID_TAG, "prev", str(k))) for k, c in enumerate(deltas)]
     copies = []
