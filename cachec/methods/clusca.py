@@ -37,6 +37,7 @@ from .tokenwise import INDEX_PREFIX
 
 LABELS = "clusca__labels"  # the full step's K-means labels, int64 [B, N] ...
 LABELS_CACHE = cache_name("clusca", "labels")  # ... kept for the cached steps
+GAMMA = "clusca__gamma"  # step input [[γ]]: a run-time parameter, not compiled in
 INDEX = INDEX_PREFIX + "clusca"
 
 
@@ -75,6 +76,7 @@ class ClusCaController(ForecastController):
         else:
             index = labels.new_zeros((labels.shape[0], 0))
         inputs[INDEX] = index
+        inputs[GAMMA] = [[self.policy.params.gamma]]
         k = index.shape[1]
         delta = sum(r["token_flops"] * (k - r["tokens"]) for r in info["regions"])  # counted at N tokens
         yield Action("partial", "P", inputs, flops_delta=delta)
@@ -98,7 +100,7 @@ class ClusCaMethod(Method):
 
     def plan_key(self, num_blocks: int) -> tuple:
         p = self.params
-        return (self.name, p.O, p.K, p.gamma, p.iters)
+        return (self.name, p.O, p.K, p.iters)
 
     def unsupported(self, backend: str, capable: list[str]) -> str:
         return (f"clusca: its cached step computes the MLPs on one token per cluster (a gather/scatter variant), "
@@ -142,6 +144,8 @@ def plan_clusca(planner, policy: ClusCaMethod) -> Plan:
     ex[INDEX] = ex[stream].new_empty(tuple(ex[stream].shape[:2]), dtype=torch.int64)
     kmeans = planner.add_segment(plan, "clusca_kmeans", traced(kmeans_labels(p.K, p.iters),
                                  [(stream, example(ex[stream]))], [LABELS], "ClusCaKMeans"), "cache")
+    ex[GAMMA] = ex[stream].new_empty((1, 1))
+    plan.add_step_input(GAMMA)
     regions: list[dict] = []
 
     def rewrite(op: Run):
@@ -198,8 +202,9 @@ def _mlp_variants(planner, plan: Plan, policy: ClusCaMethod, seg_name: str, regi
         higher = [cache_name(seg_name, str(k), f"d{i}") for i in range(1, states)]
         x = example(ex[o])
         spare = _spare_size(x.shape)
-        fn = propagate_and_forecast(p.K, p.gamma, states)
+        fn = propagate_and_forecast(p.K, states)
         gm = traced(fn, [(PREDICT, torch.zeros(tuple(ex[PREDICT].shape), dtype=ex[PREDICT].dtype)),
+                         (GAMMA, torch.zeros((1, 1), dtype=ex[PREDICT].dtype)),
                          (LABELS_CACHE, torch.zeros(x.shape[:2], dtype=torch.int64)),
                          (INDEX, torch.zeros((x.shape[0], spare), dtype=torch.int64)),
                          (f, x), *((h, x) for h in higher)],

@@ -172,7 +172,9 @@ def plan_hyca(planner, policy: HyCaMethod) -> Plan:
     plan = planner.new_plan()
     ex = plan.examples
     by_seg = planner.region_by_segment()
-    seen: dict[str, int] = {}
+    channels = {stream_key(seg, k): int(ex[value].shape[-1])
+                for seg in by_seg for k, value in enumerate(planner.segments[seg].outputs)}
+    _check_streams(policy, channels)  # before any segment is traced: a file for another model fails fast
 
     def rewrite(op: Run):
         if op.segment not in by_seg:
@@ -183,11 +185,9 @@ def plan_hyca(planner, policy: HyCaMethod) -> Plan:
         coeff = (PREDICT, torch.zeros(tuple(ex[PREDICT].shape), dtype=ex[PREDICT].dtype))
         orders, states = [], []
         for k, value in enumerate(outputs):
-            key = stream_key(op.segment, k)
-            seen[key] = int(ex[value].shape[-1])
-            name = ORDER_PREFIX + key
-            ex[name] = torch.empty(seen[key], dtype=torch.int64)
-            orders.append((name, torch.zeros(seen[key], dtype=torch.int64)))
+            name = ORDER_PREFIX + stream_key(op.segment, k)
+            ex[name] = torch.empty(channels[stream_key(op.segment, k)], dtype=torch.int64)
+            orders.append((name, torch.zeros(ex[name].shape, dtype=torch.int64)))
             states += [(load.value, example(ex[value])) for load in loads[k * method.state:(k + 1) * method.state]]
         gm = traced(masked_forecast(method.state, len(outputs)), [coeff, *orders, *states], list(outputs),
                     "HyCaForecast")
@@ -195,5 +195,4 @@ def plan_hyca(planner, policy: HyCaMethod) -> Plan:
         return {"full": [op, *update], "reuse": [*loads, Run(seg)]}
 
     plan.variants = per_segment(plan.variants["full"], ["full", "reuse"], rewrite)
-    _check_streams(policy, seen)
     return plan

@@ -46,12 +46,13 @@ def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return dist.argmin(dim=-1)
 
 
-def propagate_and_forecast(clusters: int, gamma: float, states: int):
-    """``(C, labels, index, D_0 with fresh rows, D_1, …) -> (F̂, new D_0)``.
+def propagate_and_forecast(clusters: int, states: int):
+    """``(C, [[γ]], labels, index, D_0 with fresh rows, D_1, …) -> (F̂, new D_0)``.
 
     Slot ``j`` of ``index`` is cluster ``j``'s fresh token; a slot whose token is not in cluster ``j``
     (an empty cluster, or no fresh tokens at all) contributes nothing."""
-    def fn(coeffs, labels, index, d0, *higher):
+    def fn(coeffs, gamma, labels, index, d0, *higher):
+        gamma = gamma[0, 0]
         dim = d0.shape[-1]
         picked = labels.gather(1, index)  # [B, k]
         slots = torch.arange(index.shape[1], device=d0.device)

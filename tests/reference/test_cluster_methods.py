@@ -1,12 +1,19 @@
-"""HyCa (``hyca:N,solvers=...,calib=FILE``) against an independent reference, its degenerate
-settings, and its refusals of calibration files that do not fit.
+"""HyCa (``hyca:N,solvers=...,calib=FILE``) and ClusCa (``clusca:N,O,K,gamma``) against independent
+references, their degenerate settings (TaylorSeer), and their refusals. One module for both: they
+share one capture of the model and the TaylorSeer programs they reduce to.
 
+HyCa:
 The reference (``HyCaReference`` in ``tests/reference_hyca.py``) is TaylorSeer by hooks with each
 channel's forecast truncated at its own order; it shares no code with cachec. The calibration file
 is written by the test: every stream's channels in three clusters ``c mod 3`` whose errors make
 cluster j pick order j, so the run-time path (orders chosen from the file, handed to the graph per
 channel) is checked against the same orders computed by the reference. The calibration maths that
 choose clusters on a real trajectory are in tests/unit/test_channel_clusters.py.
+
+ClusCa: the reference (``ClusCaReference`` in ``tests/reference_clusca.py``) runs the whole model
+every step, clusters the last block's output with its own float64 K-means and reads the fresh
+tokens' exact rows from the feed-forward's full output, where cachec clusters in the graph in fp32
+and computes only those rows (the token variant); the seeded draw is the one shared input.
 
 Set-up as in test_forecast_methods.py: ``builtin:tiny-dit``, 12 steps, batch 2 (two classes), fp32,
 CPU, one capture for the module.
@@ -17,6 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 from calibration_files import calibration_file
+from reference_clusca import ClusCaReference
 from reference_hyca import HyCaReference
 from trajectories import Driver
 
@@ -145,3 +153,49 @@ def test_calibrations_that_do_not_fit_are_refused(tmp_path, calib):
     extra = calibration_file(tmp_path / "x", hyca=section(cyclic, 3, streams=[*STREAMS, "b9_ff__0"]))
     with pytest.raises(PolicyError, match="names stream b9_ff__0, which this model does not have"):
         cachec.build_program(model, kw, f"hyca:3,calib={extra}")
+
+
+# ------------------------------------------------------------------------------------------------
+# ClusCa
+
+
+def test_clusca_matches_the_reference():
+    model, _ = DRIVER.model_and_inputs("tiny-dit")
+    with ClusCaReference(model, T, N=3, O=2, K=8, gamma=0.3, seed=4) as ref:
+        x_ref, outs_ref = DRIVER.trajectory(ref, "tiny-dit")
+    x, outs, rt = run("clusca:3,O=2,K=8,gamma=0.3,seed=4")
+    assert rt.stats.full_steps == ref.full_steps and "P" in rt.stats.schedule, rt.stats.schedule
+    assert_same((x, outs), (x_ref, outs_ref), f"cachec {rt.stats.schedule}")
+    # the clusters matter: without propagation (only the fresh tokens written into D0) the outputs differ
+    _, outs_no_spread, _ = run("clusca:3,O=2,K=8,gamma=0,seed=4")
+    assert max_diff(outs, outs_no_spread) > 10 * TOL
+    # a partial step counts the MLPs at the K rows they computed: between the forecast and the full step
+    assert 12 * 2 / 12 < rt.stats.nfe < 12
+
+
+def test_clusca_without_fresh_tokens_or_propagation_is_taylorseer():
+    a = run("clusca:3,O=2,K=8,gamma=0,fresh=0")
+    b = run("taylorseer:3,O=2")
+    assert a[2].stats.full_steps == b[2].stats.full_steps and "P" in a[2].stats.schedule
+    assert_same(a[:2], b[:2], "clusca gamma=0,fresh=0 vs taylorseer", tol=1e-6)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("clusca:3,gamma=1.5", "gamma=1.5 is out of range"),
+    ("clusca:3,fresh=2", "fresh=2 is out of range"),
+    ("clusca:3,K=0", "K=0 is out of range"),
+    ("clusca:3,O=5", "O=5 is out of range"),
+    ("clusca:3,iters=0", "iters=0 is out of range"),
+])
+def test_clusca_bad_parameters_are_refused(spec, message):
+    with pytest.raises(PolicyError, match=message.replace(".", r"\.")):
+        cachec.parse_policy(spec)
+
+
+def test_clusca_refusals_on_this_model():
+    model, kw = DRIVER.model_and_inputs("tiny-dit")
+    with pytest.raises(PolicyError, match="K=65 clusters, but the last block has 64 tokens; use K <= 64"):
+        cachec.build_program(model, kw, "clusca:3,K=65")
+    program = _PROGRAMS[cachec.parse_policy("clusca:3,O=2,K=8").plan_key(6)]
+    with pytest.raises(PolicyError, match="one token per cluster .* which the onnxruntime backend does not lower yet"):
+        cachec.CacheRuntime(program, "clusca:3,O=2,K=8,gamma=0.3", backend="onnxruntime")
