@@ -84,7 +84,7 @@ class ClusCaReference(PredictiveReference):
         fc = self.streams[(module, 0)]
         d0 = fc.D[0].clone()
         for b, chosen in enumerate(self._picks()):
-            for j, t in chosen.items():
+            for t in chosen.values():
                 d0[b, t] = out[b, t]
             for j, t in chosen.items():
                 members = self.labels[b] == j
