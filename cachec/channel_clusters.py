@@ -14,6 +14,10 @@ For one stream with values ``F_t`` (``t = 0..T−1``, channels last):
   centres are the channels at ranks ``round(i·(C−1)/(K−1))`` of the descriptors' norms (ties by
   channel index), then :data:`KMEANS_ITERATIONS` Lloyd iterations (a channel joins its nearest
   centre, the lowest index on a tie; an empty cluster keeps its centre);
+* **rows**: the statistics are means over batch and tokens, estimated on at most :data:`MAX_ROWS`
+  evenly spaced (batch × token) rows of each stream, so that a large model's calibration (FLUX:
+  4096 tokens × 3072 channels × ~150 streams) stays a fraction of the uncached trajectory it
+  records; a small model (``builtin:tiny-dit``, 2 × 64 rows) uses every row;
 * **errors**: for each Taylor order ``o ≤ MAX_ORDER`` and interval ``N = 1..max_gap``, the forecast
   of TaylorSeer order ``o`` with full steps at ``0, N, 2N, …`` (no warm-up), and per cluster the
   mean squared error over its channels and the cached steps (0 when no step is cached).
@@ -26,6 +30,7 @@ import math
 import torch
 
 MAX_ORDER = 2
+MAX_ROWS = 256
 KMEANS_ITERATIONS = 10
 DEFAULT_CLUSTERS = 4
 
@@ -92,13 +97,22 @@ def solver_errors(values: torch.Tensor, labels: list[int], max_gap: int) -> list
     return errors
 
 
+def sampled_rows(value: torch.Tensor) -> torch.Tensor:
+    """``value`` as ``[rows, C]``: every (batch × token) row, or :data:`MAX_ROWS` evenly spaced ones."""
+    rows = value.reshape(-1, value.shape[-1])
+    if rows.shape[0] <= MAX_ROWS:
+        return rows
+    pick = torch.linspace(0, rows.shape[0] - 1, MAX_ROWS, device=rows.device).round().long()
+    return rows[pick]
+
+
 def measure(trajectories: dict[str, list[torch.Tensor]], clusters: int = DEFAULT_CLUSTERS,
             max_gap: int = 10) -> dict:
     """HyCa's calibration section: per stream (``SEGMENT__K``), its channel labels and the
     per-cluster errors of each order and interval."""
     streams = {}
     for key, steps in trajectories.items():
-        values = torch.stack(steps)
+        values = torch.stack([sampled_rows(s) for s in steps]).double()
         labels = kmeans(descriptors(values), clusters)
         streams[key] = {"labels": labels, "errors": solver_errors(values, labels, max_gap)}
     return {"clusters": clusters, "max_order": MAX_ORDER, "max_gap": max_gap, "streams": streams}

@@ -51,3 +51,11 @@ def test_kmeans_is_deterministic_and_caps_clusters_at_the_channel_count():
     d = cc.descriptors(values)
     assert cc.kmeans(d, 3) == cc.kmeans(d.clone(), 3)
     assert len(set(cc.kmeans(d[:2], 5))) <= 2
+
+
+def test_large_streams_are_measured_on_evenly_spaced_rows():
+    x = torch.arange(2 * 300 * 3, dtype=torch.float32).view(2, 300, 3)
+    rows = cc.sampled_rows(x)
+    assert rows.shape == (cc.MAX_ROWS, 3)
+    assert rows[0].tolist() == [0.0, 1.0, 2.0] and rows[-1].tolist() == x[1, -1].tolist()
+    assert cc.sampled_rows(x[:, :5]).shape == (10, 3)  # small: every row
