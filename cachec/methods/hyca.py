@@ -59,7 +59,18 @@ class HyCaController(ForecastController):
                                     for key, v in self.orders.items()}
         return self.tensors[device]
 
+    def check_against_program(self, planned) -> None:
+        """The program was planned (and its streams checked) with the data it carries: data read at
+        run time from another file must name the same streams with the same channel counts."""
+        compiled = (planned.policy_data or {}).get("streams") or {}
+        widths = {k: len(v["labels"]) for k, v in compiled.items()}
+        if widths != {k: len(v) for k, v in self.orders.items()}:
+            raise PolicyError(f"hyca: the calibration {self.policy.params.calib} names other streams or channel "
+                              "counts than the program was compiled with: compile for it, or use the program's file")
+
     def actions(self, step, ctx):
+        if step == 0 or not self.tensors:
+            self.check_against_program(ctx.planned)
         full = self.decide(step)
         inputs = dict(self.step_inputs(step, full))
         if not full:

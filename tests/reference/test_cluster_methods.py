@@ -80,12 +80,17 @@ def calib(tmp_path_factory):
 _PROGRAMS: dict = {}
 
 
-def run(spec: str):
+def program(spec: str):
+    """The program of ``spec``, one per plan key (the others change only run-time parameters)."""
     model, kw = DRIVER.model_and_inputs("tiny-dit")
     key = cachec.parse_policy(spec).plan_key(6)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = cachec.build_program(model, kw, spec)
-    rt = cachec.CacheRuntime(_PROGRAMS[key], spec, num_steps=T)
+    return _PROGRAMS[key]
+
+
+def run(spec: str):
+    rt = cachec.CacheRuntime(program(spec), spec, num_steps=T)
     x, outs = DRIVER.run(rt, "tiny-dit")
     return x, outs, rt
 
@@ -149,6 +154,10 @@ def test_calibrations_that_do_not_fit_are_refused(tmp_path, calib):
     narrow = calibration_file(tmp_path / "w", hyca=section(cyclic, 3, channels=64))
     with pytest.raises(PolicyError, match="no clusters for 128 channels of stream b0_attn1__0: it was measured on another"):
         cachec.build_program(model, kw, f"hyca:3,calib={narrow}")
+    # a program compiled with one file, run with another model's file: refused, not a shape error
+    rt = cachec.CacheRuntime(program(f"hyca:3,calib={calib['three']}"), f"hyca:3,calib={narrow}", num_steps=T)
+    with pytest.raises(PolicyError, match="names other streams or channel counts than the program was compiled with"):
+        DRIVER.run(rt, "tiny-dit")
     (tmp_path / "x").mkdir()
     extra = calibration_file(tmp_path / "x", hyca=section(cyclic, 3, streams=[*STREAMS, "b9_ff__0"]))
     with pytest.raises(PolicyError, match="names stream b9_ff__0, which this model does not have"):
@@ -196,6 +205,5 @@ def test_clusca_refusals_on_this_model():
     model, kw = DRIVER.model_and_inputs("tiny-dit")
     with pytest.raises(PolicyError, match="K=65 clusters, but the last block has 64 tokens; use K <= 64"):
         cachec.build_program(model, kw, "clusca:3,K=65")
-    program = _PROGRAMS[cachec.parse_policy("clusca:3,O=2,K=8").plan_key(6)]
     with pytest.raises(PolicyError, match="one token per cluster .* which the onnxruntime backend does not lower yet"):
-        cachec.CacheRuntime(program, "clusca:3,O=2,K=8,gamma=0.3", backend="onnxruntime")
+        cachec.CacheRuntime(program("clusca:3,O=2,K=8"), "clusca:3,O=2,K=8,gamma=0.3", backend="onnxruntime")
