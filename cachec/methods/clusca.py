@@ -122,6 +122,11 @@ def _last_block_tokens(planner) -> str:
     return main.output
 
 
+def _same_tokens(value, tokens: int) -> bool:
+    """Whether a stream is ``[B, tokens, C]``: the rows the labels of the last block describe."""
+    return len(value.shape) == 3 and int(value.shape[1]) == tokens
+
+
 def _spare_size(*shapes) -> int:
     """An example index length no other dimension has (symbolic tracing would tie equal sizes)."""
     taken = {int(d) for s in shapes for d in s}
@@ -154,7 +159,7 @@ def plan_clusca(planner, policy: ClusCaMethod) -> Plan:
             return None
         outputs = planner.segments[op.segment].outputs
         update, forecast = planner.forecast_ops(plan, op.segment, outputs, method)
-        if region.kind != "mlp":
+        if region.kind != "mlp" or not _same_tokens(ex[outputs[0]], n):  # forecast only (FLUX's text-stream MLPs)
             return {"full": [op, *update], "partial": forecast}
         loads = [o for o in forecast if isinstance(o, Load)]
         computed, partial = _mlp_variants(planner, plan, policy, op.segment, region, outputs, loads, regions)
@@ -162,7 +167,8 @@ def plan_clusca(planner, policy: ClusCaMethod) -> Plan:
 
     plan.variants = per_segment(plan.variants["full"], ["full", "partial"], rewrite)
     if not regions:
-        raise ModelError(f"clusca: {planner.captured.model_class} has no MLP region to compute on one token per cluster")
+        raise ModelError(f"clusca: {planner.captured.model_class} has no MLP region over the {n} tokens of its last "
+                         "block, so no token can be computed per cluster")
     last = planner.range_segments(len(planner.blocks) - 1, len(planner.blocks) - 1)[-1]
     plan.variants["full"] = insert_after(plan.variants["full"], last, [Run(kmeans), Store(LABELS, labels_cache)])
     plan.variants["partial"] = [Load(labels_cache, labels_cache)] + plan.variants["partial"]
