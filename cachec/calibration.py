@@ -27,6 +27,7 @@ import statistics
 
 import torch
 
+from . import channel_clusters
 from .errors import PolicyError
 from .schedules import BASES, FORMAT, VERSION
 
@@ -58,6 +59,7 @@ def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, 
     if unknown:
         raise PolicyError(f"calibrate: unknown base {unknown[0]!r}; accepted: {', '.join(BASES)}")
     errors: dict[str, object] = {}
+    hyca = None
     stack = _Recorder(make_program(STACK_POLICY), STACK_POLICY, steps)
     say(f"calibrate: uncached trajectory, {steps} steps x {samples} samples")
     stack.record(bundle, seed, samples)
@@ -74,12 +76,15 @@ def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, 
         fc.record(bundle, seed, samples)
         say("calibrate: reuse and forecast errors of module streams (base=module, forecast)")
         forecast = fc.forecast_errors(max_gap)
+        say("calibrate: channel clusters of module streams and each order's error (hyca)")
+        hyca = channel_clusters.measure(fc.stream_trajectories(), max_gap=max_gap)
         if "module" in bases:
             errors["module"] = [[0.0] * (i + 1) + forecast[f"-1,{i}"] for i in range(steps)]
         if "forecast" in bases:
             errors["forecast"] = forecast
     return {"format": FORMAT, "version": VERSION, "model": bundle.name, "steps": steps, "samples": samples,
-            "seed": seed, "max_gap": max_gap, "gains": gains, "ratios": ratios, "curvature": bends, "errors": errors}
+            "seed": seed, "max_gap": max_gap, "gains": gains, "ratios": ratios, "curvature": bends, "errors": errors,
+            **({"hyca": hyca} if hyca else {})}
 
 
 class _Recorder:
@@ -115,6 +120,11 @@ class _Recorder:
             return (env[out],)
 
         sample(full_step, bundle, self.steps, seed, samples)
+
+    def stream_trajectories(self) -> dict[str, list[torch.Tensor]]:
+        """Each module stream's value at every recorded step (its ``d0`` cache), by ``SEGMENT__K``."""
+        names = [n for n in self.records[0][2] if n.endswith("__d0")]
+        return {n[len("cache__"):-len("__d0")]: [r[2][n] for r in self.records] for n in names}
 
     def sensitivities(self, bundle) -> list[float]:
         """Per step j: ``rms(final' − final) / rms(δ)`` when step j's output is perturbed by δ and

@@ -496,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
 
     cal = sub.add_parser("calibrate", formatter_class=_DefaultsShown, parents=[common, target],
-                         help="measure reuse errors for NFE budgets (budget:K,calib=FILE) and MagCache ratios, "
+                         help="measure reuse errors for NFE budgets (budget:K,calib=FILE), MagCache ratios and HyCa clusters, "
                               "or map a dynamic policy's thresholds to NFE")
     cal.add_argument("model", help=model_help)
     cal.add_argument("--steps", type=int, default=50, help="denoising steps of the calibrated trajectory")

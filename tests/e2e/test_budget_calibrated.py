@@ -132,3 +132,18 @@ def test_calibration_records_the_curvature_of_the_uncached_trajectory(tiny, cali
                     for a, b in zip(outs, outs[1:], strict=False)]
     assert data["curvature"] == pytest.approx(want, abs=1e-9)
     assert max(want) > 10 * min(want[1:])  # the trajectory bends unevenly: the numbers can tell steps apart
+
+@pytest.mark.slow
+def test_hyca_runs_on_the_calibrated_clusters(tiny, calibration):
+    """`cachec calibrate` writes HyCa's section (channel clusters of every module stream and each
+    order's error), and `hyca` runs on it; the clusters get different orders here (the choice is
+    made, not a uniform TaylorSeer)."""
+    data, path = calibration
+    section = data["hyca"]
+    assert len(section["streams"]) == 12 and section["max_gap"] == 8  # attn + ff of 6 blocks
+    for stream in section["streams"].values():
+        assert len(stream["labels"]) == 128 and set(stream["labels"]) <= set(range(section["clusters"]))
+    orders = parse_policy(f"hyca:4,calib={path}").resolved().channel_orders()
+    assert len({o for per_channel in orders.values() for o in per_channel}) > 1, orders
+    got, stats = _psnr(tiny, f"hyca:4,calib={path}", 0)
+    assert "R" in stats.schedule and got > 10.0, (stats.schedule, got)
