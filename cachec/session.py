@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CachecError, ModelError
+from .errors import CachecError, ModelError, PolicyError
 
 
 @dataclass
@@ -85,7 +85,15 @@ class Session:
         # long enough for a step past the forced-full ones (warmup=/final=), which a policy refuses
         # to run without
         forced = rt.policy.params.warmup + rt.policy.params.final
-        sample(rt, self.bundle, min(max(2, forced + 1), steps), 0, batch)
+        short = min(max(2, forced + 1), steps)
+        try:
+            sample(rt, self.bundle, short, 0, batch)
+        except PolicyError:
+            if short == steps:
+                raise
+            # a schedule bound to the trajectory's length (static:FFRF..., alone or as a hybrid's mask)
+            # refuses a shorter one before its first step: warm it up over the real trajectory
+            sample(rt, self.bundle, steps, 0, batch)
         return rt
 
     @property
