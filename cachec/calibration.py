@@ -14,7 +14,8 @@ measured for every (p, i, j).
 Given the measurements, :func:`cachec.schedules.budget_schedule` (pure schedule maths, kept
 apart) finds the schedule with exactly K full steps that minimises the predicted error. That
 answers "best quality at a fixed NFE" and makes the cost of a trajectory deterministic. The file also records MagCache's magnitude ratios
-``γ_t = mean_tokens(‖r_t‖/‖r_{t−1}‖)`` of the block-stack residual r, from the same runs.
+``γ_t = mean_tokens(‖r_t‖/‖r_{t−1}‖)`` of the block-stack residual r, from the same runs, and
+OmniCache's curvature of the uncached trajectory (:func:`curvature`).
 
 The calibration file's format is described (and read) in :mod:`cachec.schedules`. Measuring goes
 through the runtime's public API only (``bind``, ``new_caches``, ``variants``).
@@ -63,6 +64,7 @@ def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, 
     say("calibrate: how an output error at each step moves the final sample")
     gains = stack.sensitivities(bundle)
     ratios = _magnitude_ratios([r[2] for r in stack.records])
+    bends = curvature([r[1] for r in stack.records])
     if "step" in bases:
         say("calibrate: reuse errors of the block-stack residual (base=step)")
         errors["step"] = stack.reuse_errors()
@@ -77,7 +79,7 @@ def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, 
         if "forecast" in bases:
             errors["forecast"] = forecast
     return {"format": FORMAT, "version": VERSION, "model": bundle.name, "steps": steps, "samples": samples,
-            "seed": seed, "max_gap": max_gap, "gains": gains, "ratios": ratios, "errors": errors}
+            "seed": seed, "max_gap": max_gap, "gains": gains, "ratios": ratios, "curvature": bends, "errors": errors}
 
 
 class _Recorder:
@@ -231,6 +233,17 @@ def _magnitude_ratios(caches: list[dict]) -> list[float]:
         dim = -1 if r0.dim() == 3 else 1  # tokens x features, or channels of a feature map
         ratios.append(float((r1.norm(dim=dim) / r0.norm(dim=dim).clamp_min(1e-12)).mean()))
     return ratios
+
+
+def curvature(outputs: list[torch.Tensor]) -> list[float]:
+    """OmniCache's curvature of the trajectory: ``κ_j = 1 − cos(v_j, v_{j−1})`` of the model outputs,
+    per sample (batch dim 0), averaged over the samples; ``κ_0 = 0``."""
+    bends = [0.0]
+    for prev, cur in zip(outputs, outputs[1:], strict=False):
+        a, b = prev.double().flatten(1), cur.double().flatten(1)
+        cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+        bends.append(float((1.0 - cos).mean()))
+    return bends
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ fallback. Kept apart from the measuring code so that the ``budget`` method (and 
 neither a runtime nor a model, and so that importing a method never imports the runtime.
 
 Calibration file (JSON): ``format``, ``version``, ``model``, ``steps`` T, ``samples``, ``seed``,
-``max_gap``, ``gains`` [T], ``ratios`` [T], ``errors``: ``{"module": T×T, "step": T×T, "forecast":
-{"p,i": [errors for j = i+1 .. ]}}`` (p = -1: no earlier full step, j up to T-1; otherwise
-``i − p ≤ max_gap`` and j up to ``i + max_gap``). :func:`read_calibration` checks one.
+``max_gap``, ``gains`` [T], ``ratios`` [T], ``curvature`` [T] (OmniCache's; optional), ``errors``:
+``{"module": T×T, "step": T×T, "forecast": {"p,i": [errors for j = i+1 .. ]}}`` (p = -1: no earlier
+full step, j up to T-1; otherwise ``i − p ≤ max_gap`` and j up to ``i + max_gap``).
+:func:`read_calibration` checks one.
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ def read_calibration(path: str | Path) -> dict:
 
     numbers(data.get("gains"), steps, "'gains'")
     numbers(data.get("ratios"), steps, "'ratios'")
+    if "curvature" in data:  # OmniCache's (files of older cachecs have none)
+        numbers(data["curvature"], steps, "'curvature'")
     errors = data.get("errors")
     if not isinstance(errors, dict):
         raise PolicyError(f"{path}: 'errors' should be an object with measurements per base")

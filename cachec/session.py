@@ -83,16 +83,17 @@ class Session:
 
         rt = self.runtime(method, backend=backend, steps=steps)
         # long enough for a step past the forced-full ones (warmup=/final=), which a policy refuses
-        # to run without
+        # to run without; a schedule calibrated for a trajectory length (calib=: budget, OmniCache)
+        # runs at that length only
         forced = rt.policy.params.warmup + rt.policy.params.final
-        short = min(max(2, forced + 1), steps)
+        length = steps if rt.policy.params.get("calib") else min(max(2, forced + 1), steps)
         try:
-            sample(rt, self.bundle, short, 0, batch)
+            sample(rt, self.bundle, length, 0, batch)
         except PolicyError:
-            if short == steps:
+            if length == steps:
                 raise
-            # a schedule bound to the trajectory's length (static:FFRF..., alone or as a hybrid's mask)
-            # refuses a shorter one before its first step: warm it up over the real trajectory
+            # an explicit mask is bound to the trajectory's length too (static:FFRF..., alone or as a
+            # hybrid's decision) and refuses a shorter one before its first step
             sample(rt, self.bundle, steps, 0, batch)
         return rt
 

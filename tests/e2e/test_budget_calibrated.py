@@ -112,3 +112,23 @@ def test_compiled_budget_carries_its_schedule_without_thecalibration_file(calibr
     bundle = open_model("builtin:tiny-dit", 2).bundle
     sample(rt, bundle, T, 0, 2)
     assert rt.stats.schedule == schedules.budget_schedule(data, K, "module")[0]
+
+
+@pytest.mark.slow
+def test_calibration_records_the_curvature_of_the_uncached_trajectory(tiny, calibration):
+    """OmniCache's numbers: ``1 − cos`` of successive model outputs per sample, averaged, recomputed
+    here from the outputs of an uncached trajectory on the calibration's inputs (seed 100, 2 samples)."""
+    bundle, make = tiny
+    data, _ = calibration
+    rt, outs = CacheRuntime(make("none"), "none", num_steps=T), []
+
+    def uncached(**kw):
+        out = rt(**{k: v for k, v in kw.items() if k != "return_dict"})
+        outs.append(out[0].double().reshape(2, -1))
+        return out
+
+    sample(uncached, bundle, T, 100, 2)
+    want = [0.0] + [sum(1 - float(a[i] @ b[i] / (a[i].norm() * b[i].norm())) for i in range(2)) / 2
+                    for a, b in zip(outs, outs[1:], strict=False)]
+    assert data["curvature"] == pytest.approx(want, abs=1e-9)
+    assert max(want) > 10 * min(want[1:])  # the trajectory bends unevenly: the numbers can tell steps apart
