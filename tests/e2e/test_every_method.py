@@ -42,6 +42,7 @@ BATCH = 2
 SPECS = {
     "magcache": "magcache:0.5,ratios={calib}",  # no published ratios for this model: calibrated ones
     "budget": "budget:3",  # nfe=10 full steps would be all 8
+    "omnicache": "omnicache:3,calib={calib}",  # its schedule comes from a calibration's curvature
     "dbcache": "dbcache:1,t=0.5,W=2",  # W=8: no cache hit before step 8
     "easycache": "easycache:0.5,warmup=2",  # warmup=5 + final=1 leave one step
     "static": "static:FFRFRRFR",  # the default mask is one F
@@ -70,6 +71,7 @@ def spec_of(case: str, tmp_path) -> str:
     if case not in SPECS:
         return case
     calib = calibration_file(tmp_path, steps=STEPS, gains=[1.0] * STEPS, ratios=[1.0] * STEPS,
+                             curvature=[0.0, 0.1, 0.3, 0.05, 0.2, 0.0, 0.1, 0.4],
                              errors={"module": [[0.0] * STEPS for _ in range(STEPS)]})
     return SPECS[case].format(calib=calib)
 
