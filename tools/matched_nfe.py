@@ -148,7 +148,7 @@ class Row:
 
 
 class TinyDit:
-    """``builtin:tiny-dit`` opened once; trajectories cached by (spec, seed)."""
+    """``builtin:tiny-dit`` opened once; trajectories cached by (spec, seed, batch)."""
 
     def __init__(self, steps: int, seeds: int, batch: int, judge):
         from cachec.session import open_model
@@ -347,7 +347,8 @@ def band_table(rows: list[Row], none: Row) -> str:
     each new row with its PSNR difference to that best."""
     lines = ["| NFE target | side | policy (tuned) | full steps | NFE | PSNR dB | SSIM | class acc | ΔPSNR vs best existing |",
              "| --- | --- | --- | --: | --: | --: | --: | --: | --: |",
-             f"| 50 | reference | `none` | 50 | 50.00 | ∞ | 1.0000 | {none.accuracy:.3f} | |"]
+             f"| {none.nfe:g} | reference | `none` | {none.full_steps:g} | {none.nfe:.2f} | ∞ | 1.0000 | "
+             f"{none.accuracy:.3f} | |"]
     for target in sorted({r.target for r in rows}):
         band = [r for r in rows if r.target == target]
         matched = [r for r in band if r.side == "existing" and r.matched]
@@ -426,7 +427,7 @@ def main() -> int:
     say("fitting the judge (tools/eval_tiny_dit.py)")
     judge = fit_judge(16)
     dit = TinyDit(args.steps, args.seeds, args.batch, judge)
-    none = dit.measure(Row("none", "none", "reference", 50.0))
+    none = dit.measure(Row("none", "none", "reference", float(args.steps)))
     rows = [r for t in targets for r in band_rows(dit, policies, baselines, t, say)]
     models = tuple(m for m in args.schedules_on.split(",") if m)
     if models:
