@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CachecError, ModelError
+from .errors import CachecError, ModelError, PolicyError
 
 
 @dataclass
@@ -87,7 +87,14 @@ class Session:
         # runs at that length only
         forced = rt.policy.params.warmup + rt.policy.params.final
         length = steps if rt.policy.params.get("calib") else min(max(2, forced + 1), steps)
-        sample(rt, self.bundle, length, 0, batch)
+        try:
+            sample(rt, self.bundle, length, 0, batch)
+        except PolicyError:
+            if length == steps:
+                raise
+            # an explicit mask is bound to the trajectory's length too (static:FFRF..., alone or as a
+            # hybrid's decision) and refuses a shorter one before its first step
+            sample(rt, self.bundle, steps, 0, batch)
         return rt
 
     @property

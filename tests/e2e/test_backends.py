@@ -222,6 +222,15 @@ def test_onnxruntime_runs_forecast_and_feedback_policies(policy, tmp_path_factor
         assert len(plan) > 0
 
 
+# issue 24: FreqCa's one cached stream split into DCT bands (a low band reused, a high band forecast);
+# AB-Cache and the hybrids reuse the forecast segments above, and tests/e2e/test_every_method.py checks
+# every registered method against the ONNX Runtime backend's capabilities
+@pytest.mark.parametrize("policy", ["freqca:3,warmup=1"])
+def test_onnxruntime_runs_the_band_split_forecast(policy, tmp_path_factory):
+    eager, _ = onnxruntime_vs_eager("dit", policy, tmp_path_factory)
+    assert "R" in eager.stats.schedule, eager.stats.schedule
+
+
 def test_max_batch_caps_the_artifact_and_tensorrt_defaults_to_a_serving_batch(tmp_path, monkeypatch, capsys):
     """A TensorRT profile's largest shape sizes the engine (at 1024, a FLUX-shaped attention
     segment could not be built); the cap is recorded and bad values are named."""
