@@ -37,6 +37,13 @@ class TGateParams(Params):
     warmup: int = param(3, "first K steps always full (the reference's warm_up=2 is K=3)", 0)
 
 
+def groups_present(regions: list[dict]) -> frozenset[str]:
+    """The attention groups this model has: a DiT has no cross-attention, so a step after the gate
+    that would reuse only cross-attention computes everything, and is a full step (``F``) — as PAB."""
+    kinds = {"attn": "self", "cross_attn": "cross"}
+    return frozenset(kinds[r["kind"]] for r in regions if r["kind"] in kinds)
+
+
 class TGateController(Controller):
     """One decision per step: which of self-/cross-attention this step reuses (maybe none: full)."""
 
@@ -51,6 +58,8 @@ class TGateController(Controller):
 
     def actions(self, step, ctx):
         reuse = () if self.forced(step) else self.reused(step)
+        present = groups_present(ctx.planned.regions)
+        reuse = tuple(g for g in reuse if g in present)  # reusing an absent group computes everything: F
         if not reuse:
             self.last_full = step
         yield Action("reuse_" + "_".join(reuse) if reuse else "full", "R" if reuse else "F")

@@ -89,6 +89,18 @@ def test_pab_marks_a_step_that_reuses_no_attention_of_this_model_full():
         assert (flops == pytest.approx(stats.full_flops)) == (letter == "F"), (letter, flops, stats.full_flops)
 
 
+def test_tgate_marks_a_step_that_reuses_only_absent_cross_attention_full():
+    """T-GATE after its gate reuses cross-attention, which a DiT does not have: with ``sa_after=1``
+    those steps compute everything, so they are full steps (``F``), not ``R`` (they were ``R``)."""
+    _, kw = DRIVER.model_and_inputs("dit")
+    rt = compiled("tgate:4,sa=2,warmup=1")  # gate step 3: steps 1 (odd, < 3) reuse self-attention only
+    run(rt, kw, DRIVER.timesteps("dit", kw), given=True)
+    stats = rt.stats
+    assert stats.schedule == "FRFFFFFF"
+    for letter, flops in zip(stats.schedule, stats.step_flops, strict=True):
+        assert (flops == pytest.approx(stats.full_flops)) == (letter == "F"), (letter, flops, stats.full_flops)
+
+
 def test_bad_timesteps_are_refused_with_what_is_accepted():
     rt = compiled("pab:2,lo=50,hi=950")
     with pytest.raises(cachec.ShapeError, match="3 values for a trajectory of 8 steps"):
