@@ -1,0 +1,115 @@
+"""The per-block / per-module reuse methods of issue 24 (FEB-Cache, BlockDance, AdaCache) against
+independent hook references, and their degenerate settings.
+
+Each reference (``tests/reference_<name>.py``) runs the original diffusers model with forward
+hooks written from the definition in docs/methods.md and shares no code with cachec. Set-up as in
+``test_forecast_methods.py``: the bundled trained model ``builtin:tiny-dit`` (6 blocks), 12-step
+trajectories, batch 2 (two classes), fp32, CPU, ``x <- x - out / T``; per case the schedule, every
+step's output and the final latent agree.
+
+CI time: one capture of the model for the module (policies plan on copies of it) and a program per
+plan kind.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference_febcache import FEBCacheReference
+from trajectories import Driver
+
+import cachec
+from cachec.errors import PolicyError
+from cachec.models import example_inputs, resolve
+
+T = 12
+RTOL = ATOL = 1e-4
+SHORT = "tiny-dit"
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+class TinyDitDriver(Driver):
+    """The driver on ``builtin:tiny-dit``, the two batch items of different classes."""
+
+    def _model_and_inputs(self, short: str):
+        assert short == SHORT, short
+        model = resolve("builtin:tiny-dit").model
+        kw = example_inputs(model, self.batch, 0)
+        kw["class_labels"] = torch.tensor([1, 6])
+        return model, kw
+
+
+DRIVER = TinyDitDriver(T, 2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _capture_once_per_model(capture_once_per_model):
+    """One capture per model, policies planned on copies (tests/conftest.py)."""
+
+
+_PROGRAMS: dict = {}
+
+
+def run_cachec(spec: str):
+    model, kw = DRIVER.model_and_inputs(SHORT)
+    key = cachec.parse_policy(spec).plan_key(6)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = cachec.build_program(model, kw, spec)
+    rt = cachec.CacheRuntime(_PROGRAMS[key], spec, num_steps=T)
+    x, outs = DRIVER.run(rt, SHORT)
+    return x, outs, rt
+
+
+def run_reference(cls, spec: str):
+    model, _ = DRIVER.model_and_inputs(SHORT)
+    with cls(model, spec, T) as ref:
+        x, outs = DRIVER.trajectory(ref, SHORT)
+    return x, outs, ref
+
+
+def assert_same(got, want, ctx: str, tol: float = ATOL) -> None:
+    (x, outs), (x_ref, outs_ref) = got, want
+    for s, (a, b) in enumerate(zip(outs, outs_ref, strict=True)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m, s=s: f"step {s} ({ctx}): {m}")
+    torch.testing.assert_close(x, x_ref, rtol=tol, atol=tol, msg=lambda m: f"final latent ({ctx}): {m}")
+
+
+def assert_reused_something(x) -> None:
+    x_plain, _ = DRIVER.plain(SHORT)
+    assert (x - x_plain).abs().max() > 10 * ATOL  # something was reused: the comparison can fail
+
+
+# ------------------------------------------------------------------------------------------------
+# FEB-Cache
+
+
+@pytest.mark.parametrize("spec", ["febcache:3,2", "febcache:2,4,attn_from=0.25,mlp_until=0.75,final=1"])
+def test_febcache_matches_the_hook_reference(spec):
+    x, outs, rt = run_cachec(spec)
+    x_ref, outs_ref, ref = run_reference(FEBCacheReference, spec)
+    assert rt.branches["default"].controller.group_schedules == ref.schedules
+    assert "P" in rt.stats.schedule  # a step reused one type and computed the other
+    assert_same((x, outs), (x_ref, outs_ref), spec)
+    assert_reused_something(x)
+
+
+def test_febcache_degenerate_settings():
+    """A = M = 1 is ``none``; both types reusable everywhere on one interval is ``fora:N``."""
+    x_plain, outs_plain = DRIVER.plain(SHORT)
+    x, outs, rt = run_cachec("febcache:1,1")
+    assert rt.stats.schedule == "F" * T
+    assert_same((x, outs), (x_plain, outs_plain), "febcache:1,1 vs none", tol=1e-5)
+    x_f, outs_f, rt_f = run_cachec("fora:3")
+    x, outs, rt = run_cachec("febcache:3,3,attn_from=0,mlp_until=1")
+    assert rt.stats.schedule == rt_f.stats.schedule
+    assert rt.stats.nfe == pytest.approx(rt_f.stats.nfe)
+    assert_same((x, outs), (x_f, outs_f), "febcache vs fora", tol=0)
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("febcache:0", "A"), ("febcache:3,M=-1", "M"), ("febcache:3,attn_from=1.5", "attn_from"),
+    ("febcache:3,mlp_until=-0.1", "mlp_until"), ("febcache:3,per_sample=1", "per_sample")])
+def test_febcache_bad_parameters_are_policy_errors(spec, words):
+    with pytest.raises(PolicyError, match=words):
+        cachec.parse_policy(spec)
