@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_blockdance import BlockDanceReference
 from reference_febcache import FEBCacheReference
 from trajectories import Driver
 
@@ -113,3 +114,53 @@ def test_febcache_degenerate_settings():
 def test_febcache_bad_parameters_are_policy_errors(spec, words):
     with pytest.raises(PolicyError, match=words):
         cachec.parse_policy(spec)
+
+
+# ------------------------------------------------------------------------------------------------
+# BlockDance
+
+
+@pytest.mark.parametrize("spec", ["blockdance:2", "blockdance:3,start=0.25,depth=0.5,final=1",
+                                  "blockdance:3,start=0.25,depth=0.5,reuse=delta"])
+def test_blockdance_matches_the_hook_reference(spec):
+    x, outs, rt = run_cachec(spec)
+    x_ref, outs_ref, ref = run_reference(BlockDanceReference, spec)
+    assert rt.stats.schedule == ref.schedule
+    assert_same((x, outs), (x_ref, outs_ref), spec)
+    assert_reused_something(x)
+
+
+def test_blockdance_degenerate_settings():
+    """N=1 is ``none``; ``reuse=delta,start=0`` is Δ-DiT on the same front blocks."""
+    x_plain, outs_plain = DRIVER.plain(SHORT)
+    x, outs, rt = run_cachec("blockdance:1")
+    assert rt.stats.schedule == "F" * T
+    assert_same((x, outs), (x_plain, outs_plain), "blockdance:1 vs none", tol=1e-5)
+    x_d, outs_d, rt_d = run_cachec("delta:3,blocks=0-2")
+    x, outs, rt = run_cachec("blockdance:3,start=0,depth=0.5,reuse=delta")
+    assert rt.stats.schedule == rt_d.stats.schedule
+    assert rt.stats.nfe == pytest.approx(rt_d.stats.nfe)
+    assert_same((x, outs), (x_d, outs_d), "blockdance vs delta", tol=0)
+
+
+def test_blockdance_saves_the_reused_blocks_only():
+    """A reuse step costs the uncached step minus the share of the reused blocks: deeper ranges save more."""
+    _, _, shallow = run_cachec("blockdance:2,depth=0.34")  # 2 of 6 blocks
+    _, _, deep = run_cachec("blockdance:2,depth=0.84")  # 5 of 6 blocks
+    assert shallow.stats.schedule == deep.stats.schedule
+    assert T > deep.stats.nfe and deep.stats.nfe < shallow.stats.nfe < T
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("blockdance:0", "N"), ("blockdance:2,start=1", "start"), ("blockdance:2,start=-0.5", "start"),
+    ("blockdance:2,depth=1.5", "depth"), ("blockdance:2,reuse=copy", "reuse")])
+def test_blockdance_bad_parameters_are_policy_errors(spec, words):
+    with pytest.raises(PolicyError, match=words):
+        cachec.parse_policy(spec)
+
+
+@pytest.mark.parametrize("depth", ["0.1", "1"])
+def test_blockdance_depth_outside_the_model_is_a_policy_error(depth):
+    model, kw = DRIVER.model_and_inputs(SHORT)
+    with pytest.raises(PolicyError, match=r"depth=.*at least 1 and leave the last"):
+        cachec.build_program(model, kw, f"blockdance:2,depth={depth}")
