@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_adacache import AdaCacheReference
 from reference_blockdance import BlockDanceReference
 from reference_febcache import FEBCacheReference
 from trajectories import Driver
@@ -164,3 +165,47 @@ def test_blockdance_depth_outside_the_model_is_a_policy_error(depth):
     model, kw = DRIVER.model_and_inputs(SHORT)
     with pytest.raises(PolicyError, match=r"depth=.*at least 1 and leave the last"):
         cachec.build_program(model, kw, f"blockdance:2,depth={depth}")
+
+
+# ------------------------------------------------------------------------------------------------
+# AdaCache
+
+
+@pytest.mark.parametrize("spec", ["adacache", "adacache:codebook=0.1:4/0.2:3/0.5:2,block=1,final=1"])
+def test_adacache_matches_the_hook_reference(spec):
+    x, outs, rt = run_cachec(spec)
+    x_ref, outs_ref, ref = run_reference(AdaCacheReference, spec)
+    assert rt.stats.schedule == ref.schedule
+    rates = rt.branches["default"].controller.rates
+    assert rates == pytest.approx(ref.rates, rel=1e-4)
+    full = [s for s, c in enumerate(ref.schedule) if c == "F"]
+    assert len({b - a for a, b in zip(full, full[1:], strict=False)}) > 1, f"one interval only: {ref.schedule}"  # the codebook chose
+    assert_same((x, outs), (x_ref, outs_ref), spec)
+    assert_reused_something(x)
+
+
+def test_adacache_degenerate_settings():
+    """One codebook entry above every rate is ``fora:N,warmup=2``; an interval of 1 is ``none``."""
+    x_plain, outs_plain = DRIVER.plain(SHORT)
+    x, outs, rt = run_cachec("adacache:codebook=100:1")
+    assert rt.stats.schedule == "F" * T
+    assert_same((x, outs), (x_plain, outs_plain), "adacache:codebook=100:1 vs none", tol=1e-5)
+    x_f, outs_f, rt_f = run_cachec("fora:3,warmup=2")
+    x, outs, rt = run_cachec("adacache:codebook=100:3")
+    assert rt.stats.schedule == rt_f.stats.schedule
+    assert_same((x, outs), (x_f, outs_f), "adacache vs fora", tol=0)
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("adacache:codebook=0.1", "not t:n"), ("adacache:codebook=0.2:3/0.1:2", "out of order"),
+    ("adacache:codebook=0.1:0", "not t:n"), ("adacache:codebook=-1:2", "not t:n"),
+    ("adacache:codebook=inf:2", "not t:n"), ("adacache:block=-2", "block")])
+def test_adacache_bad_parameters_are_policy_errors(spec, words):
+    with pytest.raises(PolicyError, match=words):
+        cachec.parse_policy(spec)
+
+
+def test_adacache_block_outside_the_model_is_a_policy_error():
+    model, kw = DRIVER.model_and_inputs(SHORT)
+    with pytest.raises(PolicyError, match="block=6 is outside the model's blocks 0-5"):
+        cachec.build_program(model, kw, "adacache:block=6")
