@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 from reference_adacache import AdaCacheReference
+from reference_blockcache import BlockCacheReference
 from reference_blockdance import BlockDanceReference
 from reference_febcache import FEBCacheReference
 from trajectories import Driver
@@ -209,3 +210,51 @@ def test_adacache_block_outside_the_model_is_a_policy_error():
     model, kw = DRIVER.model_and_inputs(SHORT)
     with pytest.raises(PolicyError, match="block=6 is outside the model's blocks 0-5"):
         cachec.build_program(model, kw, "adacache:block=6")
+
+
+# ------------------------------------------------------------------------------------------------
+# Foresight (blockcache with metric=mse, scale=foresight)
+
+
+def block_schedules(rt) -> list[str]:
+    return rt.branches["default"].controller.block_schedules
+
+
+@pytest.mark.parametrize("spec", ["foresight:1", "foresight:2,N=3,warmup=5,final=1"])
+def test_foresight_matches_the_hook_reference(spec):
+    x, outs, rt = run_cachec(spec)
+    x_ref, outs_ref, ref = run_reference(BlockCacheReference, spec)
+    assert block_schedules(rt) == ref.block_schedules
+    assert "P" in rt.stats.schedule, f"no step where blocks disagreed: {ref.block_schedules}"
+    assert_same((x, outs), (x_ref, outs_ref), spec)
+    assert_reused_something(x)
+
+
+def test_foresight_is_blockcache_with_mse_and_foresight_thresholds():
+    """The special case, stated: the same schedules and outputs; and gamma=0 or N=1 is ``none``."""
+    x, outs, rt = run_cachec("foresight:1.5,N=5")
+    x_b, outs_b, rt_b = run_cachec("blockcache:1.5,N=5,warmup=4,metric=mse,scale=foresight")
+    assert block_schedules(rt) == block_schedules(rt_b)
+    assert_same((x, outs), (x_b, outs_b), "foresight vs blockcache", tol=0)
+    x_plain, outs_plain = DRIVER.plain(SHORT)
+    for spec in ("foresight:0", "foresight:5,N=1"):
+        x, outs, rt = run_cachec(spec)
+        assert rt.stats.schedule == "F" * T, spec
+        assert_same((x, outs), (x_plain, outs_plain), f"{spec} vs none", tol=1e-5)
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("foresight:-1", "t"), ("foresight:1,N=0", "N"), ("foresight:1,warmup=3", "warmup >= 4"),
+    ("foresight:1,scale=warmup", "unknown key 'scale'"), ("blockcache:1,metric=l2", "metric"),
+    ("blockcache:1,scale=foresight,warmup=3", "warmup >= 4")])
+def test_foresight_bad_parameters_are_policy_errors(spec, words):
+    with pytest.raises(PolicyError, match=words):
+        cachec.parse_policy(spec)
+
+
+def test_a_blockcache_program_refuses_another_metric():
+    """The metric is compiled into the program: running mse on an l1rel program is refused, not silently wrong."""
+    model, kw = DRIVER.model_and_inputs(SHORT)
+    program = cachec.build_program(model, kw, "blockcache")
+    with pytest.raises(PolicyError, match="compiled for 'blockcache:0.2'"):
+        cachec.CacheRuntime(program, "blockcache:0.2,metric=mse", num_steps=T)
