@@ -10,9 +10,13 @@ blocks return their streams (``reference_hooks.in_streams`` / ``out_streams``):
   its second run on, ``c_i = Σ_k Σ|Δ_old[k] − Δ_new[k]| / Σ_k Σ|Δ_new[k]|`` and the rate
   ``r_i = c_i / (s − a_i)`` (``a_i``: its previous run); a rate measured at a step ``< warmup`` is
   also kept for ``scale=warmup``;
+* ``metric=mse`` (and ``foresight``) measures ``c_i = mean_k mean((Δ_old[k] − Δ_new[k])²)``
+  instead (float64 here);
 * at step ``s`` block i is **recomputed** iff ``s == 0`` or ``s < warmup`` or ``s >= T − final``,
   or it has no rate yet, or ``s − a_i >= N``, or ``not ((s − a_i)·r_i < τ_i)``, with ``τ_i = t``
-  (``scale=absolute``) or ``t · mean(warm-up rates of i)`` (``scale=warmup``); otherwise it is
+  (``scale=absolute``) or ``t · mean(warm-up rates of i)`` (``scale=warmup``) or
+  ``t · (w[-1] + 0.1·w[-2] + 0.01·w[-3])``, ``w`` the warm-up rates of i in step order
+  (``scale=foresight``; ``foresight:t,...`` is ``metric=mse,scale=foresight``); otherwise it is
   **reused**: its outputs are ``in[k] + Δ_i[k]`` (the full forward still runs underneath; only the
   numbers matter here).
 """
@@ -25,8 +29,10 @@ from reference_hooks import HookOwner, block_list, in_streams, out_streams, with
 
 def parse(spec: str) -> dict:
     name, _, args = spec.partition(":")
-    assert name == "blockcache", spec
-    p = {"t": 0.2, "N": 6, "scale": "absolute", "warmup": 0, "final": 0}
+    assert name in ("blockcache", "foresight"), spec
+    p = {"t": 0.2, "N": 6, "scale": "absolute", "metric": "l1rel", "warmup": 0, "final": 0}
+    if name == "foresight":
+        p.update(t=1.0, N=4, warmup=4, scale="foresight", metric="mse")
     for part in (a for a in args.split(",") if a):
         key, _, value = part.rpartition("=")
         key = key or "t"  # the bare value is t
@@ -61,7 +67,13 @@ class BlockCacheReference(HookOwner):
             return True
         if s - self.last[i] >= p["N"]:
             return True
-        tau = p["t"] if p["scale"] == "absolute" else p["t"] * sum(self.warm[i]) / len(self.warm[i])
+        w = self.warm[i]
+        if p["scale"] == "absolute":
+            tau = p["t"]
+        elif p["scale"] == "foresight":
+            tau = p["t"] * (w[-1] + 0.1 * w[-2] + 0.01 * w[-3])
+        else:
+            tau = p["t"] * sum(w) / len(w)
         return not ((s - self.last[i]) * self.rate[i] < tau)
 
     def _outputs(self, i: int, out) -> dict:
@@ -82,9 +94,13 @@ class BlockCacheReference(HookOwner):
                 new = {k: outs[k] - inp[k] for k in outs}
                 if self.last[i] >= 0:
                     old = self.delta[i]
-                    num = sum(float((old[k] - new[k]).abs().sum()) for k in new)
-                    den = sum(float(new[k].abs().sum()) for k in new)
-                    self.rate[i] = num / den / (s - self.last[i])
+                    if self.p["metric"] == "mse":
+                        change = sum(float(((old[k].double() - new[k].double()) ** 2).mean()) for k in new) / len(new)
+                    else:
+                        num = sum(float((old[k] - new[k]).abs().sum()) for k in new)
+                        den = sum(float(new[k].abs().sum()) for k in new)
+                        change = num / den
+                    self.rate[i] = change / (s - self.last[i])
                     if s < self.p["warmup"]:
                         self.warm[i].append(self.rate[i])
                 self.delta[i], self.last[i] = new, s

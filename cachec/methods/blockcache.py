@@ -15,8 +15,13 @@ The rule (cachec's reading; docs/methods.md says why):
   recomputed when ``s − a ≥ N`` (it is refreshed at least every N steps), before it has a rate
   (its first two runs), and on forced steps (step 0, warmup, final);
 * ``τ_i = t`` for every block (``scale=absolute``, Block Caching's δ), or ``τ_i = t · w_i`` with
-  ``w_i`` the block's mean rate over the warm-up steps (``scale=warmup``, Foresight's per-layer
-  thresholds estimated during warm-up).
+  ``w_i`` the block's mean rate over the warm-up steps (``scale=warmup``), or
+  ``τ_i = t · λ_i`` with Foresight's ``λ_i = Σ_{j=0..2} 10^{−j} r_i(W−1−j)``, the rates of the
+  last three warm-up steps weighted 1, 0.1, 0.01 (``scale=foresight``, eq. 40 of the survey);
+* ``metric=mse`` measures ``c_i`` as Foresight's mean squared change instead,
+  ``c_i = mean_k mean((Δ_i,old,k − Δ_i,new,k)²)`` (the mean over the block's streams of each
+  stream's MSE). ``foresight:γ`` (:mod:`cachec.methods.foresight`) is ``metric=mse,
+  scale=foresight``.
 
 Why the decision uses the rate measured at earlier steps: then the whole step's block mask is
 known before the step runs, so the program is a chain of small variants — a prologue, for each
@@ -41,7 +46,9 @@ from . import register
 from .base import Action, Controller, Method, Params, choice, param
 
 SIGNALS = "blockcache__signals"
-SCALES = ("absolute", "warmup")
+SCALES = ("absolute", "warmup", "foresight")
+METRICS = ("l1rel", "mse")
+FORESIGHT_WEIGHTS = (1.0, 0.1, 0.01)  # eq. 40: the last warm-up step's change weighs most
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,11 @@ class BlockCacheParams(Params):
     t: float = param(0.2, "threshold on a block's predicted accumulated relative change (scale=warmup: "
                           "a multiple of its warm-up change rate)", 0.0, 100.0)
     N: int = param(6, "refresh interval bound: a block is recomputed at least every N steps", 1, 1000)
-    scale: str = param("absolute", "per-block threshold: absolute (t for every block) or warmup (t times the "
-                                   "block's mean change rate over the warm-up steps)")
+    scale: str = param("absolute", "per-block threshold: absolute (t for every block), warmup (t times the "
+                                   "block's mean change rate over the warm-up steps) or foresight (t times the "
+                                   "rates of the last three warm-up steps weighted 1, 0.1, 0.01)")
+    metric: str = param("l1rel", "a block's change: l1rel (relative L1, Block Caching) or mse (mean squared, "
+                                 "Foresight)")
 
 
 class BlockCacheController(Controller):
@@ -71,10 +81,12 @@ class BlockCacheController(Controller):
         self.block_schedules = [""] * blocks
 
     def threshold(self, i: int) -> float:
-        p = self.policy.params
-        if p.scale == "absolute":
-            return p.t
-        return p.t * sum(self.warm[i]) / len(self.warm[i]) if self.warm[i] else 0.0
+        t, scale, warm = self.policy.params.t, self.policy.scale, self.warm[i]
+        if scale == "absolute":
+            return t
+        if scale == "foresight":
+            return t * sum(w * r for w, r in zip(FORESIGHT_WEIGHTS, reversed(warm), strict=False))
+        return t * sum(warm) / len(warm) if warm else 0.0
 
     def block_full(self, step: int, i: int) -> bool:
         if self.forced(step) or self.rate[i] is None:
@@ -117,12 +129,29 @@ class BlockCacheMethod(Method):
     variants = ("full", "blocks_prologue", "blocks_epilogue")
     rank = 12
 
+    @property
+    def scale(self) -> str:
+        """How the per-block thresholds are scaled (a parameter here; fixed by :mod:`~cachec.methods.foresight`)."""
+        return self.params.scale
+
+    @property
+    def metric(self) -> str:
+        """How a block's change is measured (a parameter here; fixed by :mod:`~cachec.methods.foresight`)."""
+        return self.params.metric
+
     def validate(self):
-        choice(self.name, "scale", self.params.scale, SCALES)
-        if self.params.scale == "warmup" and self.params.warmup < 3:
-            raise PolicyError(f"{self.spec}: scale=warmup estimates each block's threshold from its change rate over "
-                              f"the warm-up steps, which needs warmup >= 3 (a rate is known from a block's second run "
+        choice(self.name, "scale", self.scale, SCALES)
+        choice(self.name, "metric", self.metric, METRICS)
+        need = {"warmup": 3, "foresight": 4}.get(self.scale, 0)
+        if self.params.warmup < need:
+            rates = "the mean of its change rates over" if self.scale == "warmup" else "its last three change rates in"
+            raise PolicyError(f"{self.spec}: scale={self.scale} estimates each block's threshold from {rates} the "
+                              f"warm-up steps, which needs warmup >= {need} (a rate is known from a block's second run "
                               f"on); got warmup={self.params.warmup}")
+
+    def plan_key(self, num_blocks: int) -> tuple:
+        """The change's graph depends on the metric (the default's key is unchanged)."""
+        return (self.name,) if self.metric == "l1rel" else (self.name, self.metric)
 
     def check_program(self, variants, meta: dict, values):
         """Its variants are per block (``blk{i}_full`` / ``blk{i}_reuse``) and it reads the vector of
@@ -159,7 +188,8 @@ class BlockCacheMethod(Method):
                 ex[value] = ex[cache]
             signal, sig_cache = f"blockcache__change{i}", cache_name("blockcache", "change", str(i))
             ex[signal] = ex[sig_cache] = torch.empty(())
-            probe = planner.add_segment(plan, f"blk{i}_change", _relative_change(
+            change = _relative_change if self.metric == "l1rel" else _mean_square_change
+            probe = planner.add_segment(plan, f"blk{i}_change", change(
                 [(old[p.cache], p.output, p.base) for p in pairs], signal, ex), "probe")
             # the change is measured before the write: a backend may write the new delta straight
             # into the cache buffer the old one is read from (ONNX Runtime's bound outputs)
@@ -221,6 +251,33 @@ def _relative_change(streams: list[tuple[str, str, str | None]], signal: str, me
         num = d if num is None else computed(g, aten.add.Tensor, (num, d), zero)
         den = m if den is None else computed(g, aten.add.Tensor, (den, m), zero)
     return graph_module(g, [(signal, computed(g, aten.div.Tensor, (num, den), zero))], "BlockChange")
+
+
+def _mean_square_change(streams: list[tuple[str, str, str | None]], signal: str, meta: dict) -> fx.GraphModule:
+    """``mean_k mean((old_k − new_k)²)`` over a block's streams (Foresight's MSE), ``new_k`` as in
+    :func:`_relative_change`."""
+    aten = torch.ops.aten
+    g = fx.Graph()
+    zero = torch.empty(())
+    total = None
+    seen: dict[str, fx.Node] = {}
+
+    def value(name: str) -> fx.Node:
+        if name not in seen:
+            seen[name] = placeholder(g, name, meta)
+        return seen[name]
+
+    for old, output, base in streams:
+        ex = meta.get(output)
+        n = value(output)
+        if base is not None:
+            n = computed(g, aten.sub.Tensor, (n, value(base)), ex)
+        d = computed(g, aten.sub.Tensor, (value(old), n), ex)
+        m = computed(g, aten.mean.default, (computed(g, aten.mul.Tensor, (d, d), ex),), zero)
+        total = m if total is None else computed(g, aten.add.Tensor, (total, m), zero)
+    if len(streams) > 1:
+        total = computed(g, aten.div.Scalar, (total, float(len(streams))), zero)
+    return graph_module(g, [(signal, total)], "BlockMeanSquareChange")
 
 
 def _stack(names: list[str], out: str, meta: dict) -> fx.GraphModule:
