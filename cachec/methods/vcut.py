@@ -51,7 +51,8 @@ def pair_mean(*outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 class VcutController(Controller):
-    """Cross-attention computed (``F``) before ``s0``, reused (``R``) from it on; forced steps compute."""
+    """Cross-attention computed (``F``) before ``s0``, reused (``R``) from it on; forced steps (warmup,
+    final) compute, and a warmup past ``s0`` moves the step whose output is reused to its last step."""
 
     def actions(self, step, ctx):
         p = self.policy.params
@@ -59,11 +60,15 @@ class VcutController(Controller):
             raise PolicyError(f"{self.policy.spec}: cfg=1 caches the mean of each [uncond; cond] pair, so it needs a "
                               f"classifier-free-guidance batch of even size; this call has batch {ctx.batch} "
                               "(use cfg=0 without a CFG batch)")
-        if step < p.s0 or self.forced(step):
+        if self.computes(step):
             self.last_full = step
-            yield Action("full_mean" if p.cfg and step == p.s0 - 1 else "full", "F")
+            # the last step that computes before a reused one fills the cache (a warmup may move it past s0-1)
+            yield Action("full_mean" if p.cfg and not self.computes(step + 1) else "full", "F")
         else:
             yield Action("reuse_cross", "R")
+
+    def computes(self, step: int) -> bool:
+        return step < self.policy.params.s0 or self.forced(step)
 
 
 @register

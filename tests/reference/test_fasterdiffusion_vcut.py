@@ -140,6 +140,12 @@ def test_vcut_without_the_cfg_mean_is_tgate_with_every_self_attention_computed()
     assert_bitwise(ours, tgate)
 
 
+def test_vcut_warmup_past_s0_caches_the_pair_mean_of_its_last_step():
+    """warmup=4 keeps steps 0..3 computing: the reused value is step 3's pair mean, as vcut:4's."""
+    ours = DRIVER.run(compiled("vcut:2,warmup=4"), "unet")
+    assert_bitwise(ours, DRIVER.run(compiled("vcut:4"), "unet"))
+
+
 def test_vcut_beyond_the_trajectory_is_none():
     x_plain, outs_plain = DRIVER.plain("unet")
     rt = compiled(f"vcut:{T}")
