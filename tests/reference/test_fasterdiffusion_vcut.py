@@ -6,13 +6,11 @@ The references wrap modules of the original small ``UNet2DConditionModel``:
 reference forward skips them, ``tests/reference_vcut.py`` its cross-attention modules. The driver is
 the shared one (``tests/trajectories.py``: 20 steps, batch 2 — for VCUT's ``cfg=1`` one
 ``[uncond; cond]`` pair — fp32). Per setting: the schedule, every step's output bit for bit, the final
-latent; the degenerate settings equal ``none`` (or T-GATE); bad parameters and models the method does
-not fit raise clear errors.
+latent; the degenerate settings equal ``none`` (or T-GATE). The rules without a model (key steps,
+stages, errors) are in tests/unit/test_unet_methods.py.
 """
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,9 +19,6 @@ from reference_vcut import VcutReference
 from trajectories import Driver
 
 import cachec
-from cachec.errors import ModelError, PolicyError
-from cachec.methods.fasterdiffusion import paper_key_steps
-from cachec.methods.skip_branch import encoder_features
 from cachec.policy import parse_policy
 
 T = 20
@@ -82,41 +77,12 @@ def test_fasterdiffusion_matches_the_hook_reference(spec, keys):
     assert rt.program.variant_flops("reuse") < 0.8 * rt.program.planned.none_flops
 
 
-def test_paper_schedule_is_the_reference_list_at_50_steps():
-    assert paper_key_steps(50) == KEYS_50LS
-    assert paper_key_steps(100) == [2 * k for k in KEYS_50LS]
-
-
 def test_every_step_a_key_step_is_none():
     x_plain, outs_plain = DRIVER.plain("unet")
     rt = compiled("fasterdiffusion:1,schedule=uniform")
     x, outs = DRIVER.run(rt, "unet")
     assert rt.stats.schedule == "F" * T and rt.stats.nfe == pytest.approx(T)
     assert all(torch.equal(a, b) for a, b in zip(outs, outs_plain, strict=True)) and torch.equal(x, x_plain)
-
-
-@pytest.mark.parametrize(("spec", "match"), [
-    ("fasterdiffusion:0", "N=0 is out of range"),
-    ("fasterdiffusion:N=1001", "out of range"),
-    ("fasterdiffusion:schedule=sqrt", "unknown schedule='sqrt'; accepted: paper, uniform"),
-    ("fasterdiffusion:3,warmup=-1", "warmup=-1 is out of range"),
-])
-def test_bad_parameters_say_what_is_accepted(spec, match):
-    with pytest.raises(PolicyError, match=match):
-        parse_policy(spec)
-
-
-def test_paper_schedule_needs_the_trajectory_length():
-    with pytest.raises(PolicyError, match="trajectory length"):
-        parse_policy("fasterdiffusion").controller(None)
-
-
-def test_a_model_without_skip_concatenations_has_no_encoder_to_propagate():
-    """A transformer's graph has no up-block concatenation (a planner's graph only is read: no capture)."""
-    gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU()))
-    planner = SimpleNamespace(gm=gm, captured=SimpleNamespace(model_class="DiTTransformer2DModel"))
-    with pytest.raises(ModelError, match="DiTTransformer2DModel has no U-Net encoder/decoder.*fora"):
-        encoder_features(planner, "fasterdiffusion:2")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,27 +118,3 @@ def test_vcut_beyond_the_trajectory_is_none():
     x, outs = DRIVER.run(rt, "unet")
     assert rt.stats.schedule == "F" * T
     assert all(torch.equal(a, b) for a, b in zip(outs, outs_plain, strict=True)) and torch.equal(x, x_plain)
-
-
-@pytest.mark.parametrize(("spec", "match"), [
-    ("vcut:0", "s0=0 is out of range"),
-    ("vcut:3,cfg=2", "cfg=2 is out of range"),
-    ("vcut:3,cfg=-1", "cfg=-1 is out of range"),
-])
-def test_vcut_bad_parameters_say_what_is_accepted(spec, match):
-    with pytest.raises(PolicyError, match=match):
-        parse_policy(spec)
-
-
-def test_vcut_cfg_mean_refuses_an_odd_batch():
-    rt = compiled("vcut:2")
-    kw = {k: v if k == "timestep" else v[:1] for k, v in DRIVER.model_and_inputs("unet")[1].items()}
-    with pytest.raises(PolicyError, match="batch of even size; this call has batch 1.*cfg=0"):
-        rt(**kw)
-
-
-def test_vcut_refuses_a_model_without_cross_attention():
-    planner = SimpleNamespace(regions=[SimpleNamespace(kind="attn", segment="b0_attn")],
-                              captured=SimpleNamespace(model_class="DiTTransformer2DModel"))
-    with pytest.raises(ModelError, match="DiTTransformer2DModel has no cross-attention.*fora"):
-        parse_policy("vcut:3").plan(planner)
