@@ -11,8 +11,8 @@ batch must be a batched-CFG call. ``cfg=0`` caches each sample's own output.
 
 Relation to T-GATE (:mod:`cachec.methods.tgate`): ``vcut:s0,cfg=0`` is exactly
 ``tgate:G=s0,sa=1,warmup=0`` (cross-attention frozen from step ``G = s0``, self-attention never
-reused). The CFG mean is T-GATE's reference ``keep_shape=False`` path, which ``tgate`` does not
-take; that mean is what VCUT adds. The paper's default is ``s0=1``: cross-attention computed once,
+reused). The CFG mean is the value T-GATE's reference caches with ``keep_shape=False`` (its pipeline
+then also drops the unconditional half); ``tgate`` takes neither, and the mean is what VCUT adds. The paper's default is ``s0=1``: cross-attention computed once,
 at the first step. The paper also removes SVD's temporal cross-attention outright instead of
 caching it; that changes the model rather than caching it, so here the temporal cross-attention is
 frozen like the spatial one (docs/methods.md).
