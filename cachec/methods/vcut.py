@@ -44,7 +44,10 @@ def pair_mean(*outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Survey eq. 25 on a ``[uncond; cond]`` batch: each output's pair mean, for both halves."""
     means = []
     for x in outputs:
-        uncond, cond = x.chunk(2, dim=0)
+        # halves by narrow, not chunk(2): chunk makes an exporter require an even batch symbol and fix
+        # the batch (TensorRT then builds the engine for batch 2 only); the controller refuses odd batches
+        half = x.shape[0] // 2
+        uncond, cond = x.narrow(0, 0, half), x.narrow(0, half, half)
         m = (cond + uncond) * 0.5
         means.append(torch.cat([m, m], 0))
     return tuple(means)
