@@ -104,6 +104,9 @@ def test_vcut_without_the_cfg_mean_is_tgate_with_every_self_attention_computed()
     ours = DRIVER.run(compiled("vcut:6,cfg=0"), "unet")
     tgate = DRIVER.run(compiled("tgate:6,sa=1,warmup=0"), "unet")
     assert_bitwise(ours, tgate)
+    # the pair mean matters here (the two items have different conditioning): cfg=1 is not T-GATE
+    with_mean = DRIVER.run(compiled("vcut:6,cfg=1"), "unet")
+    assert (with_mean[0] - ours[0]).abs().max() > 1e-3
 
 
 def test_vcut_warmup_past_s0_caches_the_pair_mean_of_its_last_step():
