@@ -62,15 +62,30 @@ def _split(planner, plan: Plan, seg_name: str, needed: set[str], rest_name: str)
     return rest
 
 
-def skip_branch(planner, feature: str, tag: str) -> Plan:
-    """full stores ``feature``; reuse loads it and runs only the segments (or parts) the output needs besides it."""
+def _computing(plan: Plan, value: str) -> str | None:
+    """The segment whose graph computes ``value`` (an earlier split may have moved it off its tag)."""
+    for name, seg in plan.base.items():
+        if seg.module is not None and any(n.name == value and n.op != "placeholder" for n in seg.module.graph.nodes):
+            return name
+    return None
+
+
+def skip_branch(planner, feature: str | list[str], tag: str) -> Plan:
+    """full stores ``feature``; reuse loads it and runs only the segments (or parts) the output needs besides it.
+
+    ``feature`` may be several values (FasterDiffusion's encoder features: every skip feature and the
+    mid block's output): each is stored where it is computed and loaded in ``reuse``."""
+    features = [feature] if isinstance(feature, str) else list(feature)
     plan = planner.new_plan()
-    owner = planner.nodes[feature].meta[SEGMENT_KEY]
-    if feature not in plan.base[owner].outputs:
-        _split(planner, plan, owner, {feature}, f"{owner}_post")  # the rest of the segment reads the feature as an input
-    cache = cache_name(tag, "deep")
-    plan.examples[cache] = plan.examples[feature]
-    needed, provided, keep = {planner.captured.output_name}, {feature}, []
+    caches = {}
+    for i, value in enumerate(features):
+        owner = _computing(plan, value) or planner.nodes[value].meta[SEGMENT_KEY]
+        if value not in plan.base[owner].outputs:
+            # the rest of the segment reads the feature as an input
+            _split(planner, plan, owner, {value}, f"{owner}_post" if len(features) == 1 else f"{owner}_post{i}")
+        caches[value] = cache_name(tag, "deep") if len(features) == 1 else cache_name(tag, f"enc{i}")
+        plan.examples[caches[value]] = plan.examples[value]
+    needed, provided, keep = {planner.captured.output_name}, set(features), []
     for op in reversed(list(plan.variants["full"])):
         seg = plan.base[op.segment]
         outs = set(seg.outputs) & (needed - provided)
@@ -81,10 +96,31 @@ def skip_branch(planner, feature: str, tag: str) -> Plan:
             seg = plan.base[op.segment]
         keep.append(op)
         needed |= set(seg.inputs)
-    if any(feature in plan.base[op.segment].outputs for op in keep):
-        raise ModelError(f"{tag}: the shallow path still needs the segment computing the cached feature {feature}")
+    for value in features:
+        if any(value in plan.base[op.segment].outputs for op in keep):
+            raise ModelError(f"{tag}: the shallow path still needs the segment computing the cached feature {value}")
     full = plan.variants["full"]
-    writer = next(op.segment for op in full if feature in plan.base[op.segment].outputs)
-    plan.variants["full"] = insert_after(full, writer, [Store(feature, cache)])
-    plan.variants["reuse"] = [Load(cache, feature)] + list(reversed(keep))
+    for value in features:
+        writer = next(op.segment for op in full if value in plan.base[op.segment].outputs)
+        full = insert_after(full, writer, [Store(value, caches[value])])
+    plan.variants["full"] = full
+    plan.variants["reuse"] = [Load(caches[v], v) for v in features] + list(reversed(keep))
     return plan
+
+
+def encoder_features(planner, policy: str) -> list[str]:
+    """FasterDiffusion's encoder features: every skip feature the up path concatenates and the value
+    entering the first up block (the mid block's output) — everything the decoder reads from the
+    encoder besides the timestep embedding and the conditioning, which it computes itself."""
+    cats = skip_concats(planner)
+    if not cats:
+        raise ModelError(f"{policy}: {planner.captured.model_class} has no U-Net encoder/decoder (no up_blocks "
+                         "concatenating down-path features), so encoder propagation does not apply; it is for U-Nets "
+                         "such as UNet2DConditionModel. For a transformer use fora, delta, fbcache or teacache")
+    skips = [planner.nodes[c].args[0][1] for c in cats]
+    to_up = planner.nodes[cats[0]].args[0][0]
+    if any(fqn.startswith("up_blocks.") for fqn, _ in module_path(to_up)):
+        raise ModelError(f"{policy}: the first up block of {planner.captured.model_class} changes its input before "
+                         f"the first skip concatenation ({to_up.name}), so the decoder's input from the encoder "
+                         "is not one value; encoder propagation supports U-Nets whose up blocks start with it")
+    return [to_up.name] + [n.name for n in skips]
