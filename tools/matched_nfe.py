@@ -66,11 +66,17 @@ TOLERANCE = 0.5  # NFE units: the match the tables require
 MAX_PROBES = 12  # per policy and target
 
 
-def default_policies() -> list[str]:
-    """Every registered method not in :data:`EXISTING`, plus the hybrids the issue names."""
+def default_policies(calib: str | None = None) -> list[str]:
+    """Every registered method not in :data:`EXISTING`, plus the hybrids the issue names. With
+    ``calib`` (a ``cachec calibrate`` file), a method that reads one (a ``calib`` parameter:
+    OmniCache, HyCa) is given it; without, it is listed and shown refused."""
     from cachec.methods.hybrid import forecasters
 
-    new = [name for name in METHODS if name not in EXISTING]
+    def spec(name: str) -> str:
+        takes_calib = any(p.name == "calib" for p in METHODS[name].all_params())
+        return f"{name}:calib={calib}" if calib and takes_calib else name
+
+    new = [spec(name) for name in METHODS if name not in EXISTING]
     hybrids = ["fbcache+taylorseer:O=1", "dbcache:t=?+taylorseer:O=1"]
     hybrids += [f"fbcache+{f}" for f in forecasters() if f not in EXISTING]
     return new + hybrids
@@ -404,6 +410,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=10, help="samples per seed (item i is conditioned on class i %% 10)")
     ap.add_argument("--schedules-on", default="flux,wan", help="tiny random-weight models for the schedule table ('' none)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--calib", help="a `cachec calibrate builtin:tiny-dit --steps STEPS` file for the default "
+                    "policies that read one (OmniCache, HyCa)")
     ap.add_argument("--json", help="write every row here")
     args = ap.parse_args()
 
@@ -416,7 +424,7 @@ def main() -> int:
         print(f"[{time.perf_counter() - start:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
     try:
-        policies = split_list(args.policies, default_policies())
+        policies = split_list(args.policies, default_policies(args.calib))
         baselines = split_list(args.baselines, BASELINES)
         for text in policies + baselines:
             template(text)  # a bad spec fails here, before the slow part
