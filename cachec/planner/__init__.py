@@ -48,7 +48,7 @@ from cachec.passes import (
     RemoveNoOps,
     StripExportArtifacts,
 )
-from cachec.passes.infra import PassError
+from cachec.passes.infra import PassError, graph_module
 
 from ..capture import Captured
 from ..errors import ModelError
@@ -596,7 +596,7 @@ def _graph_copy(gm: fx.GraphModule) -> fx.GraphModule:
     graph = fx.Graph()
     out = graph.graph_copy(gm.graph, {})
     graph.output(out)
-    new = fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+    new = graph_module(gm, graph, type(gm).__name__)
     new.meta.update(gm.meta)
     return new
 
