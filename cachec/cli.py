@@ -241,7 +241,7 @@ def cmd_inspect(args) -> int:
     choices = {}
     if "streams" in method.params and not session.is_artifact:
         for streams in ("module", "step"):
-            alt = session.program(parse_policy(f"{policy},streams={streams}"))
+            alt = session.program(method.with_params(streams=streams))
             choices[streams] = {"buffers": len(alt.caches()), "bytes_per_item": cache_bytes(alt, 1)}
     from .variant_costs import variant_costs
 

@@ -568,6 +568,7 @@ class Planner:
             ),
             planned=PlanFacts(
                 policy=policy.spec,
+                method=policy,
                 policy_data=policy.data,
                 blocks=self.blocks,
                 regions=[r.to_json() for r in self.regions],
