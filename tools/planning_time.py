@@ -41,8 +41,11 @@ black-forest-labs/FLUX.1-dev --device meta`` plans; export and plans in one proc
     before   349.0 s, 40.2 s                  51.6 s, 4.24 s  (0.148, 0.105)   73.7 s, 4.05 s  (0.211, 0.101)
     after    339.1 s, 39.5 s                  23.4 s, 2.19 s  (0.069, 0.055)   26.5 s, 2.36 s  (0.078, 0.060)
 
-(in brackets: planning/export, as cachec prints them and in CPU seconds), so planning/export is
-0.07-0.08 as cachec prints it against the target of 0.1; before it was 0.15-0.21. Wall-clock
+(in brackets: planning/export, as cachec prints them and in CPU seconds). And the command itself,
+``cachec inspect arch:flux.1-dev --device meta --policy fora:3``, both trees side by side at load
+4-7: before exporting 131.8 s, planning 18.7 s (0.142); after 125.1 s, 10.8 s (0.086), with the same
+624 lines of output. So planning/export is 0.07-0.09 as cachec prints it against the target of
+0.1; before it was 0.14-0.21. Wall-clock
 ratios move with the load; the CPU ratios are what an idle machine would print. What planning
 still spends, profiled on FLUX.1-dev: the structural passes (with dead-code elimination and lint
 after each), cutting ~250 segments (node copies), the copy of the capture and fusing the chains.
