@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from cachec.errors import ArtifactError, BackendError, ShapeError
+from cachec.passes.infra import ready
 from cachec.program import Program
 
 from .base import Backend
@@ -60,7 +61,7 @@ def _export(program: Program, fused) -> torch.export.ExportedProgram:
     dynamic = tuple({i: batch for i, d in enumerate(s.shape) if d == "B"} or None for s in specs)
     try:
         with quiet_exporter():
-            return torch.export.export(fused.module, args, dynamic_shapes=dynamic if any(dynamic) else None,
+            return torch.export.export(ready(fused.module), args, dynamic_shapes=dynamic if any(dynamic) else None,
                                        strict=False)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; the cause is kept
         raise BackendError(f"AOTInductor: the fused variant could not be exported ({type(exc).__name__}: {exc})") from exc

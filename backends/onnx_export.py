@@ -17,6 +17,7 @@ import torch
 from torch.export import Dim
 
 from cachec.errors import BackendError
+from cachec.passes.infra import ready
 from cachec.program import Program
 
 OPSET = 20
@@ -73,7 +74,7 @@ def export_segment(program: Program, name: str, path: Path, max_batch: int = 102
     with torch.no_grad(), quiet_exporter():
         try:
             torch.onnx.export(
-                seg.module, args, str(path),
+                ready(seg.module), args, str(path),
                 input_names=[io_name(n) for n in seg.inputs], output_names=[io_name(n) for n in seg.outputs],
                 dynamic_shapes=dynamic if any(d is not None for d in dynamic) else None,
                 opset_version=OPSET, dynamo=True, external_data=False, verbose=False,

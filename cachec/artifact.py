@@ -64,7 +64,7 @@ from . import output_dir, program_store, signing
 from . import program as desc
 from . import schema as sch
 from .capture import EXPORT_LOCK, MAX_BATCH, PROGRAM_FILE, Captured, flatten_exported
-from .compatibility import compatible, with_program_data
+from .compatibility import compatible, compiled_method, with_program_data
 from .errors import ArtifactError, PolicyError
 from .file_modes import follow_umask
 from .model_names import portable_config, portable_name
@@ -164,7 +164,7 @@ def save(out: str | Path, program: Program, captured: Captured, model_spec: str,
             raise ArtifactError(f"--max-batch {limit} is below the batch the model was exported at "
                                 f"({captured.example_batch}); pass a --max-batch of at least {captured.example_batch}")
         program.model.max_batch = min(program.model.max_batch, limit)
-    lowering.check_policy(parse_policy(program.planned.policy))  # e.g. token variants run on some backends only
+    lowering.check_policy(compiled_method(program))  # e.g. token variants run on some backends only
     lowering.check_weights(program_quantization(program), saving=True)  # quantized weights: before any file is written
     tmp = output_dir.temp_dir(out)  # named by pid and host: a later compile removes it if this one is killed
     try:
@@ -432,6 +432,7 @@ def load_program(path: str | Path, policy=None, *, allow_version_mismatch: bool 
     requested = parse_policy(policy) if policy else compiled  # a bad spec is the caller's PolicyError
     if not artifact_backend(manifest["backend"]).holds_graphs:
         program = Program.from_description(described, validated=True)  # read_manifest validated it
+        program.planned.method = compiled  # parsed once, above: the runtime takes it from here
         try:
             compatible(requested, compiled, len(described["meta"]["blocks"]))
         except PolicyError as exc:

@@ -17,8 +17,11 @@ answers "best quality at a fixed NFE" and makes the cost of a trajectory determi
 ``γ_t = mean_tokens(‖r_t‖/‖r_{t−1}‖)`` of the block-stack residual r, from the same runs, and
 OmniCache's curvature of the uncached trajectory (:func:`curvature`).
 
-The calibration file's format is described (and read) in :mod:`cachec.schedules`. Measuring goes
-through the runtime's public API only (``bind``, ``new_caches``, ``variants``).
+The calibration file's format is described (and read) in :mod:`cachec.schedules`. A front end,
+like ``cachec run``/``bench``: it takes an open :class:`~cachec.session.Session`, gets its runtimes
+from :meth:`Session.runtime <cachec.session.Session.runtime>` (the session's programs, backend,
+signature and device) and measures through the runtime's public API only (``bind``,
+``new_caches``, ``variants``).
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ def _rms(x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, bases=("module", "step", "forecast"),
+def calibrate(session, *, steps: int, samples: int, seed: int = 0, bases=("module", "step", "forecast"),
               max_gap: int = 10, progress=None) -> dict:
-    """Measure reuse errors for ``bases`` and the MagCache ratios on ``samples`` inputs (one batch).
+    """Measure reuse errors for ``bases`` and the MagCache ratios on ``samples`` inputs (one batch)
+    of the model ``session`` opened.
 
-    ``make_program(spec)`` returns a planned :class:`~cachec.program.Program` for a policy spec.
     Two programs serve all bases: the block-stack residual (``step``, and the ratios), and
     TaylorSeer order 1 on module streams, whose forecast without an earlier full step is FORA's
     reuse (``module``) and with one is the ``forecast`` base.
@@ -60,7 +63,8 @@ def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, 
         raise PolicyError(f"calibrate: unknown base {unknown[0]!r}; accepted: {', '.join(BASES)}")
     errors: dict[str, object] = {}
     hyca = None
-    stack = _Recorder(make_program(STACK_POLICY), STACK_POLICY, steps)
+    bundle = session.bundle
+    stack = _Recorder(session, STACK_POLICY, steps)
     say(f"calibrate: uncached trajectory, {steps} steps x {samples} samples")
     stack.record(bundle, seed, samples)
     say("calibrate: how an output error at each step moves the final sample")
@@ -71,7 +75,7 @@ def calibrate(bundle, make_program, *, steps: int, samples: int, seed: int = 0, 
         say("calibrate: reuse errors of the block-stack residual (base=step)")
         errors["step"] = stack.reuse_errors()
     if "module" in bases or "forecast" in bases:
-        fc = _Recorder(make_program(FORECAST_POLICY), FORECAST_POLICY, steps)
+        fc = _Recorder(session, FORECAST_POLICY, steps)
         say("calibrate: module features of the uncached trajectory")
         fc.record(bundle, seed, samples)
         say("calibrate: reuse and forecast errors of module streams (base=module, forecast)")
@@ -94,11 +98,9 @@ class _Recorder:
 
     MAX_STATES = 64  # cache states stacked into one call
 
-    def __init__(self, program, spec: str, steps: int):
-        from .runtime import CacheRuntime
-
-        self.program, self.steps = program, steps
-        self.rt = CacheRuntime(program, spec, num_steps=steps)
+    def __init__(self, session, spec: str, steps: int):
+        self.rt = session.runtime(spec, steps=steps)
+        self.program, self.steps = self.rt.program, steps
         self.records: list[tuple[dict, torch.Tensor, dict]] = []
 
     def _coeffs(self, name: str, matrix, device) -> torch.Tensor:
@@ -286,28 +288,28 @@ def parse_threshold_map(spec: str) -> tuple[str, list[float]]:
     return name.strip(), thresholds
 
 
-def threshold_map(bundle, make_program, spec: str, *, steps: int, samples: int, extra: str = "", progress=None) -> list[dict]:
+def threshold_map(session, spec: str, *, steps: int, samples: int, extra: str = "", progress=None) -> list[dict]:
     """For each threshold: full steps and NFE over ``samples`` seeds (batch 1 each), min/median/max.
 
     Dynamic policies decide per trajectory from the content, so the spread over seeds is what a
     user choosing a threshold for a compute budget needs to see, not one number."""
     from .policy import parse_policy
-    from .runtime import CacheRuntime
     from .sampling import sample
 
     say = progress or (lambda msg: None)
     name, thresholds = parse_threshold_map(spec)
     main = parse_policy(name + (":" + extra if extra else "")).main
+    # --threshold-map and --params are one spec per threshold, parsed here (the command's edge)
     methods = [parse_policy(f"{name}:{main}={t:g}" + ("," + extra if extra else "")) for t in thresholds]
-    program = make_program(methods[0])
+    program = session.program(methods[0])  # the thresholds are run-time parameters: one program serves all
     rows = []
     for method in methods:
         pol = method.spec
-        rt = CacheRuntime(program, method, num_steps=steps)
+        rt = session.runtime(method, steps=steps, program=program)
         nfes, fulls = [], []
         for seed in range(samples):
             rt.reset(steps)
-            sample(rt, bundle, steps, seed, 1)
+            sample(rt, session.bundle, steps, seed, 1)
             nfes.append(rt.stats.nfe)
             fulls.append(len(rt.stats.full_steps))
         say(f"threshold map: {pol}: full steps {fulls}")

@@ -24,6 +24,8 @@ import torch
 from torch import fx
 from torch.export import Dim
 
+from cachec.passes.infra import graph_module
+
 from . import structure
 from .errors import CaptureError, ModelError
 from .output_forms import TENSOR, as_one_tensor
@@ -341,7 +343,7 @@ def flatten_exported(ep: torch.export.ExportedProgram, tensor_names: list[str]) 
     name the single output ``sample``.
     """
     unlifted = ep.module()
-    gm = fx.GraphModule(unlifted, unlifted.graph).eval()
+    gm = graph_module(unlifted, unlifted.graph).eval()  # its code is made when (if) it runs
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     for node in placeholders:

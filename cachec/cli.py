@@ -241,7 +241,7 @@ def cmd_inspect(args) -> int:
     choices = {}
     if "streams" in method.params and not session.is_artifact:
         for streams in ("module", "step"):
-            alt = session.program(parse_policy(f"{policy},streams={streams}"))
+            alt = session.program(method.with_params(streams=streams))
             choices[streams] = {"buffers": len(alt.caches()), "bytes_per_item": cache_bytes(alt, 1)}
     from .variant_costs import variant_costs
 
@@ -317,10 +317,8 @@ def cmd_calibrate(args) -> int:
     session = open_model(args.model, max(args.samples, 2), device=args.device, dtype=args.dtype)
     if session.is_artifact:
         raise ModelError(f"{args.model} is a compiled artifact; calibrate the model it was compiled from")
-    bundle, program_for = session.bundle, session.program
-
     if args.threshold_map:
-        rows = cal.threshold_map(bundle, program_for, args.threshold_map, steps=args.steps, samples=args.samples,
+        rows = cal.threshold_map(session, args.threshold_map, steps=args.steps, samples=args.samples,
                                  extra=args.params or "", progress=stage)
         if args.json:
             print(json.dumps(rows, indent=1))
@@ -336,7 +334,7 @@ def cmd_calibrate(args) -> int:
     if args.budget is not None:
         if args.base not in bases:
             bases.append(args.base)
-    data = cal.calibrate(bundle, program_for, steps=args.steps, samples=args.samples, seed=args.seed, bases=bases,
+    data = cal.calibrate(session, steps=args.steps, samples=args.samples, seed=args.seed, bases=bases,
                          progress=stage)
     out = Path(args.out)
     write_text(out, json.dumps(data))  # never a half-written calibration file

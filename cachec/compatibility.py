@@ -22,6 +22,16 @@ from .errors import PolicyError
 from .methods.base import Method
 
 
+def compiled_method(program) -> Method:
+    """The method ``program`` was compiled for: the planner's own object, or, for a program read from
+    a description (a manifest), its recorded spec parsed once here (an edge: data coming in)."""
+    if program.planned.method is None:
+        from .policy import parse_policy
+
+        program.planned.method = parse_policy(program.planned.policy)
+    return program.planned.method
+
+
 def compatible(requested: Method, compiled: Method, blocks: int, data: dict | None = None) -> Method:
     """The method to run when ``requested`` is asked of a program compiled for ``compiled``.
 

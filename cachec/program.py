@@ -186,7 +186,9 @@ class PlanFacts:
     values a full step hands back to the controller; ``step_inputs``: per-step inputs the runtime
     fills (a forecast's coefficients); ``tokens``: token regions of ToCa/DuCa (None: no token
     variants); ``followers``: a program's own chain of variants within a step (per-block caching;
-    not described: see :meth:`Program.followers`).
+    not described: see :meth:`Program.followers`); ``method``: the
+    :class:`~cachec.methods.base.Method` planned, in memory only (a description records its spec,
+    ``policy``; :func:`cachec.compatibility.compiled_method` parses that once for a described program).
     """
 
     policy: str = ""
@@ -200,6 +202,7 @@ class PlanFacts:
     step_inputs: list[str] = field(default_factory=list)
     tokens: dict | None = None
     followers: dict[str, list[str]] = field(default_factory=dict)
+    method: object = field(default=None, compare=False, repr=False)
 
 
 # fields a description (a manifest's program.meta) records, and the facts that hold each; a field

@@ -28,7 +28,7 @@ from cachec.backends import get_backend
 from .batch_items import ItemRunner
 from .call_checks import check_inputs, check_labels
 from .capture import flatten_inputs
-from .compatibility import compatible
+from .compatibility import compatible, compiled_method
 from .devices import resolve_device
 from .errors import PolicyError, ShapeError
 from .methods.base import Action, Method, StepContext
@@ -132,8 +132,8 @@ class CacheRuntime(torch.nn.Module):
     ):
         super().__init__()
         self.program = program
-        compiled = parse_policy(program.planned.policy)  # the manifest's or planner's spec: an edge too
-        requested = parse_policy(policy) if policy else compiled
+        compiled = compiled_method(program)
+        requested = parse_policy(policy) if policy else compiled  # a caller's spec: the public API's edge
         # the rule of cachec.compatibility; data read once here, not per trajectory
         self.policy = compatible(requested, compiled, len(program.planned.blocks),
                                  program.planned.policy_data).resolved()

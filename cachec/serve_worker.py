@@ -159,8 +159,6 @@ def served_files(p, served):
     file exists and what it holds. Such a parameter keeps the served policy's value (empty for
     another method); a request that names another value is refused without the file being touched.
     """
-    import dataclasses
-
     files = [prm for prm in p.all_params() if prm.file]
     fixed = {prm.name: served.params[prm.name] if served.name == p.name else prm.default for prm in files}
     named = [prm.name for prm in files if p.params[prm.name] not in (prm.default, fixed[prm.name])]
@@ -170,9 +168,7 @@ def served_files(p, served):
                            f"{', '.join(k + '=' for k in named)} out of the request")
     if all(p.params[k] == v for k, v in fixed.items()):
         return p
-    out = type(p)(dataclasses.replace(p.params, **fixed))
-    out.validate()
-    return out
+    return p.with_params(**fixed)
 
 
 def value_ranges(config) -> dict[str, tuple[int, int]]:

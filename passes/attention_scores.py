@@ -22,7 +22,7 @@ from torch import fx
 
 from cachec.graph_keys import OUTPUTS_KEY
 
-from .infra import Pass, PassError, PassResult
+from .infra import Pass, PassError, PassResult, eliminate_dead_code
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -52,7 +52,7 @@ def _add_token_score(gm: fx.GraphModule, rule: str, output: str) -> fx.GraphModu
         else:
             score = _materialise(g, node, q, k, v)
     out.args = (tuple(out.args[0]) + (score,),)
-    g.eliminate_dead_code()
+    eliminate_dead_code(g)
     gm.recompile()
     gm.meta[OUTPUTS_KEY] = list(gm.meta[OUTPUTS_KEY]) + [output]
     return gm

@@ -36,7 +36,7 @@ from torch import fx
 
 from cachec.graph_keys import OUTPUTS_KEY
 
-from .infra import Pass, PassError, PassResult
+from .infra import Pass, PassError, PassResult, eliminate_dead_code, graph_module
 
 aten = torch.ops.aten
 
@@ -300,9 +300,9 @@ def _token_variant(region: fx.GraphModule, n_tokens: int, index: str, caches: di
             where = g.call_function(aten.expand.default, (where, [-1, -1, *_ints(shape[2:])]))
         results.append(g.call_function(aten.scatter.src, (cache_ph[name], 1, where, fresh)))
     g.output(tuple(results))
-    g.eliminate_dead_code()
+    eliminate_dead_code(g)
     attrs = {str(n.target): operator.attrgetter(str(n.target))(region) for n in g.nodes if n.op == "get_attr"}
-    gm = fx.GraphModule(attrs, g, class_name="TokenVariant").eval()
+    gm = graph_module(attrs, g, "TokenVariant").eval()
     gm.meta[OUTPUTS_KEY] = outputs
     return gm
 

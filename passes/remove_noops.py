@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from .infra import Pass, PassError, PassResult, dead_values
+from .infra import Pass, PassError, PassResult, dead_values, eliminate_dead_code
 
 aten = torch.ops.aten
 
@@ -45,7 +45,7 @@ class RemoveNoOps(Pass):
                 gm.graph.erase_node(node)
                 removed += 1
         before = len(gm.graph.nodes)
-        gm.graph.eliminate_dead_code()
+        eliminate_dead_code(gm.graph)
         removed += before - len(gm.graph.nodes)
         return PassResult(gm, removed > 0)
 

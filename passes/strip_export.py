@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from .infra import Pass, PassError, PassResult
+from .infra import Pass, PassError, PassResult, eliminate_dead_code
 
 _ASSERT_TARGETS = {
     torch.ops.aten._assert_tensor_metadata.default,
@@ -40,7 +40,7 @@ class StripExportArtifacts(Pass):
         for name, _ in list(gm.named_children()):
             if name.startswith("_guards"):
                 delattr(gm, name)
-        gm.graph.eliminate_dead_code()
+        eliminate_dead_code(gm.graph)
         return PassResult(gm, modified)
 
     def ensures(self, gm: fx.GraphModule) -> None:

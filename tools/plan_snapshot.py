@@ -52,6 +52,7 @@ def describe(program) -> list[str]:
     meta = {**dataclasses.asdict(program.model), **dataclasses.asdict(program.planned)}
     # diffusers keeps the names of defaulted config keys in a set: their order changes from run to run
     meta["config"] = {k: v for k, v in meta["config"].items() if k != "_use_default_values"}
+    meta.pop("method", None)  # the planned method object itself: its spec is "policy"
     lines.append("meta " + json.dumps(meta, sort_keys=True, default=repr))
     return lines
 

@@ -338,8 +338,16 @@ class Method:
     def with_data(self, data: dict) -> Method:
         """This method with ``data`` resolved: a new instance, so a parsed method is never mutated
         (the same spec may be shared by a runtime, a served request and a planner)."""
-        out = type(self)(self.params, data)
-        out.validate()  # what validate derives from the parameters (budget's needs_data)
+        return type(self)(self.params, data)  # the parameters were validated when self was made
+
+    def with_params(self, **changes) -> Method:
+        """This method with some parameters changed: a new, validated instance without data (data
+        depends on the parameters). For values cachec itself chooses (a stream choice, a served
+        file reset to the server's): a user's values come through the parser, which checks ranges."""
+        import dataclasses
+
+        out = type(self)(dataclasses.replace(self.params, **changes))
+        out.validate()
         return out
 
     def resolved(self) -> Method:

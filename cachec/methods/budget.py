@@ -52,10 +52,15 @@ class BudgetMethod(Method):
     controller_cls = BudgetController
     rank = 12
 
+    @property
+    def needs_data(self) -> bool:
+        """Only a calibrated budget reads data: derived from the parameters, so no construction
+        path (the parser, a served request's rebuilt method, ``with_data``) can leave it stale."""
+        return bool(self.params.calib)
+
     def validate(self):
         if self.params.base not in ("module", "step", "forecast"):
             raise PolicyError(f"budget: base={self.params.base!r}; accepted: module, step, forecast")
-        self.needs_data = bool(self.params.calib)
 
     def plan_granularity(self) -> str:
         return {"module": "module", "step": "step", "forecast": "module"}[self.params.base]

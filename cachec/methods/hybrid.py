@@ -97,7 +97,10 @@ class HybridMethod(Method):
         self.dynamic = decision.dynamic
         self.variants = decision.variants
         self.needs = decision.needs
-        self.needs_data = decision.needs_data
+
+    @property
+    def needs_data(self) -> bool:
+        return self.decision.needs_data  # the decision's, as its data is
 
     @property
     def data(self):
@@ -105,6 +108,11 @@ class HybridMethod(Method):
 
     def with_data(self, data: dict) -> HybridMethod:
         out = HybridMethod(self.decision.with_data(data), self.forecaster)
+        out.validate()
+        return out
+
+    def with_params(self, **changes) -> HybridMethod:
+        out = HybridMethod(self.decision.with_params(**changes), self.forecaster)  # its params are the decision's
         out.validate()
         return out
 

@@ -48,7 +48,7 @@ from cachec.passes import (
     RemoveNoOps,
     StripExportArtifacts,
 )
-from cachec.passes.infra import PassError
+from cachec.passes.infra import PassError, graph_module
 
 from ..capture import Captured
 from ..errors import ModelError
@@ -568,6 +568,7 @@ class Planner:
             ),
             planned=PlanFacts(
                 policy=policy.spec,
+                method=policy,
                 policy_data=policy.data,
                 blocks=self.blocks,
                 regions=[r.to_json() for r in self.regions],
@@ -596,7 +597,7 @@ def _graph_copy(gm: fx.GraphModule) -> fx.GraphModule:
     graph = fx.Graph()
     out = graph.graph_copy(gm.graph, {})
     graph.output(out)
-    new = fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+    new = graph_module(gm, graph, type(gm).__name__)
     new.meta.update(gm.meta)
     return new
 

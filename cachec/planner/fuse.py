@@ -18,7 +18,7 @@ from torch import fx
 
 from cachec.graph_keys import OUTPUTS_KEY
 from cachec.passes import NarrowChunkedLinears, PassManager
-from cachec.passes.infra import build_module
+from cachec.passes.infra import build_module, eliminate_dead_code
 from cachec.program import Load, Op, Run, Store
 
 
@@ -104,7 +104,7 @@ def fuse_variant(segments: dict, ops: list[Op], keep: set[str]) -> FusedVariant:
     out_names = [k for k in sorted(keep) if k in env and env[k] is not read.get(k)]
     results = [env[k] for k in out_names] + [env[v] for v in cache_outputs.values()]
     g.output(tuple(results))
-    g.eliminate_dead_code()
+    eliminate_dead_code(g)
     module = build_module(attrs, g, "Variant")
     return FusedVariant(module, inputs, list(dict.fromkeys(loads)), out_names, list(cache_outputs), flops)
 

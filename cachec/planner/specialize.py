@@ -24,7 +24,7 @@ import copy
 
 from cachec.flops import node_flops
 from cachec.graph_keys import OUTPUTS_KEY
-from cachec.passes.infra import check_built
+from cachec.passes.infra import check_built, eliminate_dead_code
 from cachec.program import Load, Program, Run, Segment, Store
 
 
@@ -35,7 +35,7 @@ def _pruned(seg: Segment, keep: list[str], name: str) -> Segment:
     out = next(n for n in graph.nodes if n.op == "output")
     by_name = dict(zip(seg.outputs, out.args[0], strict=True))
     out.args = (tuple(by_name[k] for k in keep),)
-    graph.eliminate_dead_code()
+    eliminate_dead_code(graph)
     for node in [n for n in graph.nodes if n.op == "placeholder" and not n.users]:
         graph.erase_node(node)
     module.meta[OUTPUTS_KEY] = list(keep)

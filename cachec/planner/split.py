@@ -18,7 +18,7 @@ from torch import fx
 
 from cachec.errors import ModelError
 from cachec.graph_keys import SEGMENT_KEY
-from cachec.passes.infra import build_module
+from cachec.passes.infra import build_module, eliminate_dead_code
 from cachec.program import Segment
 
 
@@ -147,7 +147,7 @@ def _subgraph(gm: fx.GraphModule, nodes: list[fx.Node], outputs: list[tuple[str,
     for n in nodes:
         env[n] = graph.node_copy(n, env.__getitem__)
     graph.output(tuple(env[n] for _, n in outputs))
-    graph.eliminate_dead_code()  # a size computed only for later segments: they re-read it themselves
+    eliminate_dead_code(graph)  # a size computed only for later segments: they re-read it themselves
     return build_module(attrs, graph, f"Segment_{name}", [value for value, _ in outputs])
 
 

@@ -47,14 +47,12 @@ def test_cli_bad_calibration_file_exits_2(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny():
     torch.set_num_threads(2)
-    session = open_model("builtin:tiny-dit", 2)
-    return session.bundle, session.program
+    return open_model("builtin:tiny-dit", 2)
 
 
 @pytest.fixture(scope="module")
 def calibration(tiny, tmp_path_factory):
-    bundle, make = tiny
-    data = cal.calibrate(bundle, make, steps=T, samples=2, seed=100, bases=("module", "forecast"),
+    data = cal.calibrate(tiny, steps=T, samples=2, seed=100, bases=("module", "forecast"),
                          max_gap=8)
     path = tmp_path_factory.mktemp("calib") / "calibration.json"
     path.write_text(json.dumps(data))
@@ -63,7 +61,7 @@ def calibration(tiny, tmp_path_factory):
 
 
 def _psnr(tiny, spec, seed):
-    bundle, make = tiny
+    bundle, make = tiny.bundle, tiny.program
     program = make(parse_policy(spec).spec)
     rt = CacheRuntime(program, spec, num_steps=T)
     out = sample(rt, bundle, T, seed, 4).sample

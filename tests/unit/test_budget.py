@@ -110,3 +110,17 @@ def test_calibrate_refuses_what_its_arguments_decide_before_loading_the_model(tm
     assert cli.main(["calibrate", "builtin:tiny-dit", *argv, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_whether_a_budget_reads_data_follows_its_parameters_however_it_was_built():
+    """A method is immutable: ``needs_data`` is derived from ``calib=``, not set by ``validate()``
+    after construction (a budget built without calling ``validate`` used to say it needed no data,
+    so it would have run the uncalibrated even schedule)."""
+    from cachec.methods.budget import BudgetMethod, BudgetParams
+
+    assert BudgetMethod(BudgetParams(nfe=3, calib="calib.json")).needs_data
+    assert not BudgetMethod(BudgetParams(nfe=3)).needs_data
+    parsed = parse_policy("budget:nfe=3,calib=calib.json")
+    before = vars(parsed).copy()
+    parsed.validate()
+    assert vars(parsed) == before  # validating checks, it sets nothing

@@ -58,3 +58,43 @@ def test_serve_applies_the_same_rule_as_a_request_error():
     assert check_policy(None, parse_policy("fora:3"), 4, 10).spec == "fora:3"
     with pytest.raises(RequestError, match="policy: the program was compiled for 'fora:3'"):
         check_policy("teacache:0.1", "fora:3", 4, 10)
+
+
+def _described(policy: str):
+    from cachec.program import Program
+
+    return Program.from_description({
+        "inputs": ["x"], "output": "out",
+        "segments": {"s": {"role": "region", "inputs": ["x"], "outputs": ["out"], "flops_per_sample": 1.0}},
+        "variants": {"full": [["run", "s"]]},
+        "values": {n: {"shape": ["B", 4], "dtype": "float32"} for n in ("x", "out")},
+        "meta": {"policy": policy, "blocks": []}})
+
+
+def test_the_compiled_method_is_the_planners_own_or_its_description_parsed_once(monkeypatch):
+    """The runtime and the artifact writer take the method a program was compiled for from the
+    program (issue 23, item 4): the planner's object, or a described program's spec parsed once."""
+    import cachec.policy
+    from cachec.compatibility import compiled_method
+
+    program = _described("fora:3")
+    calls = []
+    real = cachec.policy.parse_policy
+    monkeypatch.setattr(cachec.policy, "parse_policy", lambda spec: calls.append(spec) or real(spec))
+    first = compiled_method(program)
+    assert first.spec == "fora:3" and compiled_method(program) is first and calls == ["fora:3"]
+    planned = real("fora:5")
+    program.planned.method = planned  # what the planner records
+    assert compiled_method(program) is planned and calls == ["fora:3"]
+    assert program.describe()["meta"]["policy"] == "fora:3"  # in memory only: the description keeps its spec
+
+
+def test_with_params_is_a_new_validated_method():
+    m = parse_policy("taylorseer:4,O=1")
+    step = m.with_params(streams="step")
+    assert step is not m and m.params["streams"] != "step"
+    assert step.spec == parse_policy("taylorseer:4,O=1,streams=step").spec
+    with pytest.raises(PolicyError):
+        parse_policy("budget:3").with_params(base="nowhere")
+    hybrid = parse_policy("fbcache:0.1+taylorseer")
+    assert hybrid.with_params(warmup=2).spec == parse_policy("fbcache:0.1,warmup=2+taylorseer").spec

@@ -203,3 +203,20 @@ def test_dedupe_conditioning_merges_identical_embeddings_but_no_stream_op_or_in_
 def test_dedupe_conditioning_requires_the_hoisting_marks():
     with pytest.raises(PassError, match="needs HoistConditioning's marks"):
         DedupeConditioning()(_graph_with_two_timestep_embeddings())
+
+
+def test_split_generates_no_segment_code_until_a_segment_runs(monkeypatch):
+    """Planning cuts a module per segment (about 250 on FLUX.1-dev) and merges most away unrun:
+    their Python code is generated when one first runs (or is read), not when it is cut. Code
+    generation at construction was about half of planning (issue 23, item 10)."""
+    kw = inputs()
+    want = toy_denoiser()(**kw)[0]
+    gm, order = segmented(toy_denoiser())
+    generated = []
+    real = fx.Graph.python_code
+    monkeypatch.setattr(fx.Graph, "python_code", lambda self, *a, **k: generated.append(self) or real(self, *a, **k))
+    segments = split(gm, order, "out")
+    assert generated == []
+    torch.testing.assert_close(run_segments(segments, order, kw)["out"], want)
+    assert len(generated) == len(order)  # each once, when it ran
+    assert "torch.ops.aten.mm.default" in segments["b0_attn"].module.code

@@ -40,3 +40,28 @@ def test_remove_noops_leaves_no_dead_chain():
     assert dead_values(gm) == []
     assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [aten.add.Tensor]
     torch.testing.assert_close(gm(torch.ones(2, 2), torch.ones(2, 2))[0], torch.full((2, 2), 2.0))
+
+
+def test_fast_dead_code_elimination_removes_exactly_what_torchs_does():
+    """:func:`~cachec.passes.infra.eliminate_dead_code` asks only unread nodes whether they are
+    impure; it must remove the same nodes as ``fx.Graph.eliminate_dead_code``: the dead chain, not
+    the random dropout nor an in-place write whose result nobody reads."""
+    from cachec.passes.infra import eliminate_dead_code
+
+    def graph():
+        gm = _graph_with_unused_text_mlp()
+        g = gm.graph
+        x = next(n for n in g.nodes if n.name == "x")
+        with g.inserting_before(next(n for n in g.nodes if n.op == "output")):
+            dead = g.call_function(aten.mul.Tensor, (x, 2))
+            g.call_function(aten.neg.default, (dead,))
+            g.call_function(aten.add_.Tensor, (x, 1))  # in place: an effect although unread
+        return g
+
+    theirs, ours = graph(), graph()
+    assert theirs.eliminate_dead_code() is eliminate_dead_code(ours) is True
+    kept = [(n.op, n.target) for n in theirs.nodes]
+    assert [(n.op, n.target) for n in ours.nodes] == kept
+    assert (("call_function", aten.add_.Tensor) in kept and ("call_function", aten.dropout.default) in kept
+            and ("call_function", aten.neg.default) not in kept)
+    assert eliminate_dead_code(ours) is False
