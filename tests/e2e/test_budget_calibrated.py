@@ -116,7 +116,7 @@ def test_compiled_budget_carries_its_schedule_without_thecalibration_file(calibr
 def test_calibration_records_the_curvature_of_the_uncached_trajectory(tiny, calibration):
     """OmniCache's numbers: ``1 − cos`` of successive model outputs per sample, averaged, recomputed
     here from the outputs of an uncached trajectory on the calibration's inputs (seed 100, 2 samples)."""
-    bundle, make = tiny
+    bundle, make = tiny.bundle, tiny.program
     data, _ = calibration
     rt, outs = CacheRuntime(make("none"), "none", num_steps=T), []
 
@@ -130,6 +130,7 @@ def test_calibration_records_the_curvature_of_the_uncached_trajectory(tiny, cali
                     for a, b in zip(outs, outs[1:], strict=False)]
     assert data["curvature"] == pytest.approx(want, abs=1e-9)
     assert max(want) > 10 * min(want[1:])  # the trajectory bends unevenly: the numbers can tell steps apart
+
 
 @pytest.mark.slow
 def test_hyca_runs_on_the_calibrated_clusters(tiny, calibration):
