@@ -62,10 +62,13 @@ class OmniCacheMethod(BudgetMethod):
     Params = OmniCacheParams
     rank = 12
 
+    @property
+    def needs_data(self) -> bool:
+        return True  # always: the curvature comes from a calibration file (validate refuses none given)
+
     def validate(self):
         if self.params.base not in ("step", "module", "forecast"):
             raise PolicyError(f"omnicache: base={self.params.base!r}; accepted: step, module, forecast")
-        self.needs_data = True
         if not self.params.calib:
             raise PolicyError("omnicache chooses its full steps from a calibration trajectory: give calib=FILE, "
                               "written by `cachec calibrate MODEL --steps T --out FILE`")
