@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from calibration_files import calibration_file
+from calibration_files import calibration_file, hyca_section
 
 from cachec.backends.registry import get_backend
 from cachec.cli import main
@@ -43,6 +43,7 @@ SPECS = {
     "magcache": "magcache:0.5,ratios={calib}",  # no published ratios for this model: calibrated ones
     "budget": "budget:3",  # nfe=10 full steps would be all 8
     "omnicache": "omnicache:3,calib={calib}",  # its schedule comes from a calibration's curvature
+    "hyca": "hyca:3,calib={calib}",  # its channel clusters and their orders come from a calibration
     "dbcache": "dbcache:1,t=0.5,W=2",  # W=8: no cache hit before step 8
     "easycache": "easycache:0.5,warmup=2",  # warmup=5 + final=1 leave one step
     "static": "static:FFRFRRFR",  # the default mask is one F
@@ -52,7 +53,7 @@ SPECS = {
     "fastercache": "fastercache:2,lo=-1,hi=1000",
 }
 HYBRIDS = ("fbcache:0.3+taylorseer:O=1", "static:FFRFRRFR+abcache")
-DOES_NOT_APPLY = {"deepcache": "U-Net"}  # method -> what its refusal on a DiT says it needs
+DOES_NOT_APPLY = {"deepcache": "U-Net", "fasterdiffusion": "U-Net", "vcut": "no cross-attention"}  # method -> what its refusal on a DiT says it needs
 CASES = [*METHODS, *HYBRIDS]
 
 
@@ -73,7 +74,8 @@ def spec_of(case: str, tmp_path) -> str:
         return case
     calib = calibration_file(tmp_path, steps=STEPS, gains=[1.0] * STEPS, ratios=[1.0] * STEPS,
                              curvature=[0.0, 0.1, 0.3, 0.05, 0.2, 0.0, 0.1, 0.4],
-                             errors={"module": [[0.0] * STEPS for _ in range(STEPS)]})
+                             errors={"module": [[0.0] * STEPS for _ in range(STEPS)]},
+                             hyca=hyca_section(lambda c: [k % 3 for k in range(c)], 3))
     return SPECS[case].format(calib=calib)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from calibration_files import calibration_file
+from calibration_files import TINY_DIT_CHANNELS, TINY_DIT_STREAMS, calibration_file, hyca_section
 from reference_clusca import ClusCaReference
 from reference_hyca import HyCaReference
 from trajectories import Driver
@@ -34,8 +34,7 @@ from cachec.models import example_inputs, resolve
 
 T = 12
 TOL = 1e-4
-CHANNELS = 128  # every attention/MLP output of builtin:tiny-dit
-STREAMS = [f"b{i}_{kind}__0" for i in range(6) for kind in ("attn1", "ff")]
+CHANNELS, STREAMS = TINY_DIT_CHANNELS, TINY_DIT_STREAMS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,11 +59,7 @@ def cyclic(channels: int) -> list[int]:
     return [c % 3 for c in range(channels)]
 
 
-def section(labels_of, clusters: int, streams=STREAMS, channels=CHANNELS, max_gap=8) -> dict:
-    """A hyca calibration section: cluster j's error is least for order j (ties never happen)."""
-    errors = [[[0.0 if o == j else 1.0 + o] * max_gap for o in range(3)] for j in range(clusters)]
-    return {"clusters": clusters, "max_order": 2, "max_gap": max_gap,
-            "streams": {k: {"labels": labels_of(channels), "errors": errors} for k in streams}}
+section = hyca_section
 
 
 @pytest.fixture(scope="module")
