@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -170,6 +171,14 @@ def cmd_run(args) -> int:
     return 0
 
 
+def sample_file_stem(spec: str) -> str:
+    """A file-name stem for a policy spec: only letters, digits and ``_ + . -`` (a spec may carry a
+    calibration file's path, ``calib=../x.json``, which must not become folders or leave ``--out``),
+    at most 120 characters (the spec's start; file names have a length limit)."""
+    stem = re.sub(r"[^A-Za-z0-9_+.-]+", "_", spec.replace("=", "")).strip("._") or "policy"
+    return stem[:120]
+
+
 def _report_run(args, bundle, policy, backend, runs, timing, busy: str | None) -> None:
     """Write the sample grids of a ``cachec run`` and print its report (text or --json)."""
     import torch
@@ -185,7 +194,7 @@ def _report_run(args, bundle, policy, backend, runs, timing, busy: str | None) -
     if not pixel:
         ref_img = to_unit(ref_sample, pixel, ref=ref_sample)
     out_dir = Path(args.out)
-    grid(img, out_dir / f"samples_{policy.replace(':', '_').replace(',', '_').replace('=', '')}.png",
+    grid(img, out_dir / f"samples_{sample_file_stem(policy)}.png",
           f"{bundle.name}  {policy}  ({backend}, {args.steps} steps, seed {args.seed})\n"
           f"NFE {stats.nfe:.2f}  PSNR {psnr(img, ref_img):.2f} dB  SSIM {ssim(img, ref_img):.4f} vs none")
     grid(ref_img, out_dir / "samples_none.png",

@@ -356,3 +356,15 @@ def test_a_weight_index_cannot_name_a_file_outside_its_model_folder(tmp_path, sh
         json.dumps({"weight_map": {"w": shard}}))
     with pytest.raises(ModelError, match="not a file inside"):
         read_weights(folder)
+
+
+@pytest.mark.parametrize("spec", ["budget:4,calib=../../../tmp/evil.json", "hyca:4,calib=/etc/cal.json",
+                                  "omnicache:6,calib=" + "a/" * 200 + "c.json", "..", "fora:3"])
+def test_run_names_its_sample_file_inside_out_whatever_the_spec(spec, tmp_path):
+    """`cachec run` writes ``samples_<spec>.png`` under --out; a spec carrying a path (``calib=``)
+    once made folders of it (``samples_hyca_4_calib/tmp/x.png``) and ``..`` could leave --out."""
+    from cachec.cli import sample_file_stem
+
+    stem = sample_file_stem(spec)
+    path = (tmp_path / f"samples_{stem}.png").resolve()
+    assert path.parent == tmp_path.resolve() and "/" not in stem and len(path.name) < 255, stem
