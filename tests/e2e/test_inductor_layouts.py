@@ -35,6 +35,7 @@ def test_a_variant_called_with_other_strides_is_compiled_for_them():
     assert len(lazy.compiled) == 2
 
 
+@pytest.mark.slow  # an export and ~15 Inductor compiles (every block's full and partial variant): 15-20 s on 2 cores
 def test_blockcache_on_inductor_equals_eager():
     session = open_model("builtin:tiny-dit", BATCH, device="cpu")
     eager = session.runtime("blockcache:2", steps=STEPS)
