@@ -37,8 +37,9 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 def input_layout(args) -> tuple:
     """What a graph compiled by ``compile_fx`` is specialised to: each tensor's shape, strides,
     dtype and device. Strides count: the same variant may be called with a value laid out two ways
-    (a block's contiguous output on a full step, the transposed patch embedding when a partial step
-    skips that block), and Inductor's generated code asserts the strides it was compiled for."""
+    (blockcache's final variant gets the last block's contiguous output on a full step, and on a step
+    that reuses the blocks ``input + cached residual``, which keeps the layout of the transposed patch
+    embedding), and Inductor's generated code asserts the strides it was compiled for."""
     return tuple((tuple(a.shape), tuple(a.stride()), a.dtype, a.device) if isinstance(a, torch.Tensor) else a
                  for a in args)
 

@@ -2,9 +2,9 @@
 
 A graph compiled by ``compile_fx`` asserts the strides of the example inputs it was compiled with.
 On ``builtin:tiny-dit`` the patch embedding's output is a transposed view; blockcache's final
-variant gets a block's contiguous output on a full step and, on a partial step that skips the last
-block, that transposed tensor, which raised ``assert_size_stride`` when variants were compiled once
-per shape only. The unit test pins the layout keying on a one-op graph (fast); the trajectory test
+variant gets the last block's contiguous output on a full step and, on a step that reuses the
+blocks (``input + cached residual`` keeps the input's layout), a transposed tensor, which raised
+``assert_size_stride`` when variants were compiled once per shape only (foresight too). The unit test pins the layout keying on a one-op graph (fast); the trajectory test
 checks the whole path against eager.
 """
 
