@@ -34,10 +34,21 @@ MODES = {None: {}, "default": {}, "reduce-overhead": {}, "max-autotune": {"max_a
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
+def input_layout(args) -> tuple:
+    """What a graph compiled by ``compile_fx`` is specialised to: each tensor's shape, strides,
+    dtype and device. Strides count: the same variant may be called with a value laid out two ways
+    (blockcache's final variant gets the last block's contiguous output on a full step, and on a step
+    that reuses the blocks ``input + cached residual``, which keeps the layout of the transposed patch
+    embedding), and Inductor's generated code asserts the strides it was compiled for."""
+    return tuple((tuple(a.shape), tuple(a.stride()), a.dtype, a.device) if isinstance(a, torch.Tensor) else a
+                 for a in args)
+
+
 class _LazyInductor:
-    """Compiles the wrapped graph with Inductor on its first call at each input shape (a variant may
-    run on a sub-batch too: per-sample decisions, FasterCache's conditional half; a graph compiled
-    with ``compile_fx`` is specialised to its example shapes and has no guards to recompile)."""
+    """Compiles the wrapped graph with Inductor on its first call at each input layout (a variant may
+    run on a sub-batch too: per-sample decisions, FasterCache's conditional half; or on inputs with
+    other strides; a graph compiled with ``compile_fx`` is specialised to its example shapes and
+    strides and has no guards to recompile)."""
 
     def __init__(self, gm, config_patches: dict):
         self.gm = gm
@@ -45,7 +56,7 @@ class _LazyInductor:
         self.compiled: dict[tuple, object] = {}
 
     def __call__(self, *args):
-        key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
+        key = input_layout(args)
         fn = self.compiled.get(key)
         if fn is None:
             from torch._inductor.compile_fx import compile_fx
