@@ -124,7 +124,7 @@ def test_caches_at_a_new_address_every_call_stop_capturing_and_still_agree(tiny)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["delta:2", "blockcache:2", "easycache:5,warmup=2,final=0", "dbcache:1,B=1,t=0.5,W=1", "pab:2,2,2",
-                                    "fastercache:2", "tgate:4,sa=2", "budget:3"])
+                                    "fastercache:2", "tgate:6,sa=2", "budget:3"])
 def test_every_kind_of_variant_replays_as_eager_runs_it(tiny, policy):
     """Per-block chains (blockcache: a probe reads a cache that the block's own write then refreshes),
     attention-only reuse, dynamic heads and tails, forecast budgets: each replayed graph equals eager at
