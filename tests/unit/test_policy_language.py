@@ -172,6 +172,6 @@ def test_grammar_generated_specs_parse_to_valid_policies_or_raise_policy_error(s
     except PolicyError:
         # parameters checked against the trajectory or a file: a budget above the step count,
         # ratios= naming no published key and no calibration file, warmup + final forcing every step
-        assert p.name in ("budget", "magcache", "hyca") or p.params["warmup"] + p.params["final"] >= steps, spec
+        assert p.name in ("budget", "magcache", "hyca", "omnicache") or p.params["warmup"] + p.params["final"] >= steps, spec
         return
     assert ctl.decide(0, 0.0) is True
