@@ -13,7 +13,7 @@ import functools
 import torch
 from small_models import TEXT_TOKENS, make
 
-from cachec.models import example_inputs
+from cachec.models import example_inputs, resolve
 
 
 def latent_name(short: str) -> str:
@@ -61,3 +61,14 @@ class Driver:
         model, _ = self.model_and_inputs(short)
         with torch.no_grad():
             return self.trajectory(lambda **kw: model(**kw, return_dict=False)[0], short)
+
+
+class TinyDitDriver(Driver):
+    """The driver on the bundled trained ``builtin:tiny-dit``, its two batch items of different
+    classes (1 and 6); the model's short name is ignored (one model)."""
+
+    def _model_and_inputs(self, short: str):
+        model = resolve("builtin:tiny-dit").model
+        kw = example_inputs(model, self.batch, 0)
+        kw["class_labels"] = torch.tensor([1, 6])
+        return model, kw

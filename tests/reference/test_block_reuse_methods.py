@@ -19,29 +19,17 @@ from reference_adacache import AdaCacheReference
 from reference_blockcache import BlockCacheReference
 from reference_blockdance import BlockDanceReference
 from reference_febcache import FEBCacheReference
-from trajectories import Driver
+from trajectories import TinyDitDriver
 
 import cachec
 from cachec.errors import PolicyError
 from cachec.methods.blockcache import _mean_square_change
-from cachec.models import example_inputs, resolve
 
 T = 12
 RTOL = ATOL = 1e-4
 SHORT = "tiny-dit"
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-class TinyDitDriver(Driver):
-    """The driver on ``builtin:tiny-dit``, the two batch items of different classes."""
-
-    def _model_and_inputs(self, short: str):
-        assert short == SHORT, short
-        model = resolve("builtin:tiny-dit").model
-        kw = example_inputs(model, self.batch, 0)
-        kw["class_labels"] = torch.tensor([1, 6])
-        return model, kw
 
 
 DRIVER = TinyDitDriver(T, 2)

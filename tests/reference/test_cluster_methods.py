@@ -26,25 +26,16 @@ import torch
 from calibration_files import TINY_DIT_CHANNELS, TINY_DIT_STREAMS, calibration_file, hyca_section
 from reference_clusca import ClusCaReference
 from reference_hyca import HyCaReference
-from trajectories import Driver
+from trajectories import TinyDitDriver
 
 import cachec
 from cachec.errors import PolicyError
-from cachec.models import example_inputs, resolve
 
 T = 12
 TOL = 1e-4
 CHANNELS, STREAMS = TINY_DIT_CHANNELS, TINY_DIT_STREAMS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class TinyDitDriver(Driver):
-    def _model_and_inputs(self, short: str):
-        model = resolve("builtin:tiny-dit").model
-        kw = example_inputs(model, self.batch, 0)
-        kw["class_labels"] = torch.tensor([1, 6])
-        return model, kw
 
 
 DRIVER = TinyDitDriver(T, 2)

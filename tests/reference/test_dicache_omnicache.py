@@ -22,24 +22,15 @@ import pytest
 import torch
 from reference_dicache import DiCacheReference
 from reference_predictive import PredictiveReference
-from trajectories import Driver
+from trajectories import TinyDitDriver
 
 import cachec
 from cachec.errors import PolicyError
-from cachec.models import example_inputs, resolve
 from cachec.schedules import even_schedule
 
 T = 12
 TOL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-class TinyDitDriver(Driver):
-    def _model_and_inputs(self, short: str):
-        model = resolve("builtin:tiny-dit").model
-        kw = example_inputs(model, self.batch, 0)
-        kw["class_labels"] = torch.tensor([1, 6])
-        return model, kw
 
 
 DRIVER = TinyDitDriver(T, 2)

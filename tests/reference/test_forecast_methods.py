@@ -25,29 +25,17 @@ import pytest
 import torch
 from reference_hybrid import HybridPredictive
 from reference_predictive import AdamsBashforthStream, PredictiveReference, TaylorStream, dct_low_band
-from trajectories import Driver
+from trajectories import TinyDitDriver
 
 import cachec
 from cachec.bench import cache_bytes
 from cachec.forecast import AdamsBashforth, ForecastTracker
-from cachec.models import example_inputs, resolve
 
 T = 12
 RTOL = ATOL = 1e-4
 MASK = "FFFRFRRFRRRF"  # full at 0, 1, 2, 4, 7, 11: gaps 1, 1, 2, 3, 4
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-class TinyDitDriver(Driver):
-    """The policy tests' driver on ``builtin:tiny-dit``, the two batch items of different classes."""
-
-    def _model_and_inputs(self, short: str):
-        assert short == "tiny-dit", short
-        model = resolve("builtin:tiny-dit").model
-        kw = example_inputs(model, self.batch, 0)
-        kw["class_labels"] = torch.tensor([1, 6])
-        return model, kw
 
 
 DRIVER = TinyDitDriver(T, 2)
