@@ -227,13 +227,9 @@ def _move_conditioning_into_block(planner, plan: Plan, i: int) -> None:
         plan.variants[own] = [Run(rest)] + plan.variants[own]
 
 
-def _relative_change(streams: list[tuple[str, str, str | None]], signal: str, meta: dict) -> fx.GraphModule:
-    """``Σ_k ‖old_k − new_k‖₁ / Σ_k ‖new_k‖₁`` over a block's streams (Block Caching's L1_rel), with
-    ``new_k = output_k − base_k`` (the block's delta; the output itself for a raw stream)."""
-    aten = torch.ops.aten
-    g = fx.Graph()
-    zero = torch.empty(())
-    num = den = None
+def _old_and_new(g: fx.Graph, streams: list[tuple[str, str, str | None]], meta: dict) -> list[tuple]:
+    """Per stream of a block: its ``(old, new, example)`` nodes in ``g``, ``new = output − base``
+    (the block's delta; the output itself for a raw stream) — what both change metrics compare."""
     seen: dict[str, fx.Node] = {}
 
     def value(name: str) -> fx.Node:
@@ -241,11 +237,24 @@ def _relative_change(streams: list[tuple[str, str, str | None]], signal: str, me
             seen[name] = placeholder(g, name, meta)
         return seen[name]
 
+    pairs = []
     for old, output, base in streams:
         ex = meta.get(output)
         o, n = value(old), value(output)
         if base is not None:
-            n = computed(g, aten.sub.Tensor, (n, value(base)), ex)
+            n = computed(g, torch.ops.aten.sub.Tensor, (n, value(base)), ex)
+        pairs.append((o, n, ex))
+    return pairs
+
+
+def _relative_change(streams: list[tuple[str, str, str | None]], signal: str, meta: dict) -> fx.GraphModule:
+    """``Σ_k ‖old_k − new_k‖₁ / Σ_k ‖new_k‖₁`` over a block's streams (Block Caching's L1_rel), with
+    ``new_k = output_k − base_k`` (the block's delta; the output itself for a raw stream)."""
+    aten = torch.ops.aten
+    g = fx.Graph()
+    zero = torch.empty(())
+    num = den = None
+    for o, n, ex in _old_and_new(g, streams, meta):
         d = computed(g, aten.sum.default, (computed(g, aten.abs.default, (computed(g, aten.sub.Tensor, (o, n), ex),), ex),), zero)
         m = computed(g, aten.sum.default, (computed(g, aten.abs.default, (n,), ex),), zero)
         num = d if num is None else computed(g, aten.add.Tensor, (num, d), zero)
@@ -260,19 +269,8 @@ def _mean_square_change(streams: list[tuple[str, str, str | None]], signal: str,
     g = fx.Graph()
     zero = torch.empty(())
     total = None
-    seen: dict[str, fx.Node] = {}
-
-    def value(name: str) -> fx.Node:
-        if name not in seen:
-            seen[name] = placeholder(g, name, meta)
-        return seen[name]
-
-    for old, output, base in streams:
-        ex = meta.get(output)
-        n = value(output)
-        if base is not None:
-            n = computed(g, aten.sub.Tensor, (n, value(base)), ex)
-        d = computed(g, aten.sub.Tensor, (value(old), n), ex)
+    for o, n, ex in _old_and_new(g, streams, meta):
+        d = computed(g, aten.sub.Tensor, (o, n), ex)
         m = computed(g, aten.mean.default, (computed(g, aten.mul.Tensor, (d, d), ex),), zero)
         total = m if total is None else computed(g, aten.add.Tensor, (total, m), zero)
     if len(streams) > 1:
