@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
-from reference_hooks import HookOwner, block_list, in_streams, out_streams, with_streams
+from reference_hooks import StepRuleReference, block_list, in_streams, out_streams, with_streams
 
 
 def parse(spec: str) -> dict:
@@ -31,7 +31,7 @@ def parse(spec: str) -> dict:
     return p
 
 
-class BlockDanceReference(HookOwner):
+class BlockDanceReference(StepRuleReference):
     def __init__(self, model: torch.nn.Module, spec: str, num_steps: int):
         self.p, self.T = parse(spec), num_steps
         blocks = block_list(model)
@@ -65,15 +65,3 @@ class BlockDanceReference(HookOwner):
         if self.p["reuse"] == "feature":
             return with_streams(out, self.cache)
         return with_streams(out, {k: self.base[k] + d for k, d in self.cache.items()})
-
-    @torch.no_grad()
-    def __call__(self, **kwargs) -> torch.Tensor:
-        if self.step >= self.T:
-            self.reset()
-        self.full = self.is_full(self.step)
-        if self.full:
-            self.last_full = self.step
-        self.schedule += "F" if self.full else "R"
-        out = self.model(**kwargs, return_dict=False)[0]
-        self.step += 1
-        return out

@@ -178,6 +178,23 @@ class HookOwner:
         self.close()
 
 
+class StepRuleReference(HookOwner):
+    """A hook reference whose step is full or reused as ``is_full(step)`` says (set before the model
+    runs, so the hooks read ``self.full``); it records the schedule and the last full step."""
+
+    @torch.no_grad()
+    def __call__(self, **kwargs) -> torch.Tensor:
+        if self.step >= self.T:
+            self.reset()
+        self.full = self.is_full(self.step)
+        if self.full:
+            self.last_full = self.step
+        self.schedule += "F" if self.full else "R"
+        out = self.model(**kwargs, return_dict=False)[0]
+        self.step += 1
+        return out
+
+
 class HookedReference(HookOwner):
     """A cache policy on the original model, by hooks. Call like the model (returns the output tensor)."""
 

@@ -16,7 +16,7 @@ Written from the definition in docs/methods.md, on the original diffusers model 
 from __future__ import annotations
 
 import torch
-from reference_hooks import HookOwner, block_list, in_streams, out_streams, with_streams
+from reference_hooks import StepRuleReference, block_list, in_streams, out_streams, with_streams
 
 
 def parse(spec: str) -> dict:
@@ -47,7 +47,7 @@ def background_runs(bg: str, num_blocks: int) -> list[tuple[int, int]]:
     return [tuple(r) for r in runs]
 
 
-class ProfilingDiTReference(HookOwner):
+class ProfilingDiTReference(StepRuleReference):
     def __init__(self, model: torch.nn.Module, spec: str, num_steps: int):
         self.p, self.T = parse(spec), num_steps
         blocks = block_list(model)
@@ -89,15 +89,3 @@ class ProfilingDiTReference(HookOwner):
                 return None
             return with_streams(out, {k: self.base[r][k] + d for k, d in self.delta[r].items()})
         return hook
-
-    @torch.no_grad()
-    def __call__(self, **kwargs) -> torch.Tensor:
-        if self.step >= self.T:
-            self.reset()
-        self.full = self.is_full(self.step)
-        if self.full:
-            self.last_full = self.step
-        self.schedule += "F" if self.full else "R"
-        out = self.model(**kwargs, return_dict=False)[0]
-        self.step += 1
-        return out
