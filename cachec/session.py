@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CachecError, ModelError, PolicyError
+from .errors import CachecError, ModelError
 
 
 @dataclass
@@ -83,18 +83,11 @@ class Session:
 
         rt = self.runtime(method, backend=backend, steps=steps)
         # long enough for a step past the forced-full ones (warmup=/final=), which a policy refuses
-        # to run without; a schedule calibrated for a trajectory length (calib=: budget, OmniCache)
-        # runs at that length only
+        # to run without; a schedule bound to the trajectory's length (a static mask, alone or as a
+        # hybrid's decision; a calibrated budget or OmniCache) runs at that length only
         forced = rt.policy.params.warmup + rt.policy.params.final
-        length = steps if rt.policy.params.get("calib") else min(max(2, forced + 1), steps)
-        try:
-            sample(rt, self.bundle, length, 0, batch)
-        except PolicyError:
-            if length == steps:
-                raise
-            # an explicit mask is bound to the trajectory's length too (static:FFRF..., alone or as a
-            # hybrid's decision) and refuses a shorter one before its first step
-            sample(rt, self.bundle, steps, 0, batch)
+        length = steps if rt.policy.length_bound else min(max(2, forced + 1), steps)
+        sample(rt, self.bundle, length, 0, batch)
         return rt
 
     @property

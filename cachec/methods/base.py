@@ -320,6 +320,9 @@ class Method:
     controller_cls: type[Controller] = Always
     variants: tuple[str, ...] = ("full", "reuse")  # what the runtime runs; the planner checks them
     needs_data = False  # reads calibration data or published constants (MagCache ratios, budget schedule)
+    # its schedule is bound to one trajectory length (an explicit F/R mask, a calibrated schedule) and
+    # refuses any other: a warm-up runs the whole trajectory, not a short one
+    length_bound = False
     needs: frozenset[str] = frozenset()  # backend capabilities its variants need (cachec.backends.Backend)
     # reads a batch as classifier-free-guidance halves [uncond; cond] (FasterCache's CFG-Cache): loops
     # whose batch items are separate samples (cachec run / bench / serve) refuse it

@@ -58,6 +58,10 @@ class BudgetMethod(Method):
         path (the parser, a served request's rebuilt method, ``with_data``) can leave it stale."""
         return bool(self.params.calib)
 
+    @property
+    def length_bound(self) -> bool:
+        return bool(self.params.calib)  # a calibrated schedule is the calibration trajectory's length
+
     def validate(self):
         if self.params.base not in ("module", "step", "forecast"):
             raise PolicyError(f"budget: base={self.params.base!r}; accepted: module, step, forecast")

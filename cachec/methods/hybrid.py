@@ -103,6 +103,10 @@ class HybridMethod(Method):
         return self.decision.needs_data  # the decision's, as its data is
 
     @property
+    def length_bound(self) -> bool:
+        return self.decision.length_bound  # a fixed mask decides the steps
+
+    @property
     def data(self):
         return self.decision.data
 

@@ -38,6 +38,7 @@ class StaticMethod(Method):
     Params = StaticParams
     controller_cls = StaticController
     rank = 1
+    length_bound = True  # one letter a step
 
     def validate(self):
         s = self.params.schedule

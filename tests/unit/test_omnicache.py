@@ -86,10 +86,12 @@ def test_bad_calibration_files_are_one_clear_error(tmp_path, override, words):
         parse_policy(f"omnicache:nfe=2,calib={path}").resolved()
 
 
-@pytest.mark.parametrize("spec, length", [("omnicache:nfe=3,calib={}", 8), ("budget:3,calib={}", 8), ("fbcache:0.1", 2)])
+@pytest.mark.parametrize("spec, length", [("omnicache:nfe=3,calib={}", 8), ("budget:3,calib={}", 8), ("fbcache:0.1", 2),
+                                          ("static:FFRFRRFR", 8), ("static:FFRFRRFR+abcache", 8)])
 def test_a_warm_up_runs_a_calibrated_schedule_at_its_own_length(tmp_path, monkeypatch, spec, length):
     """``cachec run``/``bench`` warm each runtime up by a short trajectory, which a schedule
-    calibrated for 8 steps refuses (it did: the warm-up of 2 steps made `cachec run` fail)."""
+    calibrated for 8 steps refuses (it did: the warm-up of 2 steps made `cachec run` fail), as does
+    an explicit 8-letter mask, alone or as a hybrid's decision (``Method.length_bound``)."""
     import cachec.sampling
     from cachec.session import Session
 
