@@ -119,7 +119,7 @@ class BlockCacheController(Controller):
 @register
 class BlockCacheMethod(Method):
     name = "blockcache"
-    doc = ("per-block adaptive caching (Block Caching / Foresight / AdaCache): each block reuses its delta while its "
+    doc = ("per-block adaptive caching (Block Caching; foresight is one of its settings): each block reuses its delta while its "
            "predicted accumulated change stays below its threshold, refreshed at least every N steps")
     granularity = "block"
     dynamic = True  # decides from measured changes: a batch shares its decisions (`cachec serve` runs it alone)
